@@ -1,0 +1,1 @@
+"""HTTP: the OCI Distribution API, the error catalogue and request plumbing."""

@@ -1,0 +1,118 @@
+"""Minimal raw-ASGI request and response plumbing for the hot registry routes.
+
+Blob bytes and the small hot requests go through here rather than Quart's wrappers: request
+bodies are streamed in batches of about 1 MiB (one thread hop per batch for writing and
+hashing), and responses are sent without buffering.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from typing import Any
+from urllib.parse import parse_qs
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+BATCH = 1 << 20
+
+
+class ClientDisconnected(Exception):
+    """The client went away before sending its whole request body."""
+
+
+class Request:
+    """What a handler needs of an ASGI HTTP request."""
+
+    __slots__ = ("_body_done", "_headers", "_query", "method", "receive", "scope")
+
+    def __init__(self, scope: Scope, receive: Receive) -> None:
+        self.scope = scope
+        self.receive = receive
+        self.method: str = scope["method"]
+        self._headers: dict[str, str] | None = None
+        self._query: dict[str, list[str]] | None = None
+        self._body_done = False
+
+    @property
+    def headers(self) -> dict[str, str]:
+        if self._headers is None:
+            self._headers = {
+                k.decode("latin-1").lower(): v.decode("latin-1") for k, v in self.scope["headers"]
+            }
+        return self._headers
+
+    @property
+    def query(self) -> dict[str, list[str]]:
+        if self._query is None:
+            raw = self.scope.get("query_string", b"").decode("latin-1")
+            self._query = parse_qs(raw, keep_blank_values=True)
+        return self._query
+
+    def arg(self, name: str) -> str | None:
+        values = self.query.get(name)
+        return values[0] if values else None
+
+    @property
+    def content_length(self) -> int | None:
+        value = self.headers.get("content-length")
+        return int(value) if value is not None and value.isdigit() else None
+
+    async def chunks(self, batch: int = BATCH) -> AsyncIterator[bytes]:
+        """The body in pieces of about `batch` bytes. Raises ClientDisconnected."""
+        parts: list[bytes] = []
+        held = 0
+        while not self._body_done:
+            message = await self.receive()
+            if message["type"] == "http.disconnect":
+                raise ClientDisconnected("client disconnected during the request body")
+            data = message.get("body", b"")
+            if data:
+                parts.append(data)
+                held += len(data)
+            self._body_done = not message.get("more_body", False)
+            if held >= batch or (self._body_done and held):
+                yield parts[0] if len(parts) == 1 else b"".join(parts)
+                parts = []
+                held = 0
+
+    async def read(self, limit: int) -> bytes:
+        """The whole body, which must be at most `limit` bytes; returns `limit + 1` bytes
+        (and stops reading) when it is longer, so the caller can refuse it."""
+        parts: list[bytes] = []
+        held = 0
+        async for data in self.chunks(batch=1):
+            parts.append(data)
+            held += len(data)
+            if held > limit:
+                break
+        return b"".join(parts)[: limit + 1]
+
+
+Headers = list[tuple[bytes, bytes]]
+
+
+def header_list(headers: dict[str, str]) -> Headers:
+    return [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+
+
+async def respond(
+    send: Send, status: int, headers: dict[str, str], body: bytes = b"", *, head: bool = False
+) -> None:
+    """Send a whole response. `head` sends the headers (with the real length) and no body."""
+    headers.setdefault("content-length", str(len(body)))
+    await send({"type": "http.response.start", "status": status, "headers": header_list(headers)})
+    await send({"type": "http.response.body", "body": b"" if head else body})
+
+
+async def respond_stream(
+    send: Send, status: int, headers: dict[str, str], body: AsyncIterator[bytes]
+) -> None:
+    """Send a response whose body arrives in pieces."""
+    await send({"type": "http.response.start", "status": status, "headers": header_list(headers)})
+    async for data in body:
+        await send({"type": "http.response.body", "body": data, "more_body": True})
+    await send({"type": "http.response.body", "body": b""})

@@ -1,0 +1,104 @@
+"""Domain exceptions. They know nothing of HTTP; `api/codes.py` maps them to wire errors.
+
+BerthError
+├── ConfigError                 a setting is missing, unknown or of the wrong type
+├── InvalidName                 a repository name or tag breaks the grammar
+├── InvalidDigest               a digest is malformed, of an unknown algorithm, or wrong
+├── SizeInvalid                 a length does not match what was declared
+├── RangeInvalid                a chunk does not start where the upload ends
+├── NotFound
+│   ├── RepositoryNotFound
+│   ├── BlobNotFound
+│   ├── ManifestNotFound
+│   └── UploadNotFound
+├── ManifestInvalid             malformed JSON, schema or media type
+├── ManifestBlobUnknown         a manifest names a blob or child the repository lacks
+├── ManifestTooLarge
+├── Conflict                    the change would break something that depends on it
+├── Unsupported                 a valid request this registry does not do
+├── StorageFull                 the blob store has no space left
+└── Unavailable                 a backend cannot be reached right now
+"""
+
+from __future__ import annotations
+
+
+class BerthError(Exception):
+    """Base of every error Berth raises on purpose. `detail` is safe to show to a client."""
+
+    def __init__(self, message: str, detail: object = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.detail = detail
+
+
+class ConfigError(BerthError):
+    pass
+
+
+class InvalidName(BerthError):
+    pass
+
+
+class InvalidDigest(BerthError):
+    pass
+
+
+class SizeInvalid(BerthError):
+    pass
+
+
+class RangeInvalid(BerthError):
+    """A chunk does not continue the upload; `size` is how many bytes the upload holds."""
+
+    def __init__(self, message: str, size: int) -> None:
+        super().__init__(message)
+        self.size = size
+
+
+class NotFound(BerthError):
+    pass
+
+
+class RepositoryNotFound(NotFound):
+    pass
+
+
+class BlobNotFound(NotFound):
+    pass
+
+
+class ManifestNotFound(NotFound):
+    pass
+
+
+class UploadNotFound(NotFound):
+    pass
+
+
+class ManifestInvalid(BerthError):
+    pass
+
+
+class ManifestBlobUnknown(BerthError):
+    pass
+
+
+class ManifestTooLarge(BerthError):
+    pass
+
+
+class Conflict(BerthError):
+    pass
+
+
+class Unsupported(BerthError):
+    pass
+
+
+class StorageFull(BerthError):
+    pass
+
+
+class Unavailable(BerthError):
+    pass

@@ -1,0 +1,560 @@
+"""The registry's records: repositories, blobs, manifests, tags, referrers and uploads.
+
+Each public coroutine is one unit of work in one transaction. Rules that must hold under
+concurrency are enforced inside the transaction that makes the change: a manifest is only
+inserted if every blob it needs is linked to its repository in that same transaction, so a
+concurrent blob delete either happens before (the PUT fails with MANIFEST_BLOB_UNKNOWN) or after
+(and then the manifest's reference keeps the blob).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from appliance.errors import (
+    Conflict,
+    ManifestBlobUnknown,
+    ManifestNotFound,
+    RepositoryNotFound,
+    UploadNotFound,
+)
+from appliance.metadata.db import Database, Tx
+from appliance.oci.digest import Digest
+from appliance.oci.manifest import Manifest
+
+
+@dataclass(frozen=True)
+class BlobRecord:
+    digest: str
+    size: int
+    storage_key: str
+    review_after: float | None = None  # when the collector will look at it, if queued
+
+
+@dataclass(frozen=True)
+class UploadRecord:
+    id: str
+    repository: str
+    size: int
+    started_at: float
+    updated_at: float
+
+
+@dataclass(frozen=True)
+class ManifestRecord:
+    digest: str
+    media_type: str
+    payload: bytes
+    subject: str | None
+
+
+@dataclass(frozen=True)
+class PutResult:
+    created: bool
+    digest: str
+
+
+def _repository_id(tx: Tx, name: str) -> int | None:
+    value = tx.scalar("SELECT id FROM repositories WHERE name = :name", {"name": name})
+    return None if value is None else int(value)
+
+
+def _ensure_repository(tx: Tx, name: str, now: float) -> int:
+    tx.execute(
+        "INSERT INTO repositories (name, created_at) VALUES (:name, :now) "
+        "ON CONFLICT (name) DO NOTHING",
+        {"name": name, "now": now},
+    )
+    repo_id = _repository_id(tx, name)
+    assert repo_id is not None
+    return repo_id
+
+
+def _enqueue_blobs(tx: Tx, digests: Sequence[str], review_after: float) -> None:
+    """Ask the collector to look at blobs that may have lost their last reference."""
+    if digests:
+        tx.executemany(
+            "INSERT INTO gc_blob_queue (digest, review_after) VALUES (:d, :t) "
+            "ON CONFLICT (digest) DO UPDATE SET review_after = "
+            "MAX(gc_blob_queue.review_after, excluded.review_after)",
+            [{"d": d, "t": review_after} for d in digests],
+        )
+
+
+def _enqueue_manifest(tx: Tx, manifest_id: int, review_after: float) -> None:
+    tx.execute(
+        "INSERT INTO gc_manifest_queue (manifest_id, review_after) VALUES (:m, :t) "
+        "ON CONFLICT (manifest_id) DO UPDATE SET review_after = excluded.review_after",
+        {"m": manifest_id, "t": review_after},
+    )
+
+
+class MetadataStore:
+    """Registry records on one Database. `clock` gives the time; `gc_delay` the review delay."""
+
+    def __init__(self, db: Database, clock: Callable[[], float], gc_delay: float = 86400.0) -> None:
+        self.db = db
+        self.clock = clock
+        self.gc_delay = gc_delay
+
+    # -- blobs ---------------------------------------------------------------------------
+
+    async def blob(self, repository: str, digest: str) -> BlobRecord | None:
+        """The blob if `repository` may read it."""
+
+        def fn(tx: Tx) -> BlobRecord | None:
+            row = tx.one(
+                "SELECT b.digest, b.size, b.storage_key, q.review_after FROM blobs b "
+                "JOIN repository_blobs rb ON rb.digest = b.digest "
+                "JOIN repositories r ON r.id = rb.repository_id "
+                "LEFT JOIN gc_blob_queue q ON q.digest = b.digest "
+                "WHERE r.name = :name AND b.digest = :digest",
+                {"name": repository, "digest": digest},
+            )
+            return None if row is None else BlobRecord(*row)
+
+        return await self.db.read(fn)
+
+    async def commit_blob(
+        self, repository: str, upload_id: str, digest: str, size: int, storage_key: str
+    ) -> BlobRecord:
+        """Record a verified upload as a blob readable by `repository`; end the upload.
+
+        If the digest is already stored (another upload won the race), the existing record is
+        kept and returned: the caller then deletes its own, now redundant, bytes.
+        """
+        now = self.clock()
+
+        def fn(tx: Tx) -> BlobRecord:
+            repo_id = _ensure_repository(tx, repository, now)
+            tx.execute(
+                "INSERT INTO blobs (digest, size, storage_key, created_at) "
+                "VALUES (:digest, :size, :key, :now) ON CONFLICT (digest) DO NOTHING",
+                {"digest": digest, "size": size, "key": storage_key, "now": now},
+            )
+            row = tx.one(
+                "SELECT digest, size, storage_key FROM blobs WHERE digest = :digest",
+                {"digest": digest},
+            )
+            assert row is not None
+            tx.execute(
+                "INSERT INTO repository_blobs (repository_id, digest, created_at) "
+                "VALUES (:repo, :digest, :now) ON CONFLICT DO NOTHING",
+                {"repo": repo_id, "digest": digest, "now": now},
+            )
+            tx.execute("DELETE FROM uploads WHERE id = :id", {"id": upload_id})
+            # A blob nobody references yet must be collected if no manifest ever does.
+            _enqueue_blobs(tx, [digest], now + self.gc_delay)
+            return BlobRecord(*row)
+
+        return await self.db.write(fn)
+
+    async def mount_blob(self, repository: str, source: str, digest: str) -> BlobRecord | None:
+        """Link a blob readable by `source` into `repository`; None if `source` lacks it."""
+        now = self.clock()
+
+        def fn(tx: Tx) -> BlobRecord | None:
+            row = tx.one(
+                "SELECT b.digest, b.size, b.storage_key FROM blobs b "
+                "JOIN repository_blobs rb ON rb.digest = b.digest "
+                "JOIN repositories r ON r.id = rb.repository_id "
+                "WHERE r.name = :name AND b.digest = :digest",
+                {"name": source, "digest": digest},
+            )
+            if row is None:
+                return None
+            repo_id = _ensure_repository(tx, repository, now)
+            tx.execute(
+                "INSERT INTO repository_blobs (repository_id, digest, created_at) "
+                "VALUES (:repo, :digest, :now) ON CONFLICT DO NOTHING",
+                {"repo": repo_id, "digest": digest, "now": now},
+            )
+            # A client that mounts will push its manifest next: give it the whole delay.
+            tx.execute(
+                "UPDATE gc_blob_queue SET review_after = MAX(review_after, :t) "
+                "WHERE digest = :digest",
+                {"t": now + self.gc_delay, "digest": digest},
+            )
+            return BlobRecord(*row)
+
+        return await self.db.write(fn)
+
+    async def unlink_blob(self, repository: str, digest: str) -> bool:
+        """Remove `repository`'s access to a blob; False if it had none."""
+        now = self.clock()
+
+        def fn(tx: Tx) -> bool:
+            repo_id = _repository_id(tx, repository)
+            if repo_id is None:
+                return False
+            gone = tx.execute(
+                "DELETE FROM repository_blobs WHERE repository_id = :repo AND digest = :digest "
+                "RETURNING digest",
+                {"repo": repo_id, "digest": digest},
+            )
+            if gone:
+                _enqueue_blobs(tx, [digest], now + self.gc_delay)
+            return bool(gone)
+
+        return await self.db.write(fn)
+
+    async def touch_blob_review(self, digest: str) -> None:
+        """Push a queued blob's review later: a client that saw it exists may reference it."""
+        later = self.clock() + self.gc_delay
+
+        def fn(tx: Tx) -> None:
+            tx.execute(
+                "UPDATE gc_blob_queue SET review_after = :t "
+                "WHERE digest = :digest AND review_after < :t",
+                {"t": later, "digest": digest},
+            )
+
+        await self.db.write(fn)
+
+    # -- uploads -------------------------------------------------------------------------
+
+    async def create_upload(self, repository: str, upload_id: str) -> UploadRecord:
+        now = self.clock()
+
+        def fn(tx: Tx) -> UploadRecord:
+            repo_id = _ensure_repository(tx, repository, now)
+            tx.execute(
+                "INSERT INTO uploads (id, repository_id, size, started_at, updated_at) "
+                "VALUES (:id, :repo, 0, :now, :now)",
+                {"id": upload_id, "repo": repo_id, "now": now},
+            )
+            return UploadRecord(upload_id, repository, 0, now, now)
+
+        return await self.db.write(fn)
+
+    async def upload(self, repository: str, upload_id: str) -> UploadRecord:
+        """The upload session, which must belong to `repository`. Raises UploadNotFound."""
+
+        def fn(tx: Tx) -> UploadRecord:
+            row = tx.one(
+                "SELECT u.id, r.name, u.size, u.started_at, u.updated_at FROM uploads u "
+                "JOIN repositories r ON r.id = u.repository_id "
+                "WHERE u.id = :id AND r.name = :name",
+                {"id": upload_id, "name": repository},
+            )
+            if row is None:
+                raise UploadNotFound("upload unknown", {"uuid": upload_id})
+            return UploadRecord(*row)
+
+        return await self.db.read(fn)
+
+    async def set_upload_size(self, upload_id: str, size: int) -> None:
+        now = self.clock()
+
+        def fn(tx: Tx) -> None:
+            updated = tx.execute(
+                "UPDATE uploads SET size = :size, updated_at = :now WHERE id = :id RETURNING id",
+                {"size": size, "now": now, "id": upload_id},
+            )
+            if not updated:
+                raise UploadNotFound("upload unknown", {"uuid": upload_id})
+
+        await self.db.write(fn)
+
+    async def delete_upload(self, upload_id: str) -> bool:
+        def fn(tx: Tx) -> bool:
+            return bool(
+                tx.execute("DELETE FROM uploads WHERE id = :id RETURNING id", {"id": upload_id})
+            )
+
+        return await self.db.write(fn)
+
+    async def expired_uploads(self, idle_before: float, limit: int = 1000) -> list[str]:
+        def fn(tx: Tx) -> list[str]:
+            rows = tx.execute(
+                "SELECT id FROM uploads WHERE updated_at < :t ORDER BY updated_at LIMIT :n",
+                {"t": idle_before, "n": limit},
+            )
+            return [r[0] for r in rows]
+
+        return await self.db.read(fn)
+
+    async def expire_upload(self, upload_id: str, idle_before: float) -> bool:
+        """Delete the upload row if it is still idle since before `idle_before`."""
+
+        def fn(tx: Tx) -> bool:
+            return bool(
+                tx.execute(
+                    "DELETE FROM uploads WHERE id = :id AND updated_at < :t RETURNING id",
+                    {"id": upload_id, "t": idle_before},
+                )
+            )
+
+        return await self.db.write(fn)
+
+    # -- manifests and tags --------------------------------------------------------------
+
+    async def put_manifest(
+        self,
+        repository: str,
+        digest: Digest,
+        manifest: Manifest,
+        payload: bytes,
+        tag: str | None,
+    ) -> PutResult:
+        """Store a validated manifest (and point `tag` at it), all or nothing.
+
+        Raises ManifestBlobUnknown when a blob it needs is not readable by the repository, a
+        descriptor's size disagrees with the stored blob, or a child of an index is missing.
+        """
+        now = self.clock()
+        digest_s = str(digest)
+
+        def fn(tx: Tx) -> PutResult:
+            repo_id = _ensure_repository(tx, repository, now)
+            total = len(payload)
+            blob_digests: list[str] = []
+            for d in manifest.required_blobs:
+                size = tx.scalar(
+                    "SELECT b.size FROM repository_blobs rb JOIN blobs b ON b.digest = rb.digest "
+                    "WHERE rb.repository_id = :repo AND rb.digest = :digest",
+                    {"repo": repo_id, "digest": str(d.digest)},
+                )
+                if size is None:
+                    raise ManifestBlobUnknown(
+                        f"blob {d.digest} is not in repository {repository}",
+                        {"digest": str(d.digest)},
+                    )
+                if int(size) != d.size:
+                    raise ManifestBlobUnknown(
+                        f"blob {d.digest} is {size} bytes, the manifest says {d.size}",
+                        {"digest": str(d.digest)},
+                    )
+                if str(d.digest) not in blob_digests:
+                    blob_digests.append(str(d.digest))
+                    total += d.size
+            child_ids: list[int] = []
+            for child in manifest.children:
+                row = tx.one(
+                    "SELECT id, total_size FROM manifests "
+                    "WHERE repository_id = :repo AND digest = :digest",
+                    {"repo": repo_id, "digest": str(child.digest)},
+                )
+                if row is None:
+                    raise ManifestBlobUnknown(
+                        f"manifest {child.digest} is not in repository {repository}",
+                        {"digest": str(child.digest)},
+                    )
+                if row[0] not in child_ids:
+                    child_ids.append(int(row[0]))
+                    total += int(row[1])
+            inserted = tx.execute(
+                "INSERT INTO manifests (repository_id, digest, media_type, artifact_type, "
+                "annotations, payload, subject_digest, config_digest, total_size, created_at) "
+                "VALUES (:repo, :digest, :mt, :at, :ann, :payload, :subject, :config, :total, "
+                ":now) ON CONFLICT (repository_id, digest) DO NOTHING RETURNING id",
+                {
+                    "repo": repo_id,
+                    "digest": digest_s,
+                    "mt": manifest.media_type,
+                    "at": manifest.referrer_type,
+                    "ann": json.dumps(manifest.annotations) if manifest.annotations else None,
+                    "payload": payload,
+                    "subject": str(manifest.subject.digest) if manifest.subject else None,
+                    "config": str(manifest.config.digest) if manifest.config else None,
+                    "total": total,
+                    "now": now,
+                },
+            )
+            if inserted:
+                manifest_id = int(inserted[0][0])
+                tx.executemany(
+                    "INSERT INTO manifest_layers (manifest_id, digest) VALUES (:m, :d)",
+                    [{"m": manifest_id, "d": d} for d in blob_digests],
+                )
+                tx.executemany(
+                    "INSERT INTO manifest_references (parent_id, child_id) VALUES (:p, :c)",
+                    [{"p": manifest_id, "c": c} for c in child_ids],
+                )
+                if tag is None and manifest.subject is None:
+                    # Untagged and not a referrer: a candidate for untagged-manifest cleanup.
+                    _enqueue_manifest(tx, manifest_id, now + self.gc_delay)
+            else:
+                manifest_id = int(
+                    tx.scalar(
+                        "SELECT id FROM manifests WHERE repository_id = :repo AND digest = :d",
+                        {"repo": repo_id, "d": digest_s},
+                    )
+                )
+            if tag is not None:
+                previous = tx.scalar(
+                    "SELECT manifest_id FROM tags WHERE repository_id = :repo AND name = :tag",
+                    {"repo": repo_id, "tag": tag},
+                )
+                tx.execute(
+                    "INSERT INTO tags (repository_id, name, manifest_id, updated_at) "
+                    "VALUES (:repo, :tag, :m, :now) ON CONFLICT (repository_id, name) "
+                    "DO UPDATE SET manifest_id = excluded.manifest_id, "
+                    "updated_at = excluded.updated_at",
+                    {"repo": repo_id, "tag": tag, "m": manifest_id, "now": now},
+                )
+                if previous is not None and int(previous) != manifest_id:
+                    _enqueue_manifest(tx, int(previous), now + self.gc_delay)
+            return PutResult(bool(inserted), digest_s)
+
+        return await self.db.write(fn)
+
+    async def manifest(self, repository: str, reference: str, by_digest: bool) -> ManifestRecord:
+        """The manifest a tag points at, or the one with that digest. Raises ManifestNotFound."""
+
+        def fn(tx: Tx) -> ManifestRecord:
+            if by_digest:
+                row = tx.one(
+                    "SELECT m.digest, m.media_type, m.payload, m.subject_digest FROM manifests m "
+                    "JOIN repositories r ON r.id = m.repository_id "
+                    "WHERE r.name = :name AND m.digest = :ref",
+                    {"name": repository, "ref": reference},
+                )
+            else:
+                row = tx.one(
+                    "SELECT m.digest, m.media_type, m.payload, m.subject_digest FROM tags t "
+                    "JOIN repositories r ON r.id = t.repository_id "
+                    "JOIN manifests m ON m.id = t.manifest_id "
+                    "WHERE r.name = :name AND t.name = :ref",
+                    {"name": repository, "ref": reference},
+                )
+            if row is None:
+                raise ManifestNotFound(
+                    f"manifest {reference} is not in repository {repository}",
+                    {"name": repository, "reference": reference},
+                )
+            return ManifestRecord(row[0], row[1], bytes(row[2]), row[3])
+
+        return await self.db.read(fn)
+
+    async def delete_tag(self, repository: str, tag: str) -> None:
+        """Remove a tag (not its manifest). Raises ManifestNotFound."""
+        now = self.clock()
+
+        def fn(tx: Tx) -> None:
+            gone = tx.execute(
+                "DELETE FROM tags WHERE name = :tag AND repository_id = "
+                "(SELECT id FROM repositories WHERE name = :name) RETURNING manifest_id",
+                {"tag": tag, "name": repository},
+            )
+            if not gone:
+                raise ManifestNotFound(f"tag {tag} is not in repository {repository}")
+            _enqueue_manifest(tx, int(gone[0][0]), now + self.gc_delay)
+
+        await self.db.write(fn)
+
+    async def delete_manifest(self, repository: str, digest: str) -> None:
+        """Delete a manifest and every tag pointing at it.
+
+        Raises ManifestNotFound, or Conflict while an index in the repository still lists it.
+        """
+        now = self.clock()
+
+        def fn(tx: Tx) -> None:
+            row = tx.one(
+                "SELECT m.id FROM manifests m JOIN repositories r ON r.id = m.repository_id "
+                "WHERE r.name = :name AND m.digest = :digest",
+                {"name": repository, "digest": digest},
+            )
+            if row is None:
+                raise ManifestNotFound(f"manifest {digest} is not in repository {repository}")
+            manifest_id = int(row[0])
+            parent = tx.scalar(
+                "SELECT p.digest FROM manifest_references mr JOIN manifests p ON p.id = "
+                "mr.parent_id WHERE mr.child_id = :id LIMIT 1",
+                {"id": manifest_id},
+            )
+            if parent is not None:
+                raise Conflict(
+                    f"manifest {digest} is listed by index {parent}; delete the index first",
+                    {"index": parent},
+                )
+            blobs = [
+                r[0]
+                for r in tx.execute(
+                    "SELECT digest FROM manifest_layers WHERE manifest_id = :id",
+                    {"id": manifest_id},
+                )
+            ]
+            children = [
+                int(r[0])
+                for r in tx.execute(
+                    "SELECT child_id FROM manifest_references WHERE parent_id = :id",
+                    {"id": manifest_id},
+                )
+            ]
+            tx.execute("DELETE FROM tags WHERE manifest_id = :id", {"id": manifest_id})
+            tx.execute("DELETE FROM gc_manifest_queue WHERE manifest_id = :id", {"id": manifest_id})
+            tx.execute("DELETE FROM manifests WHERE id = :id", {"id": manifest_id})
+            _enqueue_blobs(tx, blobs, now + self.gc_delay)
+            for child in children:
+                _enqueue_manifest(tx, child, now + self.gc_delay)
+
+        await self.db.write(fn)
+
+    async def tags(self, repository: str, n: int | None, last: str | None) -> list[str]:
+        """Tag names in lexical order after `last`, at most `n`. Raises RepositoryNotFound."""
+
+        def fn(tx: Tx) -> list[str]:
+            repo_id = _repository_id(tx, repository)
+            if repo_id is None:
+                raise RepositoryNotFound(f"repository {repository} not known", {"name": repository})
+            params: dict[str, Any] = {
+                "repo": repo_id,
+                "last": last or "",
+                "n": -1 if n is None else n,
+            }
+            rows = tx.execute(
+                "SELECT name FROM tags WHERE repository_id = :repo AND name > :last "
+                "ORDER BY name LIMIT :n",
+                params,
+            )
+            return [r[0] for r in rows]
+
+        return await self.db.read(fn)
+
+    async def catalog(self, n: int | None, last: str | None) -> list[str]:
+        """Repositories holding at least one manifest, in lexical order after `last`."""
+
+        def fn(tx: Tx) -> list[str]:
+            rows = tx.execute(
+                "SELECT r.name FROM repositories r WHERE r.name > :last AND EXISTS "
+                "(SELECT 1 FROM manifests m WHERE m.repository_id = r.id) "
+                "ORDER BY r.name LIMIT :n",
+                {"last": last or "", "n": -1 if n is None else n},
+            )
+            return [r[0] for r in rows]
+
+        return await self.db.read(fn)
+
+    async def referrers(
+        self, repository: str, subject: str, artifact_type: str | None
+    ) -> list[dict[str, Any]]:
+        """Descriptors of the manifests in `repository` whose subject is `subject`."""
+
+        def fn(tx: Tx) -> list[dict[str, Any]]:
+            sql = (
+                "SELECT m.media_type, m.digest, LENGTH(m.payload), m.artifact_type, "
+                "m.annotations FROM manifests m JOIN repositories r ON r.id = m.repository_id "
+                "WHERE r.name = :name AND m.subject_digest = :subject"
+            )
+            params: dict[str, Any] = {"name": repository, "subject": subject}
+            if artifact_type is not None:
+                sql += " AND m.artifact_type = :at"
+                params["at"] = artifact_type
+            out = []
+            for media_type, digest, size, at, notes in tx.execute(
+                sql + " ORDER BY m.created_at, m.digest", params
+            ):
+                d: dict[str, Any] = {"mediaType": media_type, "digest": digest, "size": size}
+                if at:
+                    d["artifactType"] = at
+                if notes:
+                    d["annotations"] = json.loads(notes)
+                out.append(d)
+            return out
+
+        return await self.db.read(fn)

@@ -1,0 +1,38 @@
+"""The repository-name and tag grammar of the OCI Distribution spec."""
+
+from __future__ import annotations
+
+import re
+
+from appliance.errors import InvalidName
+
+MAX_NAME_LENGTH = 255
+_COMPONENT = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*"
+_NAME = re.compile(rf"^{_COMPONENT}(?:/{_COMPONENT})*$")
+_TAG = re.compile(r"^[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}$")
+
+
+def validate_name(name: str) -> str:
+    """Return `name` if it is a valid repository name; raise InvalidName otherwise."""
+    if not name:
+        raise InvalidName("repository name is empty")
+    if len(name) > MAX_NAME_LENGTH:
+        raise InvalidName(f"repository name is longer than {MAX_NAME_LENGTH} characters")
+    if not _NAME.match(name):
+        raise InvalidName(
+            f"invalid repository name {name[:100]!r}: lowercase letters, digits and "
+            "separators (. _ __ -) in path components joined by /"
+        )
+    return name
+
+
+def validate_tag(tag: str) -> str:
+    """Return `tag` if it is a valid tag; raise InvalidName otherwise."""
+    if not _TAG.match(tag):
+        raise InvalidName(f"invalid tag {tag[:150]!r}")
+    return tag
+
+
+def namespace_of(name: str) -> str:
+    """The namespace a repository belongs to: its first path component."""
+    return name.split("/", 1)[0]

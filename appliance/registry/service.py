@@ -1,0 +1,342 @@
+"""The registry's operations: uploads, blobs, manifests, tags, catalog and referrers.
+
+This is where the rules of the OCI Distribution spec live, independent of HTTP. Bytes go to the
+BlobStore, records to the MetadataStore; the order of the two is chosen so that a crash or a
+cancellation at any point leaves nothing visible that is incomplete:
+
+* an upload's bytes are committed to their final key before the blob row exists, and a failed
+  row insert deletes those bytes again;
+* a manifest is inserted only after its blobs are checked inside the same transaction.
+
+Python cannot save a hash object's state, so the running digest of an upload lives in the memory
+of this process, next to the offset it has seen; a chunk or commit arriving without that state
+(after a restart, or at another process) falls back to reading the stored bytes once at commit.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import trio
+
+from appliance.errors import (
+    BlobNotFound,
+    InvalidDigest,
+    ManifestTooLarge,
+    RangeInvalid,
+    SizeInvalid,
+)
+from appliance.metadata.store import (
+    BlobRecord,
+    ManifestRecord,
+    MetadataStore,
+    PutResult,
+    UploadRecord,
+)
+from appliance.oci import manifest as manifests
+from appliance.oci.digest import Digest, Hasher, is_digest, new_hasher
+from appliance.oci.names import validate_name, validate_tag
+from appliance.storage import layout
+from appliance.storage.base import BlobStore, Progress
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _HashState:
+    offset: int
+    hasher: Hasher
+
+
+@dataclass(frozen=True)
+class ManifestPut:
+    digest: str
+    subject: str | None
+    created: bool
+
+
+class Registry:
+    """Registry operations over `meta` (records) and `store` (bytes)."""
+
+    def __init__(
+        self,
+        meta: MetadataStore,
+        store: BlobStore,
+        *,
+        clock: Callable[[], float],
+        max_manifest_size: int = 4 << 20,
+        upload_expiry: float = 86400.0,
+    ) -> None:
+        self.meta = meta
+        self.store = store
+        self.clock = clock
+        self.max_manifest_size = max_manifest_size
+        self.upload_expiry = upload_expiry
+        self._hashes: dict[str, _HashState] = {}
+        self._locks: dict[str, trio.Lock] = {}
+        self._lock_users: dict[str, int] = {}
+
+    # -- uploads -------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def _upload_lock(self, upload_id: str) -> AsyncIterator[None]:
+        """Serialise work on one upload within this process."""
+        lock = self._locks.setdefault(upload_id, trio.Lock())
+        self._lock_users[upload_id] = self._lock_users.get(upload_id, 0) + 1
+        try:
+            async with lock:
+                yield
+        finally:
+            self._lock_users[upload_id] -= 1
+            if not self._lock_users[upload_id]:
+                del self._lock_users[upload_id]
+                del self._locks[upload_id]
+
+    async def start_upload(self, repository: str) -> UploadRecord:
+        validate_name(repository)
+        upload_id = layout.new_upload_id()
+        record = await self.meta.create_upload(repository, upload_id)
+        try:
+            await self.store.create_upload(upload_id)
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await self.meta.delete_upload(upload_id)
+            raise
+        self._hashes[upload_id] = _HashState(0, new_hasher("sha256"))
+        return record
+
+    async def upload_status(self, repository: str, upload_id: str) -> UploadRecord:
+        validate_name(repository)
+        return await self.meta.upload(repository, upload_id)
+
+    async def _append(
+        self, record: UploadRecord, chunks: AsyncIterator[bytes], start: int | None
+    ) -> int:
+        """Append to an upload whose lock is held; return its new size."""
+        offset = record.size
+        if start is not None and start != offset:
+            raise RangeInvalid(
+                f"chunk starts at {start} but the upload holds {offset} bytes", offset
+            )
+        state = self._hashes.pop(record.id, None)
+        hasher = state.hasher if state is not None and state.offset == offset else None
+        progress = Progress()
+        appended = False
+        try:
+            size = await self.store.append(record.id, offset, chunks, hasher, progress)
+            appended = True
+        finally:
+            if progress.written:
+                # What reached the store stays, even after a disconnect: the client may ask
+                # how far it got and resume from there.
+                with trio.CancelScope(shield=True):
+                    await self.meta.set_upload_size(record.id, offset + progress.written)
+                if hasher is not None:
+                    self._hashes[record.id] = _HashState(offset + progress.written, hasher)
+            elif appended and hasher is not None and state is not None:
+                self._hashes[record.id] = state  # an empty chunk: the digest is untouched
+            elif offset == 0:
+                # Nothing was kept (a failed write is cut back): start the digest afresh.
+                self._hashes[record.id] = _HashState(0, new_hasher("sha256"))
+        return size
+
+    async def append(
+        self,
+        repository: str,
+        upload_id: str,
+        chunks: AsyncIterator[bytes],
+        start: int | None = None,
+    ) -> int:
+        """PATCH: append a chunk (at `start`, when the client says where). Returns the size."""
+        validate_name(repository)
+        async with self._upload_lock(upload_id):
+            record = await self.meta.upload(repository, upload_id)
+            return await self._append(record, chunks, start)
+
+    async def complete(
+        self,
+        repository: str,
+        upload_id: str,
+        digest_text: str,
+        chunks: AsyncIterator[bytes] | None = None,
+        start: int | None = None,
+    ) -> BlobRecord:
+        """PUT: append an optional last chunk, verify the digest, and commit the blob.
+
+        A digest that does not match ends the upload and stores nothing.
+        """
+        validate_name(repository)
+        digest = Digest.parse(digest_text)
+        async with self._upload_lock(upload_id):
+            record = await self.meta.upload(repository, upload_id)
+            size = record.size
+            if chunks is not None:
+                size = await self._append(record, chunks, start)
+            state = self._hashes.get(upload_id)
+            if state is not None and state.offset == size and digest.algorithm == "sha256":
+                actual = Digest("sha256", state.hasher.hexdigest())
+            else:
+                actual = await self.store.hash_upload(upload_id, size, digest.algorithm)
+            if actual != digest:
+                await self._discard(upload_id)
+                raise InvalidDigest(
+                    f"digest {digest} does not match the uploaded content ({actual})",
+                    {"expected": str(digest), "actual": str(actual)},
+                )
+            key = await self.store.commit(upload_id, size, digest)
+            self._hashes.pop(upload_id, None)
+            try:
+                blob = await self.meta.commit_blob(repository, upload_id, str(digest), size, key)
+            except BaseException:
+                with trio.CancelScope(shield=True):
+                    await self.store.delete(key)
+                    await self.meta.delete_upload(upload_id)
+                raise
+            if blob.storage_key != key:
+                # Another upload of the same content committed first; its bytes serve.
+                with trio.CancelScope(shield=True):
+                    await self.store.delete(key)
+            return blob
+
+    async def _discard(self, upload_id: str) -> None:
+        with trio.CancelScope(shield=True):
+            self._hashes.pop(upload_id, None)
+            await self.meta.delete_upload(upload_id)
+            await self.store.delete_upload(upload_id)
+
+    async def upload_monolithic(
+        self, repository: str, digest_text: str, chunks: AsyncIterator[bytes]
+    ) -> BlobRecord:
+        """POST with `?digest=`: a whole blob in one request."""
+        Digest.parse(digest_text)
+        record = await self.start_upload(repository)
+        try:
+            return await self.complete(repository, record.id, digest_text, chunks, 0)
+        except BaseException:
+            await self._discard(record.id)
+            raise
+
+    async def cancel_upload(self, repository: str, upload_id: str) -> None:
+        validate_name(repository)
+        async with self._upload_lock(upload_id):
+            await self.meta.upload(repository, upload_id)
+            await self._discard(upload_id)
+
+    async def purge_expired_uploads(self) -> int:
+        """Remove upload sessions idle for longer than the expiry, with their bytes."""
+        idle_before = self.clock() - self.upload_expiry
+        removed = 0
+        for upload_id in await self.meta.expired_uploads(idle_before):
+            async with self._upload_lock(upload_id):
+                if await self.meta.expire_upload(upload_id, idle_before):
+                    self._hashes.pop(upload_id, None)
+                    await self.store.delete_upload(upload_id)
+                    removed += 1
+        if removed:
+            log.info("removed %d expired upload(s)", removed)
+        return removed
+
+    # -- blobs ---------------------------------------------------------------------------
+
+    async def blob(self, repository: str, digest_text: str) -> BlobRecord:
+        validate_name(repository)
+        digest = str(Digest.parse(digest_text))
+        record = await self.meta.blob(repository, digest)
+        if record is None:
+            raise BlobNotFound(
+                f"blob {digest} is not in repository {repository}", {"digest": digest}
+            )
+        return record
+
+    async def blob_checked(self, blob: BlobRecord) -> None:
+        """A client saw that `blob` exists and may now reference it instead of uploading it:
+        if the collector is due to review it soon, give the client the whole delay again.
+        Only then is this a write, so a HEAD stays a read in the common case."""
+        delay = self.meta.gc_delay
+        if blob.review_after is not None and blob.review_after < self.clock() + delay / 2:
+            await self.meta.touch_blob_review(blob.digest)
+
+    async def mount(self, repository: str, source: str, digest_text: str) -> BlobRecord | None:
+        """Make a blob of `source` readable by `repository`; None if `source` lacks it."""
+        validate_name(repository)
+        validate_name(source)
+        digest = str(Digest.parse(digest_text))
+        return await self.meta.mount_blob(repository, source, digest)
+
+    async def delete_blob(self, repository: str, digest_text: str) -> None:
+        validate_name(repository)
+        digest = str(Digest.parse(digest_text))
+        if not await self.meta.unlink_blob(repository, digest):
+            raise BlobNotFound(
+                f"blob {digest} is not in repository {repository}", {"digest": digest}
+            )
+
+    def read_blob(self, blob: BlobRecord, start: int, length: int) -> AsyncIterator[bytes]:
+        return self.store.read(blob.storage_key, start, length)
+
+    # -- manifests -----------------------------------------------------------------------
+
+    async def put_manifest(
+        self, repository: str, reference: str, payload: bytes, content_type: str | None
+    ) -> ManifestPut:
+        validate_name(repository)
+        if len(payload) > self.max_manifest_size:
+            raise ManifestTooLarge(
+                f"manifest is larger than {self.max_manifest_size} bytes",
+                {"limit": self.max_manifest_size},
+            )
+        tag: str | None = None
+        if is_digest(reference):
+            claimed = Digest.parse(reference)
+            digest = Digest.of(payload, claimed.algorithm)
+            if digest != claimed:
+                raise InvalidDigest(
+                    f"manifest digest is {digest}, not {claimed}",
+                    {"expected": str(claimed), "actual": str(digest)},
+                )
+        else:
+            tag = validate_tag(reference)
+            digest = Digest.of(payload)
+        parsed = manifests.parse(payload, content_type)
+        result: PutResult = await self.meta.put_manifest(repository, digest, parsed, payload, tag)
+        return ManifestPut(
+            result.digest,
+            str(parsed.subject.digest) if parsed.subject is not None else None,
+            result.created,
+        )
+
+    async def manifest(self, repository: str, reference: str) -> ManifestRecord:
+        validate_name(repository)
+        if is_digest(reference):
+            return await self.meta.manifest(repository, str(Digest.parse(reference)), True)
+        return await self.meta.manifest(repository, validate_tag(reference), False)
+
+    async def delete_manifest(self, repository: str, reference: str) -> None:
+        """By digest: the manifest and its tags. By tag: the tag only."""
+        validate_name(repository)
+        if is_digest(reference):
+            await self.meta.delete_manifest(repository, str(Digest.parse(reference)))
+        else:
+            await self.meta.delete_tag(repository, validate_tag(reference))
+
+    # -- listings ------------------------------------------------------------------------
+
+    async def tags(self, repository: str, n: int | None, last: str | None) -> list[str]:
+        validate_name(repository)
+        return await self.meta.tags(repository, n, last)
+
+    async def catalog(self, n: int | None, last: str | None) -> list[str]:
+        return await self.meta.catalog(n, last)
+
+    async def referrers(
+        self, repository: str, digest_text: str, artifact_type: str | None
+    ) -> list[dict[str, object]]:
+        validate_name(repository)
+        digest = str(Digest.parse(digest_text))
+        return await self.meta.referrers(repository, digest, artifact_type)
+
+
+__all__ = ["ManifestPut", "Registry", "SizeInvalid"]

@@ -1,0 +1,69 @@
+"""The BlobStore protocol: the seam every storage backend implements.
+
+Stores hold bytes only; which blobs exist and who may read them is the metadata database's
+business. Every method may raise StorageFull (no space left) or Unavailable (backend
+unreachable); other backend errors are translated at this boundary and never leak.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Protocol
+
+from appliance.oci.digest import Digest, Hasher
+
+
+@dataclass
+class Progress:
+    """How many bytes an append has made durable so far; read it after a failure."""
+
+    written: int = 0
+
+
+class BlobStore(Protocol):
+    async def create_upload(self, upload_id: str) -> None:
+        """Make an empty upload. Idempotent."""
+
+    async def append(
+        self,
+        upload_id: str,
+        offset: int,
+        chunks: AsyncIterator[bytes],
+        hasher: Hasher | None,
+        progress: Progress,
+    ) -> int:
+        """Write `chunks` at `offset` and return the new length of the upload.
+
+        Bytes past `offset` (left by a crash or a failed earlier append) are discarded first.
+        Each chunk also feeds `hasher` when one is given. `progress.written` counts the bytes
+        written so far, so after a disconnect or cancellation the caller knows exactly what the
+        upload holds. On StorageFull the upload is cut back to `offset` and `progress.written`
+        is 0. Raises UploadNotFound if the upload does not exist or is shorter than `offset`.
+        """
+
+    async def upload_size(self, upload_id: str) -> int:
+        """Bytes currently stored for the upload (may exceed what the database recorded)."""
+
+    async def hash_upload(self, upload_id: str, length: int, algorithm: str) -> Digest:
+        """Digest of the first `length` bytes of the upload, read once."""
+
+    async def commit(self, upload_id: str, length: int, digest: Digest) -> str:
+        """Make the first `length` bytes of the upload a durable blob; return its storage key.
+
+        The caller has verified the digest. Atomic: afterwards the key holds exactly those
+        bytes, or (on failure) nothing does and the upload is left as it was.
+        """
+
+    async def delete_upload(self, upload_id: str) -> None:
+        """Remove an upload and its bytes. Idempotent."""
+
+    def read(self, key: str, start: int, length: int) -> AsyncIterator[bytes]:
+        """Stream `length` bytes of the blob at `key` from `start`. Raises BlobNotFound."""
+        ...
+
+    async def delete(self, key: str) -> None:
+        """Remove the blob at `key`. Idempotent."""
+
+    async def check(self) -> None:
+        """Raise Unavailable when the store cannot be used."""

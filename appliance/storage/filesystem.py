@@ -1,0 +1,216 @@
+"""Blob store on a local filesystem: uploads are files, commit is fsync + rename."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import shutil
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import BinaryIO, TypeVar
+
+import trio
+
+from appliance.errors import BlobNotFound, StorageFull, Unavailable, UploadNotFound
+from appliance.oci.digest import Digest, Hasher, new_hasher
+from appliance.storage import layout
+from appliance.storage.base import Progress
+
+CHUNK = 1 << 20
+_FULL = {errno.ENOSPC, errno.EDQUOT}
+T = TypeVar("T")
+
+
+def _translate(e: OSError, what: str) -> Exception:
+    if e.errno in _FULL:
+        return StorageFull(f"storage is full: no space left for {what}")
+    return Unavailable(f"storage error on {what}: {e.strerror}")
+
+
+async def _run(fn: Callable[[], T], what: str) -> T:
+    """Run blocking file work in a thread, translating OS errors at this boundary."""
+    try:
+        return await trio.to_thread.run_sync(fn)
+    except (FileNotFoundError, UploadNotFound, BlobNotFound):
+        raise
+    except OSError as e:
+        raise _translate(e, what) from e
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class FilesystemStore:
+    """A BlobStore rooted at one directory (see `layout` for the key tree)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def _path(self, key: str) -> Path:
+        return self.root / key
+
+    def _upload(self, upload_id: str) -> Path:
+        if not layout.is_upload_id(upload_id):
+            raise UploadNotFound("upload unknown")
+        return self._path(layout.upload_key(upload_id))
+
+    async def create_upload(self, upload_id: str) -> None:
+        path = self._upload(upload_id)
+
+        def create() -> None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.touch()
+
+        await _run(create, "a new upload")
+
+    async def append(
+        self,
+        upload_id: str,
+        offset: int,
+        chunks: AsyncIterator[bytes],
+        hasher: Hasher | None,
+        progress: Progress,
+    ) -> int:
+        path = self._upload(upload_id)
+
+        def open_at() -> BinaryIO:
+            try:
+                f = path.open("r+b")
+            except FileNotFoundError:
+                raise UploadNotFound("upload unknown") from None
+            size = f.seek(0, os.SEEK_END)
+            if size < offset:
+                f.close()
+                raise UploadNotFound("upload data is shorter than recorded")
+            if size > offset:
+                f.truncate(offset)
+            f.seek(offset)
+            return f
+
+        def write(f: BinaryIO, data: bytes) -> None:
+            f.write(data)
+            if hasher is not None:
+                hasher.update(data)
+
+        f = await _run(open_at, "an upload")
+        try:
+            async for data in chunks:
+                await _run(lambda d=data: write(f, d), "an upload")  # type: ignore[misc]
+                progress.written += len(data)
+            await _run(f.flush, "an upload")
+        except StorageFull:
+            progress.written = 0
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(_cut, f, offset)
+            raise
+        finally:
+            f.close()
+        return offset + progress.written
+
+    async def upload_size(self, upload_id: str) -> int:
+        path = self._upload(upload_id)
+        try:
+            return await _run(lambda: path.stat().st_size, "an upload")
+        except FileNotFoundError:
+            raise UploadNotFound("upload unknown") from None
+
+    async def hash_upload(self, upload_id: str, length: int, algorithm: str) -> Digest:
+        path = self._upload(upload_id)
+
+        def digest() -> Digest:
+            h = new_hasher(algorithm)
+            remaining = length
+            with path.open("rb") as f:
+                while remaining > 0:
+                    data = f.read(min(CHUNK, remaining))
+                    if not data:
+                        raise UploadNotFound("upload data is shorter than recorded")
+                    h.update(data)
+                    remaining -= len(data)
+            return Digest(algorithm, h.hexdigest())
+
+        try:
+            return await _run(digest, "an upload")
+        except FileNotFoundError:
+            raise UploadNotFound("upload unknown") from None
+
+    async def commit(self, upload_id: str, length: int, digest: Digest) -> str:
+        src = self._upload(upload_id)
+        key = layout.blob_key(digest)
+        dst = self._path(key)
+
+        def commit() -> None:
+            with src.open("r+b") as f:
+                if f.seek(0, os.SEEK_END) != length:
+                    f.truncate(length)
+                os.fsync(f.fileno())
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            os.rename(src, dst)
+            _fsync_dir(dst.parent)
+            shutil.rmtree(src.parent, ignore_errors=True)
+
+        try:
+            await _run(commit, f"blob {digest}")
+        except FileNotFoundError:
+            raise UploadNotFound("upload unknown") from None
+        return key
+
+    async def delete_upload(self, upload_id: str) -> None:
+        path = self._upload(upload_id).parent
+        await _run(lambda: shutil.rmtree(path, ignore_errors=True), "an upload")
+
+    async def read(self, key: str, start: int, length: int) -> AsyncIterator[bytes]:
+        path = self._path(key)
+
+        def open_at() -> BinaryIO:
+            f = path.open("rb")
+            f.seek(start)
+            return f
+
+        try:
+            f = await _run(open_at, "a blob")
+        except FileNotFoundError:
+            raise BlobNotFound(f"blob bytes missing at {key}") from None
+        try:
+            remaining = length
+            while remaining > 0:
+                want = min(CHUNK, remaining)
+                data = await _run(lambda n=want: f.read(n), "a blob")  # type: ignore[misc]
+                if not data:
+                    raise Unavailable(f"blob at {key} is shorter than recorded")
+                remaining -= len(data)
+                yield data
+        finally:
+            f.close()
+
+    async def delete(self, key: str) -> None:
+        path = self._path(key)
+
+        def delete() -> None:
+            path.unlink(missing_ok=True)
+            for parent in (path.parent, path.parent.parent):
+                try:
+                    parent.rmdir()
+                except OSError:
+                    break
+
+        await _run(delete, "a blob")
+
+    async def check(self) -> None:
+        def check() -> None:
+            self.root.mkdir(parents=True, exist_ok=True)
+            if not os.access(self.root, os.W_OK):
+                raise PermissionError(errno.EACCES, "not writable", str(self.root))
+
+        await _run(check, f"storage root {self.root}")
+
+
+def _cut(f: BinaryIO, length: int) -> None:
+    with contextlib.suppress(OSError):
+        f.truncate(length)

@@ -1,0 +1,36 @@
+"""The storage key tree, drawn once:
+
+    <root>/blobs/<algorithm>/<ab>/<hex>/<storage-id>   a committed blob; the blobs row records
+                                                       this key. A fresh storage-id per commit,
+                                                       so a blob re-uploaded while an older copy
+                                                       is being collected never loses its bytes.
+    <root>/uploads/<upload-id>/data                    an upload in progress
+
+Keys are '/'-separated and relative to the store's root.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+
+from appliance.oci.digest import Digest
+
+_UPLOAD_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+def new_upload_id() -> str:
+    return uuid.uuid4().hex
+
+
+def is_upload_id(value: str) -> bool:
+    return bool(_UPLOAD_ID.match(value))
+
+
+def upload_key(upload_id: str) -> str:
+    return f"uploads/{upload_id}/data"
+
+
+def blob_key(digest: Digest) -> str:
+    """A new, unique key for committing `digest`."""
+    return f"blobs/{digest.algorithm}/{digest.hex[:2]}/{digest.hex}/{uuid.uuid4().hex}"

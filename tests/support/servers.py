@@ -1,0 +1,190 @@
+"""Start real servers for tests and benchmarks: Berth itself and the reference registry.
+
+Every server binds port 0 (or a free port it is told) on loopback, reports its URL, and is
+stopped by its PID. Nothing here sleeps for a fixed time: readiness is a line the server prints
+or an HTTP answer that is polled for.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+LISTENING = re.compile(r"listening on (http://\S+)")
+
+
+def free_port() -> int:
+    """A loopback port that was free a moment ago (for servers that cannot bind port 0)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def require_binary(name: str, package: str) -> str:
+    """Path of `name`; skip the test when it is missing, but fail under CI=true."""
+    path = shutil.which(name)
+    if path is None:
+        import pytest
+
+        message = f"{name} not found: install the Debian package {package!r}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+@dataclass
+class Server:
+    """A running server process and where it listens."""
+
+    url: str
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+    data_dir: Path | None = None
+    _pump: threading.Thread | None = field(default=None, repr=False)
+
+    @property
+    def host(self) -> str:
+        """`host:port`, as registry clients want it."""
+        return self.url.split("://", 1)[1]
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        """Signal the process and wait for it; returns its exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self._pump is not None:
+            self._pump.join(5)
+        return int(self.proc.returncode)
+
+    def kill(self) -> None:
+        """SIGKILL: a crash, as far as the server can tell."""
+        self.stop(signal.SIGKILL)
+
+
+def berth_command() -> list[str]:
+    """How to run Berth from this checkout: the installed console script, or the module."""
+    exe = Path(sys.executable).with_name("berth")
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "appliance"]
+
+
+def start_berth(
+    data_dir: Path,
+    *,
+    args: Sequence[str] = (),
+    env: dict[str, str] | None = None,
+    listen: str = "127.0.0.1:0",
+    log_path: Path | None = None,
+    timeout: float = 30,
+) -> Server:
+    """Start `berth serve` on `listen` with its data under `data_dir`; wait until it listens."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_path or data_dir.parent / f"{data_dir.name}.log"
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("BERTH_")}
+    full_env.update(env or {})
+    cmd = [*berth_command(), "serve", "--listen", listen, "--data-dir", str(data_dir), *args]
+    proc = subprocess.Popen(  # noqa: S603
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=full_env, cwd=data_dir.parent
+    )
+    found: list[str] = []
+    ready = threading.Event()
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        with log_path.open("ab") as log:
+            for line in proc.stdout:
+                log.write(line)
+                log.flush()
+                if not found:
+                    m = LISTENING.search(line.decode(errors="replace"))
+                    if m:
+                        found.append(m.group(1))
+                        ready.set()
+        ready.set()
+
+    thread = threading.Thread(target=pump, daemon=True)
+    thread.start()
+    ready.wait(timeout)
+    server = Server(found[0] if found else "", proc, log_path, data_dir, thread)
+    if not found:
+        server.stop(signal.SIGKILL)
+        raise RuntimeError(f"berth did not start: {cmd}\n{server.log()}")
+    return server
+
+
+def wait_http(url: str, timeout: float = 30, ok: Sequence[int] = (200, 401)) -> None:
+    """Poll `url` until it answers with one of `ok`."""
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:  # noqa: S310
+                if r.status in ok:
+                    return
+        except urllib.error.HTTPError as e:
+            if e.code in ok:
+                return
+            last = e
+        except OSError as e:
+            last = e
+        time.sleep(0.05)
+    raise RuntimeError(f"{url} did not answer in {timeout}s: {last}")
+
+
+def start_reference_registry(tmp: Path, *, htpasswd: Path | None = None) -> Server:
+    """Debian's `docker-registry` (CNCF Distribution 2.8) with filesystem storage in `tmp`."""
+    exe = require_binary("docker-registry", "docker-registry")
+    tmp.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    auth = ""
+    if htpasswd is not None:
+        auth = f"auth:\n  htpasswd:\n    realm: test\n    path: {htpasswd}\n"
+    config = tmp / "config.yml"
+    config.write_text(
+        "version: 0.1\n"
+        "log:\n  level: warn\n  accesslog:\n    disabled: true\n"
+        f"storage:\n  filesystem:\n    rootdirectory: {tmp / 'data'}\n"
+        "  delete:\n    enabled: true\n"
+        f"http:\n  addr: 127.0.0.1:{port}\n"
+        f"{auth}"
+    )
+    log_path = tmp / "registry.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen([exe, "serve", str(config)], stdout=log, stderr=log)  # noqa: S603
+    server = Server(f"http://127.0.0.1:{port}", proc, log_path, tmp / "data")
+    try:
+        wait_http(server.url + "/v2/")
+    except RuntimeError:
+        server.stop(signal.SIGKILL)
+        raise
+    return server
+
+
+@contextlib.contextmanager
+def running(server: Server) -> Iterator[Server]:
+    """Stop `server` when the block ends, whatever happens inside."""
+    try:
+        yield server
+    finally:
+        server.stop()
