@@ -1,0 +1,60 @@
+# Berth: developer entry points. `make` alone lists them.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+# Debian packages the test suite drives for real (see ../shared/TESTBED.md).
+APT_PACKAGES := skopeo podman umoci docker.io docker-registry busybox-static wrk curl \
+                uidmap iptables ca-certificates
+
+.DEFAULT_GOAL := help
+.PHONY: help run test test-slow lint fmt bench apt-deps clean
+
+help: ## List the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(VENV)/.run-installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e .
+	@touch $@
+
+$(VENV)/.test-installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[test]'
+	@touch $@ $(VENV)/.run-installed
+
+run: $(VENV)/.run-installed ## Start Berth on SQLite + filesystem under ./berth-data, on 127.0.0.1:5000
+	$(BIN)/berth serve
+
+apt-deps: ## Install the Debian packages the tests use (only when root and something is missing)
+	@if [ "$$(id -u)" = 0 ]; then \
+	  missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	  if [ -n "$$missing" ]; then \
+	    echo "apt-get install $$missing"; \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+	      --no-install-recommends $$missing; \
+	  fi; \
+	else echo "not root: skipping apt packages ($(APT_PACKAGES))"; fi
+
+lint: $(VENV)/.test-installed ## ruff and strict mypy
+	$(BIN)/ruff check appliance tests bench
+	$(BIN)/ruff format --check appliance tests bench
+	$(BIN)/mypy
+
+fmt: $(VENV)/.test-installed ## Format and autofix
+	$(BIN)/ruff format appliance tests bench
+	$(BIN)/ruff check --fix appliance tests bench
+
+test: apt-deps $(VENV)/.test-installed lint ## Install every test dependency and run the whole suite
+	$(BIN)/pytest -m "not slow" -p no:cacheprovider
+
+test-slow: apt-deps $(VENV)/.test-installed ## Long soak and size tests (multi-GiB blobs, many rounds)
+	$(BIN)/pytest -m slow -p no:cacheprovider
+
+bench: apt-deps $(VENV)/.test-installed ## Berth against the reference registry, side by side
+	$(BIN)/python -m bench.run
+
+clean: ## Remove the virtual environment and caches (not ./berth-data)
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build dist *.egg-info
