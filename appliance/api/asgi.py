@@ -80,15 +80,18 @@ class Request:
                 held = 0
 
     async def read(self, limit: int) -> bytes:
-        """The whole body, which must be at most `limit` bytes; returns `limit + 1` bytes
-        (and stops reading) when it is longer, so the caller can refuse it."""
+        """The whole body if it is at most `limit` bytes. A longer body is read only as far as
+        `limit + 1` bytes, which are returned so that the caller can refuse it."""
         parts: list[bytes] = []
         held = 0
-        async for data in self.chunks(batch=1):
+        while not self._body_done and held <= limit:
+            message = await self.receive()
+            if message["type"] == "http.disconnect":
+                raise ClientDisconnected("client disconnected during the request body")
+            data = message.get("body", b"")
             parts.append(data)
             held += len(data)
-            if held > limit:
-                break
+            self._body_done = not message.get("more_body", False)
         return b"".join(parts)[: limit + 1]
 
 

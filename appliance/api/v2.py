@@ -253,9 +253,10 @@ class RegistryAPI:
         n = _page_size(request)
         names = await self.registry.catalog(None if n is None else n + 1, request.arg("last"))
         headers = {"content-type": JSON}
-        if n is not None and len(names) > n:
-            names = names[:n]
-            headers["link"] = self._next_link("/v2/_catalog", n, names[-1], {})
+        if n is not None:
+            more, names = len(names) > n, names[:n]
+            if more and names:
+                headers["link"] = self._next_link("/v2/_catalog", n, names[-1], {})
         body = json.dumps({"repositories": names}).encode()
         await respond(send, 200, headers, body)
 
@@ -265,9 +266,11 @@ class RegistryAPI:
             route.name, None if n is None else n + 1, request.arg("last")
         )
         headers = {"content-type": JSON}
-        if n is not None and len(names) > n:
-            names = names[:n]
-            headers["link"] = self._next_link(f"/v2/{route.name}/tags/list", n, names[-1], {})
+        if n is not None:
+            more, names = len(names) > n, names[:n]
+            if more and names:
+                path = f"/v2/{route.name}/tags/list"
+                headers["link"] = self._next_link(path, n, names[-1], {})
         body = json.dumps({"name": route.name, "tags": names}).encode()
         await respond(send, 200, headers, body)
 

@@ -134,7 +134,7 @@ class Registry:
                 # how far it got and resume from there.
                 with trio.CancelScope(shield=True):
                     await self.meta.set_upload_size(record.id, offset + progress.written)
-                if hasher is not None:
+                if hasher is not None and progress.hashed:
                     self._hashes[record.id] = _HashState(offset + progress.written, hasher)
             elif appended and hasher is not None and state is not None:
                 self._hashes[record.id] = state  # an empty chunk: the digest is untouched

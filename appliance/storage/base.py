@@ -16,9 +16,15 @@ from appliance.oci.digest import Digest, Hasher
 
 @dataclass
 class Progress:
-    """How many bytes an append has made durable so far; read it after a failure."""
+    """How far an append got; read it after a failure.
+
+    `written` counts the bytes the upload now holds beyond the append's offset. `hashed` says
+    whether the hasher has seen exactly those bytes; after a failed write it may have seen more,
+    and must not be trusted.
+    """
 
     written: int = 0
+    hashed: bool = True
 
 
 class BlobStore(Protocol):
@@ -39,7 +45,8 @@ class BlobStore(Protocol):
         Each chunk also feeds `hasher` when one is given. `progress.written` counts the bytes
         written so far, so after a disconnect or cancellation the caller knows exactly what the
         upload holds. On StorageFull the upload is cut back to `offset` and `progress.written`
-        is 0. Raises UploadNotFound if the upload does not exist or is shorter than `offset`.
+        is 0. After a failed write `progress.hashed` is False. Raises UploadNotFound if the
+        upload does not exist or is shorter than `offset`.
         """
 
     async def upload_size(self, upload_id: str) -> int:

@@ -93,15 +93,25 @@ class FilesystemStore:
             f.seek(offset)
             return f
 
-        def write(f: BinaryIO, data: bytes) -> None:
-            f.write(data)
-            if hasher is not None:
-                hasher.update(data)
+        async def put(f: BinaryIO, data: bytes) -> None:
+            if hasher is None:
+                await _run(lambda: f.write(data), "an upload")
+                return
+            # Hashing and writing each take a thread, so the two overlap.
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(trio.to_thread.run_sync, hasher.update, data)
+                await _run(lambda: f.write(data), "an upload")
 
         f = await _run(open_at, "an upload")
         try:
+            # A failure of the body source (a disconnect) leaves the hasher in step with what
+            # was written; a failure while writing or hashing does not.
             async for data in chunks:
-                await _run(lambda d=data: write(f, d), "an upload")  # type: ignore[misc]
+                try:
+                    await put(f, data)
+                except BaseException:
+                    progress.hashed = False
+                    raise
                 progress.written += len(data)
             await _run(f.flush, "an upload")
         except StorageFull:

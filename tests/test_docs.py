@@ -1,0 +1,35 @@
+"""The documentation covers what the code declares: every setting and every command."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+import pytest
+
+from appliance.cli import main
+from appliance.config import SETTINGS
+
+README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+
+
+@pytest.mark.parametrize("setting", SETTINGS, ids=lambda s: s.key)
+def test_every_setting_is_documented(setting):
+    row = next((line for line in README.splitlines() if f"| `{setting.key}` |" in line), None)
+    assert row is not None, f"{setting.key} is missing from the README's settings table"
+    assert f"`{setting.env}`" in row
+    assert setting.help in row
+
+
+def _commands(group: click.Group, prefix: str = "berth") -> list[str]:
+    out = []
+    for name, command in group.commands.items():
+        out.append(f"{prefix} {name}")
+        if isinstance(command, click.Group):
+            out.extend(_commands(command, f"{prefix} {name}"))
+    return out
+
+
+@pytest.mark.parametrize("command", _commands(main))
+def test_every_command_is_documented(command):
+    assert command in README, f"`{command}` is not in the README"
