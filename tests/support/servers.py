@@ -38,7 +38,7 @@ def require_binary(name: str, package: str) -> str:
     """Path of `name`; skip the test when it is missing, but fail under CI=true."""
     path = shutil.which(name)
     if path is None:
-        import pytest
+        import pytest  # noqa: PLC0415 - bench/ uses this module without pytest
 
         message = f"{name} not found: install the Debian package {package!r}"
         if os.environ.get("CI") == "true":
@@ -76,6 +76,8 @@ class Server:
                 self.proc.wait()
         if self._pump is not None:
             self._pump.join(5)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
         return int(self.proc.returncode)
 
     def kill(self) -> None:
@@ -104,7 +106,7 @@ def start_berth(
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("BERTH_")}
     full_env.update(env or {})
     cmd = [*berth_command(), "serve", "--listen", listen, "--data-dir", str(data_dir), *args]
-    proc = subprocess.Popen(  # noqa: S603
+    proc = subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=full_env, cwd=data_dir.parent
     )
     found: list[str] = []
@@ -139,7 +141,7 @@ def wait_http(url: str, timeout: float = 30, ok: Sequence[int] = (200, 401)) -> 
     last: object = None
     while time.monotonic() < deadline:
         try:
-            with urllib.request.urlopen(url, timeout=2) as r:  # noqa: S310
+            with urllib.request.urlopen(url, timeout=2) as r:
                 if r.status in ok:
                     return
         except urllib.error.HTTPError as e:
@@ -171,7 +173,7 @@ def start_reference_registry(tmp: Path, *, htpasswd: Path | None = None) -> Serv
     )
     log_path = tmp / "registry.log"
     with log_path.open("wb") as log:
-        proc = subprocess.Popen([exe, "serve", str(config)], stdout=log, stderr=log)  # noqa: S603
+        proc = subprocess.Popen([exe, "serve", str(config)], stdout=log, stderr=log)
     server = Server(f"http://127.0.0.1:{port}", proc, log_path, tmp / "data")
     try:
         wait_http(server.url + "/v2/")
