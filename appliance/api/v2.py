@@ -12,7 +12,7 @@ import re
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from urllib.parse import quote, urlencode
+from urllib.parse import urlencode
 
 from appliance.api.asgi import (
     ClientDisconnected,
@@ -358,7 +358,8 @@ class RegistryAPI:
 
     def _blob_created(self, name: str, digest: str) -> dict[str, str]:
         return {
-            "location": self.url(f"/v2/{name}/blobs/{quote(digest)}"),
+            # Unquoted: digests are path-safe, and dispatch refuses percent-encoded paths.
+            "location": self.url(f"/v2/{name}/blobs/{digest}"),
             "docker-content-digest": digest,
         }
 

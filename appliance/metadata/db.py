@@ -56,7 +56,8 @@ def _connect(path: str) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
     conn.execute("PRAGMA busy_timeout = 30000")
     conn.execute("PRAGMA foreign_keys = ON")
-    conn.execute("PRAGMA synchronous = NORMAL")
+    # An acknowledged push must survive a power cut: every commit reaches the disk.
+    conn.execute("PRAGMA synchronous = FULL")
     return conn
 
 
