@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.backends import e2e_profiles, profile_env
 from tests.support.clients import Docker, DockerDaemon, Oras, Podman, Skopeo, start_dockerd
 from tests.support.images import ImageCache
 from tests.support.servers import Server, require_binary, start_berth, start_reference_registry
@@ -42,11 +43,17 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(skip)
 
 
-@pytest.fixture(scope="session")
-def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """The registry under test, on a free loopback port, anonymous push and pull."""
+@pytest.fixture(scope="session", params=e2e_profiles())
+def registry(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    """The registry under test, on a free loopback port, anonymous push and pull; with Berth,
+    once per backend profile chosen by `BERTH_E2E_BACKENDS` (see tests/support/backends.py)."""
     tmp = tmp_path_factory.mktemp("registry")
-    server = start_reference_registry(tmp) if TARGET == "reference" else start_berth(tmp / "data")
+    if TARGET == "reference":
+        server = start_reference_registry(tmp)
+    else:
+        server = start_berth(tmp / "data", env=profile_env(request, request.param))
     try:
         yield server
     finally:
