@@ -1,0 +1,4 @@
+"""Suite-wide fixtures. Real services (PostgreSQL, S3, ...) are plugins of their own under
+tests/support/, listed here so every test directory can use them."""
+
+pytest_plugins: list[str] = []
