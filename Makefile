@@ -5,13 +5,14 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 # Debian packages the test suite drives for real (see ../shared/TESTBED.md).
 APT_PACKAGES := skopeo podman umoci docker.io docker-registry busybox-static wrk curl \
-                uidmap iptables ca-certificates
+                uidmap iptables ca-certificates postgresql slapd ldap-utils \
+                nginx rpm dpkg-dev debootstrap fakeroot openssl
 
 .DEFAULT_GOAL := help
-.PHONY: help run test test-slow lint fmt bench apt-deps clean
+.PHONY: help run test test-slow lint fmt bench bench-s3 apt-deps clean dist deb rpm
 
 help: ## List the targets
-	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,7 +23,7 @@ $(VENV)/.run-installed: pyproject.toml | $(BIN)/python
 	@touch $@
 
 $(VENV)/.test-installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -e '.[test,dist]'
 	@touch $@ $(VENV)/.run-installed
 
 run: $(VENV)/.run-installed ## Start Berth on SQLite + filesystem under ./berth-data, on 127.0.0.1:5000
@@ -50,11 +51,24 @@ fmt: $(VENV)/.test-installed ## Format and autofix
 test: apt-deps $(VENV)/.test-installed lint ## Install every test dependency and run the whole suite
 	$(BIN)/pytest -m "not slow" -p no:cacheprovider
 
-test-slow: apt-deps $(VENV)/.test-installed ## Long soak and size tests (multi-GiB blobs, many rounds)
-	$(BIN)/pytest -m slow -p no:cacheprovider
+test-slow: apt-deps $(VENV)/.test-installed ## Long soak and size tests, and the whole e2e suite on every backend
+	$(BIN)/pytest -m slow -p no:cacheprovider --ignore=tests/e2e
+	BERTH_E2E_BACKENDS=all $(BIN)/pytest -p no:cacheprovider tests/e2e
 
 bench: apt-deps $(VENV)/.test-installed ## Berth against the reference registry, side by side
 	$(BIN)/python -m bench.run
+
+bench-s3: apt-deps $(VENV)/.test-installed ## Berth on S3 against the reference registry on S3 (SeaweedFS)
+	$(BIN)/python -m bench.s3
+
+dist: $(VENV)/.test-installed ## Build the single executable dist/berth (PyInstaller; kept while up to date)
+	$(BIN)/python packaging/build.py
+
+deb: dist ## Build dist/berth_<version>_amd64.deb (dpkg-deb)
+	$(BIN)/python packaging/package.py deb
+
+rpm: dist ## Build dist/berth-<version>-1.x86_64.rpm (rpmbuild)
+	$(BIN)/python packaging/package.py rpm
 
 clean: ## Remove the virtual environment and caches (not ./berth-data)
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build dist *.egg-info

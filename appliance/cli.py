@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 from pathlib import Path
@@ -37,8 +38,24 @@ def fail(message: str) -> None:
     sys.exit(2)
 
 
+def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if not value or ctx.resilient_parsing:
+        return
+    from appliance.omnibus.buildinfo import version_text  # noqa: PLC0415
+
+    click.echo(version_text())
+    ctx.exit()
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="berth")
+@click.option(
+    "--version",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_print_version,
+    help="Show the version and build (commit, date, Python, glibc baseline) and exit.",
+)
 def main() -> None:
     """Berth: a self-hosted container registry appliance."""
 
@@ -54,28 +71,31 @@ def main() -> None:
 @click.option(
     "--data-dir", type=click.Path(path_type=Path, file_okay=False), help="server.data_dir"
 )
-@click.option(
-    "--insecure-no-auth",
-    is_flag=True,
-    default=None,
-    help="Allow a non-loopback address although sign-in does not exist yet.",
-)
-def serve(
+@click.option("--workers", type=click.IntRange(1, 64), help="server.workers: serving processes.")
+@click.option("--listen-fd", type=int, hidden=True)  # a worker of --workers N
+@click.option("--parent-pid", type=int, hidden=True)
+def serve(  # noqa: PLR0917 (one parameter per option)
     config_path: Path | None,
     listen: str | None,
     data_dir: Path | None,
-    insecure_no_auth: bool | None,
+    workers: int | None,
+    listen_fd: int | None,
+    parent_pid: int | None,
 ) -> None:
     """Run the registry until SIGTERM or SIGINT."""
     from appliance.server import serve as run_server  # noqa: PLC0415 (keeps --help fast)
 
+    if parent_pid is not None:
+        from appliance.supervisor import die_with_parent  # noqa: PLC0415
+
+        die_with_parent(parent_pid)
     try:
         config = load_config(
             config_path,
             {
                 "server.listen": listen,
                 "server.data_dir": str(data_dir) if data_dir is not None else None,
-                "server.insecure_no_auth": insecure_no_auth,
+                "server.workers": workers,
             },
         )
         setup_logging(config["log.level"])
@@ -85,7 +105,15 @@ def serve(
             config.data_dir,
             config.source,
         )
-        trio.run(run_server, config)
+        if config["server.workers"] > 1 and listen_fd is None:
+            from appliance import supervisor  # noqa: PLC0415
+
+            command = supervisor.child_command(
+                str(config_path) if config_path else None, str(config.data_dir), listen
+            )
+            boss = supervisor.Supervisor(config, command, config["server.workers"])
+            sys.exit(trio.run(boss.run))
+        trio.run(functools.partial(run_server, config, listen_fd=listen_fd))
     except BerthError as e:
         fail(e.message)
 
@@ -111,6 +139,8 @@ def config_show(config_path: Path | None) -> None:
             click.echo(f"\n[{head}]")
             section = head
         value = cfg[setting.key]
+        if setting.secret and value:
+            value = "********"
         text = str(value).lower() if isinstance(value, bool) else repr(value).replace("'", '"')
         click.echo(f"# {setting.help} (env {setting.env})\n{key} = {text}")
 
@@ -119,8 +149,202 @@ def config_show(config_path: Path | None) -> None:
 @click.argument("path", type=click.Path(path_type=Path, dir_okay=False))
 def config_check(path: Path) -> None:
     """Validate a config file without starting."""
+    from appliance.omnibus.checks import check_config  # noqa: PLC0415
+
     try:
-        settings.load(path, environ={})
+        check_config(settings.load(path, environ={}))
     except BerthError as e:
         fail(e.message)
     click.echo(f"{path}: OK")
+
+
+# -- accounts and keys -------------------------------------------------------------------------
+
+_config_option = click.option(
+    "--config", "config_path", type=click.Path(path_type=Path, dir_okay=False)
+)
+_data_dir_option = click.option(
+    "--data-dir", type=click.Path(path_type=Path, file_okay=False), help="server.data_dir"
+)
+
+
+def _open(config_path: Path | None, data_dir: Path | None) -> tuple[settings.Config, Any]:
+    from appliance.metadata.db import open_metadata  # noqa: PLC0415
+
+    overrides = {"server.data_dir": str(data_dir) if data_dir is not None else None}
+    cfg = load_config(config_path, overrides)
+    return cfg, open_metadata(cfg)
+
+
+def _read_password(prompt_name: str, from_stdin: bool) -> str:
+    from appliance.auth.passwords import WeakPassword, check_strength  # noqa: PLC0415
+
+    if from_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = click.prompt(
+            f"Password for {prompt_name}", hide_input=True, confirmation_prompt=True
+        )
+    try:
+        check_strength(password)
+    except WeakPassword as e:
+        fail(str(e))
+    return password
+
+
+def _user_change(config_path: Path | None, data_dir: Path | None, fn: Any, done: str) -> None:
+    try:
+        _, db = _open(config_path, data_dir)
+        try:
+            db.run_sync_write(fn)
+        finally:
+            db.close()
+    except BerthError as e:
+        fail(e.message)
+    click.echo(done)
+
+
+@main.group()
+def user() -> None:
+    """Manage local user accounts."""
+
+
+@user.command("add")
+@click.argument("name")
+@click.option("--admin", is_flag=True, help="Make the user an instance admin.")
+@click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
+@_config_option
+@_data_dir_option
+def user_add(
+    name: str, admin: bool, password_stdin: bool, config_path: Path | None, data_dir: Path | None
+) -> None:
+    """Create a local user (and their personal namespace)."""
+    import time  # noqa: PLC0415
+
+    from appliance.auth import accounts  # noqa: PLC0415
+    from appliance.auth.passwords import hash_password  # noqa: PLC0415
+
+    digest = hash_password(_read_password(name, password_stdin))
+    _user_change(
+        config_path,
+        data_dir,
+        lambda tx: accounts.add_user(tx, "cli", name, digest, time.time(), admin=admin),
+        f"created user {name}" + (" (admin)" if admin else ""),
+    )
+
+
+@user.command("passwd")
+@click.argument("name")
+@click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
+@_config_option
+@_data_dir_option
+def user_passwd(
+    name: str, password_stdin: bool, config_path: Path | None, data_dir: Path | None
+) -> None:
+    """Set a local user's password."""
+    import time  # noqa: PLC0415
+
+    from appliance.auth import accounts  # noqa: PLC0415
+    from appliance.auth.passwords import hash_password  # noqa: PLC0415
+
+    digest = hash_password(_read_password(name, password_stdin))
+    _user_change(
+        config_path,
+        data_dir,
+        lambda tx: accounts.set_password(tx, "cli", name, digest, time.time()),
+        f"password of {name} changed",
+    )
+
+
+@user.command("disable")
+@click.argument("name")
+@_config_option
+@_data_dir_option
+def user_disable(name: str, config_path: Path | None, data_dir: Path | None) -> None:
+    """Stop a user from signing in (their tokens stop working too)."""
+    import time  # noqa: PLC0415
+
+    from appliance.auth import accounts  # noqa: PLC0415
+
+    _user_change(
+        config_path,
+        data_dir,
+        lambda tx: accounts.set_disabled(tx, "cli", name, True, time.time()),
+        f"disabled {name}",
+    )
+
+
+@user.command("enable")
+@click.argument("name")
+@_config_option
+@_data_dir_option
+def user_enable(name: str, config_path: Path | None, data_dir: Path | None) -> None:
+    """Let a disabled user sign in again."""
+    import time  # noqa: PLC0415
+
+    from appliance.auth import accounts  # noqa: PLC0415
+
+    _user_change(
+        config_path,
+        data_dir,
+        lambda tx: accounts.set_disabled(tx, "cli", name, False, time.time()),
+        f"enabled {name}",
+    )
+
+
+@user.command("list")
+@_config_option
+@_data_dir_option
+def user_list(config_path: Path | None, data_dir: Path | None) -> None:
+    """List users: name, source, admin, disabled."""
+    from appliance.metadata import identity  # noqa: PLC0415
+
+    try:
+        _, db = _open(config_path, data_dir)
+        try:
+            users = db.run_sync_read(identity.list_users)
+        finally:
+            db.close()
+    except BerthError as e:
+        fail(e.message)
+        return
+    for u in users:
+        flags = [f for f, on in (("admin", u.is_admin), ("disabled", u.disabled)) if on]
+        click.echo(f"{u.name}\t{u.source}\t{','.join(flags) or '-'}")
+
+
+@main.group()
+def keys() -> None:
+    """Manage the keys that sign registry tokens."""
+
+
+@keys.command("rotate")
+@_config_option
+@_data_dir_option
+def keys_rotate(config_path: Path | None, data_dir: Path | None) -> None:
+    """Make a new signing key; older keys keep verifying until their tokens expire."""
+    import time  # noqa: PLC0415
+
+    from appliance.auth.tokens import KeyRing  # noqa: PLC0415
+
+    try:
+        overrides = {"server.data_dir": str(data_dir) if data_dir is not None else None}
+        cfg = load_config(config_path, overrides)
+    except BerthError as e:
+        fail(e.message)
+        return
+    ring = KeyRing(cfg.data_dir / "keys", time.time, overlap=cfg["auth.token_ttl"] + 60)
+    key = ring.rotate()
+    click.echo(f"new signing key {key.kid}; {len(ring.keys)} key(s) on disk")
+
+
+# `berth migrate` and `berth db ...` live in their own module.
+from appliance.dbcli import db, migrate  # noqa: E402
+
+main.add_command(migrate)
+main.add_command(db)
+
+# `berth ctl ...` (omnibus-style administration of an install) lives in appliance/omnibus/.
+from appliance.omnibus.ctl import ctl  # noqa: E402
+
+main.add_command(ctl)

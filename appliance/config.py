@@ -37,6 +37,11 @@ class Setting:
     def env(self) -> str:
         return ENV_PREFIX + self.key.replace(".", "_").upper()
 
+    @property
+    def secret(self) -> bool:
+        """A value that must never be printed (`berth config show` masks it)."""
+        return self.key in SECRET_KEYS
+
 
 SETTINGS: tuple[Setting, ...] = (
     Setting("server.listen", str, "127.0.0.1:5000", "Address and port to listen on (HOST:PORT)."),
@@ -47,16 +52,16 @@ SETTINGS: tuple[Setting, ...] = (
         "Directory for the embedded database and the filesystem blob store.",
     ),
     Setting(
-        "server.insecure_no_auth",
-        bool,
-        False,
-        "Allow listening on a non-loopback address although sign-in does not exist yet.",
-    ),
-    Setting(
         "server.shutdown_timeout",
         float,
         30.0,
         "Seconds to let in-flight requests finish after SIGTERM/SIGINT.",
+    ),
+    Setting(
+        "server.workers",
+        int,
+        1,
+        "Number of serving processes Berth runs and supervises (one listening socket).",
     ),
     Setting(
         "server.public_url",
@@ -68,7 +73,7 @@ SETTINGS: tuple[Setting, ...] = (
         "storage.backend",
         str,
         "filesystem",
-        "Blob store backend: 'filesystem'.",
+        "Blob store backend: 'filesystem' or 's3'.",
     ),
     Setting(
         "storage.root",
@@ -77,16 +82,112 @@ SETTINGS: tuple[Setting, ...] = (
         "Root directory of the filesystem blob store (default: <data_dir>/storage).",
     ),
     Setting(
+        "storage.s3.endpoint",
+        str,
+        "",
+        "S3 endpoint URL, e.g. http://127.0.0.1:8333 (empty: AWS S3 in storage.s3.region).",
+    ),
+    Setting("storage.s3.region", str, "us-east-1", "S3 region (signing and bucket creation)."),
+    Setting("storage.s3.bucket", str, "", "S3 bucket holding the blobs (required for s3)."),
+    Setting("storage.s3.prefix", str, "", "Key prefix inside the bucket (e.g. 'berth/')."),
+    Setting(
+        "storage.s3.access_key",
+        str,
+        "",
+        "S3 access key id (empty with secret_key empty: the AWS default credential chain).",
+    ),
+    Setting("storage.s3.access_key_file", str, "", "File holding the S3 access key id instead."),
+    Setting("storage.s3.secret_key", str, "", "S3 secret access key."),
+    Setting(
+        "storage.s3.secret_key_file",
+        str,
+        "",
+        "File holding the S3 secret access key instead (keeps it out of the config).",
+    ),
+    Setting(
+        "storage.s3.addressing",
+        str,
+        "path",
+        "Bucket addressing: 'path' (endpoint/bucket/key), 'virtual' (bucket.endpoint/key) "
+        "or 'auto'.",
+    ),
+    Setting("storage.s3.tls_verify", bool, True, "Verify the S3 endpoint's TLS certificate."),
+    Setting(
+        "storage.s3.ca_file",
+        str,
+        "",
+        "CA bundle (PEM) to verify the S3 endpoint with (default: the certifi bundle).",
+    ),
+    Setting(
+        "storage.s3.create_bucket",
+        bool,
+        False,
+        "Create the bucket at start-up when it does not exist.",
+    ),
+    Setting(
+        "storage.s3.redirect",
+        bool,
+        False,
+        "Answer blob downloads with a redirect to a presigned S3 URL instead of relaying "
+        "the bytes.",
+    ),
+    Setting(
+        "storage.s3.part_size",
+        int,
+        16 * 1024 * 1024,
+        "Bytes per multipart-upload part (5 MiB to 5 GiB); up to 4 parts per upload are "
+        "held in memory.",
+    ),
+    Setting(
+        "storage.s3.max_attempts",
+        int,
+        5,
+        "Attempts per S3 request: 5xx, SlowDown and connection errors are retried with "
+        "backoff and jitter.",
+    ),
+    Setting(
         "metadata.url",
         str,
         "",
-        "Metadata database URL (default: sqlite:///<data_dir>/berth.db).",
+        "Metadata database URL: sqlite:///PATH or postgresql://USER@HOST:PORT/DB "
+        "(default: sqlite:///<data_dir>/berth.db).",
     ),
     Setting(
         "metadata.readers",
         int,
         4,
-        "Number of read connections kept open to the metadata database.",
+        "SQLite: number of read connections kept open to the metadata database.",
+    ),
+    Setting(
+        "metadata.auto_migrate",
+        str,
+        "auto",
+        "Apply pending schema migrations when serving: auto (SQLite yes, PostgreSQL no), "
+        "yes or no.",
+    ),
+    Setting(
+        "metadata.pool_size",
+        int,
+        8,
+        "PostgreSQL: most connections each process keeps in its pool.",
+    ),
+    Setting(
+        "metadata.pool_timeout",
+        float,
+        10.0,
+        "PostgreSQL: seconds to wait for a working connection before answering 503.",
+    ),
+    Setting(
+        "metadata.statement_timeout",
+        float,
+        30.0,
+        "PostgreSQL: seconds any one SQL statement may run.",
+    ),
+    Setting(
+        "jobs.lease",
+        float,
+        15.0,
+        "SQLite: seconds a background-job leader's lease lasts unless renewed.",
     ),
     Setting(
         "uploads.expiry",
@@ -107,8 +208,110 @@ SETTINGS: tuple[Setting, ...] = (
         "Largest manifest accepted, in bytes.",
     ),
     Setting("log.level", str, "info", "Log level: debug, info, warning, error."),
+    Setting(
+        "log.dir",
+        str,
+        "",
+        "Directory of the service's log files, read by `berth ctl tail` (default: <data_dir>/log).",
+    ),
+    Setting(
+        "nginx.enabled",
+        bool,
+        False,
+        "Run nginx in front of Berth (rendered by `berth ctl reconfigure`): TLS, HTTP to HTTPS "
+        "redirect, blob downloads sent by nginx.",
+    ),
+    Setting("nginx.listen", str, "0.0.0.0:443", "Address and port nginx serves HTTPS on."),
+    Setting(
+        "nginx.redirect_listen",
+        str,
+        "0.0.0.0:80",
+        "Address and port where nginx redirects HTTP to HTTPS (empty: no redirect).",
+    ),
+    Setting("nginx.server_name", str, "_", "Host name(s) nginx answers to (server_name)."),
+    Setting(
+        "nginx.tls_cert",
+        str,
+        "",
+        "TLS certificate chain (PEM) nginx presents (empty: a self-signed one in "
+        "<data_dir>/tls, for trials).",
+    ),
+    Setting("nginx.tls_key", str, "", "Private key (PEM) of nginx.tls_cert."),
+    Setting(
+        "admin.password",
+        str,
+        "",
+        "Password of the first admin account, used only when a new install creates it "
+        "(default: generated, written to <data_dir>/initial-admin-password).",
+    ),
+    Setting(
+        "auth.service",
+        str,
+        "berth",
+        "Service name in bearer challenges and the audience of registry tokens.",
+    ),
+    Setting("auth.issuer", str, "berth", "Issuer of registry tokens."),
+    Setting("auth.token_ttl", float, 300.0, "Seconds a registry bearer token stays valid."),
+    Setting(
+        "auth.refresh_token_ttl",
+        float,
+        30 * 86400.0,
+        "Seconds a refresh token (docker login's identity token) stays valid.",
+    ),
+    Setting(
+        "auth.lockout_threshold",
+        int,
+        10,
+        "Failed sign-ins for one account within auth.lockout_window that lock it "
+        "(five times as many for one address).",
+    ),
+    Setting("auth.lockout_window", float, 900.0, "Seconds over which failed sign-ins are counted."),
+    Setting("auth.lockout_duration", float, 900.0, "Seconds a locked account or address waits."),
+    Setting("ldap.url", str, "", "LDAP server (ldap://host:389 or ldaps://host:636); empty: off."),
+    Setting("ldap.bind_dn", str, "", "DN of the service account that searches for users."),
+    Setting("ldap.bind_password", str, "", "Password of the LDAP service account."),
+    Setting("ldap.user_base", str, "", "Base DN under which users are searched."),
+    Setting(
+        "ldap.user_filter",
+        str,
+        "(&(objectClass=inetOrgPerson)(uid={username}))",
+        "Filter finding a user; {username} is replaced, escaped.",
+    ),
+    Setting("ldap.uid_attribute", str, "uid", "Attribute holding the user name."),
+    Setting("ldap.email_attribute", str, "mail", "Attribute holding the email address."),
+    Setting("ldap.name_attribute", str, "cn", "Attribute holding the display name."),
+    Setting("ldap.group_base", str, "", "Base DN under which groups are searched; empty: none."),
+    Setting(
+        "ldap.group_filter",
+        str,
+        "(&(objectClass=groupOfNames)(member={dn}))",
+        "Filter finding a user's groups; {dn} is replaced by the user's DN, escaped.",
+    ),
+    Setting(
+        "ldap.group_roles",
+        str,
+        "",
+        "Group to role mapping: GROUP=NAMESPACE:ROLE items separated by ';' "
+        "(GROUP=*:admin for instance admins).",
+    ),
+    Setting("ldap.start_tls", bool, False, "Upgrade ldap:// connections with StartTLS."),
+    Setting(
+        "ldap.ca_file", str, "", "CA certificate file to verify the LDAP server's certificate."
+    ),
+    Setting(
+        "ldap.timeout", float, 5.0, "Seconds to wait for the LDAP server (connect, each reply)."
+    ),
+    Setting(
+        "ldap.sync_interval",
+        float,
+        3600.0,
+        "Seconds between re-reads of every LDAP user's groups (0: never).",
+    ),
 )
 
+SECRET_KEYS = frozenset(
+    {"storage.s3.access_key", "storage.s3.secret_key", "admin.password", "ldap.bind_password"}
+)
 _BY_KEY = {s.key: s for s in SETTINGS}
 _BY_ENV = {s.env: s for s in SETTINGS}
 _TRUE = {"1", "true", "yes", "on"}
@@ -230,8 +433,18 @@ def load(
         values[setting.key] = _coerce(setting, value, name)
     for key, value in (overrides or {}).items():
         if value is not None:
-            values[key] = _coerce(_BY_KEY[key], value, "command line")
+            setting = _BY_KEY.get(key)
+            if setting is None:
+                raise ConfigError(f"command line: unknown setting {key!r}")
+            values[key] = _coerce(setting, value, "command line")
     parse_listen(values["server.listen"])
-    if values["storage.backend"] != "filesystem":
+    if values["storage.backend"] not in ("filesystem", "s3"):
         raise ConfigError(f"storage.backend: unknown backend {values['storage.backend']!r}")
+    if values["nginx.enabled"] and not values["server.public_url"]:
+        raise ConfigError(
+            "server.public_url must be set when nginx.enabled is true "
+            "(the https:// address clients use)"
+        )
+    if values["storage.backend"] == "s3" and not values["storage.s3.bucket"]:
+        raise ConfigError("storage.s3.bucket must be set when storage.backend is 's3'")
     return Config(values, source)

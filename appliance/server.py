@@ -7,7 +7,7 @@ in-flight requests finish (up to `server.shutdown_timeout`), and return.
 
 from __future__ import annotations
 
-import ipaddress
+import contextlib
 import logging
 import signal
 import time
@@ -20,10 +20,12 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
 
 from appliance.app import create_app
+from appliance.auth.service import AccessControl, open_access_control
 from appliance.config import Config
-from appliance.errors import ConfigError
-from appliance.metadata.db import Database
+from appliance.metadata.db import Database, open_metadata
+from appliance.metadata.leader import leader_lock
 from appliance.metadata.store import MetadataStore
+from appliance.ops.jobs import Job, Scheduler, run_jobs
 from appliance.registry import Registry
 from appliance.storage import open_store
 
@@ -33,31 +35,22 @@ log = logging.getLogger("berth")
 hypercorn.trio.tcp_server.MAX_RECV = 1 << 20
 
 
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 @dataclass
 class Services:
     """What a running Berth is made of; closed by `close()`."""
 
     db: Database
     registry: Registry
+    access: AccessControl
 
     def close(self) -> None:
         self.db.close()
 
 
 async def open_services(config: Config, clock: Callable[[], float] = time.time) -> Services:
-    """Open the metadata database (migrating it) and the blob store, and check both."""
-    db = await trio.to_thread.run_sync(
-        lambda: Database.from_url(config.metadata_url, config["metadata.readers"])
-    )
+    """Open the metadata database (migrating it when `metadata.auto_migrate` allows) and the
+    blob store, and check both."""
+    db = await trio.to_thread.run_sync(open_metadata, config)
     try:
         store = open_store(config)
         await store.check()
@@ -69,33 +62,66 @@ async def open_services(config: Config, clock: Callable[[], float] = time.time) 
             max_manifest_size=config["manifests.max_size"],
             upload_expiry=config["uploads.expiry"],
         )
+        access = await open_access_control(db, config, clock)
     except BaseException:
         db.close()
         raise
-    return Services(db, registry)
+    return Services(db, registry, access)
 
 
-async def purge_uploads(registry: Registry, interval: float) -> None:
-    """Remove expired upload sessions every `interval` seconds, forever."""
-    while True:
-        try:
-            await registry.purge_expired_uploads()
-        except Exception:
-            log.exception("upload purge failed; will retry")
-        await trio.sleep(interval)
+async def background_jobs(
+    config: Config, services: Services, *, task_status: trio.TaskStatus[None]
+) -> None:
+    """Campaign for the jobs leadership; while leading, run the background jobs (ops/jobs.py)."""
+    lock = leader_lock(services.db, "jobs", ttl=config["jobs.lease"], clock=time.time)
+    scheduler = Scheduler(
+        [
+            Job(
+                "upload-purge",
+                config["uploads.purge_interval"],
+                services.registry.purge_expired_uploads,
+            ),
+            *ldap_jobs(config, services.access),
+        ]
+    )
+    keep = max(0.05, min(5.0, config["jobs.lease"] / 3))
+    await run_jobs(
+        lock, scheduler.run, keep_interval=keep, retry_interval=keep, task_status=task_status
+    )
 
 
-async def _wait_for_signal() -> None:
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+def ldap_jobs(config: Config, access: AccessControl) -> list[Job]:
+    """Re-read LDAP users' groups on a schedule (a user removed from a group loses the role)."""
+    interval = config["ldap.sync_interval"]
+    if access.ldap is None or interval <= 0:
+        return []
+
+    async def sync(fence: object) -> None:
+        await access.sync_ldap()
+
+    return [Job("ldap-sync", interval, sync, delay=interval)]
+
+
+def _signal_trigger(stack: contextlib.ExitStack) -> Callable[[], Awaitable[None]]:
+    """A shutdown trigger for SIGTERM/SIGINT whose handlers are installed now, not when
+    hypercorn gets round to starting it (after it reports listening): a signal that arrives
+    during start-up is then a graceful stop too, not a kill."""
+    signals = stack.enter_context(trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT))
+
+    async def wait() -> None:
         async for signum in signals:
             log.info("received %s: finishing in-flight requests", signal.Signals(signum).name)
             return
 
+    return wait
 
-def hypercorn_config(config: Config) -> HypercornConfig:
+
+def hypercorn_config(config: Config, listen_fd: int | None = None) -> HypercornConfig:
     host, port = config.listen
     hc = HypercornConfig()
     hc.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    if listen_fd is not None:  # a worker of `--workers N`: the supervisor's socket
+        hc.bind = [f"fd://{listen_fd}"]
     hc.graceful_timeout = config["server.shutdown_timeout"]
     hc.accesslog = None
     hc.errorlog = logging.getLogger("berth.http")
@@ -109,26 +135,30 @@ async def serve(
     config: Config,
     *,
     shutdown_trigger: Callable[[], Awaitable[None]] | None = None,
+    listen_fd: int | None = None,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve the registry until a signal (or `shutdown_trigger`) says stop."""
-    host, _ = config.listen
-    if not is_loopback(host) and not config["server.insecure_no_auth"]:
-        raise ConfigError(
-            f"refusing to listen on {host}: sign-in does not exist yet, so anyone who can reach "
-            "this address could push; listen on 127.0.0.1 or pass --insecure-no-auth"
-        )
-    services = await open_services(config)
+    """Serve the registry until a signal (or `shutdown_trigger`) says stop.
+
+    `listen_fd` serves on an inherited listening socket instead of binding `server.listen`.
+    """
+    stack = contextlib.ExitStack()
+    trigger = shutdown_trigger or _signal_trigger(stack)
     try:
-        app = create_app(services.registry, config["server.public_url"])
+        services = await open_services(config)
+    except BaseException:
+        stack.close()
+        raise
+    try:
+        app = create_app(services.registry, config["server.public_url"], access=services.access)
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(purge_uploads, services.registry, config["uploads.purge_interval"])
+            await nursery.start(background_jobs, config, services)
 
             async def http(task_status: trio.TaskStatus[list[str]]) -> None:
                 await hypercorn_serve(
                     app,  # type: ignore[arg-type]
-                    hypercorn_config(config),
-                    shutdown_trigger=shutdown_trigger or _wait_for_signal,
+                    hypercorn_config(config, listen_fd),
+                    shutdown_trigger=trigger,
                     task_status=task_status,
                 )
                 # Shut down: background work stops with the server.
@@ -140,3 +170,4 @@ async def serve(
             task_status.started(urls)
     finally:
         services.close()
+        stack.close()

@@ -11,6 +11,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any
 from urllib.parse import parse_qs
 
+from appliance.errors import SizeInvalid
+
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -61,23 +63,41 @@ class Request:
         value = self.headers.get("content-length")
         return int(value) if value is not None and value.isdigit() else None
 
-    async def chunks(self, batch: int = BATCH) -> AsyncIterator[bytes]:
-        """The body in pieces of about `batch` bytes. Raises ClientDisconnected."""
+    async def chunks(
+        self, batch: int = BATCH, exact_length: int | None = None
+    ) -> AsyncIterator[bytes]:
+        """The body in pieces of about `batch` bytes. Raises ClientDisconnected.
+
+        With `exact_length` (a length the client declared some other way than Content-Length,
+        such as a Content-Range on a chunked body), a body that turns out longer or shorter
+        raises SizeInvalid; what came before the excess has been yielded.
+        """
         parts: list[bytes] = []
         held = 0
+        total = 0
         while not self._body_done:
             message = await self.receive()
             if message["type"] == "http.disconnect":
                 raise ClientDisconnected("client disconnected during the request body")
             data = message.get("body", b"")
+            self._body_done = not message.get("more_body", False)
             if data:
+                if exact_length is not None and total + len(data) > exact_length:
+                    data = data[: exact_length - total]
+                    self._body_done = True
+                    if data:
+                        parts.append(data)
+                    yield b"".join(parts)
+                    raise SizeInvalid(f"the body is longer than the declared {exact_length} bytes")
                 parts.append(data)
                 held += len(data)
-            self._body_done = not message.get("more_body", False)
+                total += len(data)
             if held >= batch or (self._body_done and held):
                 yield parts[0] if len(parts) == 1 else b"".join(parts)
                 parts = []
                 held = 0
+        if exact_length is not None and total != exact_length:
+            raise SizeInvalid(f"the body is {total} bytes, not the declared {exact_length}")
 
     async def read(self, limit: int) -> bytes:
         """The whole body if it is at most `limit` bytes. A longer body is read only as far as
@@ -114,8 +134,15 @@ async def respond(
 async def respond_stream(
     send: Send, status: int, headers: dict[str, str], body: AsyncIterator[bytes]
 ) -> None:
-    """Send a response whose body arrives in pieces."""
+    """Send a response whose body arrives in pieces.
+
+    The first piece is read before the headers go out, so a body that fails at once (bytes
+    missing from the store) can still be answered with an error instead of a cut connection.
+    """
+    first = await anext(body, None)
     await send({"type": "http.response.start", "status": status, "headers": header_list(headers)})
-    async for data in body:
-        await send({"type": "http.response.body", "body": data, "more_body": True})
+    if first is not None:
+        await send({"type": "http.response.body", "body": first, "more_body": True})
+        async for data in body:
+            await send({"type": "http.response.body", "body": data, "more_body": True})
     await send({"type": "http.response.body", "body": b""})

@@ -10,7 +10,7 @@ import json
 import logging
 import re
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from urllib.parse import urlencode
 
@@ -25,13 +25,19 @@ from appliance.api.asgi import (
     respond_stream,
 )
 from appliance.api.codes import error_body, error_for
+from appliance.api.guard import AuthProblem, Guard
 from appliance.errors import InvalidName, RangeInvalid, SizeInvalid
 from appliance.oci import mediatypes as mt
 from appliance.registry import Registry
+from appliance.storage.filesystem import FilesystemStore
 
 log = logging.getLogger("berth.api")
 
 API_VERSION = "registry/2.0"
+# nginx in front (`[nginx] enabled`) marks proxied requests with this header; blob downloads
+# are then handed back to it under this internal location, aliased to the storage root.
+ACCEL_HEADER = "x-berth-accel"
+ACCEL_PREFIX = "/_berth_blobs/"
 MAX_PAGE = 10_000
 JSON = "application/json"
 
@@ -71,17 +77,26 @@ def match(path: str) -> Route | None:
     return Route(kind, name, m.group("ref"))
 
 
-def _error(status: int, code: str, message: str | None = None, detail: object = None) -> Exception:
-    return _HTTPError(status, code, message, detail)
+def _error(
+    status: int,
+    code: str,
+    message: str | None = None,
+    detail: object = None,
+    headers: dict[str, str] | None = None,
+) -> Exception:
+    return _HTTPError(status, code, message, detail, headers or {})
 
 
 class _HTTPError(Exception):
-    def __init__(self, status: int, code: str, message: str | None, detail: object) -> None:
+    def __init__(
+        self, status: int, code: str, message: str | None, detail: object, headers: dict[str, str]
+    ) -> None:
         super().__init__(message or code)
         self.status = status
         self.code = code
         self.message = message
         self.detail = detail
+        self.headers = headers
 
 
 def _parse_range(header: str) -> tuple[int, int]:
@@ -115,6 +130,13 @@ def _byte_range(header: str, size: int) -> tuple[int, int] | None:
     return start, end - start + 1
 
 
+async def _after(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    if first:
+        yield first
+    async for data in rest:
+        yield data
+
+
 def _page_size(request: Request) -> int | None:
     n = request.arg("n")
     if n is None or n == "":
@@ -127,8 +149,9 @@ def _page_size(request: Request) -> int | None:
 class RegistryAPI:
     """ASGI app for everything under `/v2/`."""
 
-    def __init__(self, registry: Registry, public_url: str = "") -> None:
+    def __init__(self, registry: Registry, public_url: str = "", *, guard: Guard) -> None:
         self.registry = registry
+        self.guard = guard
         self.public_url = public_url.rstrip("/")
         self._handlers: dict[str, dict[str, Callable[..., Awaitable[None]]]] = {
             "base": {"GET": self.base, "HEAD": self.base},
@@ -173,7 +196,13 @@ class RegistryAPI:
         except ClientDisconnected:
             log.info("request %s: client disconnected", request_id)
         except _HTTPError as e:
-            await self._send_error(request, tracked_send, e.status, e.code, e.message, e.detail, {})
+            await self._send_error(
+                request, tracked_send, e.status, e.code, e.message, e.detail, e.headers
+            )
+        except AuthProblem as e:
+            await self._send_error(
+                request, tracked_send, e.status, e.code, e.message, None, e.headers
+            )
         except Exception as e:
             mapped = error_for(e)
             extra: dict[str, str] = {}
@@ -237,7 +266,9 @@ class RegistryAPI:
                 "UNSUPPORTED",
                 f"{request.method} is not allowed here",
                 {"allowed": sorted(methods)},
+                {"allow": ", ".join(sorted(methods))},  # RFC 9110 requires it on a 405
             )
+        await self.guard.check(request, route.handler, route.name)
         await handler(request, send, route)
 
     # -- base, catalog, tags, referrers -------------------------------------------------
@@ -251,7 +282,10 @@ class RegistryAPI:
 
     async def catalog(self, request: Request, send: Send, route: Route) -> None:
         n = _page_size(request)
-        names = await self.registry.catalog(None if n is None else n + 1, request.arg("last"))
+        visible = await self.guard.visible(request)
+        names = await self._visible_catalog(
+            visible, None if n is None else n + 1, request.arg("last")
+        )
         headers = {"content-type": JSON}
         if n is not None:
             more, names = len(names) > n, names[:n]
@@ -259,6 +293,20 @@ class RegistryAPI:
                 headers["link"] = self._next_link("/v2/_catalog", n, names[-1], {})
         body = json.dumps({"repositories": names}).encode()
         await respond(send, 200, headers, body)
+
+    async def _visible_catalog(
+        self, visible: Callable[[str], bool], limit: int | None, last: str | None
+    ) -> list[str]:
+        """Up to `limit` repository names after `last` that pass `visible`, in order."""
+        out: list[str] = []
+        batch = 1000
+        while limit is None or len(out) < limit:
+            names = await self.registry.catalog(batch, last)
+            out.extend(name for name in names if visible(name))
+            if len(names) < batch:
+                break
+            last = names[-1]
+        return out if limit is None else out[:limit]
 
     async def tags(self, request: Request, send: Send, route: Route) -> None:
         n = _page_size(request)
@@ -341,7 +389,23 @@ class RegistryAPI:
             await self.registry.blob_checked(blob)
             await respond(send, status, headers, head=True)
             return
-        await respond_stream(send, status, headers, self.registry.read_blob(blob, start, length))
+        url = await self.registry.blob_url(blob)
+        if url is not None:  # storage.s3.redirect: the client fetches (and ranges) it there
+            await respond(send, 307, {"location": url, "docker-content-digest": blob.digest})
+            return
+        if request.headers.get(ACCEL_HEADER) == "1" and isinstance(
+            self.registry.store, FilesystemStore
+        ):
+            # Behind Berth's nginx front (omnibus/nginx.conf): authorised here, sent by nginx
+            # (sendfile, and it answers Range itself). Only nginx sets this header.
+            accel = {"x-accel-redirect": ACCEL_PREFIX + blob.storage_key}
+            await respond(send, 200, {"docker-content-digest": blob.digest, **accel})
+            return
+        body = self.registry.read_blob(blob, start, length)
+        # The first piece is read before the status line, so that storage being unreachable
+        # (or bytes missing) is an OCI error with its status rather than a cut-off 200.
+        first = await anext(body, b"")
+        await respond_stream(send, status, headers, _after(first, body))
 
     async def delete_blob(self, request: Request, send: Send, route: Route) -> None:
         await self.registry.delete_blob(route.name, route.ref)
@@ -363,11 +427,12 @@ class RegistryAPI:
             "docker-content-digest": digest,
         }
 
-    def _chunk_start(self, request: Request) -> int | None:
-        """Where a chunk starts by its Content-Range, checked against its Content-Length."""
+    def _chunk(self, request: Request) -> tuple[int | None, AsyncIterator[bytes]]:
+        """Where a chunk starts by its Content-Range (checked against its Content-Length), and
+        its body, held to the range's length when that is all the client declared."""
         header = request.headers.get("content-range")
         if header is None:
-            return None
+            return None, request.chunks()
         start, end = _parse_range(header)
         length = request.content_length
         if length is not None and length != end - start + 1:
@@ -375,12 +440,17 @@ class RegistryAPI:
                 f"Content-Range {start}-{end} is {end - start + 1} bytes, "
                 f"Content-Length says {length}"
             )
-        return start
+        exact = None if length is not None else end - start + 1
+        return start, request.chunks(exact_length=exact)
 
     async def start_upload(self, request: Request, send: Send, route: Route) -> None:
         mount, source = request.arg("mount"), request.arg("from")
         digest = request.arg("digest")
-        if mount is not None and source is not None:
+        if (
+            mount is not None
+            and source is not None
+            and await self.guard.may(request, source, "pull")
+        ):
             blob = await self.registry.mount(route.name, source, mount)
             if blob is not None:
                 await respond(send, 201, self._blob_created(route.name, blob.digest))
@@ -397,20 +467,20 @@ class RegistryAPI:
         await respond(send, 204, self._upload_headers(route.name, record.id, record.size))
 
     async def patch_upload(self, request: Request, send: Send, route: Route) -> None:
-        start = self._chunk_start(request)
-        size = await self.registry.append(route.name, route.ref, request.chunks(), start)
+        start, body = self._chunk(request)
+        size = await self.registry.append(route.name, route.ref, body, start)
         await respond(send, 202, self._upload_headers(route.name, route.ref, size))
 
     async def put_upload(self, request: Request, send: Send, route: Route) -> None:
         digest = request.arg("digest")
         if digest is None:
             raise _error(400, "DIGEST_INVALID", "the digest query parameter is required")
-        start = self._chunk_start(request)
+        start, body = self._chunk(request)
         has_body = (request.content_length or 0) > 0 or "chunked" in request.headers.get(
             "transfer-encoding", ""
         )
         blob = await self.registry.complete(
-            route.name, route.ref, digest, request.chunks() if has_body else None, start
+            route.name, route.ref, digest, body if has_body else None, start
         )
         await respond(send, 201, self._blob_created(route.name, blob.digest))
 

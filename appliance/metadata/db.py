@@ -1,9 +1,26 @@
-"""SQLite access under trio: a pool of reader connections and one writer, used from threads.
+"""The metadata database seam: units of work, dialects, schema versions.
 
 A unit of work is a synchronous `fn(tx)` run in a worker thread inside one transaction:
-`await db.read(fn)` for a consistent read, `await db.write(fn)` for a change (SQLite has no row
-locks, so the single writer connection with `BEGIN IMMEDIATE` is the lock). WAL lets readers run
-while the writer writes. sqlite3 errors are translated here and never leak.
+`await db.read(fn)` for a consistent snapshot, `await db.write(fn)` for a change that commits
+when `fn` returns and rolls back when it raises. SQL is portable, with `:name` parameters; only
+DDL (`migrations/<dialect>/NNNN_name.sql`) and the rare statement that must differ live per
+dialect. Dialects are registered in `DIALECTS`, an explicit URL-scheme → class map:
+
+    sqlite:///path/berth.db            SqliteDatabase    (metadata/sqlite.py)
+    postgresql://user@host:port/db     PostgresDatabase  (metadata/postgres.py)
+
+Both give write transactions the same meaning: serializable. SQLite has one writer at a time;
+PostgreSQL runs writes at SERIALIZABLE and re-runs a unit of work that lost a serialization
+failure or a deadlock, so `fn` must have no effect outside `tx` (it may run more than once).
+
+Errors from `sqlite3` and `psycopg` never leak past this package:
+
+    BerthError
+    ├── Unavailable        the database cannot be reached, timed out, or kept conflicting
+    ├── ConfigError
+    │   ├── SchemaTooNew   the database was migrated by a newer Berth
+    │   └── SchemaBehind   migrations are pending and this process may not apply them
+    └── MetadataError      anything else the database refused: a bug, logged as UNKNOWN
 
 Cancellation: a unit of work that has started in its thread runs to its end (commit or
 rollback); the awaiting task sees the cancellation afterwards.
@@ -13,157 +30,259 @@ from __future__ import annotations
 
 import importlib.resources
 import re
-import sqlite3
-import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from pathlib import Path
-from typing import Any, TypeVar
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol, TypeVar
 
-import trio
-
+from appliance.config import Config
 from appliance.errors import BerthError, ConfigError, Unavailable
 
 T = TypeVar("T")
 Row = tuple[Any, ...]
+Params = Mapping[str, Any]
 
 
 class SchemaTooNew(ConfigError):
     pass
 
 
-class Tx:
-    """A transaction handed to a unit of work. Parameters are `:name` style."""
-
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self._conn = conn
-
-    def execute(self, sql: str, params: dict[str, Any] | Sequence[Any] = ()) -> list[Row]:
-        return self._conn.execute(sql, params).fetchall()
-
-    def one(self, sql: str, params: dict[str, Any] | Sequence[Any] = ()) -> Row | None:
-        return self._conn.execute(sql, params).fetchone()  # type: ignore[no-any-return]
-
-    def scalar(self, sql: str, params: dict[str, Any] | Sequence[Any] = ()) -> Any:
-        row = self.one(sql, params)
-        return None if row is None else row[0]
-
-    def executemany(self, sql: str, rows: Sequence[dict[str, Any] | Sequence[Any]]) -> None:
-        self._conn.executemany(sql, rows)
+class SchemaBehind(ConfigError):
+    pass
 
 
-def _connect(path: str) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
-    conn.execute("PRAGMA busy_timeout = 30000")
-    conn.execute("PRAGMA foreign_keys = ON")
-    # An acknowledged push must survive a power cut: every commit reaches the disk.
-    conn.execute("PRAGMA synchronous = FULL")
-    return conn
+class MetadataError(BerthError):
+    """The database refused a statement for a reason that is not a transient fault."""
 
 
-@contextmanager
-def _translated() -> Iterator[None]:
-    try:
-        yield
-    except sqlite3.OperationalError as e:
-        raise Unavailable(f"metadata database: {e}") from e
-    except sqlite3.DatabaseError as e:
-        raise Unavailable(f"metadata database error: {e}") from e
+class Tx(Protocol):
+    """A transaction handed to a unit of work. Parameters are `:name` style, in a mapping."""
+
+    dialect: str
+
+    def execute(self, sql: str, params: Params | None = None) -> list[Row]:
+        """Run one statement; return every row it produced (none for most writes)."""
+        ...
+
+    def one(self, sql: str, params: Params | None = None) -> Row | None:
+        """The first row, or None."""
+        ...
+
+    def scalar(self, sql: str, params: Params | None = None) -> Any:
+        """The first column of the first row, or None."""
+        ...
+
+    def executemany(self, sql: str, rows: Sequence[Params]) -> None:
+        """Run one statement once per parameter mapping."""
+        ...
+
+    def iterate(self, sql: str, params: Params | None = None, batch: int = 1000) -> Iterator[Row]:
+        """Stream the rows of a query without holding them all in memory."""
+        ...
 
 
-def _migrations() -> list[tuple[int, str, str]]:
-    folder = importlib.resources.files("appliance.metadata") / "migrations" / "sqlite"
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    sql: str = field(repr=False)
+
+
+@dataclass(frozen=True)
+class SchemaStatus:
+    """Where a database's schema stands against the migrations this Berth knows."""
+
+    current: int
+    latest: int
+    pending: tuple[Migration, ...]
+
+    @property
+    def too_new(self) -> bool:
+        return self.current > self.latest
+
+
+@dataclass(frozen=True)
+class Options:
+    """How to open a database (from the `metadata.*` settings)."""
+
+    readers: int = 4
+    pool_size: int = 8
+    pool_timeout: float = 10.0
+    statement_timeout: float = 30.0
+
+
+def migrations(dialect: str) -> tuple[Migration, ...]:
+    """The ordered migrations shipped for `dialect`."""
+    folder = importlib.resources.files("appliance.metadata") / "migrations" / dialect
     out = []
     for entry in folder.iterdir():
         m = re.match(r"^(\d{4})_(\w+)\.sql$", entry.name)
         if m:
-            out.append((int(m.group(1)), m.group(2), entry.read_text()))
-    return sorted(out)
+            out.append(Migration(int(m.group(1)), m.group(2), entry.read_text()))
+    return tuple(sorted(out, key=lambda m: m.version))
 
 
-class Database:
-    """The SQLite metadata database at `path` (created and migrated on open)."""
+def status_of(dialect: str, current: int) -> SchemaStatus:
+    known = migrations(dialect)
+    latest = known[-1].version if known else 0
+    return SchemaStatus(current, latest, tuple(m for m in known if m.version > current))
 
-    def __init__(self, path: Path, readers: int = 4) -> None:
-        self.path = path
-        with _translated():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._writer = _connect(str(path))
-            self._writer.execute("PRAGMA journal_mode = WAL")
-            self.migrate()
-            self._readers = [_connect(str(path)) for _ in range(max(1, readers))]
-        self._free = list(self._readers)
-        self._read_limit = trio.CapacityLimiter(len(self._readers))
-        self._write_lock = trio.Lock()
 
-    @classmethod
-    def from_url(cls, url: str, readers: int = 4) -> Database:
-        if not url.startswith("sqlite:///"):
-            raise ConfigError(f"unsupported metadata URL {url!r} (expected sqlite:///PATH)")
-        return cls(Path(url.removeprefix("sqlite://")), readers)
+def too_new_error(where: str, status: SchemaStatus) -> SchemaTooNew:
+    return SchemaTooNew(
+        f"the metadata database {where} is at schema version {status.current}, newer than "
+        f"this Berth knows ({status.latest}); upgrade Berth"
+    )
 
-    def migrate(self) -> int:
-        """Apply pending migrations; return the schema version. Refuses a newer schema."""
-        conn = self._writer
-        conn.execute(
-            "CREATE TABLE IF NOT EXISTS schema_version "
-            "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)"
-        )
-        current = conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version").fetchone()
-        version = int(current[0])
-        known = _migrations()
-        latest = known[-1][0] if known else 0
-        if version > latest:
-            raise SchemaTooNew(
-                f"the metadata database is at schema version {version}, newer than this "
-                f"Berth knows ({latest}); upgrade Berth"
-            )
-        for number, name, sql in known:
-            if number <= version:
-                continue
-            # One script, one transaction: the schema change and its version row land together.
-            try:
-                stamp = f"INSERT INTO schema_version VALUES ({number}, '{name}', {time.time()})"  # noqa: S608
-                conn.executescript(f"BEGIN IMMEDIATE;\n{sql}\n;{stamp};\nCOMMIT;")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-            version = number
-        return version
 
-    def _run(self, conn: sqlite3.Connection, begin: str, fn: Callable[[Tx], T]) -> T:
-        with _translated():
-            conn.execute(begin)
-            try:
-                result = fn(Tx(conn))
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
-            return result
+class Database(ABC):
+    """One metadata database. Open it with `open_database(url)`; it is not migrated on open."""
 
+    dialect: ClassVar[str]
+
+    #: Where the database is, for messages (never with a password).
+    where: str
+
+    @abstractmethod
     async def read(self, fn: Callable[[Tx], T]) -> T:
-        """Run `fn` in a read transaction (a consistent snapshot)."""
-        async with self._read_limit:
-            conn = self._free.pop()
-            try:
-                return await trio.to_thread.run_sync(self._run, conn, "BEGIN", fn)
-            finally:
-                self._free.append(conn)
+        """Run `fn` in a read-only transaction (a consistent snapshot)."""
 
+    @abstractmethod
     async def write(self, fn: Callable[[Tx], T]) -> T:
-        """Run `fn` in a write transaction; it commits when `fn` returns, else rolls back."""
-        async with self._write_lock:
-            return await trio.to_thread.run_sync(self._run, self._writer, "BEGIN IMMEDIATE", fn)
+        """Run `fn` in a serializable write transaction; it commits when `fn` returns."""
 
+    @abstractmethod
+    def run_sync_read(self, fn: Callable[[Tx], T]) -> T:
+        """The same as `read`, for callers outside trio (CLI, threads)."""
+
+    @abstractmethod
     def run_sync_write(self, fn: Callable[[Tx], T]) -> T:
-        """The same as `write`, for the CLI outside trio."""
-        return self._run(self._writer, "BEGIN IMMEDIATE", fn)
+        """The same as `write`, for callers outside trio (CLI, threads)."""
 
+    @abstractmethod
+    def schema_status(self) -> SchemaStatus:
+        """Current and pending schema versions (blocking)."""
+
+    @abstractmethod
+    def migrate(self) -> list[Migration]:
+        """Apply pending migrations in order, each in its own transaction with its version row;
+        return those applied. Safe when several processes migrate at once: one applies, the
+        others wait and find nothing left to do. Raises SchemaTooNew (blocking)."""
+
+    @abstractmethod
     def close(self) -> None:
-        for conn in [self._writer, *self._readers]:
-            conn.close()
+        """Close every connection (blocking)."""
+
+    def prepare(self, auto_migrate: bool) -> SchemaStatus:
+        """Make sure the schema is the one this Berth knows, migrating when allowed (blocking).
+
+        Raises SchemaTooNew for a newer schema and SchemaBehind when migrations are pending and
+        `auto_migrate` is false.
+        """
+        status = self.schema_status()
+        if status.too_new:
+            raise too_new_error(self.where, status)
+        if status.pending:
+            if not auto_migrate:
+                raise SchemaBehind(
+                    f"the metadata database {self.where} is at schema version "
+                    f"{status.current} and this Berth needs {status.latest}: run "
+                    '`berth migrate` (or set metadata.auto_migrate = "yes")'
+                )
+            self.migrate()
+            status = self.schema_status()
+        return status
 
 
-__all__ = ["BerthError", "Database", "SchemaTooNew", "Tx"]
+def _dialects() -> dict[str, Callable[[str, Options], Database]]:
+    # Imported here so that neither driver is loaded unless its dialect is used.
+    def sqlite(url: str, options: Options) -> Database:
+        from appliance.metadata.sqlite import SqliteDatabase  # noqa: PLC0415
+
+        return SqliteDatabase.from_url(url, options)
+
+    def postgresql(url: str, options: Options) -> Database:
+        from appliance.metadata.postgres import PostgresDatabase  # noqa: PLC0415
+
+        return PostgresDatabase(url, options)
+
+    return {"sqlite": sqlite, "postgresql": postgresql, "postgres": postgresql}
+
+
+DIALECTS = ("sqlite", "postgresql")
+
+
+def dialect_of(url: str) -> str:
+    scheme = url.partition("://")[0].lower()
+    if scheme == "postgres":
+        return "postgresql"
+    if scheme not in DIALECTS or "://" not in url:
+        raise ConfigError(
+            f"unsupported metadata URL {redact(url)!r} "
+            "(expected sqlite:///PATH or postgresql://USER@HOST:PORT/DB)"
+        )
+    return scheme
+
+
+def open_database(url: str, options: Options | None = None) -> Database:
+    """Open the database at `url` (blocking). Raises ConfigError or Unavailable."""
+    dialect_of(url)
+    scheme = url.partition("://")[0].lower()
+    return _dialects()[scheme](url, options or Options())
+
+
+def redact(url: str) -> str:
+    """`url` without a password."""
+    return re.sub(r"(://[^/:@]*):[^@/]*@", r"\1:***@", url)
+
+
+def auto_migrate_flag(value: str, dialect: str) -> bool:
+    """The `metadata.auto_migrate` setting: "auto" means yes for SQLite, no for PostgreSQL."""
+    v = value.strip().lower()
+    if v == "auto":
+        return dialect == "sqlite"
+    if v in ("yes", "true", "1", "on"):
+        return True
+    if v in ("no", "false", "0", "off"):
+        return False
+    raise ConfigError(f"metadata.auto_migrate must be auto, yes or no, not {value!r}")
+
+
+__all__ = [
+    "BerthError",
+    "Database",
+    "MetadataError",
+    "Migration",
+    "Options",
+    "SchemaBehind",
+    "SchemaStatus",
+    "SchemaTooNew",
+    "Tx",
+    "Unavailable",
+    "open_database",
+    "open_metadata",
+]
+
+
+def open_metadata(config: Config, *, migrate: bool | None = None) -> Database:
+    """Open the database `config` names and make its schema current (blocking).
+
+    `migrate` None follows `metadata.auto_migrate`. Raises ConfigError (SchemaTooNew,
+    SchemaBehind) or Unavailable, with one line naming the database.
+    """
+    url = config.metadata_url
+    options = Options(
+        readers=config["metadata.readers"],
+        pool_size=config["metadata.pool_size"],
+        pool_timeout=config["metadata.pool_timeout"],
+        statement_timeout=config["metadata.statement_timeout"],
+    )
+    if migrate is None:
+        migrate = auto_migrate_flag(config["metadata.auto_migrate"], dialect_of(url))
+    db = open_database(url, options)
+    try:
+        db.prepare(migrate)
+    except BaseException:
+        db.close()
+        raise
+    return db

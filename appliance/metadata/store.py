@@ -1,10 +1,12 @@
 """The registry's records: repositories, blobs, manifests, tags, referrers and uploads.
 
-Each public coroutine is one unit of work in one transaction. Rules that must hold under
+Each public coroutine is one unit of work in one transaction, with the same SQL on SQLite and
+PostgreSQL (write transactions are serializable on both, see db.py). Rules that must hold under
 concurrency are enforced inside the transaction that makes the change: a manifest is only
-inserted if every blob it needs is linked to its repository in that same transaction, so a
-concurrent blob delete either happens before (the PUT fails with MANIFEST_BLOB_UNKNOWN) or after
-(and then the manifest's reference keeps the blob).
+inserted if every blob it needs is linked to its repository in that same transaction, and a
+blob is only unlinked if no manifest of the repository needs it, so of a manifest PUT racing a
+blob delete either the PUT fails with MANIFEST_BLOB_UNKNOWN or the delete fails with Conflict;
+never does a manifest point at a blob its repository cannot read.
 """
 
 from __future__ import annotations
@@ -18,10 +20,12 @@ from appliance.errors import (
     Conflict,
     ManifestBlobUnknown,
     ManifestNotFound,
+    RangeInvalid,
     RepositoryNotFound,
     UploadNotFound,
 )
 from appliance.metadata.db import Database, Tx
+from appliance.metadata.leader import Fence, check_fence
 from appliance.oci.digest import Digest
 from appliance.oci.manifest import Manifest
 
@@ -78,8 +82,9 @@ def _enqueue_blobs(tx: Tx, digests: Sequence[str], review_after: float) -> None:
     if digests:
         tx.executemany(
             "INSERT INTO gc_blob_queue (digest, review_after) VALUES (:d, :t) "
-            "ON CONFLICT (digest) DO UPDATE SET review_after = "
-            "MAX(gc_blob_queue.review_after, excluded.review_after)",
+            "ON CONFLICT (digest) DO UPDATE SET review_after = CASE "
+            "WHEN gc_blob_queue.review_after > excluded.review_after "
+            "THEN gc_blob_queue.review_after ELSE excluded.review_after END",
             [{"d": d, "t": review_after} for d in digests],
         )
 
@@ -174,8 +179,8 @@ class MetadataStore:
             )
             # A client that mounts will push its manifest next: give it the whole delay.
             tx.execute(
-                "UPDATE gc_blob_queue SET review_after = MAX(review_after, :t) "
-                "WHERE digest = :digest",
+                "UPDATE gc_blob_queue SET review_after = :t "
+                "WHERE digest = :digest AND review_after < :t",
                 {"t": now + self.gc_delay, "digest": digest},
             )
             return BlobRecord(*row)
@@ -183,13 +188,27 @@ class MetadataStore:
         return await self.db.write(fn)
 
     async def unlink_blob(self, repository: str, digest: str) -> bool:
-        """Remove `repository`'s access to a blob; False if it had none."""
+        """Remove `repository`'s access to a blob; False if it had none.
+
+        Raises Conflict while a manifest of the repository needs the blob: a manifest never
+        points at a blob its repository cannot read (delete the manifest first).
+        """
         now = self.clock()
 
         def fn(tx: Tx) -> bool:
             repo_id = _repository_id(tx, repository)
             if repo_id is None:
                 return False
+            user = tx.scalar(
+                "SELECT m.digest FROM manifest_layers ml JOIN manifests m ON m.id = ml.manifest_id "
+                "WHERE m.repository_id = :repo AND ml.digest = :digest LIMIT 1",
+                {"repo": repo_id, "digest": digest},
+            )
+            if user is not None:
+                raise Conflict(
+                    f"blob {digest} is used by manifest {user}; delete the manifest first",
+                    {"manifest": user},
+                )
             gone = tx.execute(
                 "DELETE FROM repository_blobs WHERE repository_id = :repo AND digest = :digest "
                 "RETURNING digest",
@@ -246,16 +265,29 @@ class MetadataStore:
 
         return await self.db.read(fn)
 
-    async def set_upload_size(self, upload_id: str, size: int) -> None:
+    async def set_upload_size(self, upload_id: str, size: int, expected: int) -> None:
+        """Record that the upload now holds `size` bytes, if it still holds `expected`.
+
+        A compare-and-set: of two processes appending at the same offset, one wins and the
+        other gets RangeInvalid with the size the upload holds. Raises UploadNotFound.
+        """
         now = self.clock()
 
         def fn(tx: Tx) -> None:
             updated = tx.execute(
-                "UPDATE uploads SET size = :size, updated_at = :now WHERE id = :id RETURNING id",
-                {"size": size, "now": now, "id": upload_id},
+                "UPDATE uploads SET size = :size, updated_at = :now "
+                "WHERE id = :id AND size = :expected RETURNING id",
+                {"size": size, "now": now, "id": upload_id, "expected": expected},
             )
-            if not updated:
+            if updated:
+                return
+            current = tx.scalar("SELECT size FROM uploads WHERE id = :id", {"id": upload_id})
+            if current is None:
                 raise UploadNotFound("upload unknown", {"uuid": upload_id})
+            raise RangeInvalid(
+                f"the upload holds {current} bytes, not {expected}: another request appended",
+                int(current),
+            )
 
         await self.db.write(fn)
 
@@ -277,10 +309,18 @@ class MetadataStore:
 
         return await self.db.read(fn)
 
-    async def expire_upload(self, upload_id: str, idle_before: float) -> bool:
-        """Delete the upload row if it is still idle since before `idle_before`."""
+    async def expire_upload(
+        self, upload_id: str, idle_before: float, fence: Fence | None = None
+    ) -> bool:
+        """Delete the upload row if it is still idle since before `idle_before`.
+
+        With a `fence`, only while that leadership is current (checked in the same
+        transaction); raises LeadershipLost otherwise.
+        """
 
         def fn(tx: Tx) -> bool:
+            if fence is not None:
+                check_fence(tx, fence)
             return bool(
                 tx.execute(
                     "DELETE FROM uploads WHERE id = :id AND updated_at < :t RETURNING id",
@@ -502,16 +542,9 @@ class MetadataStore:
             repo_id = _repository_id(tx, repository)
             if repo_id is None:
                 raise RepositoryNotFound(f"repository {repository} not known", {"name": repository})
-            params: dict[str, Any] = {
-                "repo": repo_id,
-                "last": last or "",
-                "n": -1 if n is None else n,
-            }
-            rows = tx.execute(
-                "SELECT name FROM tags WHERE repository_id = :repo AND name > :last "
-                "ORDER BY name LIMIT :n",
-                params,
-            )
+            params: dict[str, Any] = {"repo": repo_id, "last": last or "", "n": n}
+            sql = "SELECT name FROM tags WHERE repository_id = :repo AND name > :last ORDER BY name"
+            rows = tx.execute(sql if n is None else sql + " LIMIT :n", params)
             return [r[0] for r in rows]
 
         return await self.db.read(fn)
@@ -520,12 +553,12 @@ class MetadataStore:
         """Repositories holding at least one manifest, in lexical order after `last`."""
 
         def fn(tx: Tx) -> list[str]:
-            rows = tx.execute(
+            sql = (
                 "SELECT r.name FROM repositories r WHERE r.name > :last AND EXISTS "
-                "(SELECT 1 FROM manifests m WHERE m.repository_id = r.id) "
-                "ORDER BY r.name LIMIT :n",
-                {"last": last or "", "n": -1 if n is None else n},
+                "(SELECT 1 FROM manifests m WHERE m.repository_id = r.id) ORDER BY r.name"
             )
+            params = {"last": last or "", "n": n}
+            rows = tx.execute(sql if n is None else sql + " LIMIT :n", params)
             return [r[0] for r in rows]
 
         return await self.db.read(fn)

@@ -138,6 +138,9 @@ def parse(payload: bytes, content_type: str | None) -> Manifest:
         doc = json.loads(payload)
     except (UnicodeDecodeError, ValueError) as e:
         raise _invalid(f"not JSON ({e})") from None
+    except RecursionError:
+        # A few hundred KiB of "[[[[..." exhaust the decoder's stack: refuse, never a 500.
+        raise _invalid("JSON nested too deeply") from None
     if not isinstance(doc, dict):
         raise _invalid("not a JSON object")
     header_type = mt.base(content_type)
@@ -148,7 +151,8 @@ def parse(payload: bytes, content_type: str | None) -> Manifest:
         body_type is None and header_type in (mt.DOCKER_SCHEMA1, mt.DOCKER_SCHEMA1_SIGNED)
     ):
         raise _invalid("Docker schema 1 manifests are not supported; push schema 2 or OCI")
-    if doc.get("schemaVersion") != 2:
+    version = doc.get("schemaVersion")
+    if type(version) is not int or version != 2:
         raise _invalid("schemaVersion must be 2")
     if body_type and header_type in mt.MANIFESTS and header_type != body_type:
         raise _invalid(f"Content-Type {header_type} does not match mediaType {body_type}")

@@ -18,7 +18,7 @@ def validate_name(name: str) -> str:
         raise InvalidName("repository name is empty")
     if len(name) > MAX_NAME_LENGTH:
         raise InvalidName(f"repository name is longer than {MAX_NAME_LENGTH} characters")
-    if not _NAME.match(name):
+    if not _NAME.fullmatch(name):  # fullmatch: `$` alone would let a trailing newline in
         raise InvalidName(
             f"invalid repository name {name[:100]!r}: lowercase letters, digits and "
             "separators (. _ __ -) in path components joined by /"
@@ -28,7 +28,7 @@ def validate_name(name: str) -> str:
 
 def validate_tag(tag: str) -> str:
     """Return `tag` if it is a valid tag; raise InvalidName otherwise."""
-    if not _TAG.match(tag):
+    if not _TAG.fullmatch(tag):
         raise InvalidName(f"invalid tag {tag[:150]!r}")
     return tag
 
@@ -36,3 +36,18 @@ def validate_tag(tag: str) -> str:
 def namespace_of(name: str) -> str:
     """The namespace a repository belongs to: its first path component."""
     return name.split("/", 1)[0]
+
+
+def validate_component(name: str) -> str:
+    """Return `name` if it is one path component (a namespace, user or robot name)."""
+    if "/" in name or len(name) > 64:
+        raise InvalidName(f"invalid name {name[:100]!r}: one path component, at most 64 characters")
+    return validate_name(name)
+
+
+def normalize_component(name: str) -> str:
+    """A user or group name from LDAP or SAML, made a valid path component: lowercase, other
+    characters turned into `-`, separators trimmed (`John.Smith@Corp` → `john.smith-corp`)."""
+    lowered = re.sub(r"[^a-z0-9._-]+", "-", name.lower())
+    lowered = re.sub(r"[._-]*([._-])[._-]*", r"\1", lowered).strip("._-")
+    return validate_component(lowered[:64].strip("._-") or "user")

@@ -29,6 +29,7 @@ from appliance.errors import (
     RangeInvalid,
     SizeInvalid,
 )
+from appliance.metadata.leader import Fence
 from appliance.metadata.store import (
     BlobRecord,
     ManifestRecord,
@@ -40,7 +41,7 @@ from appliance.oci import manifest as manifests
 from appliance.oci.digest import Digest, Hasher, is_digest, new_hasher
 from appliance.oci.names import validate_name, validate_tag
 from appliance.storage import layout
-from appliance.storage.base import BlobStore, Progress
+from appliance.storage.base import BlobRedirect, BlobStore, Progress
 
 log = logging.getLogger(__name__)
 
@@ -113,9 +114,14 @@ class Registry:
         return await self.meta.upload(repository, upload_id)
 
     async def _append(
-        self, record: UploadRecord, chunks: AsyncIterator[bytes], start: int | None
+        self,
+        record: UploadRecord,
+        chunks: AsyncIterator[bytes],
+        start: int | None,
+        expected: Digest | None = None,
     ) -> int:
-        """Append to an upload whose lock is held; return its new size."""
+        """Append to an upload whose lock is held; return its new size. `expected`: the digest
+        the whole blob should have, when these chunks are all of it (a hint for the store)."""
         offset = record.size
         if start is not None and start != offset:
             raise RangeInvalid(
@@ -126,14 +132,23 @@ class Registry:
         progress = Progress()
         appended = False
         try:
-            size = await self.store.append(record.id, offset, chunks, hasher, progress)
+            size = await self.store.append(
+                record.id,
+                offset,
+                chunks,
+                hasher,
+                progress,
+                digest=expected if offset == 0 else None,
+            )
             appended = True
         finally:
             if progress.written:
                 # What reached the store stays, even after a disconnect: the client may ask
-                # how far it got and resume from there.
+                # how far it got and resume from there. A compare-and-set on the offset: when
+                # another process appended to this upload meanwhile, this raises RangeInvalid
+                # (416 with the upload's size) and no digest state is kept.
                 with trio.CancelScope(shield=True):
-                    await self.meta.set_upload_size(record.id, offset + progress.written)
+                    await self.meta.set_upload_size(record.id, offset + progress.written, offset)
                 if hasher is not None and progress.hashed:
                     self._hashes[record.id] = _HashState(offset + progress.written, hasher)
             elif appended and hasher is not None and state is not None:
@@ -174,7 +189,7 @@ class Registry:
             record = await self.meta.upload(repository, upload_id)
             size = record.size
             if chunks is not None:
-                size = await self._append(record, chunks, start)
+                size = await self._append(record, chunks, start, digest)
             state = self._hashes.get(upload_id)
             if state is not None and state.offset == size and digest.algorithm == "sha256":
                 actual = Digest("sha256", state.hasher.hexdigest())
@@ -225,13 +240,17 @@ class Registry:
             await self.meta.upload(repository, upload_id)
             await self._discard(upload_id)
 
-    async def purge_expired_uploads(self) -> int:
-        """Remove upload sessions idle for longer than the expiry, with their bytes."""
+    async def purge_expired_uploads(self, fence: Fence | None = None) -> int:
+        """Remove upload sessions idle for longer than the expiry, with their bytes.
+
+        Run by the jobs leader, which passes its `fence`: each row is deleted only while that
+        leadership is current (LeadershipLost otherwise), and bytes only after their row.
+        """
         idle_before = self.clock() - self.upload_expiry
         removed = 0
         for upload_id in await self.meta.expired_uploads(idle_before):
             async with self._upload_lock(upload_id):
-                if await self.meta.expire_upload(upload_id, idle_before):
+                if await self.meta.expire_upload(upload_id, idle_before, fence):
                     self._hashes.pop(upload_id, None)
                     await self.store.delete_upload(upload_id)
                     removed += 1
@@ -276,6 +295,12 @@ class Registry:
 
     def read_blob(self, blob: BlobRecord, start: int, length: int) -> AsyncIterator[bytes]:
         return self.store.read(blob.storage_key, start, length)
+
+    async def blob_url(self, blob: BlobRecord) -> str | None:
+        """Where a client may download `blob` directly (a presigned S3 URL), or None."""
+        if isinstance(self.store, BlobRedirect):
+            return await self.store.download_url(blob.storage_key)
+        return None
 
     # -- manifests -----------------------------------------------------------------------
 

@@ -13,8 +13,18 @@ from appliance.errors import ConfigError
 from appliance.storage.base import BlobStore
 from appliance.storage.filesystem import FilesystemStore
 
+
+def _open_s3(config: Config) -> BlobStore:
+    # Imported here: boto3 takes a third of a second to import, which a filesystem install
+    # need not pay. Still a plain import statement, which freezing tools follow.
+    from appliance.storage.s3 import S3Settings, S3Store  # noqa: PLC0415
+
+    return S3Store(S3Settings.from_config(config))
+
+
 BACKENDS: dict[str, Callable[[Config], BlobStore]] = {
     "filesystem": lambda config: FilesystemStore(config.storage_root),
+    "s3": _open_s3,
 }
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from appliance.oci.digest import Digest, Hasher
 
@@ -38,8 +38,14 @@ class BlobStore(Protocol):
         chunks: AsyncIterator[bytes],
         hasher: Hasher | None,
         progress: Progress,
+        *,
+        digest: Digest | None = None,
     ) -> int:
         """Write `chunks` at `offset` and return the new length of the upload.
+
+        `digest`, given only with `offset` 0, is what the caller expects the whole blob to be
+        (a monolithic upload): a store may use it to place the bytes where that blob will live
+        and save a copy at commit. It is a hint; nothing is trusted before `commit`.
 
         Bytes past `offset` (left by a crash or a failed earlier append) are discarded first.
         Each chunk also feeds `hasher` when one is given. `progress.written` counts the bytes
@@ -74,3 +80,13 @@ class BlobStore(Protocol):
 
     async def check(self) -> None:
         """Raise Unavailable when the store cannot be used."""
+
+
+@runtime_checkable
+class BlobRedirect(Protocol):
+    """An optional ability: blobs that clients may download from elsewhere (S3 presigned URLs)."""
+
+    async def download_url(self, key: str) -> str | None:
+        """A URL from which a client may GET the blob at `key` directly (it honours `Range`
+        itself), valid for a while; None to serve the bytes through Berth."""
+        ...

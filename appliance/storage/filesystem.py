@@ -76,8 +76,10 @@ class FilesystemStore:
         chunks: AsyncIterator[bytes],
         hasher: Hasher | None,
         progress: Progress,
+        *,
+        digest: Digest | None = None,
     ) -> int:
-        path = self._upload(upload_id)
+        path = self._upload(upload_id)  # `digest`: a rename needs no hint of the final key
 
         def open_at() -> BinaryIO:
             try:
@@ -97,10 +99,18 @@ class FilesystemStore:
             if hasher is None:
                 await _run(lambda: f.write(data), "an upload")
                 return
-            # Hashing and writing each take a thread, so the two overlap.
+            # Hashing and writing each take a thread, so the two overlap. A write error is
+            # raised after the nursery, not inside it: the nursery would wrap it in an
+            # ExceptionGroup, and StorageFull must reach `except StorageFull` below as itself.
+            failed: Exception | None = None
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(trio.to_thread.run_sync, hasher.update, data)
-                await _run(lambda: f.write(data), "an upload")
+                try:
+                    await _run(lambda: f.write(data), "an upload")
+                except Exception as e:
+                    failed = e
+            if failed is not None:
+                raise failed
 
         f = await _run(open_at, "an upload")
         try:

@@ -4,9 +4,14 @@
                                                        this key. A fresh storage-id per commit,
                                                        so a blob re-uploaded while an older copy
                                                        is being collected never loses its bytes.
-    <root>/uploads/<upload-id>/data                    an upload in progress
+    <root>/uploads/<upload-id>/data                    an upload in progress (filesystem: the
+                                                       file; S3: where its multipart upload
+                                                       completes before the copy to blobs/)
+    <root>/uploads/<upload-id>/state                   S3 only: the upload's parts and tail
+    <root>/uploads/<upload-id>/tail/<segment>          S3 only: bytes not yet in a part
 
-Keys are '/'-separated and relative to the store's root.
+Keys are '/'-separated and relative to the store's root (S3: to the bucket's key prefix). On S3
+a monolithic upload may run its multipart upload at its final blobs/ key directly.
 """
 
 from __future__ import annotations

@@ -47,8 +47,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def registry(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Server]:
-    """The registry under test, on a free loopback port, anonymous push and pull; with Berth,
-    once per backend profile chosen by `BERTH_E2E_BACKENDS` (see tests/support/backends.py)."""
+    """The registry under test, on a free loopback port; with Berth (sign-in always on, the
+    clients below sign in as its admin), once per backend profile chosen by
+    `BERTH_E2E_BACKENDS` (see tests/support/backends.py). The reference registry is anonymous."""
     tmp = tmp_path_factory.mktemp("registry")
     if TARGET == "reference":
         server = start_reference_registry(tmp)
@@ -78,16 +79,43 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> ImageCache:
     return ImageCache(tmp_path_factory.mktemp("images"))
 
 
-@pytest.fixture
-def skopeo(tmp_path: Path) -> Skopeo:
-    return Skopeo(tmp_path / "skopeo")
+# Fixtures that are a Berth under test; the client fixtures sign in to each one a test uses.
+SERVER_FIXTURES = ("registry", "backend")
+
+
+def servers_of(request: pytest.FixtureRequest) -> list[Server]:
+    """The registries this test uses that ask for sign-in (Berth always does)."""
+    servers = [request.getfixturevalue(n) for n in SERVER_FIXTURES if n in request.fixturenames]
+    return [s for s in servers if isinstance(s, Server) and s.credentials is not None]
+
+
+def sign_in(client: Skopeo | Podman | Docker, servers: list[Server]) -> None:
+    for server in servers:
+        assert server.credentials is not None
+        client.login(server.host, *server.credentials)
 
 
 @pytest.fixture
-def make_podman(tmp_path: Path) -> Callable[[str], Podman]:
-    """Podman with an empty storage of its own per name: `make_podman("pusher")`."""
+def skopeo(tmp_path: Path, request: pytest.FixtureRequest) -> Skopeo:
+    """skopeo, signed in (`skopeo login`) to the registries the test uses."""
+    client = Skopeo(tmp_path / "skopeo")
+    sign_in(client, servers_of(request))
+    return client
+
+
+@pytest.fixture
+def make_podman(tmp_path: Path, request: pytest.FixtureRequest) -> Callable[[str], Podman]:
+    """Podman with an empty storage of its own per name, signed in (`podman login`) to the
+    registries the test uses: `make_podman("pusher")`."""
     require_binary("podman", "podman")
-    return lambda name: Podman(tmp_path / f"podman-{name}")
+    servers = servers_of(request)
+
+    def make(name: str) -> Podman:
+        client = Podman(tmp_path / f"podman-{name}")
+        sign_in(client, servers)
+        return client
+
+    return make
 
 
 @pytest.fixture(scope="session")
@@ -102,14 +130,17 @@ def dockerd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DockerDaemon]:
 
 
 @pytest.fixture
-def docker(dockerd: DockerDaemon, tmp_path: Path) -> Docker:
-    """The docker CLI on the session's engine, with this test's own credentials store."""
-    return dockerd.client(tmp_path / "docker-config")
+def docker(dockerd: DockerDaemon, tmp_path: Path, request: pytest.FixtureRequest) -> Docker:
+    """The docker CLI on the session's engine, with this test's own credentials store, signed
+    in (`docker login`) to the registries the test uses."""
+    client = dockerd.client(tmp_path / "docker-config")
+    sign_in(client, servers_of(request))
+    return client
 
 
 @pytest.fixture
 def oras(registry: Server) -> Iterator[Oras]:
-    with Oras(registry.host) as client:
+    with Oras(registry.host, registry.credentials) as client:
         yield client
 
 

@@ -57,10 +57,10 @@ class _RssSampler(threading.Thread):
             time.sleep(0.05)
 
 
-def _sha256_of_download(url: str) -> tuple[str, int]:
+def _sha256_of_download(url: str, auth: tuple[str, str] | None) -> tuple[str, int]:
     h = hashlib.sha256()
     size = 0
-    with httpx.stream("GET", url, timeout=120) as r:
+    with httpx.stream("GET", url, timeout=120, auth=auth) as r:
         assert r.status_code == 200
         for data in r.iter_bytes(1 << 20):
             h.update(data)
@@ -93,6 +93,8 @@ def test_multi_gib_blob_round_trip_in_flat_memory(tmp_path):
                 str(blob),
                 "-H",
                 "Expect:",
+                "-u",
+                ":".join(server.credentials or ("", "")),
                 f"{server.url}/v2/big/blob/blobs/uploads?digest={digest}",
             ],
             capture_output=True,
@@ -100,7 +102,9 @@ def test_multi_gib_blob_round_trip_in_flat_memory(tmp_path):
             check=True,
         )
         assert out.stdout == "201"
-        got, got_size = _sha256_of_download(f"{server.url}/v2/big/blob/blobs/{digest}")
+        got, got_size = _sha256_of_download(
+            f"{server.url}/v2/big/blob/blobs/{digest}", server.credentials
+        )
         sampler.done.set()
         sampler.join()
         assert (got, got_size) == (digest, size)
@@ -119,11 +123,13 @@ def test_chunked_upload_survives_repeated_kills(tmp_path):
     digest = _random_file(blob, size)
     data_dir = tmp_path / "data"
     server = start_berth(data_dir)
-    location = httpx.post(f"{server.url}/v2/crash/test/blobs/uploads/").headers["location"]
+    location = httpx.post(
+        f"{server.url}/v2/crash/test/blobs/uploads/", auth=server.credentials
+    ).headers["location"]
     rounds = 0
     with blob.open("rb") as f:
         while True:
-            status = httpx.get(server.url + location)
+            status = httpx.get(server.url + location, auth=server.credentials)
             assert status.status_code == 204
             offset = int(status.headers["range"].split("-")[1]) + 1 if rounds else 0
             if offset >= size:
@@ -135,15 +141,20 @@ def test_chunked_upload_survives_repeated_kills(tmp_path):
                 content=piece,
                 headers={"content-range": f"{offset}-{offset + len(piece) - 1}"},
                 timeout=60,
+                auth=server.credentials,
             )
             assert r.status_code == 202, r.text
             server.stop(signal.SIGKILL)
             server = start_berth(data_dir)
             rounds += 1
     try:
-        r = httpx.put(f"{server.url}{location}?digest={digest}", timeout=120)
+        r = httpx.put(
+            f"{server.url}{location}?digest={digest}", timeout=120, auth=server.credentials
+        )
         assert r.status_code == 201, r.text
         assert rounds == size // chunk
-        assert _sha256_of_download(f"{server.url}/v2/crash/test/blobs/{digest}") == (digest, size)
+        assert _sha256_of_download(
+            f"{server.url}/v2/crash/test/blobs/{digest}", server.credentials
+        ) == (digest, size)
     finally:
         assert server.stop() == 0

@@ -22,6 +22,9 @@ EnvFactory = Callable[[], dict[str, str]]
 # profile → fixtures whose factories together configure it
 PROFILES: dict[str, tuple[str, ...]] = {
     "sqlite-fs": (),
+    "postgres-fs": ("postgres_metadata",),  # tests/support/postgres.py
+    "sqlite-s3": ("s3_storage",),  # tests/support/seaweedfs.py
+    "postgres-s3": ("postgres_metadata", "s3_storage"),
 }
 
 

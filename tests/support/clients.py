@@ -520,10 +520,17 @@ def _check(response: Any) -> None:
 class Oras:
     """The ORAS Python SDK against one registry over plain HTTP, plus raw referrers queries."""
 
-    def __init__(self, host: str) -> None:
+    def __init__(self, host: str, credentials: tuple[str, str] | None = None) -> None:
         self.host = host
-        self.sdk = oras.client.OrasClient(hostname=host, insecure=True)
-        self.http = httpx.Client(base_url=f"http://{host}", timeout=30)
+        if credentials is None:
+            self.sdk = oras.client.OrasClient(hostname=host, insecure=True)
+        else:
+            # Basic on every request: oras-py's token backend keeps the first bearer token it
+            # gets and retries with it even when a later request needs a wider scope (it never
+            # asks again); Berth takes Basic on /v2 directly.
+            self.sdk = oras.client.OrasClient(hostname=host, insecure=True, auth_backend="basic")
+            self.sdk.auth.set_basic_auth(*credentials)
+        self.http = httpx.Client(base_url=f"http://{host}", timeout=30, auth=credentials)
 
     def close(self) -> None:
         self.sdk.session.close()

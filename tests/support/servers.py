@@ -24,6 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+# Every Berth started here has sign-in on (it always does) and this first admin.
+ADMIN = "admin"
+ADMIN_PASSWORD = "admin-test-password"
 LISTENING = re.compile(r"listening on (http://\S+)")
 
 
@@ -55,6 +58,7 @@ class Server:
     proc: subprocess.Popen[bytes]
     log_path: Path
     data_dir: Path | None = None
+    credentials: tuple[str, str] | None = None  # a user that may push anywhere (Berth: admin)
     _pump: threading.Thread | None = field(default=None, repr=False)
 
     @property
@@ -104,6 +108,7 @@ def start_berth(
     data_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_path or data_dir.parent / f"{data_dir.name}.log"
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("BERTH_")}
+    full_env["BERTH_ADMIN_PASSWORD"] = ADMIN_PASSWORD
     full_env.update(env or {})
     cmd = [*berth_command(), "serve", "--listen", listen, "--data-dir", str(data_dir), *args]
     proc = subprocess.Popen(
@@ -128,7 +133,8 @@ def start_berth(
     thread = threading.Thread(target=pump, daemon=True)
     thread.start()
     ready.wait(timeout)
-    server = Server(found[0] if found else "", proc, log_path, data_dir, thread)
+    credentials = (ADMIN, full_env["BERTH_ADMIN_PASSWORD"])
+    server = Server(found[0] if found else "", proc, log_path, data_dir, credentials, thread)
     if not found:
         server.stop(signal.SIGKILL)
         raise RuntimeError(f"berth did not start: {cmd}\n{server.log()}")

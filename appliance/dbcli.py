@@ -1,0 +1,94 @@
+"""`berth migrate` and `berth db copy`: the metadata database from the command line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from appliance.cli import fail, load_config
+from appliance.errors import BerthError
+from appliance.metadata.db import Database, Options, open_database, redact
+
+
+def _url_and_options(config_path: Path | None, data_dir: Path | None) -> tuple[str, Options]:
+    config = load_config(
+        config_path, {"server.data_dir": str(data_dir) if data_dir is not None else None}
+    )
+    options = Options(
+        readers=1,
+        pool_size=2,
+        pool_timeout=config["metadata.pool_timeout"],
+        statement_timeout=3600.0,  # a migration may take a while
+    )
+    return config.metadata_url, options
+
+
+@click.command()
+@click.option("--config", "config_path", type=click.Path(path_type=Path, dir_okay=False))
+@click.option(
+    "--data-dir", type=click.Path(path_type=Path, file_okay=False), help="server.data_dir"
+)
+@click.option("--status", is_flag=True, help="Show the schema version and pending migrations.")
+def migrate(config_path: Path | None, data_dir: Path | None, status: bool) -> None:
+    """Apply pending metadata schema migrations (or show them with --status)."""
+    db: Database | None = None
+    try:
+        url, options = _url_and_options(config_path, data_dir)
+        db = open_database(url, options)
+        state = db.schema_status()
+        click.echo(f"database: {redact(url)}")
+        click.echo(f"schema version: {state.current} (this Berth knows {state.latest})")
+        if state.too_new:
+            fail(f"the database is newer than this Berth ({state.current} > {state.latest})")
+        if status:
+            for m in state.pending:
+                click.echo(f"pending: {m.version:04d} {m.name}")
+            if not state.pending:
+                click.echo("up to date")
+            return
+        applied = db.migrate()
+        for m in applied:
+            click.echo(f"applied: {m.version:04d} {m.name}")
+        click.echo("up to date" if not applied else f"now at schema version {applied[-1].version}")
+    except BerthError as e:
+        fail(e.message)
+    finally:
+        if db is not None:
+            db.close()
+
+
+@click.group()
+def db() -> None:
+    """Work on the metadata database."""
+
+
+@db.command("copy")
+@click.option("--from", "source", required=True, help="Source database URL (sqlite:///...).")
+@click.option("--to", "target", required=True, help="Target database URL (postgresql://...).")
+def db_copy(source: str, target: str) -> None:
+    """Copy every metadata record from one database to another, empty one.
+
+    The source must be at this Berth's schema version (`berth migrate` it first); the target is
+    migrated, must hold no records, and receives everything in one transaction. Stop Berth
+    first: records written to the source during the copy are not carried over. Blob bytes do
+    not move: keep the same storage settings.
+    """
+    from appliance.metadata.copy import copy_database  # noqa: PLC0415
+
+    src: Database | None = None
+    dst: Database | None = None
+    options = Options(readers=1, pool_size=2, statement_timeout=3600.0)
+    try:
+        src = open_database(source, options)
+        dst = open_database(target, options)
+        counts = copy_database(src, dst)
+        for table, count in counts.items():
+            click.echo(f"{table}: {count} rows")
+        click.echo(f"copied {redact(source)} to {redact(target)}")
+    except BerthError as e:
+        fail(e.message)
+    finally:
+        for handle in (src, dst):
+            if handle is not None:
+                handle.close()

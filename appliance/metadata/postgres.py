@@ -1,0 +1,284 @@
+"""PostgreSQL under trio: psycopg 3 (sync) with a `psycopg_pool` pool, used from worker threads.
+
+Each unit of work borrows a connection that the pool has just checked (a dead connection left
+by a database restart is replaced, not handed out), runs in one transaction and gives the
+connection back. Writes run at SERIALIZABLE, so the rules SQLite gets from its single writer
+hold here too; a unit of work that loses a serialization failure or a deadlock is re-run from
+the start (a few times, with a jittered backoff). Reads run at REPEATABLE READ, READ ONLY: a
+consistent snapshot. Every statement has a timeout. psycopg errors are translated here:
+
+    connection refused or lost, pool exhausted, statement timeout   → Unavailable (HTTP 503)
+    serialization failure, deadlock: retried, then                  → Unavailable
+    anything else (a constraint, a syntax error: a bug)             → MetadataError
+
+Migrations run under a session advisory lock, so two processes never migrate at once.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import random
+import re
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, ClassVar, TypeVar
+
+import psycopg
+import psycopg.errors
+import trio
+from psycopg import conninfo as pg_conninfo
+from psycopg.pq import TransactionStatus
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from appliance.errors import ConfigError, Unavailable
+from appliance.metadata.db import (
+    Database,
+    MetadataError,
+    Migration,
+    Options,
+    Params,
+    Row,
+    SchemaStatus,
+    Tx,
+    redact,
+    status_of,
+    too_new_error,
+)
+
+T = TypeVar("T")
+
+BEGIN_WRITE = "BEGIN ISOLATION LEVEL SERIALIZABLE"
+BEGIN_READ = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
+MAX_ATTEMPTS = 12
+CONNECT_TIMEOUT = 5  # seconds for one connection attempt (libpq's connect_timeout)
+_RETRYABLE = (psycopg.errors.SerializationFailure, psycopg.errors.DeadlockDetected)
+
+_TOKEN = re.compile(r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|::|:([A-Za-z_]\w*)|%")
+
+
+@functools.lru_cache(maxsize=2048)
+def to_pyformat(sql: str) -> str:
+    """Portable `:name` parameters → psycopg's `%(name)s`; every `%` escaped; `::` casts and
+    `:words` inside quoted strings and identifiers left alone."""
+
+    def sub(m: re.Match[str]) -> str:
+        text = m.group(0)
+        if text == "%":
+            return "%%"
+        if m.group(1) is not None:
+            return f"%({m.group(1)})s"
+        return text.replace("%", "%%")  # psycopg reads `%` inside quotes too
+
+    return _TOKEN.sub(sub, sql)
+
+
+def lock_key(name: str) -> int:
+    """A stable 64-bit advisory-lock key for `name`."""
+    return int.from_bytes(hashlib.sha256(f"berth:{name}".encode()).digest()[:8], "big", signed=True)
+
+
+def first_line(e: BaseException) -> str:
+    text = str(e).strip() or type(e).__name__
+    return text.splitlines()[0].strip()
+
+
+class PostgresTx:
+    """A transaction on one psycopg connection."""
+
+    dialect = "postgresql"
+
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self._conn = conn
+
+    def execute(self, sql: str, params: Params | None = None) -> list[Row]:
+        cur = self._conn.execute(to_pyformat(sql), dict(params or {}))
+        return cur.fetchall() if cur.description is not None else []
+
+    def one(self, sql: str, params: Params | None = None) -> Row | None:
+        cur = self._conn.execute(to_pyformat(sql), dict(params or {}))
+        return cur.fetchone() if cur.description is not None else None
+
+    def scalar(self, sql: str, params: Params | None = None) -> object:
+        row = self.one(sql, params)
+        return None if row is None else row[0]
+
+    def executemany(self, sql: str, rows: Sequence[Params]) -> None:
+        if rows:
+            with self._conn.cursor() as cur:
+                cur.executemany(to_pyformat(sql), [dict(r) for r in rows])
+
+    def iterate(self, sql: str, params: Params | None = None, batch: int = 1000) -> Iterator[Row]:
+        # A named (server-side) cursor streams; it lives until the transaction ends.
+        with self._conn.cursor(name=f"berth_iter_{random.getrandbits(32)}") as cur:
+            cur.itersize = batch
+            cur.execute(to_pyformat(sql), dict(params or {}))
+            yield from cur
+
+
+def describe(url: str) -> str:
+    """`host:port/dbname` of a PostgreSQL URL, for messages."""
+    try:
+        info = pg_conninfo.conninfo_to_dict(url)
+    except psycopg.ProgrammingError as e:
+        raise ConfigError(f"invalid metadata URL {redact(url)!r}: {first_line(e)}") from e
+    host = str(info.get("host") or info.get("hostaddr") or "localhost")
+    port = str(info.get("port") or "5432")
+    return f"{host}:{port}/{info.get('dbname') or info.get('user') or ''}"
+
+
+class PostgresDatabase(Database):
+    """The PostgreSQL metadata database at `url` (connected on open, not migrated)."""
+
+    dialect: ClassVar[str] = "postgresql"
+
+    def __init__(self, url: str, options: Options | None = None) -> None:
+        options = options or Options()
+        self.url = url
+        self.where = f"at {describe(url)}"
+        self._timeout_ms = max(1, int(options.statement_timeout * 1000))
+        self._kwargs: dict[str, Any] = {
+            "autocommit": True,
+            "connect_timeout": CONNECT_TIMEOUT,
+            "application_name": "berth",
+            "options": f"-c statement_timeout={self._timeout_ms}",
+            # A dead peer (host gone, cable cut) is noticed in seconds, not hours.
+            "keepalives": 1,
+            "keepalives_idle": 10,
+            "keepalives_interval": 5,
+            "keepalives_count": 3,
+        }
+        # Probe once directly: the pool would only say "timed out", not why.
+        probe = self.connect()
+        probe.close()
+        self._pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
+            url,
+            kwargs=self._kwargs,
+            min_size=1,
+            max_size=max(1, options.pool_size),
+            timeout=options.pool_timeout,
+            check=ConnectionPool.check_connection,
+            reconnect_timeout=3600.0,
+            name="berth-metadata",
+            open=False,
+        )
+        try:
+            self._pool.open(wait=True, timeout=options.pool_timeout + CONNECT_TIMEOUT)
+        except PoolTimeout as e:
+            self._pool.close()
+            raise Unavailable(f"cannot connect to the metadata database {self.where}") from e
+        self._limit = trio.CapacityLimiter(max(1, options.pool_size))
+
+    def connect(self) -> psycopg.Connection[Any]:
+        """A new connection of its own (not from the pool), autocommit. Raises Unavailable."""
+        try:
+            return psycopg.connect(self.url, **self._kwargs)
+        except psycopg.Error as e:
+            raise Unavailable(
+                f"cannot connect to the metadata database {self.where}: {first_line(e)}"
+            ) from e
+
+    @contextmanager
+    def translated(self) -> Iterator[None]:
+        """psycopg and pool errors → Berth errors."""
+        try:
+            yield
+        except PoolTimeout as e:
+            raise Unavailable(f"metadata database {self.where}: no connection available") from e
+        except psycopg.errors.QueryCanceled as e:
+            raise Unavailable(f"metadata database {self.where}: {first_line(e)}") from e
+        except (psycopg.OperationalError, psycopg.InterfaceError) as e:
+            raise Unavailable(f"metadata database {self.where}: {first_line(e)}") from e
+        except psycopg.Error as e:
+            raise MetadataError(f"metadata database {self.where}: {first_line(e)}") from e
+
+    # -- units of work -------------------------------------------------------------------
+
+    def _attempt(self, begin: str, fn: Callable[[Tx], T]) -> T:
+        with self._pool.connection() as conn:
+            conn.execute(begin)
+            try:
+                result = fn(PostgresTx(conn))
+                conn.execute("COMMIT")
+            except BaseException:
+                if not conn.closed and conn.info.transaction_status != TransactionStatus.IDLE:
+                    try:
+                        conn.execute("ROLLBACK")
+                    except psycopg.Error:
+                        conn.close()  # the pool discards it
+                raise
+            return result
+
+    def _run(self, begin: str, fn: Callable[[Tx], T]) -> T:
+        with self.translated():
+            for attempt in range(1, MAX_ATTEMPTS + 1):
+                try:
+                    return self._attempt(begin, fn)
+                except _RETRYABLE:
+                    if attempt == MAX_ATTEMPTS:
+                        raise
+                    # Jittered exponential backoff, 2 ms doubling up to about 0.25 s.
+                    jitter = random.uniform(0.5, 1.0)  # noqa: S311 (not a secret)
+                    time.sleep(jitter * min(0.25, 0.002 * 2**attempt))
+        raise AssertionError("unreachable")
+
+    async def read(self, fn: Callable[[Tx], T]) -> T:
+        async with self._limit:
+            return await trio.to_thread.run_sync(self._run, BEGIN_READ, fn)
+
+    async def write(self, fn: Callable[[Tx], T]) -> T:
+        async with self._limit:
+            return await trio.to_thread.run_sync(self._run, BEGIN_WRITE, fn)
+
+    def run_sync_read(self, fn: Callable[[Tx], T]) -> T:
+        return self._run(BEGIN_READ, fn)
+
+    def run_sync_write(self, fn: Callable[[Tx], T]) -> T:
+        return self._run(BEGIN_WRITE, fn)
+
+    # -- schema --------------------------------------------------------------------------
+
+    @staticmethod
+    def _current_version(conn: psycopg.Connection[Any]) -> int:
+        exists = conn.execute("SELECT to_regclass('schema_version')").fetchone()
+        if exists is None or exists[0] is None:
+            return 0
+        row = conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version").fetchone()
+        return int(row[0]) if row else 0
+
+    def schema_status(self) -> SchemaStatus:
+        with self.translated(), self._pool.connection() as conn:
+            return status_of(self.dialect, self._current_version(conn))
+
+    def migrate(self) -> list[Migration]:
+        applied: list[Migration] = []
+        with self.translated():
+            conn = self.connect()
+            try:
+                conn.execute("SET statement_timeout = 0")  # a migration may rewrite a table
+                # Session lock: a second process migrating at once waits here, then finds
+                # nothing left to do. Released when the session ends, whatever happens.
+                conn.execute("SELECT pg_advisory_lock(%s)", (lock_key("migrate"),))
+                status = status_of(self.dialect, self._current_version(conn))
+                if status.too_new:
+                    raise too_new_error(self.where, status)
+                for migration in status.pending:
+                    with conn.transaction():
+                        conn.execute(
+                            "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY "
+                            "KEY, name TEXT NOT NULL, applied_at DOUBLE PRECISION NOT NULL)"
+                        )
+                        conn.execute(migration.sql.encode())
+                        conn.execute(
+                            "INSERT INTO schema_version (version, name, applied_at) "
+                            "VALUES (%s, %s, %s)",
+                            (migration.version, migration.name, time.time()),
+                        )
+                    applied.append(migration)
+            finally:
+                conn.close()
+        return applied
+
+    def close(self) -> None:
+        self._pool.close()

@@ -1,0 +1,204 @@
+"""SQLite under trio: a pool of reader connections and one writer, used from worker threads.
+
+Writes go through the single writer connection in `BEGIN IMMEDIATE` (SQLite has no row locks,
+so the writer is the lock, and write transactions are serial). WAL lets readers run while the
+writer writes. Several processes may share one file: `busy_timeout` makes a writer wait for
+another process's write transaction. sqlite3 errors are translated here and never leak.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import ClassVar, TypeVar
+
+import trio
+
+from appliance.errors import ConfigError, Unavailable
+from appliance.metadata.db import (
+    Database,
+    MetadataError,
+    Migration,
+    Options,
+    Params,
+    Row,
+    SchemaStatus,
+    Tx,
+    status_of,
+    too_new_error,
+)
+
+T = TypeVar("T")
+
+
+class SqliteTx:
+    """A transaction on one sqlite3 connection."""
+
+    dialect = "sqlite"
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    def execute(self, sql: str, params: Params | None = None) -> list[Row]:
+        return self._conn.execute(sql, params or {}).fetchall()
+
+    def one(self, sql: str, params: Params | None = None) -> Row | None:
+        return self._conn.execute(sql, params or {}).fetchone()  # type: ignore[no-any-return]
+
+    def scalar(self, sql: str, params: Params | None = None) -> object:
+        row = self.one(sql, params)
+        return None if row is None else row[0]
+
+    def executemany(self, sql: str, rows: Sequence[Params]) -> None:
+        self._conn.executemany(sql, rows)
+
+    def iterate(self, sql: str, params: Params | None = None, batch: int = 1000) -> Iterator[Row]:
+        cursor = self._conn.execute(sql, params or {})
+        while rows := cursor.fetchmany(batch):
+            yield from rows
+
+
+def _connect(path: str) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+    conn.execute("PRAGMA busy_timeout = 30000")
+    conn.execute("PRAGMA foreign_keys = ON")
+    # An acknowledged push must survive a power cut: every commit reaches the disk.
+    conn.execute("PRAGMA synchronous = FULL")
+    return conn
+
+
+@contextmanager
+def _translated(where: str) -> Iterator[None]:
+    try:
+        yield
+    except sqlite3.OperationalError as e:
+        raise Unavailable(f"metadata database {where}: {e}") from e
+    except sqlite3.Error as e:
+        raise MetadataError(f"metadata database {where}: {e}") from e
+
+
+def _statements(script: str) -> Iterator[str]:
+    """The statements of a migration script, one at a time."""
+    buffer = ""
+    for line in script.splitlines(keepends=True):
+        buffer += line
+        if sqlite3.complete_statement(buffer):
+            if buffer.strip().strip(";").strip():
+                yield buffer
+            buffer = ""
+    if buffer.strip() and not buffer.strip().startswith("--"):
+        yield buffer
+
+
+_VERSION_TABLE = (
+    "CREATE TABLE IF NOT EXISTS schema_version "
+    "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)"
+)
+
+
+class SqliteDatabase(Database):
+    """The SQLite metadata database at `path` (the file is created on open, not migrated)."""
+
+    dialect: ClassVar[str] = "sqlite"
+
+    def __init__(self, path: Path, readers: int = 4) -> None:
+        self.path = path
+        self.where = str(path)
+        with _translated(self.where):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._writer = _connect(str(path))
+            self._writer.execute("PRAGMA journal_mode = WAL")
+            self._readers = [_connect(str(path)) for _ in range(max(1, readers))]
+        self._free = list(self._readers)
+        self._read_limit = trio.CapacityLimiter(len(self._readers))
+        self._write_lock = trio.Lock()
+
+    @classmethod
+    def from_url(cls, url: str, options: Options | None = None) -> SqliteDatabase:
+        if not url.startswith("sqlite:///"):
+            raise ConfigError(f"unsupported metadata URL {url!r} (expected sqlite:///PATH)")
+        return cls(Path(url.removeprefix("sqlite://")), (options or Options()).readers)
+
+    # -- schema --------------------------------------------------------------------------
+
+    def _current_version(self, conn: sqlite3.Connection) -> int:
+        exists = conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'"
+        ).fetchone()
+        if not exists:
+            return 0
+        return int(
+            conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version").fetchone()[0]
+        )
+
+    def schema_status(self) -> SchemaStatus:
+        with _translated(self.where):
+            return status_of(self.dialect, self._current_version(self._writer))
+
+    def migrate(self) -> list[Migration]:
+        conn = self._writer
+        applied: list[Migration] = []
+        with _translated(self.where):
+            status = status_of(self.dialect, self._current_version(conn))
+            if status.too_new:
+                raise too_new_error(self.where, status)
+            for migration in status.pending:
+                # BEGIN IMMEDIATE takes the write lock: another process migrating at the same
+                # time waits here, then finds the version already applied.
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    conn.execute(_VERSION_TABLE)
+                    if self._current_version(conn) >= migration.version:
+                        conn.execute("ROLLBACK")
+                        continue
+                    for statement in _statements(migration.sql):
+                        conn.execute(statement)
+                    conn.execute(
+                        "INSERT INTO schema_version (version, name, applied_at) VALUES (?, ?, ?)",
+                        (migration.version, migration.name, time.time()),
+                    )
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+                applied.append(migration)
+        return applied
+
+    # -- units of work -------------------------------------------------------------------
+
+    def _run(self, conn: sqlite3.Connection, begin: str, fn: Callable[[Tx], T]) -> T:
+        with _translated(self.where):
+            conn.execute(begin)
+            try:
+                result = fn(SqliteTx(conn))
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+            return result
+
+    async def read(self, fn: Callable[[Tx], T]) -> T:
+        async with self._read_limit:
+            conn = self._free.pop()
+            try:
+                return await trio.to_thread.run_sync(self._run, conn, "BEGIN", fn)
+            finally:
+                self._free.append(conn)
+
+    async def write(self, fn: Callable[[Tx], T]) -> T:
+        async with self._write_lock:
+            return await trio.to_thread.run_sync(self._run, self._writer, "BEGIN IMMEDIATE", fn)
+
+    def run_sync_read(self, fn: Callable[[Tx], T]) -> T:
+        return self._run(self._writer, "BEGIN", fn)
+
+    def run_sync_write(self, fn: Callable[[Tx], T]) -> T:
+        return self._run(self._writer, "BEGIN IMMEDIATE", fn)
+
+    def close(self) -> None:
+        for conn in [self._writer, *self._readers]:
+            conn.close()

@@ -1,0 +1,1 @@
+"""Omnibus-style administration: `berth ctl`, the config template, and build information."""

@@ -1,0 +1,424 @@
+"""`berth ctl`: administer an installed Berth the omnibus way.
+
+`reconfigure` makes the machine match /etc/berth/berth.toml: it validates the config, makes the
+data and log directories, applies migrations, renders the systemd unit (and nginx's config and
+unit when `[nginx] enabled`) from the templates in omnibus/, and restarts what changed. Where
+systemd is not running (a chroot, a container) it says so and skips the restart.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+import pwd
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from string import Template
+
+import click
+
+from appliance import config as settings
+from appliance.config import Config
+from appliance.errors import BerthError
+from appliance.omnibus import checks
+
+DEFAULT_CONFIG = Path("/etc/berth/berth.toml")
+SYSTEMD_DIR = Path("/etc/systemd/system")
+UNIT = "berth.service"
+NGINX_UNIT = "berth-nginx.service"
+STATE_FILE = ".reconfigure-state.json"
+
+
+def fail(message: str) -> None:
+    click.echo(f"berth: {message}", err=True)
+    sys.exit(2)
+
+
+def load_config(path: Path | None) -> Config:
+    return settings.load(path)
+
+
+def templates_dir() -> Path:
+    """omnibus/ in a checkout, or where the single executable unpacked it."""
+    bundle = getattr(sys, "_MEIPASS", None)
+    if bundle:
+        return Path(bundle) / "omnibus"
+    return Path(__file__).resolve().parents[2] / "omnibus"
+
+
+def render(name: str, **values: object) -> str:
+    text = (templates_dir() / name).read_text()
+    return Template(text).substitute({k: str(v) for k, v in values.items()})
+
+
+def executable() -> str:
+    if getattr(sys, "frozen", False):
+        return sys.executable
+    found = shutil.which("berth")
+    return found or f"{sys.executable} -m appliance"
+
+
+def systemd_running() -> bool:
+    """sd_booted(): systemd is PID 1 here (not a chroot or a plain container)."""
+    return Path("/run/systemd/system").is_dir() and shutil.which("systemctl") is not None
+
+
+NO_SYSTEMD = (
+    "systemd is not running here (a chroot or a container): {what} skipped; "
+    "run `berth serve --config {config}` as the berth user yourself"
+)
+
+
+def render_unit(config: Config, config_path: Path, exe: str | None = None) -> str:
+    return render(
+        "berth.service.in",
+        user=checks.SERVICE_USER,
+        executable=exe or executable(),
+        config=config_path,
+        data_dir=config.data_dir,
+        log_dir=checks.log_dir(config),
+        stop_timeout=int(config["server.shutdown_timeout"]) + 10,
+    )
+
+
+def nginx_prefix(config: Config) -> Path:
+    return config.data_dir / "nginx"
+
+
+def render_nginx(config: Config, user: str = checks.SERVICE_USER) -> str:
+    """nginx.conf for the front: HTTPS on nginx.listen, Berth as the upstream."""
+    host, port = config.listen
+    cert, key = checks.tls_paths(config)
+    redirect = ""
+    if config["nginx.redirect_listen"]:
+        https_port = config["nginx.listen"].rpartition(":")[2]
+        redirect = (
+            "\n    server {\n"
+            f"        listen {config['nginx.redirect_listen']};\n"
+            f"        server_name {config['nginx.server_name']};\n"
+            f"        return 301 https://$host:{https_port}$request_uri;\n"
+            "    }\n"
+        )
+    upstream = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    if host in ("0.0.0.0", "::", ""):  # noqa: S104 - the wildcard is reached on loopback
+        upstream = f"127.0.0.1:{port}"
+    return render(
+        "nginx.conf.in",
+        user=user,
+        prefix=nginx_prefix(config),
+        log_dir=checks.log_dir(config),
+        upstream=upstream,
+        redirect_server=redirect,
+        listen=config["nginx.listen"],
+        server_name=config["nginx.server_name"],
+        tls_cert=cert,
+        tls_key=key,
+        # Only a local filesystem store can be handed to nginx to send.
+        accel="1" if config["storage.backend"] == "filesystem" else "0",
+        storage_root=config.storage_root,
+    )
+
+
+def render_nginx_unit(config: Config) -> str:
+    prefix = nginx_prefix(config)
+    return render(
+        "berth-nginx.service.in",
+        nginx=shutil.which("nginx") or "/usr/sbin/nginx",
+        prefix=prefix,
+        conf=prefix / "nginx.conf",
+        log_dir=checks.log_dir(config),
+    )
+
+
+def make_self_signed(cert: Path, key: Path, name: str) -> None:
+    """An EC P-256 certificate for `name`, valid a year: for trials, not for production."""
+    import ipaddress  # noqa: PLC0415
+
+    from cryptography import x509  # noqa: PLC0415
+    from cryptography.hazmat.primitives import hashes, serialization  # noqa: PLC0415
+    from cryptography.hazmat.primitives.asymmetric import ec  # noqa: PLC0415
+    from cryptography.x509.oid import NameOID  # noqa: PLC0415
+
+    private = ec.generate_private_key(ec.SECP256R1())
+    host = name if name not in ("_", "") else "localhost"
+    alt: list[x509.GeneralName] = [x509.DNSName(host), x509.DNSName("localhost")]
+    alt.append(x509.IPAddress(ipaddress.ip_address("127.0.0.1")))
+    now = datetime.datetime.now(datetime.UTC)
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)])
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(private.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=365))
+        .add_extension(x509.SubjectAlternativeName(alt), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(private, hashes.SHA256())
+    )
+    cert.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
+    key.write_bytes(
+        private.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    key.chmod(0o600)
+    cert.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+
+
+def _write_if_changed(path: Path, text: str, mode: int = 0o644) -> bool:
+    if path.exists() and path.read_text() == text:
+        click.echo(f"unchanged {path}")
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.chmod(mode)
+    tmp.replace(path)
+    click.echo(f"wrote {path}")
+    return True
+
+
+def _service_user() -> pwd.struct_passwd | None:
+    try:
+        return pwd.getpwnam(checks.SERVICE_USER)
+    except KeyError:
+        return None
+
+
+def _own(paths: list[Path]) -> None:
+    """Give `paths` to the service user (when it exists and we are root)."""
+    user = _service_user()
+    if user is None or os.geteuid() != 0:
+        return
+    for path in paths:
+        if path.exists():
+            os.chown(path, user.pw_uid, user.pw_gid)
+
+
+def systemctl(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(  # noqa: S603
+        ["systemctl", *args],  # noqa: S607
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+def _load(config_path: Path) -> Config:
+    config = load_config(config_path if config_path.exists() else None)
+    checks.check_config(config)
+    return config
+
+
+_config_option = click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=DEFAULT_CONFIG,
+    show_default=True,
+)
+
+
+@click.group()
+def ctl() -> None:
+    """Administer an installed Berth (omnibus style): reconfigure, services, doctor."""
+
+
+@ctl.command()
+@_config_option
+@click.option(
+    "--systemd-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=SYSTEMD_DIR,
+    show_default=True,
+    help="Where the rendered units go.",
+)
+def reconfigure(config_path: Path, systemd_dir: Path) -> None:
+    """Validate the config, migrate, render the units and nginx, restart what changed."""
+    from appliance.metadata.db import Options, open_database, redact  # noqa: PLC0415
+
+    try:
+        config = _load(config_path)
+        click.echo(f"config {config.source}: OK")
+        logs = checks.log_dir(config)
+        for path in (config.data_dir, logs):
+            path.mkdir(parents=True, exist_ok=True, mode=0o750)
+        _own([config.data_dir, logs])
+
+        db = open_database(config.metadata_url, Options(readers=1, pool_size=2))
+        try:
+            applied = db.migrate()
+            version = db.schema_status().current
+        finally:
+            db.close()
+        for m in applied:
+            click.echo(f"applied migration {m.version:04d} {m.name}")
+        click.echo(f"database {redact(config.metadata_url)}: schema version {version}")
+        if config.metadata_url.startswith("sqlite:"):
+            db_file = config.data_dir / "berth.db"
+            _own([p for p in config.data_dir.glob("berth.db*")] + [db_file])
+
+        changed: dict[str, bool] = {}
+        changed[UNIT] = _write_if_changed(systemd_dir / UNIT, render_unit(config, config_path))
+        if config["nginx.enabled"]:
+            prefix = nginx_prefix(config)
+            prefix.mkdir(parents=True, exist_ok=True, mode=0o750)
+            cert, key = checks.tls_paths(config)
+            if not config["nginx.tls_cert"] and not cert.exists():
+                make_self_signed(cert, key, config["nginx.server_name"])
+                click.echo(f"made a self-signed certificate {cert} (for trials only)")
+                _own([cert.parent])
+            conf = _write_if_changed(prefix / "nginx.conf", render_nginx(config))
+            unit_file = _write_if_changed(systemd_dir / NGINX_UNIT, render_nginx_unit(config))
+            changed[NGINX_UNIT] = conf or unit_file
+        elif (systemd_dir / NGINX_UNIT).exists():
+            (systemd_dir / NGINX_UNIT).unlink()
+            click.echo(f"removed {systemd_dir / NGINX_UNIT} (nginx.enabled is false)")
+            if systemd_running():
+                systemctl("disable", "--now", NGINX_UNIT)
+
+        # The service must restart when the config itself changed, not only the units.
+        state_path = config.data_dir / STATE_FILE
+        digest = hashlib.sha256(config_path.read_bytes() if config_path.exists() else b"")
+        old = json.loads(state_path.read_text()) if state_path.exists() else {}
+        config_changed = old.get("config") != digest.hexdigest()
+        state_path.write_text(json.dumps({"config": digest.hexdigest()}) + "\n")
+    except BerthError as e:
+        fail(e.message)
+        return
+
+    if not systemd_running():
+        click.echo(NO_SYSTEMD.format(what="restart", config=config_path))
+        return
+    if any(changed.values()):
+        systemctl("daemon-reload")
+    for unit, unit_changed in changed.items():
+        systemctl("enable", unit)
+        if unit_changed or config_changed:
+            result = systemctl("restart", unit)
+            verb = "restarted"
+        else:
+            result = systemctl("start", unit)
+            verb = "running"
+        if result.returncode != 0:
+            fail(f"{unit} failed to start: {result.stderr.strip()} (see `berth ctl tail`)")
+        click.echo(f"{unit}: {verb}")
+
+
+def _units(config: Config) -> list[str]:
+    return [UNIT, NGINX_UNIT] if config["nginx.enabled"] else [UNIT]
+
+
+def _service_command(action: str, config_path: Path) -> None:
+    try:
+        config = _load(config_path)
+    except BerthError as e:
+        fail(e.message)
+        return
+    if not systemd_running():
+        click.echo(NO_SYSTEMD.format(what=action, config=config_path), err=True)
+        sys.exit(1)
+    for unit in _units(config):
+        result = systemctl(action, unit)
+        if result.returncode != 0:
+            fail(f"systemctl {action} {unit}: {result.stderr.strip()}")
+        click.echo(f"{unit}: {action} done")
+
+
+@ctl.command()
+@_config_option
+def start(config_path: Path) -> None:
+    """Start Berth (and its nginx front) with systemd."""
+    _service_command("start", config_path)
+
+
+@ctl.command()
+@_config_option
+def stop(config_path: Path) -> None:
+    """Stop Berth (and its nginx front); in-flight requests finish first."""
+    _service_command("stop", config_path)
+
+
+@ctl.command()
+@_config_option
+def restart(config_path: Path) -> None:
+    """Restart Berth (and its nginx front)."""
+    _service_command("restart", config_path)
+
+
+@ctl.command()
+@_config_option
+def status(config_path: Path) -> None:
+    """Say whether each service runs and whether Berth answers on its address."""
+    import urllib.error  # noqa: PLC0415
+    import urllib.request  # noqa: PLC0415
+
+    try:
+        config = _load(config_path)
+    except BerthError as e:
+        fail(e.message)
+        return
+    if systemd_running():
+        for unit in _units(config):
+            state = systemctl("is-active", unit).stdout.strip() or "unknown"
+            click.echo(f"{unit}: {state}")
+    else:
+        click.echo("systemd is not running here (a chroot or a container): no unit states")
+    host, port = config.listen
+    host = "127.0.0.1" if host in ("0.0.0.0", "::") else host  # noqa: S104
+    url = f"http://{host}:{port}/v2/"
+    try:
+        with urllib.request.urlopen(url, timeout=3) as r:
+            code = r.status
+    except urllib.error.HTTPError as e:
+        code = e.code
+    except OSError as e:
+        click.echo(f"berth: not answering at {url} ({e})")
+        sys.exit(3)
+    click.echo(f"berth: answering at {url} (HTTP {code})")
+
+
+@ctl.command()
+@_config_option
+@click.option("-n", "--lines", default=50, show_default=True, help="Lines to show first.")
+def tail(config_path: Path, lines: int) -> None:
+    """Follow Berth's (and nginx's) log files."""
+    try:
+        config = load_config(config_path if config_path.exists() else None)
+    except BerthError as e:
+        fail(e.message)
+        return
+    files = sorted(str(p) for p in checks.log_dir(config).glob("*.log"))
+    if not files:
+        fail(f"no log files in {checks.log_dir(config)} yet")
+    tail_exe = shutil.which("tail") or "/usr/bin/tail"
+    os.execv(tail_exe, [tail_exe, "-n", str(lines), "-F", *files])  # noqa: S606
+
+
+@ctl.command()
+@_config_option
+def doctor(config_path: Path) -> None:
+    """Check disk, permissions, database, storage, clock and certificates, with fix hints."""
+    try:
+        config = load_config(config_path if config_path.exists() else None)
+    except BerthError as e:
+        fail(e.message)
+        return
+    worst = "ok"
+    for finding in [
+        *(checks.Finding("fail", "config", p) for p in checks.validate_files(config)),
+        *checks.doctor(config),
+    ]:
+        click.echo(finding.line())
+        if finding.status == "fail" or (finding.status == "warn" and worst == "ok"):
+            worst = finding.status
+    click.echo(f"doctor: {worst}")
+    sys.exit({"ok": 0, "warn": 0, "fail": 1}[worst])

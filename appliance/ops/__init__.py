@@ -1,0 +1,1 @@
+"""Operations: audit log (and, later, metrics, logging, jobs, rate limits, webhooks)."""

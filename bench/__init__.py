@@ -1,0 +1,1 @@
+"""Benchmarks: Berth measured side by side against the reference registry (`make bench`)."""

@@ -1,0 +1,201 @@
+"""Packaging benchmarks (issue 9): `python -m bench.packaging [--record] [--size BYTES]`.
+
+(a) cold start of the single executable (dist/berth, built if stale) to its first answered
+    `/v2/`, on an existing data directory (median of 5), next to `berth` from the venv;
+(b) one 1 GiB blob downloaded with curl through the nginx front (TLS, X-Accel-Redirect: nginx
+    sends the file) against Berth serving the same blob directly over plain HTTP (median of 3).
+    Target: nginx >= 2x Berth.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import hashlib
+import os
+import platform
+import signal
+import ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from appliance import config as settings
+from appliance.omnibus import checks, ctl
+from tests.packaging.helpers import start_command
+from tests.support.servers import ADMIN, ADMIN_PASSWORD, REPO_ROOT, free_port, start_berth
+
+RESULTS = Path(__file__).with_name("RESULTS.md")
+CHUNK = 1 << 20
+
+
+def cold_starts(cmd_prefix: list[str], tmp: Path, runs: int = 5) -> list[float]:
+    data = tmp / "data"
+    times = []
+    for i in range(runs + 1):  # the first run creates the install; it is not counted
+        cmd = [*cmd_prefix, "serve", "--listen", "127.0.0.1:0", "--data-dir", str(data)]
+        env = {"BERTH_ADMIN_PASSWORD": ADMIN_PASSWORD}
+        server, took = start_command(cmd, env=env, cwd=tmp, log_path=tmp / "start.log")
+        server.stop()
+        if i:
+            times.append(took)
+    return times
+
+
+def push_blob(url: str, size: int, verify: ssl.SSLContext) -> str:
+    """A `size`-byte blob in bench/big, streamed up in one PUT; returns its digest."""
+    block = hashlib.sha256(b"berth").digest() * (CHUNK // 32)
+    h = hashlib.sha256()
+    for _ in range(size // CHUNK):
+        h.update(block)
+    digest = "sha256:" + h.hexdigest()
+
+    def body():
+        for _ in range(size // CHUNK):
+            yield block
+
+    with httpx.Client(base_url=url, auth=(ADMIN, ADMIN_PASSWORD), timeout=600, verify=verify) as c:
+        start = c.post("/v2/bench/big/blobs/uploads/")
+        start.raise_for_status()
+        put = c.put(
+            start.headers["location"],
+            params={"digest": digest},
+            content=body(),
+            headers={"content-type": "application/octet-stream"},
+        )
+        put.raise_for_status()
+    return digest
+
+
+def curl_rate(url: str, ca: Path | None, runs: int = 3) -> float:
+    """Median MB/s of `curl GET url` (Basic credentials) into /dev/null."""
+    rates = []
+    for _ in range(runs):
+        cmd = [
+            "curl",
+            "-sf",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{speed_download}",
+            "-u",
+            f"{ADMIN}:{ADMIN_PASSWORD}",
+            url,
+        ]
+        if ca is not None:
+            cmd += ["--cacert", str(ca)]
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+        rates.append(float(out) / 1e6)
+    return statistics.median(rates)
+
+
+def nginx_vs_direct(tmp: Path, size: int) -> tuple[float, float, float]:
+    https_port = free_port()
+    public = f"https://127.0.0.1:{https_port}"
+    data = tmp / "data"
+    server = start_berth(data, env={"BERTH_SERVER_PUBLIC_URL": public})
+    proc = None
+    try:
+        config = settings.load(
+            None,
+            environ={},
+            overrides={
+                "server.listen": server.host,
+                "server.data_dir": str(data),
+                "server.public_url": public,
+                "log.dir": str(tmp / "log"),
+                "nginx.enabled": True,
+                "nginx.listen": f"127.0.0.1:{https_port}",
+                "nginx.redirect_listen": "",
+            },
+        )
+        cert, key = checks.tls_paths(config)
+        ctl.make_self_signed(cert, key, "127.0.0.1")
+        prefix = ctl.nginx_prefix(config)
+        prefix.mkdir(parents=True)
+        (tmp / "log").mkdir()
+        # The same server block also on plain HTTP, to compare like with like: TLS leaves
+        # nginx no sendfile (it must encrypt in user space), plain HTTP lets it use sendfile.
+        plain_port = free_port()
+        text = ctl.render_nginx(config, user="root")
+        tls_listen = f"listen 127.0.0.1:{https_port} ssl;"
+        text = text.replace(tls_listen, f"{tls_listen}\n        listen 127.0.0.1:{plain_port};")
+        (prefix / "nginx.conf").write_text(text)
+        proc = subprocess.Popen(
+            ["nginx", "-p", str(prefix), "-c", str(prefix / "nginx.conf"), "-g", "daemon off;"]
+        )
+        ctx = ssl.create_default_context(cafile=cert)
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                httpx.get(public + "/v2/", verify=ctx, timeout=2)
+                break
+            except httpx.TransportError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        digest = push_blob(public, size, ctx)  # Location headers name the public URL
+        path = f"/v2/bench/big/blobs/{digest}"
+        direct = curl_rate(server.url + path, None)
+        front = curl_rate(public + path, cert)
+        plain = curl_rate(f"http://127.0.0.1:{plain_port}{path}", None)
+        return direct, front, plain
+    finally:
+        if proc is not None:
+            proc.send_signal(signal.SIGQUIT)
+            proc.wait(20)
+        server.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--record", action="store_true", help="append results to RESULTS.md")
+    parser.add_argument("--size", type=int, default=1 << 30, help="blob bytes (default 1 GiB)")
+    args = parser.parse_args()
+    subprocess.run([sys.executable, str(REPO_ROOT / "packaging" / "build.py")], check=True)
+    exe = REPO_ROOT / "dist" / "berth"
+    with tempfile.TemporaryDirectory() as t1, tempfile.TemporaryDirectory() as t2:
+        frozen = cold_starts([str(exe)], Path(t1))
+        venv = cold_starts([str(Path(sys.executable).with_name("berth"))], Path(t2))
+    with tempfile.TemporaryDirectory() as t3:
+        direct, front, plain = nginx_vs_direct(Path(t3), args.size)
+    ratio = plain / direct
+    now = datetime.datetime.now(datetime.UTC)
+    lines = [
+        f"## {now:%Y-%m-%d %H:%M} UTC: packaging (bench/packaging.py)",
+        "",
+        f"- Machine: nproc {os.cpu_count()}, {platform.machine()}, kernel {platform.release()}; "
+        f"dist/berth {exe.stat().st_size / 2**20:.0f} MiB",
+        f"- Blob {args.size / 2**30:.2f} GiB, curl to /dev/null, median of 3; "
+        "start-up: restart on an existing data dir, median of 5",
+        "",
+        "| measurement | unit | value | target | |",
+        "|---|---|---|---|---|",
+        f"| (a) dist/berth cold start to first answered /v2/ | s | {statistics.median(frozen):.2f} "
+        f"(min {min(frozen):.2f}, max {max(frozen):.2f}) | < 2 s | "
+        f"{'ok' if statistics.median(frozen) < 2 else 'MISSED'} |",
+        f"| (a) venv `berth` start to first answered /v2/ (reference) | s | "
+        f"{statistics.median(venv):.2f} | | |",
+        f"| (b) 1 GiB blob GET, Berth directly (HTTP) | MB/s | {direct:.0f} | | |",
+        f"| (b) 1 GiB blob GET, nginx front (TLS, X-Accel-Redirect) | MB/s | {front:.0f} | | |",
+        f"| (b) 1 GiB blob GET, nginx front (plain HTTP, X-Accel-Redirect, sendfile) | MB/s | "
+        f"{plain:.0f} | | |",
+        f"| (b) nginx (plain HTTP) / Berth (plain HTTP) | x | {ratio:.2f} | >= 2x | "
+        f"{'ok' if ratio >= 2 else 'MISSED'} |",
+        f"| (b) nginx (TLS) / Berth (plain HTTP) | x | {front / direct:.2f} | | |",
+        "",
+    ]
+    text = "\n".join(lines)
+    print(text)
+    if args.record:
+        with RESULTS.open("a") as f:
+            f.write("\n" + text)
+
+
+if __name__ == "__main__":
+    main()

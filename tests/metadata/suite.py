@@ -1,0 +1,618 @@
+"""The metadata conformance suite, written once and run over every dialect.
+
+A backend's test file subclasses `MetadataSuite` and provides two fixtures: `database` (a
+fresh, migrated, empty `Database`) and `make_database` (another connection to that same
+database, for tests that need two processes' worth of pools). Everything else is here:
+repositories, blobs, manifests, tags, referrers, uploads, pagination, deletes, leadership, and
+the rules that must hold under concurrency. Each test also looks through a side door (plain SQL)
+to check that nothing inconsistent was left behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import trio
+
+from appliance.errors import (
+    Conflict,
+    ManifestBlobUnknown,
+    ManifestNotFound,
+    RangeInvalid,
+    RepositoryNotFound,
+    UploadNotFound,
+)
+from appliance.metadata.db import Database, Tx
+from appliance.metadata.leader import Fence, LeaderLock, LeadershipLost, check_fence, leader_lock
+from appliance.metadata.store import MetadataStore
+from appliance.oci import manifest as manifests
+from appliance.oci import mediatypes as mt
+from appliance.oci.digest import Digest
+
+REPO = "team/app"
+ARTIFACT = "application/vnd.example.sbom+json"
+
+
+class Clock:
+    def __init__(self, now: float = 1_800_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def sha(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def encode(doc: dict[str, Any]) -> bytes:
+    return json.dumps(doc, separators=(",", ":"), sort_keys=True).encode()
+
+
+def descriptor(media_type: str, data: bytes, **extra: Any) -> dict[str, Any]:
+    return {"mediaType": media_type, "digest": sha(data), "size": len(data), **extra}
+
+
+def image(config: bytes, layers: list[bytes], **extra: Any) -> bytes:
+    return encode(
+        {
+            "schemaVersion": 2,
+            "mediaType": mt.OCI_MANIFEST,
+            "config": descriptor("application/vnd.oci.image.config.v1+json", config),
+            "layers": [descriptor("application/vnd.oci.image.layer.v1.tar", x) for x in layers],
+            **extra,
+        }
+    )
+
+
+def index(children: list[bytes]) -> bytes:
+    return encode(
+        {
+            "schemaVersion": 2,
+            "mediaType": mt.OCI_INDEX,
+            "manifests": [descriptor(mt.OCI_MANIFEST, c) for c in children],
+        }
+    )
+
+
+class MetadataSuite:
+    """Subclass and provide the `database` and `make_database` fixtures."""
+
+    @pytest.fixture
+    def database(self) -> Database:
+        raise NotImplementedError
+
+    @pytest.fixture
+    def make_database(self) -> Callable[[], Database]:
+        raise NotImplementedError
+
+    @pytest.fixture
+    def clock(self) -> Clock:
+        return Clock()
+
+    @pytest.fixture
+    def meta(self, database: Database, clock: Clock) -> MetadataStore:
+        return MetadataStore(database, clock, gc_delay=100.0)
+
+    # -- helpers -------------------------------------------------------------------------
+
+    async def push_blob(self, meta: MetadataStore, repo: str, data: bytes) -> str:
+        upload = uuid.uuid4().hex
+        await meta.create_upload(repo, upload)
+        record = await meta.commit_blob(repo, upload, sha(data), len(data), f"key-{upload}")
+        return record.digest
+
+    async def put(
+        self, meta: MetadataStore, repo: str, payload: bytes, tag: str | None = None
+    ) -> str:
+        content_type = json.loads(payload)["mediaType"]
+        parsed = manifests.parse(payload, content_type)
+        result = await meta.put_manifest(repo, Digest.parse(sha(payload)), parsed, payload, tag)
+        return result.digest
+
+    async def push_image(
+        self, meta: MetadataStore, repo: str, config: bytes, layers: list[bytes], tag: str | None
+    ) -> str:
+        for data in [config, *layers]:
+            await self.push_blob(meta, repo, data)
+        return await self.put(meta, repo, image(config, layers), tag)
+
+    @staticmethod
+    async def rows(db: Database, sql: str, params: dict[str, Any] | None = None) -> list[Any]:
+        return await db.read(lambda tx: tx.execute(sql, params))
+
+    async def assert_consistent(self, db: Database) -> None:
+        """The invariants, checked through the side door."""
+        unlinked = await self.rows(
+            db,
+            "SELECT m.digest, ml.digest FROM manifest_layers ml "
+            "JOIN manifests m ON m.id = ml.manifest_id WHERE NOT EXISTS (SELECT 1 FROM "
+            "repository_blobs rb WHERE rb.repository_id = m.repository_id "
+            "AND rb.digest = ml.digest)",
+        )
+        assert unlinked == [], "manifests pointing at blobs their repository cannot read"
+        crossing = await self.rows(
+            db,
+            "SELECT p.digest FROM manifest_references mr JOIN manifests p ON p.id = mr.parent_id "
+            "JOIN manifests c ON c.id = mr.child_id WHERE p.repository_id <> c.repository_id",
+        )
+        assert crossing == []
+        blobless = await self.rows(
+            db,
+            "SELECT rb.digest FROM repository_blobs rb WHERE NOT EXISTS "
+            "(SELECT 1 FROM blobs b WHERE b.digest = rb.digest)",
+        )
+        assert blobless == []
+
+    # -- repositories and the catalog ----------------------------------------------------
+
+    async def test_a_repository_appears_in_the_catalog_once_it_has_a_manifest(
+        self, meta: MetadataStore, database: Database
+    ) -> None:
+        await self.push_blob(meta, REPO, b"lonely blob")
+        assert await meta.catalog(None, None) == []
+        await self.push_image(meta, REPO, b"{}", [b"layer"], "v1")
+        assert await meta.catalog(None, None) == [REPO]
+        await self.assert_consistent(database)
+
+    async def test_catalog_is_in_byte_order_and_paginates(self, meta: MetadataStore) -> None:
+        names = ["a-b", "ab", "a.b", "a/b", "a", "b/c", "a_b", "zz", "a0"]
+        for name in names:
+            await self.push_image(meta, name, b"{}", [b"l"], "v1")
+        expected = sorted(names, key=lambda n: n.encode())
+        assert await meta.catalog(None, None) == expected
+        assert await meta.catalog(0, None) == []
+        assert await meta.catalog(3, None) == expected[:3]
+        assert await meta.catalog(3, expected[2]) == expected[3:6]
+        assert await meta.catalog(100, expected[-1]) == []
+        assert await meta.catalog(None, "a.zzz") == [n for n in expected if n > "a.zzz"]
+        pages: list[str] = []
+        last = None
+        while page := await meta.catalog(2, last):
+            pages += page
+            last = page[-1]
+        assert pages == expected
+
+    # -- blobs ---------------------------------------------------------------------------
+
+    async def test_a_committed_blob_is_readable_by_its_repository_only(
+        self, meta: MetadataStore, database: Database
+    ) -> None:
+        digest = await self.push_blob(meta, REPO, b"data")
+        record = await meta.blob(REPO, digest)
+        assert record is not None
+        assert (record.digest, record.size) == (digest, 4)
+        assert record.review_after is not None  # queued: nothing references it yet
+        assert await meta.blob("team/other", digest) is None
+        assert await self.rows(database, "SELECT id FROM uploads") == []
+
+    async def test_a_second_commit_of_the_same_digest_keeps_the_first_key(
+        self, meta: MetadataStore
+    ) -> None:
+        for repo in (REPO, "team/other"):
+            await meta.create_upload(repo, f"u-{repo}")
+        first = await meta.commit_blob(REPO, f"u-{REPO}", sha(b"x"), 1, "first")
+        second = await meta.commit_blob("team/other", "u-team/other", sha(b"x"), 1, "second")
+        assert first.storage_key == second.storage_key == "first"
+        assert await meta.blob("team/other", sha(b"x")) is not None
+
+    async def test_mount_links_a_blob_the_source_can_read(self, meta: MetadataStore) -> None:
+        digest = await self.push_blob(meta, "team/source", b"shared")
+        assert await meta.mount_blob("team/target", "team/bystander", digest) is None
+        mounted = await meta.mount_blob("team/target", "team/source", digest)
+        assert mounted is not None
+        assert mounted.digest == digest
+        assert await meta.blob("team/target", digest) is not None
+
+    async def test_unlink_and_its_queue_entry(
+        self, meta: MetadataStore, database: Database, clock: Clock
+    ) -> None:
+        digest = await self.push_blob(meta, REPO, b"gone soon")
+        clock.now += 50
+        assert await meta.unlink_blob(REPO, digest) is True
+        assert await meta.blob(REPO, digest) is None
+        assert await meta.unlink_blob(REPO, digest) is False
+        assert await meta.unlink_blob("team/never", digest) is False
+        queued = await self.rows(database, "SELECT digest, review_after FROM gc_blob_queue")
+        assert queued == [(digest, clock.now + 100)]
+
+    async def test_a_blob_a_manifest_needs_cannot_be_unlinked(
+        self, meta: MetadataStore, database: Database
+    ) -> None:
+        manifest = await self.push_image(meta, REPO, b"{}", [b"needed"], "v1")
+        with pytest.raises(Conflict) as refused:
+            await meta.unlink_blob(REPO, sha(b"needed"))
+        assert manifest in refused.value.message
+        await meta.delete_manifest(REPO, manifest)
+        assert await meta.unlink_blob(REPO, sha(b"needed")) is True
+        await self.assert_consistent(database)
+
+    async def test_review_times_only_move_later(
+        self, meta: MetadataStore, database: Database, clock: Clock
+    ) -> None:
+        digest = await self.push_blob(meta, REPO, b"b")
+        start = clock.now + 100
+
+        async def review() -> float:
+            return float(
+                (await self.rows(database, "SELECT review_after FROM gc_blob_queue"))[0][0]
+            )
+
+        assert await review() == start
+        clock.now += 30
+        await meta.touch_blob_review(digest)
+        assert await review() == start + 30
+        clock.now -= 20
+        await meta.touch_blob_review(digest)
+        await meta.mount_blob("team/x", REPO, digest)
+        assert await review() == start + 30
+        clock.now += 40
+        await meta.mount_blob("team/y", REPO, digest)
+        assert await review() == start + 50
+
+    # -- manifests and tags --------------------------------------------------------------
+
+    async def test_manifest_round_trip_by_tag_and_digest(self, meta: MetadataStore) -> None:
+        payload = image(b"{}", [b"one", b"two"])
+        for data in (b"{}", b"one", b"two"):
+            await self.push_blob(meta, REPO, data)
+        digest = await self.put(meta, REPO, payload, "v1")
+        by_tag = await meta.manifest(REPO, "v1", by_digest=False)
+        by_digest = await meta.manifest(REPO, digest, by_digest=True)
+        assert by_tag == by_digest
+        assert by_tag.payload == payload
+        assert isinstance(by_tag.payload, bytes)
+        assert by_tag.media_type == mt.OCI_MANIFEST
+        with pytest.raises(ManifestNotFound):
+            await meta.manifest(REPO, "v2", by_digest=False)
+        with pytest.raises(ManifestNotFound):
+            await meta.manifest("team/other", digest, by_digest=True)
+
+    async def test_putting_the_same_manifest_twice_is_idempotent(
+        self, meta: MetadataStore, database: Database
+    ) -> None:
+        await self.push_blob(meta, REPO, b"{}")
+        parsed = manifests.parse(image(b"{}", []), mt.OCI_MANIFEST)
+        d = Digest.parse(sha(image(b"{}", [])))
+        first = await meta.put_manifest(REPO, d, parsed, image(b"{}", []), "a")
+        second = await meta.put_manifest(REPO, d, parsed, image(b"{}", []), "b")
+        assert (first.created, second.created) == (True, False)
+        assert await meta.tags(REPO, None, None) == ["a", "b"]
+        assert len(await self.rows(database, "SELECT id FROM manifests")) == 1
+
+    async def test_missing_or_mis_sized_blobs_are_manifest_blob_unknown(
+        self, meta: MetadataStore, database: Database
+    ) -> None:
+        await self.push_blob(meta, REPO, b"{}")
+        with pytest.raises(ManifestBlobUnknown):
+            await self.put(meta, REPO, image(b"{}", [b"absent"]), "v1")
+        await self.push_blob(meta, "team/elsewhere", b"absent")
+        with pytest.raises(ManifestBlobUnknown):
+            await self.put(meta, REPO, image(b"{}", [b"absent"]), "v1")
+        await self.push_blob(meta, REPO, b"sized")
+        wrong = encode(
+            {
+                "schemaVersion": 2,
+                "mediaType": mt.OCI_MANIFEST,
+                "config": descriptor("application/vnd.oci.image.config.v1+json", b"{}"),
+                "layers": [{"mediaType": "x/y", "digest": sha(b"sized"), "size": 99}],
+            }
+        )
+        with pytest.raises(ManifestBlobUnknown):
+            await self.put(meta, REPO, wrong, "v1")
+        assert await self.rows(database, "SELECT id FROM manifests") == []
+        assert await self.rows(database, "SELECT name FROM tags") == []
+
+    async def test_an_index_needs_its_children_in_the_same_repository(
+        self, meta: MetadataStore, database: Database
+    ) -> None:
+        child = image(b"{}", [b"amd64"])
+        await self.push_image(meta, REPO, b"{}", [b"amd64"], None)
+        with pytest.raises(ManifestBlobUnknown):
+            await self.put(meta, "team/other", index([child]), "multi")
+        parent = await self.put(meta, REPO, index([child]), "multi")
+        # A child listed by an index cannot be deleted before the index.
+        with pytest.raises(Conflict):
+            await meta.delete_manifest(REPO, sha(child))
+        await meta.delete_manifest(REPO, parent)
+        await meta.delete_manifest(REPO, sha(child))
+        assert await self.rows(database, "SELECT id FROM manifests") == []
+        await self.assert_consistent(database)
+
+    async def test_tags_are_in_byte_order_and_paginate(self, meta: MetadataStore) -> None:
+        await self.push_image(meta, REPO, b"{}", [b"l"], None)
+        payload = image(b"{}", [b"l"])
+        names = ["B", "a", "_z", "Z", "0", "a-b", "a.b", "ab", "A", "v1.0", "v1.0-rc.1", "v1_0"]
+        for name in names:
+            await self.put(meta, REPO, payload, name)
+        expected = sorted(names, key=lambda n: n.encode())
+        assert await meta.tags(REPO, None, None) == expected
+        assert await meta.tags(REPO, 0, None) == []
+        assert await meta.tags(REPO, 4, None) == expected[:4]
+        assert await meta.tags(REPO, 4, expected[3]) == expected[4:8]
+        assert await meta.tags(REPO, 4, "zzz") == []
+        with pytest.raises(RepositoryNotFound):
+            await meta.tags("team/none", None, None)
+
+    async def test_retagging_queues_the_previous_manifest(
+        self, meta: MetadataStore, database: Database, clock: Clock
+    ) -> None:
+        first = await self.push_image(meta, REPO, b"{}", [b"1"], "latest")
+        second = await self.push_image(meta, REPO, b"{}", [b"2"], "latest")
+        assert (await meta.manifest(REPO, "latest", by_digest=False)).digest == second
+        queued = await self.rows(
+            database,
+            "SELECT m.digest FROM gc_manifest_queue q JOIN manifests m ON m.id = q.manifest_id",
+        )
+        assert queued == [(first,)]
+
+    async def test_delete_tag_keeps_the_manifest(
+        self, meta: MetadataStore, database: Database
+    ) -> None:
+        digest = await self.push_image(meta, REPO, b"{}", [b"l"], "v1")
+        await meta.delete_tag(REPO, "v1")
+        with pytest.raises(ManifestNotFound):
+            await meta.delete_tag(REPO, "v1")
+        assert (await meta.manifest(REPO, digest, by_digest=True)).digest == digest
+        assert await meta.tags(REPO, None, None) == []
+
+    async def test_delete_manifest_removes_its_tags_and_queues_its_blobs(
+        self, meta: MetadataStore, database: Database, clock: Clock
+    ) -> None:
+        digest = await self.push_image(meta, REPO, b"{}", [b"l1", b"l2"], "v1")
+        await self.put(meta, REPO, image(b"{}", [b"l1", b"l2"]), "v2")
+        clock.now += 1000
+        await meta.delete_manifest(REPO, digest)
+        with pytest.raises(ManifestNotFound):
+            await meta.delete_manifest(REPO, digest)
+        assert await meta.tags(REPO, None, None) == []
+        assert await meta.catalog(None, None) == []
+        queued = await self.rows(
+            database,
+            "SELECT digest FROM gc_blob_queue WHERE review_after = :t",
+            {"t": clock.now + 100},
+        )
+        assert sorted(r[0] for r in queued) == sorted([sha(b"{}"), sha(b"l1"), sha(b"l2")])
+        assert await self.rows(database, "SELECT manifest_id FROM manifest_layers") == []
+
+    # -- referrers -----------------------------------------------------------------------
+
+    async def test_referrers_with_artifact_type_filter(self, meta: MetadataStore) -> None:
+        subject = await self.push_image(meta, REPO, b"{}", [b"base"], "v1")
+        subject_desc = descriptor(mt.OCI_MANIFEST, image(b"{}", [b"base"]))
+        await self.push_blob(meta, REPO, b"sbom")
+        sbom = image(
+            b"{}",
+            [b"sbom"],
+            artifactType=ARTIFACT,
+            subject=subject_desc,
+            annotations={"org.example": "yes"},
+        )
+        sig = image(
+            b"{}", [b"base"], artifactType="application/vnd.example.sig", subject=subject_desc
+        )
+        sbom_digest = await self.put(meta, REPO, sbom)
+        await self.put(meta, REPO, sig)
+        found = await meta.referrers(REPO, subject, None)
+        assert {d["artifactType"] for d in found} == {ARTIFACT, "application/vnd.example.sig"}
+        only = await meta.referrers(REPO, subject, ARTIFACT)
+        assert only == [
+            {
+                "mediaType": mt.OCI_MANIFEST,
+                "digest": sbom_digest,
+                "size": len(sbom),
+                "artifactType": ARTIFACT,
+                "annotations": {"org.example": "yes"},
+            }
+        ]
+        assert await meta.referrers("team/other", subject, None) == []
+        assert await meta.referrers(REPO, sha(b"nothing"), None) == []
+
+    # -- uploads -------------------------------------------------------------------------
+
+    async def test_upload_life_cycle(
+        self, meta: MetadataStore, database: Database, clock: Clock
+    ) -> None:
+        created = await meta.create_upload(REPO, "u1")
+        assert (created.size, created.repository) == (0, REPO)
+        clock.now += 5
+        await meta.set_upload_size("u1", 10, expected=0)
+        record = await meta.upload(REPO, "u1")
+        assert (record.size, record.updated_at) == (10, clock.now)
+        with pytest.raises(UploadNotFound):
+            await meta.upload("team/other", "u1")
+        with pytest.raises(UploadNotFound):
+            await meta.set_upload_size("nope", 1, expected=0)
+        assert await meta.delete_upload("u1") is True
+        assert await meta.delete_upload("u1") is False
+        with pytest.raises(UploadNotFound):
+            await meta.upload(REPO, "u1")
+
+    async def test_upload_size_is_a_compare_and_set(self, meta: MetadataStore) -> None:
+        await meta.create_upload(REPO, "u1")
+        await meta.set_upload_size("u1", 10, expected=0)
+        with pytest.raises(RangeInvalid) as lost:
+            await meta.set_upload_size("u1", 7, expected=0)
+        assert lost.value.size == 10
+        assert (await meta.upload(REPO, "u1")).size == 10
+
+    async def test_expired_uploads(self, meta: MetadataStore, clock: Clock) -> None:
+        await meta.create_upload(REPO, "old")
+        clock.now += 100
+        await meta.create_upload(REPO, "new")
+        assert await meta.expired_uploads(clock.now - 50) == ["old"]
+        assert await meta.expired_uploads(clock.now + 1) == ["old", "new"]
+        assert await meta.expired_uploads(clock.now + 1, limit=1) == ["old"]
+        await meta.set_upload_size("old", 3, expected=0)  # touched: no longer idle
+        assert await meta.expire_upload("old", clock.now - 50) is False
+        assert await meta.expire_upload("new", clock.now + 1) is True
+        assert await meta.expired_uploads(clock.now + 1) == ["old"]
+
+    # -- leadership and fencing ----------------------------------------------------------
+
+    async def lose(self, lock: LeaderLock, clock: Clock) -> None:
+        """Make `lock`'s holder lose leadership as a crashed process would."""
+        raise NotImplementedError
+
+    async def test_one_leader_at_a_time_and_a_stale_fence_cannot_delete(
+        self,
+        meta: MetadataStore,
+        database: Database,
+        make_database: Callable[[], Database],
+        clock: Clock,
+    ) -> None:
+        other_db = make_database()
+        try:
+            first = leader_lock(database, "jobs", ttl=30, clock=clock)
+            second = leader_lock(other_db, "jobs", ttl=30, clock=clock)
+            fence = await first.acquire()
+            assert fence is not None
+            assert await second.acquire() is None
+            assert await first.keep() is True
+            await meta.create_upload(REPO, "idle")
+            await self.lose(first, clock)
+            new_fence = await second.acquire()
+            assert new_fence is not None
+            assert new_fence.generation > fence.generation
+            # The former leader wakes up and tries to delete: refused in the same transaction.
+            with pytest.raises(LeadershipLost):
+                await meta.expire_upload("idle", clock.now + 1, fence)
+            assert (await meta.upload(REPO, "idle")).id == "idle"
+            assert await meta.expire_upload("idle", clock.now + 1, new_fence) is True
+            assert await first.keep() is False
+            await second.release()
+            third = await first.acquire()
+            assert third is not None
+            assert third.generation == new_fence.generation + 1
+            await first.release()
+        finally:
+            other_db.close()
+
+    async def test_check_fence_without_a_lease_refuses(self, database: Database) -> None:
+        def fn(tx: Tx) -> None:
+            check_fence(tx, Fence("nobody", 1))
+
+        with pytest.raises(LeadershipLost):
+            await database.write(fn)
+
+    # -- concurrency ---------------------------------------------------------------------
+
+    async def test_two_writers_on_one_tag(
+        self,
+        database: Database,
+        make_database: Callable[[], Database],
+        clock: Clock,
+    ) -> None:
+        """Both PUTs succeed; the tag ends on one manifest and the other is queued for review,
+        whichever commits first. Two databases: two processes' worth of connections."""
+        other_db = make_database()
+        try:
+            a = MetadataStore(database, clock, gc_delay=100.0)
+            b = MetadataStore(other_db, clock, gc_delay=100.0)
+            for layer in (b"A", b"B"):
+                await self.push_blob(a, REPO, layer)
+            await self.push_blob(a, REPO, b"{}")
+            payloads = [image(b"{}", [b"A"]), image(b"{}", [b"B"])]
+            for round_ in range(10):
+                tag = f"t{round_}"
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self.put, a, REPO, payloads[0], tag)
+                    nursery.start_soon(self.put, b, REPO, payloads[1], tag)
+                final = (await a.manifest(REPO, tag, by_digest=False)).digest
+                (loser,) = {sha(p) for p in payloads} - {final}
+                queued = await self.rows(
+                    database,
+                    "SELECT m.digest FROM gc_manifest_queue q "
+                    "JOIN manifests m ON m.id = q.manifest_id",
+                )
+                assert (loser,) in queued
+            await self.assert_consistent(database)
+        finally:
+            other_db.close()
+
+    async def test_a_manifest_put_racing_a_blob_delete(
+        self,
+        database: Database,
+        make_database: Callable[[], Database],
+        clock: Clock,
+    ) -> None:
+        """Exactly one wins: either the PUT fails with MANIFEST_BLOB_UNKNOWN, or the delete
+        fails with Conflict and the blob stays linked. Never a manifest pointing at a blob its
+        repository cannot read."""
+        other_db = make_database()
+        outcomes: list[tuple[str, str]] = []
+        try:
+            a = MetadataStore(database, clock, gc_delay=100.0)
+            b = MetadataStore(other_db, clock, gc_delay=100.0)
+            await self.push_blob(a, REPO, b"{}")
+            for round_ in range(16):
+                layer = f"layer {round_}".encode()
+                await self.push_blob(a, REPO, layer)
+                result: dict[str, str] = {}
+
+                async def put(
+                    layer: bytes = layer, result: dict[str, str] = result, tag: str = f"r{round_}"
+                ) -> None:
+                    try:
+                        await self.put(a, REPO, image(b"{}", [layer]), tag)
+                        result["put"] = "ok"
+                    except ManifestBlobUnknown:
+                        result["put"] = "blob unknown"
+
+                async def unlink(layer: bytes = layer, result: dict[str, str] = result) -> None:
+                    try:
+                        assert await b.unlink_blob(REPO, sha(layer)) is True
+                        result["delete"] = "ok"
+                    except Conflict:
+                        result["delete"] = "conflict"
+
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(put)
+                    nursery.start_soon(unlink)
+                outcomes.append((result["put"], result["delete"]))
+                await self.assert_consistent(database)
+            assert set(outcomes) <= {("ok", "conflict"), ("blob unknown", "ok")}, outcomes
+        finally:
+            other_db.close()
+
+    async def test_two_appenders_on_one_upload(
+        self,
+        database: Database,
+        make_database: Callable[[], Database],
+        clock: Clock,
+    ) -> None:
+        other_db = make_database()
+        try:
+            a = MetadataStore(database, clock)
+            b = MetadataStore(other_db, clock)
+            for round_ in range(10):
+                upload = f"u{round_}"
+                await a.create_upload(REPO, upload)
+                results: list[object] = []
+
+                async def append(
+                    store: MetadataStore,
+                    size: int,
+                    upload: str = upload,
+                    out: list[object] = results,
+                ) -> None:
+                    try:
+                        await store.set_upload_size(upload, size, expected=0)
+                        out.append(size)
+                    except RangeInvalid as e:
+                        out.append(("lost", e.size))
+
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(append, a, 10)
+                    nursery.start_soon(append, b, 20)
+                winners = [r for r in results if isinstance(r, int)]
+                assert len(winners) == 1, results
+                assert ("lost", winners[0]) in results
+                assert (await a.upload(REPO, upload)).size == winners[0]
+        finally:
+            other_db.close()

@@ -1,0 +1,94 @@
+"""Fixtures for the packaging tests: the built executable, a clean Debian root, test images.
+
+Slow things are built once and kept between runs under `.cache/` (or `BERTH_TEST_CACHE`):
+`packaging/build.py` keeps dist/berth while its inputs are unchanged, and the debootstrap root
+is kept as a tarball and unpacked afresh for every test session that needs a clean root.
+Timings worth reading (start-up, build) are printed in the test summary.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.images import ImageCache
+from tests.support.servers import REPO_ROOT, require_binary
+
+CACHE = Path(os.environ.get("BERTH_TEST_CACHE", REPO_ROOT / ".cache"))
+MIRROR = os.environ.get("BERTH_DEBIAN_MIRROR", "http://deb.debian.org/debian")
+TIMINGS: list[str] = []
+
+
+def record(line: str) -> None:
+    """A line for the end-of-run summary (`packaging timings`)."""
+    TIMINGS.append(line)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if TIMINGS:
+        terminalreporter.section("packaging timings")
+        for line in TIMINGS:
+            terminalreporter.write_line(line)
+
+
+@pytest.fixture(scope="session")
+def berth_exe() -> Path:
+    """dist/berth, built by `packaging/build.py` (a no-op while it is up to date)."""
+    started = time.monotonic()
+    subprocess.run(
+        [sys.executable, str(REPO_ROOT / "packaging" / "build.py")], check=True, cwd=REPO_ROOT
+    )
+    record(f"make dist (build or up-to-date check): {time.monotonic() - started:.1f} s")
+    return REPO_ROOT / "dist" / "berth"
+
+
+@pytest.fixture(scope="session")
+def images(tmp_path_factory: pytest.TempPathFactory) -> ImageCache:
+    require_binary("busybox", "busybox-static")
+    return ImageCache(tmp_path_factory.mktemp("images"))
+
+
+def _debootstrap_tarball() -> Path:
+    tarball = CACHE / "debootstrap" / "bookworm-minbase.tar"
+    if tarball.exists():
+        return tarball
+    exe = require_binary("debootstrap", "debootstrap")
+    tarball.parent.mkdir(parents=True, exist_ok=True)
+    work = tarball.parent / "root.tmp"
+    shutil.rmtree(work, ignore_errors=True)
+    started = time.monotonic()
+    subprocess.run(
+        [exe, "--variant=minbase", "bookworm", str(work), MIRROR],
+        check=True,
+        capture_output=True,
+    )
+    subprocess.run(["tar", "-C", str(work), "-cf", str(tarball) + ".tmp", "."], check=True)
+    os.replace(str(tarball) + ".tmp", tarball)
+    shutil.rmtree(work, ignore_errors=True)
+    record(
+        f"debootstrap --variant=minbase bookworm (cached after): {time.monotonic() - started:.0f} s"
+    )
+    return tarball
+
+
+@pytest.fixture(scope="session")
+def debian_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A clean Debian 12 minbase root (no python3), with /proc mounted while in use."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root (chroot, mount)")
+    tarball = _debootstrap_tarball()
+    root = tmp_path_factory.mktemp("debian") / "root"
+    root.mkdir()
+    subprocess.run(["tar", "-C", str(root), "-xf", str(tarball)], check=True)
+    subprocess.run(["mount", "-t", "proc", "proc", str(root / "proc")], check=True)
+    try:
+        yield root
+    finally:
+        subprocess.run(["umount", "-l", str(root / "proc")], check=False)
