@@ -36,7 +36,7 @@ from tests.api.live import (
     wait_for,
 )
 from tests.api.oci import OCI_MANIFEST, blob_data, digest, image_manifest
-from tests.support.servers import Server, start_berth
+from tests.support.servers import Server, start_berth, unavailable
 
 MIB = 1 << 20
 DISCONNECTED = "client disconnected"
@@ -435,14 +435,14 @@ def small_tmpfs(path: Path, size: str) -> Iterator[Path]:
     path.mkdir(parents=True)
     mount = shutil.which("mount")
     if os.geteuid() != 0 or mount is None:
-        pytest.skip("mounting a small tmpfs needs root")
+        unavailable("mounting a small tmpfs needs root")
     done = subprocess.run(
         [mount, "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
         capture_output=True,
         check=False,
     )
     if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode(errors='replace')}")
+        unavailable(f"cannot mount a tmpfs here: {done.stderr.decode(errors='replace')}")
     try:
         yield path
     finally:

@@ -13,12 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import TARGET
 from tests.e2e.test_docker import load_busybox
 from tests.support.backends import PROFILES, profile_env
 from tests.support.clients import Docker, Skopeo
 from tests.support.images import OCI_INDEX, ImageCache, compare_images, read_layout
 from tests.support.servers import Server, start_berth
+
+# Backend profiles are Berth's: the reference-registry development target leaves this module out.
+pytestmark = pytest.mark.berth_only
 
 SMOKE_PROFILES = [name for name in PROFILES if name != "sqlite-fs"]
 ENVIRONMENTS: dict[str, dict[str, str]] = {}  # backend URL -> the environment it runs with
@@ -29,8 +31,6 @@ def backend(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Server]:
     """Berth on one backend profile, for this module."""
-    if TARGET != "berth":
-        pytest.skip("backend profiles are Berth's")
     env = profile_env(request, request.param)
     server = start_berth(tmp_path_factory.mktemp("backend") / "data", env=env)
     ENVIRONMENTS[server.url] = env

