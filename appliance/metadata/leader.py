@@ -14,6 +14,7 @@ delete, so a former leader that was paused (and has been replaced) cannot delete
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -173,11 +174,19 @@ class AdvisoryLock:
         self._conn: psycopg.Connection[Any] | None = None
         self._fence: Fence | None = None
 
-    def _close(self) -> None:
+    def _close(self, *, unlock: bool = False) -> None:
         conn, self._conn = self._conn, None
         self._fence = None
-        if conn is not None:
-            conn.close()
+        if conn is None:
+            return
+        if unlock and not conn.closed:
+            from appliance.metadata.postgres import lock_key  # noqa: PLC0415
+
+            # Closing the session releases the lock too, but the server notices a closed
+            # socket a moment later; unlocking first hands leadership over at once.
+            with contextlib.suppress(Exception):
+                conn.execute("SELECT pg_advisory_unlock(%s)", (lock_key(self.name),))
+        conn.close()
 
     def _acquire(self) -> Fence | None:
         from appliance.metadata.postgres import PostgresTx, lock_key  # noqa: PLC0415
@@ -217,8 +226,7 @@ class AdvisoryLock:
         return await trio.to_thread.run_sync(self._keep)
 
     async def release(self) -> None:
-        # Closing the session releases the advisory lock.
-        await trio.to_thread.run_sync(self._close)
+        await trio.to_thread.run_sync(lambda: self._close(unlock=True))
 
 
 def leader_lock(db: Database, name: str, *, ttl: float, clock: Callable[[], float]) -> LeaderLock:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator
 
 import pytest
+import trio
 
 from appliance.errors import Unavailable
 from appliance.metadata.db import Database, MetadataError, Options, Tx, open_database
@@ -31,9 +33,16 @@ class TestPostgres(MetadataSuite):
 
     async def lose(self, lock: LeaderLock, clock: Clock) -> None:
         assert isinstance(lock, AdvisoryLock)
-        # The leader's session ends (its process died): the server releases the lock.
+        # The leader's session ends (its process died): the server releases the lock once it
+        # has noticed the closed socket, which takes a moment; wait for that backend to go.
         assert lock._conn is not None
+        pid = lock._conn.info.backend_pid
         lock._conn.close()
+        with lock.db.connect() as conn:
+            deadline = time.monotonic() + 10
+            while conn.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone():
+                assert time.monotonic() < deadline, f"backend {pid} outlived its closed session"
+                await trio.sleep(0.01)
 
 
 # -- PostgreSQL only: the fault handling behind the suite ------------------------------------
