@@ -1,0 +1,144 @@
+"""Rate limits: token buckets per user and per client address, for pulls, pushes and sign-ins.
+
+A bucket holds up to `burst` tokens and refills at `rate` tokens a second; each request takes
+one token from its user's bucket and one from its address's bucket, and is refused while either
+is empty. Buckets live in the memory of each serving process: with `--workers N`, a client
+whose requests are spread over the workers gets up to N times the configured rate.
+
+Refusals carry what a client needs to back off: `Retry-After` (seconds) and the
+`RateLimit-Limit`, `RateLimit-Remaining`, `RateLimit-Reset` headers (IETF httpapi draft).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from prometheus_client import Counter
+
+from appliance.config import Config
+from appliance.ops.metrics import REGISTRY
+
+KINDS = ("pull", "push", "signin")
+MAX_BUCKETS = 100_000
+
+LIMITED = Counter(
+    "berth_rate_limited_requests",
+    "Requests refused by a rate limit.",
+    ["kind"],
+    registry=REGISTRY,
+)
+
+
+@dataclass(frozen=True)
+class Limit:
+    rate: float  # tokens a second; 0: unlimited
+    burst: float
+
+
+class RateLimited(Exception):
+    """Over a limit: `retry_after` seconds until one more request would pass."""
+
+    def __init__(self, kind: str, limit: Limit, retry_after: float) -> None:
+        super().__init__(f"too many {kind} requests; retry in {math.ceil(retry_after)} s")
+        self.kind = kind
+        self.limit = limit
+        self.retry_after = retry_after
+
+    @property
+    def headers(self) -> dict[str, str]:
+        seconds = str(max(1, math.ceil(self.retry_after)))
+        return {
+            "retry-after": seconds,
+            "ratelimit-limit": str(int(self.limit.burst)),
+            "ratelimit-remaining": "0",
+            "ratelimit-reset": seconds,
+        }
+
+
+class _Bucket:
+    __slots__ = ("stamp", "tokens")
+
+    def __init__(self, tokens: float, stamp: float) -> None:
+        self.tokens = tokens
+        self.stamp = stamp
+
+
+class RateLimiter:
+    """Token buckets keyed by (kind, who). `check` is synchronous and takes microseconds."""
+
+    def __init__(
+        self,
+        limits: dict[str, Limit],
+        *,
+        exempt_admins: bool = True,
+        exempt_robots: bool = False,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.limits = {k: v for k, v in limits.items() if v.rate > 0}
+        self.exempt_admins = exempt_admins
+        self.exempt_robots = exempt_robots
+        self.clock = clock
+        self._buckets: dict[tuple[str, str], _Bucket] = {}
+
+    @classmethod
+    def from_config(cls, config: Config) -> RateLimiter:
+        limits = {
+            kind: Limit(
+                config[f"ratelimit.{kind}_rate"], max(1.0, config[f"ratelimit.{kind}_burst"])
+            )
+            for kind in KINDS
+        }
+        return cls(
+            limits,
+            exempt_admins=config["ratelimit.exempt_admins"],
+            exempt_robots=config["ratelimit.exempt_robots"],
+        )
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.limits)
+
+    def exempt(self, *, admin: bool, robot: bool) -> bool:
+        return (admin and self.exempt_admins) or (robot and self.exempt_robots)
+
+    def check(self, kind: str, user: str | None, address: str | None) -> None:
+        """Take one token for `kind` from the user's and the address's bucket, or raise
+        RateLimited (taking none) when either is empty."""
+        limit = self.limits.get(kind)
+        if limit is None:
+            return
+        now = self.clock()
+        keys = [(kind, f"u:{user}")] if user else []
+        if address:
+            keys.append((kind, f"a:{address}"))
+        buckets = [self._bucket(key, limit, now) for key in keys]
+        for bucket in buckets:
+            if bucket.tokens < 1.0:
+                LIMITED.labels(kind).inc()
+                raise RateLimited(kind, limit, (1.0 - bucket.tokens) / limit.rate)
+        for bucket in buckets:
+            bucket.tokens -= 1.0
+
+    def _bucket(self, key: tuple[str, str], limit: Limit, now: float) -> _Bucket:
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            if len(self._buckets) >= MAX_BUCKETS:
+                self._forget_full(now)
+            bucket = self._buckets[key] = _Bucket(limit.burst, now)
+            return bucket
+        bucket.tokens = min(limit.burst, bucket.tokens + (now - bucket.stamp) * limit.rate)
+        bucket.stamp = now
+        return bucket
+
+    def _forget_full(self, now: float) -> None:
+        """Drop buckets that have refilled (they hold no information), so memory stays
+        bounded however many addresses come by."""
+        for key, bucket in list(self._buckets.items()):
+            limit = self.limits.get(key[0])
+            if limit is None or bucket.tokens + (now - bucket.stamp) * limit.rate >= limit.burst:
+                del self._buckets[key]
+        if len(self._buckets) >= MAX_BUCKETS:
+            self._buckets.clear()

@@ -1,0 +1,209 @@
+"""The operations side of a running Berth, assembled once per process.
+
+`Operations` gathers what the HTTP layer and the background jobs need: the rate limiter, the
+pull-event buffer, the readiness probe, the scrape-time metrics, the webhook deliverer and the
+audit-retention job. `server.open_services` builds it; `app.create_app` wraps the ASGI app in
+its middleware; `server.background_jobs` runs its `jobs()` in the leader.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import trio
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+from quart import request
+from quart_trio import QuartTrio
+
+from appliance.api.asgi import ASGIApp, Scope
+from appliance.api.guard import Caller
+from appliance.auth.service import AccessControl
+from appliance.config import Config
+from appliance.errors import BerthError
+from appliance.metadata.db import Database, Tx
+from appliance.metadata.leader import Fence
+from appliance.ops import audit, context
+from appliance.ops.http import OperationsMiddleware, Readiness, ScrapeCollectors
+from appliance.ops.jobs import Job
+from appliance.ops.ratelimit import RateLimiter
+from appliance.ops.webhooks import Deliverer, PullEvents, config_endpoints, delivery_job
+from appliance.storage.base import BlobStore
+
+log = logging.getLogger("berth.ops")
+
+# What each /v2 route and method counts as for the rate limits.
+_PULL_ROUTES = frozenset({"manifests", "blobs", "tags", "referrers", "catalog"})
+_PUSH_ROUTES = frozenset({"uploads", "upload", "manifests", "blobs"})
+
+
+def limit_kind(handler: str, method: str) -> str | None:
+    if method in ("GET", "HEAD") and handler in _PULL_ROUTES:
+        return "pull"
+    if method in ("POST", "PATCH", "PUT", "DELETE") and handler in _PUSH_ROUTES:
+        return "push"
+    return None
+
+
+class Operations:
+    def __init__(
+        self,
+        config: Config,
+        db: Database,
+        store: BlobStore,
+        *,
+        access: AccessControl | None = None,
+    ) -> None:
+        self.config = config
+        self.db = db
+        self.store = store
+        self.limiter = RateLimiter.from_config(config)
+        self.pulls = PullEvents(db)
+        self.config_wants_pulls = any("pull" in e.actions for e in config_endpoints(config))
+        self.readiness = Readiness([("database", self._probe_database), ("storage", store.check)])
+        self.scrape = ScrapeCollectors()
+        self.scrape.add(_StateCollector(db))
+        self.deliverer = Deliverer(db, config)
+        self.pulls.wanted = self.config_wants_pulls
+        self.access = access
+
+    async def start(self) -> None:
+        """What must happen before serving: webhook endpoints get their place in the queue."""
+        await self.deliverer.prepare()
+
+    async def _probe_database(self) -> None:
+        await self.db.read(lambda tx: tx.scalar("SELECT 1"))
+
+    def wrap(self, app: ASGIApp) -> OperationsMiddleware:
+        return OperationsMiddleware(
+            app,
+            readiness=self.readiness,
+            scrape=self.scrape,
+            metrics_enabled=self.config["metrics.enabled"],
+            metrics_token=self.config["metrics.token"],
+            access_log_enabled=self.config["log.access"],
+            pulls=self.pulls,
+            limiter=self.limiter,
+        )
+
+    def register_web(self, web: QuartTrio) -> None:
+        """Label the web app's requests with their route template (for the metrics)."""
+
+        @web.before_request
+        async def route_label() -> None:
+            rule = request.url_rule
+            if rule is not None:
+                scope: dict[str, Any] = request.scope  # type: ignore[assignment]
+                scope["berth.route"] = rule.rule
+
+    async def admit(self, scope: Scope, handler: str, method: str) -> None:
+        """After sign-in, before a /v2 handler: name the actor, apply the rate limits.
+        Raises RateLimited."""
+        caller: Caller | None = scope.get("berth.caller")
+        principal = caller.principal if caller is not None else None
+        if caller is not None and caller.claims is not None:
+            subject = caller.claims.subject
+            actor = subject.removeprefix("user:")
+        else:
+            actor = principal.actor if principal is not None else "anonymous"
+        scope["berth.actor"] = actor
+        context.set_actor(actor)
+        if not self.limiter.enabled:
+            return
+        kind = limit_kind(handler, method)
+        if kind is None:
+            return
+        claims = caller.claims if caller is not None else None
+        if principal is None and claims is not None and self.access is not None:
+            # Cached by the access control: a dictionary lookup, not a query.
+            principal = await self.access.principal_for_subject(claims.subject, claims.scopes)
+        if principal is not None and self.limiter.exempt(
+            admin=principal.admin, robot=principal.kind == "robot"
+        ):
+            return
+        client = scope.get("client")
+        address = str(client[0]) if client else None
+        self.limiter.check(kind, None if actor == "anonymous" else actor, address)
+
+    def jobs(self) -> list[Job]:
+        """The leader's jobs: webhook delivery and audit retention."""
+        out = [delivery_job(self.deliverer, self.config["webhooks.interval"])]
+        days = self.config["audit.retention_days"]
+        if days > 0:
+
+            async def prune(fence: Fence) -> None:
+                before = time.time() - days * 86400.0
+                removed = await self.db.write(lambda tx: audit.prune(tx, before, fence))
+                if removed:
+                    log.info("pruned %d audit event(s) older than %g days", removed, days)
+
+            out.append(Job("audit-retention", 86400.0, prune, delay=60.0))
+        return out
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """This process's own background work (every worker, not only the leader): flushing
+        pull events."""
+        task_status.started()
+        await self.pulls.run(self.config_wants_pulls)
+
+
+class _StateCollector(Collector):
+    """Metrics read from the database at scrape time."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        def fn(tx: Tx) -> tuple[Any, ...]:
+            row = tx.one(
+                "SELECT (SELECT COALESCE(SUM(size), 0) FROM blobs), (SELECT COUNT(*) FROM blobs), "
+                "(SELECT COUNT(*) FROM repositories), (SELECT COUNT(*) FROM uploads), "
+                "(SELECT COUNT(*) FROM webhook_events), "
+                "(SELECT COUNT(*) FROM webhook_cursors WHERE failures > 0)"
+            )
+            assert row is not None
+            return row
+
+        try:
+            stored, blobs, repositories, uploads, queued, failing = self.db.run_sync_read(fn)
+        except BerthError as e:
+            log.warning("metrics: cannot read the database: %s", e.message)
+            up = GaugeMetricFamily("berth_database_up", "Whether the database answered.")
+            up.add_metric([], 0)
+            yield up
+            return
+        for name, doc, value in (
+            ("berth_database_up", "Whether the database answered.", 1),
+            ("berth_storage_bytes", "Bytes of committed blobs (each digest once).", stored),
+            ("berth_blobs", "Committed blobs.", blobs),
+            ("berth_repositories", "Repositories.", repositories),
+            ("berth_uploads_in_progress", "Upload sessions open.", uploads),
+            ("berth_webhook_queue_events", "Webhook events waiting or kept.", queued),
+            ("berth_webhook_endpoints_failing", "Webhook endpoints retrying.", failing),
+        ):
+            family = GaugeMetricFamily(name, doc)
+            family.add_metric([], float(value))
+            yield family
+        yield from _pool_metrics(self.db)
+
+
+def _pool_metrics(db: Database) -> Iterator[GaugeMetricFamily]:
+    """Connection pool state, where the database has a pool (PostgreSQL)."""
+    pool = getattr(db, "_pool", None)
+    stats = getattr(pool, "get_stats", None)
+    if stats is None:
+        return
+    values: dict[str, int] = stats()
+    for key, doc in (
+        ("pool_size", "Connections the pool holds."),
+        ("pool_available", "Idle connections in the pool."),
+        ("requests_waiting", "Units of work waiting for a connection."),
+        ("connections_errors", "Connection attempts that failed (since start)."),
+        ("requests_errors", "Requests for a connection that failed (since start)."),
+    ):
+        family = GaugeMetricFamily(f"berth_db_{key}", doc)
+        family.add_metric([], float(values.get(key, 0)))
+        yield family

@@ -1,0 +1,74 @@
+"""Log lines: secrets scrubbed from every message, the request id on every record, JSON lines
+that parse."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+
+import pytest
+
+from appliance.errors import ConfigError
+from appliance.ops import context, logs
+
+SECRETS = [
+    (
+        "Authorization: Bearer eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ1c2VyOmFsaWNlIn0.c2lnbmF0dXJl",
+        "eyJhbGci",
+    ),
+    ("got Basic YWxpY2U6c2VjcmV0LXBhc3N3b3Jk from client", "YWxpY2U6"),
+    ("token berth_pat_Q2hhbmdlTWVQbGVhc2VUaGlzSXNBVGVzdFRva2Vu", "Q2hhbmdlTWVQ"),
+    ("GET /token?account=a&password=hunter22&scope=x", "hunter22"),
+    ("url=https://s3/b?X-Amz-Signature=abcdef0123456789&X-Amz-Credential=AKIAX", "abcdef0123"),
+    ('{"refresh_token": "berth_refresh_abcdefghijklmnopqrstuvwxyz0123"}', "abcdefghijkl"),
+    ("secret_key=wJalrXUtnFEMI/K7MDENG", "wJalrXUtn"),
+]
+
+
+@pytest.mark.parametrize(("text", "secret"), SECRETS)
+def test_scrub_removes_credentials(text: str, secret: str) -> None:
+    clean = logs.scrub(text)
+    assert secret not in clean
+    assert "redacted" in clean
+
+
+def test_scrub_keeps_ordinary_text() -> None:
+    text = "pushed team/app@sha256:0123abcd (tag v1) in 12.5ms from 10.0.0.7"
+    assert logs.scrub(text) == text
+
+
+def test_json_lines_carry_the_request_id_and_no_secret() -> None:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.addFilter(logs.ContextFilter())
+    handler.setFormatter(logs.JSONFormatter())
+    logger = logging.getLogger("berth.test-json")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        token = context.begin("req-123", "10.1.2.3")
+        try:
+            logger.warning("sign-in with %s failed", "Basic YWxpY2U6c2VjcmV0LXBhc3N3b3Jk")
+        finally:
+            context.end(token)
+        logger.warning("outside any request")
+    finally:
+        logger.removeHandler(handler)
+    first, second = (json.loads(line) for line in stream.getvalue().splitlines())
+    assert first["request_id"] == "req-123"
+    assert "YWxpY2U6" not in first["message"]
+    assert first["level"] == "warning"
+    assert second["request_id"] == "-"
+
+
+def test_format_follows_the_terminal() -> None:
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    assert logs.resolve_format("auto", Tty()) == "text"
+    assert logs.resolve_format("auto", io.StringIO()) == "json"
+    assert logs.resolve_format("JSON") == "json"
+    with pytest.raises(ConfigError, match=r"log\.format"):
+        logs.resolve_format("xml")
