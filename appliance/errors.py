@@ -15,6 +15,7 @@ BerthError
 ├── ManifestBlobUnknown         a manifest names a blob or child the repository lacks
 ├── ManifestTooLarge
 ├── Conflict                    the change would break something that depends on it
+├── Denied                      a rule refuses the change (immutable tag, quota)
 ├── Unsupported                 a valid request this registry does not do
 ├── StorageFull                 the blob store has no space left
 └── Unavailable                 a backend cannot be reached right now
@@ -90,6 +91,10 @@ class ManifestTooLarge(BerthError):
 
 class Conflict(BerthError):
     pass
+
+
+class Denied(BerthError):
+    """A configured rule refuses the change; the message names the rule (or the limit)."""
 
 
 class Unsupported(BerthError):

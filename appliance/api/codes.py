@@ -117,6 +117,7 @@ _MAPPING: tuple[tuple[type[errors.BerthError], str, int | None], ...] = (
     (errors.ManifestBlobUnknown, "MANIFEST_BLOB_UNKNOWN", None),
     (errors.ManifestTooLarge, "SIZE_INVALID", 413),
     (errors.Conflict, "DENIED", 409),
+    (errors.Denied, "DENIED", None),
     (errors.Unsupported, "UNSUPPORTED", None),
     (errors.StorageFull, "UNKNOWN", 507),
     (errors.Unavailable, "UNAVAILABLE", None),

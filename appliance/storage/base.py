@@ -27,6 +27,15 @@ class Progress:
     hashed: bool = True
 
 
+@dataclass(frozen=True)
+class StoredObject:
+    """One object a store holds, as `list_objects` reports it."""
+
+    key: str  # relative to the store's root, as `layout` draws it
+    size: int
+    modified: float  # seconds since the epoch
+
+
 class BlobStore(Protocol):
     async def create_upload(self, upload_id: str) -> None:
         """Make an empty upload. Idempotent."""
@@ -80,6 +89,23 @@ class BlobStore(Protocol):
 
     async def check(self) -> None:
         """Raise Unavailable when the store cannot be used."""
+
+    def list_objects(self, prefix: str) -> AsyncIterator[StoredObject]:
+        """Every object whose key starts with `prefix` (`blobs/`, `uploads/`), in no set
+        order, streamed page by page. Only `berth fsck` walks storage: the database is the
+        source of truth for everything else. Objects written or deleted meanwhile may or may
+        not appear."""
+        ...
+
+
+@runtime_checkable
+class BulkDelete(Protocol):
+    """An optional ability: deleting many blobs in one go (the garbage collector)."""
+
+    async def delete_many(self, keys: list[str]) -> None:
+        """Remove the blobs at `keys`, as `delete` does each (idempotent), with fewer round
+        trips: one thread hop on a filesystem, one request per 1,000 keys on S3."""
+        ...
 
 
 @runtime_checkable

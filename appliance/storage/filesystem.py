@@ -15,7 +15,7 @@ import trio
 from appliance.errors import BlobNotFound, StorageFull, Unavailable, UploadNotFound
 from appliance.oci.digest import Digest, Hasher, new_hasher
 from appliance.storage import layout
-from appliance.storage.base import Progress
+from appliance.storage.base import Progress, StoredObject
 
 CHUNK = 1 << 20
 _FULL = {errno.ENOSPC, errno.EDQUOT}
@@ -210,17 +210,48 @@ class FilesystemStore:
             f.close()
 
     async def delete(self, key: str) -> None:
-        path = self._path(key)
+        await self.delete_many([key])
+
+    async def delete_many(self, keys: list[str]) -> None:
+        paths = [self._path(key) for key in keys]
 
         def delete() -> None:
-            path.unlink(missing_ok=True)
-            for parent in (path.parent, path.parent.parent):
-                try:
-                    parent.rmdir()
-                except OSError:
-                    break
+            for path in paths:
+                path.unlink(missing_ok=True)
+                for parent in (path.parent, path.parent.parent):
+                    try:
+                        parent.rmdir()
+                    except OSError:
+                        break
 
-        await _run(delete, "a blob")
+        await _run(delete, "a blob" if len(paths) == 1 else f"{len(paths)} blobs")
+
+    async def list_objects(self, prefix: str) -> AsyncIterator[StoredObject]:
+        base = self.root / prefix
+        folders = os.walk(base) if base.is_dir() else iter(())
+
+        def next_folder() -> list[StoredObject] | None:
+            entry = next(folders, None)
+            if entry is None:
+                return None
+            folder, _, files = entry
+            found = []
+            for name in files:
+                path = Path(folder) / name
+                try:
+                    st = path.stat()
+                except FileNotFoundError:
+                    continue  # deleted meanwhile
+                key = str(path.relative_to(self.root))
+                found.append(StoredObject(key, st.st_size, st.st_mtime))
+            return found
+
+        while True:
+            page = await _run(next_folder, "listing storage")
+            if page is None:
+                return
+            for item in page:
+                yield item
 
     async def check(self) -> None:
         def check() -> None:

@@ -84,7 +84,7 @@ from appliance.errors import (
 )
 from appliance.oci.digest import Digest, Hasher, new_hasher
 from appliance.storage import layout
-from appliance.storage.base import Progress
+from appliance.storage.base import Progress, StoredObject
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -955,6 +955,26 @@ class S3Store:
 
     async def delete(self, key: str) -> None:
         await self._delete_keys([self._k(key)])
+
+    async def delete_many(self, keys: list[str]) -> None:
+        await self._delete_keys([self._k(key) for key in keys])
+
+    async def list_objects(self, prefix: str) -> AsyncIterator[StoredObject]:
+        token: str | None = None
+        while True:
+            kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": self._k(prefix)}
+            if token:
+                kwargs["ContinuationToken"] = token
+            page: Any = await self._call(
+                f"listing {prefix}", functools.partial(self.client.list_objects_v2, **kwargs)
+            )
+            for o in page.get("Contents", []):
+                yield StoredObject(
+                    o["Key"][len(self.prefix) :], int(o["Size"]), o["LastModified"].timestamp()
+                )
+            token = page.get("NextContinuationToken")
+            if not page.get("IsTruncated") or not token:
+                return
 
     async def check(self) -> None:
         """Check that the bucket exists and the credentials may use it (creating the bucket

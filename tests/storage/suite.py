@@ -26,7 +26,7 @@ import trio
 from appliance.errors import BlobNotFound, UploadNotFound
 from appliance.oci.digest import Digest
 from appliance.storage import layout
-from appliance.storage.base import BlobStore, Progress
+from appliance.storage.base import BlobStore, BulkDelete, Progress
 
 MIB = 1 << 20
 PART = 5 * MIB
@@ -359,3 +359,36 @@ class StoreSuite:
 
     async def test_check(self, store: BlobStore) -> None:
         await store.check()
+
+    # -- listing (berth fsck) --------------------------------------------------------------
+
+    async def test_list_objects_sees_committed_blobs_and_uploads(self, store: BlobStore) -> None:
+        assert [o async for o in store.list_objects("blobs/")] == []
+        keys = []
+        for seed in (20, 21):
+            upload_id, data = await self.upload(store, [[data_of(100 + seed, seed=seed)]])
+            keys.append(await self.commit_and_check(store, upload_id, data))
+        pending, _ = await self.upload(store, [[b"in progress"]])
+        listed = {o.key: o for o in [o async for o in store.list_objects("blobs/")]}
+        assert sorted(listed) == sorted(keys)
+        assert [listed[k].size for k in keys] == [120, 121]
+        assert all(o.modified > 1_600_000_000 for o in listed.values())
+        uploads = [o.key async for o in store.list_objects("uploads/")]
+        assert uploads
+        assert all(k.startswith(f"uploads/{pending}/") for k in uploads)
+        for key in keys:
+            await store.delete(key)
+        await store.delete_upload(pending)
+        assert [o async for o in store.list_objects("blobs/")] == []
+
+    async def test_delete_many_when_the_store_can(self, store: BlobStore) -> None:
+        if not isinstance(store, BulkDelete):
+            return  # an optional ability
+        keys = []
+        for seed in (30, 31, 32):
+            upload_id, data = await self.upload(store, [[data_of(50, seed=seed)]])
+            keys.append(await self.commit_and_check(store, upload_id, data))
+        await store.delete_many([*keys[:2], layout.blob_key(sha(b"never stored"))])
+        assert [o.key async for o in store.list_objects("blobs/")] == [keys[2]]
+        await store.delete_many(keys)  # idempotent
+        assert [o async for o in store.list_objects("blobs/")] == []

@@ -1,0 +1,500 @@
+"""Cleanup policies: which tags of a namespace or repository to remove, previewed before run.
+
+A policy's scope is a namespace (`team`: every repository in it) or one repository
+(`team/app`). In each repository its tags are ordered newest first by push time (or by last
+pull time, falling back to the push time for tags never pulled), and a tag is removed when
+
+* it is not among the `keep_recent` newest tags of its repository (when set),
+* it does not match `keep_regex` (when set) and does match `remove_regex` (when set),
+* it is older than `older_than_days` (when set),
+* and no immutable tag rule protects it.
+
+`keep_recent` or `older_than_days` must be set: a policy never means "remove everything".
+Manifests left with no tag and no index listing them go with their tags, and so do their
+referrers and the children of removed indexes that nothing else needs; their blobs are queued
+for the collector, which frees them after `gc.delay`.
+
+A preview runs exactly the code of a real run inside a transaction that is then rolled back,
+so it lists exactly the tags a run at that moment would remove and the unique bytes it would
+free. A policy runs (by schedule or by hand) only after its current settings were previewed;
+any change clears that mark. Every tag and manifest a run removes is in the audit log.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from appliance.errors import Denied, InvalidName, NotFound
+from appliance.lifecycle.gc import drop_manifest, manifest_needed
+from appliance.lifecycle.rules import Rules, _in_namespace
+from appliance.metadata.db import Database, Tx
+from appliance.metadata.leader import Fence, check_fence
+from appliance.oci.names import validate_name
+from appliance.ops import audit, webhooks
+
+DAY = 86400.0
+TIME_BASES = ("push", "pull")
+
+
+@dataclass(frozen=True)
+class PolicySettings:
+    keep_recent: int | None = None
+    keep_regex: str | None = None
+    remove_regex: str | None = None
+    older_than_days: float | None = None
+    time_basis: str = "push"
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> PolicySettings:
+        """Validated settings; raises InvalidName (a 400) naming the bad field."""
+        unknown = set(data) - {f for f in cls.__dataclass_fields__}
+        if unknown:
+            raise InvalidName(f"unknown policy field(s): {', '.join(sorted(unknown))}")
+        keep_recent = data.get("keep_recent")
+        if keep_recent is not None and (
+            isinstance(keep_recent, bool) or not isinstance(keep_recent, int) or keep_recent < 0
+        ):
+            raise InvalidName("keep_recent must be a whole number, 0 or more")
+        older = data.get("older_than_days")
+        if older is not None and (
+            isinstance(older, bool) or not isinstance(older, int | float) or older < 0
+        ):
+            raise InvalidName("older_than_days must be a number of days, 0 or more")
+        for name in ("keep_regex", "remove_regex"):
+            value = data.get(name)
+            if value is None:
+                continue
+            if not isinstance(value, str) or not value or len(value) > 256:
+                raise InvalidName(f"{name} must be a regular expression of 1 to 256 characters")
+            try:
+                re.compile(value)
+            except re.error as e:
+                raise InvalidName(f"{name} {value!r} is not a regular expression: {e}") from None
+        basis = data.get("time_basis", "push")
+        if basis not in TIME_BASES:
+            raise InvalidName("time_basis must be 'push' or 'pull'")
+        if keep_recent is None and older is None:
+            raise InvalidName("a policy needs keep_recent or older_than_days (or both)")
+        return cls(
+            keep_recent=keep_recent,
+            keep_regex=data.get("keep_regex"),
+            remove_regex=data.get("remove_regex"),
+            older_than_days=None if older is None else float(older),
+            time_basis=basis,
+        )
+
+    def as_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Policy:
+    id: int
+    scope: str
+    settings: PolicySettings
+    enabled: bool
+    created_by: str
+    created_at: float
+    updated_at: float
+    previewed_at: float | None
+    last_run_at: float | None
+    last_result: dict[str, Any] | None
+
+    def as_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["settings"] = self.settings.as_json()
+        return out
+
+
+@dataclass
+class PlanResult:
+    """What a run removes (or, for a preview, would remove)."""
+
+    policy: int
+    tags: list[dict[str, Any]] = field(default_factory=list)  # repository, tag, digest, time
+    protected: list[dict[str, Any]] = field(default_factory=list)  # kept by an immutable rule
+    manifests: int = 0
+    blobs: int = 0
+    unique_bytes: int = 0
+
+    def as_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "tags": len(self.tags),
+            "manifests": self.manifests,
+            "blobs": self.blobs,
+            "unique_bytes": self.unique_bytes,
+            "protected": len(self.protected),
+        }
+
+
+class _Rollback(Exception):  # a control-flow signal, not an error
+    def __init__(self, result: PlanResult) -> None:
+        super().__init__("preview")
+        self.result = result
+
+
+_COLUMNS = (
+    "id, scope, settings, enabled, created_by, created_at, updated_at, previewed_at, "
+    "last_run_at, last_result"
+)
+
+
+def _policy(row: tuple[Any, ...]) -> Policy:
+    return Policy(
+        int(row[0]),
+        row[1],
+        PolicySettings(**json.loads(row[2])),
+        bool(row[3]),
+        row[4],
+        float(row[5]),
+        float(row[6]),
+        None if row[7] is None else float(row[7]),
+        None if row[8] is None else float(row[8]),
+        None if row[9] is None else json.loads(row[9]),
+    )
+
+
+def list_policies(tx: Tx, scope: str | None = None) -> list[Policy]:
+    sql = f"SELECT {_COLUMNS} FROM cleanup_policies"  # noqa: S608
+    params: dict[str, Any] = {}
+    if scope is not None:
+        sql += " WHERE scope = :scope"
+        params["scope"] = scope
+    return [_policy(r) for r in tx.execute(sql + " ORDER BY id", params)]
+
+
+def get_policy(tx: Tx, policy_id: int) -> Policy:
+    row = tx.one(f"SELECT {_COLUMNS} FROM cleanup_policies WHERE id = :id", {"id": policy_id})  # noqa: S608
+    if row is None:
+        raise NotFound(f"no cleanup policy {policy_id}")
+    return _policy(row)
+
+
+def scope_namespace(scope: str) -> str:
+    return scope.split("/", 1)[0]
+
+
+class Policies:
+    """Cleanup policies over one database: changes, previews and runs.
+
+    `clock` is the wall clock every age is measured on (tests inject one). `delay` is
+    `gc.delay` (when the blobs of removed manifests are reviewed); `referrers` is
+    `gc.referrers`.
+    """
+
+    def __init__(
+        self,
+        db: Database,
+        rules: Rules,
+        clock: Callable[[], float],
+        *,
+        delay: float = 86400.0,
+        referrers: bool = True,
+    ) -> None:
+        self.db = db
+        self.rules = rules
+        self.clock = clock
+        self.delay = delay
+        self.referrers = referrers
+
+    # -- changes -------------------------------------------------------------------------
+
+    async def create(
+        self, actor: str, scope: str, settings: dict[str, Any], enabled: bool = True
+    ) -> Policy:
+        validate_name(scope)
+        parsed = PolicySettings.from_json(settings)
+        now = self.clock()
+
+        def fn(tx: Tx) -> Policy:
+            row = tx.one(
+                "INSERT INTO cleanup_policies (scope, settings, enabled, created_by, created_at, "
+                "updated_at) VALUES (:scope, :settings, :enabled, :by, :now, :now) RETURNING id",
+                {
+                    "scope": scope,
+                    "settings": json.dumps(parsed.as_json(), sort_keys=True),
+                    "enabled": int(enabled),
+                    "by": actor,
+                    "now": now,
+                },
+            )
+            assert row is not None
+            audit.record(
+                tx,
+                actor,
+                "policy.create",
+                scope,
+                at=now,
+                policy=int(row[0]),
+                settings=parsed.as_json(),
+                enabled=enabled,
+            )
+            return get_policy(tx, int(row[0]))
+
+        return await self.db.write(fn)
+
+    async def update(
+        self,
+        actor: str,
+        policy_id: int,
+        settings: dict[str, Any] | None = None,
+        enabled: bool | None = None,
+    ) -> Policy:
+        """Change a policy's settings (which clears its preview) or switch it on or off."""
+        parsed = None if settings is None else PolicySettings.from_json(settings)
+        now = self.clock()
+
+        def fn(tx: Tx) -> Policy:
+            current = get_policy(tx, policy_id)
+            if parsed is not None and parsed != current.settings:
+                tx.execute(
+                    "UPDATE cleanup_policies SET settings = :s, updated_at = :now, "
+                    "previewed_at = NULL WHERE id = :id",
+                    {
+                        "s": json.dumps(parsed.as_json(), sort_keys=True),
+                        "now": now,
+                        "id": policy_id,
+                    },
+                )
+            if enabled is not None:
+                tx.execute(
+                    "UPDATE cleanup_policies SET enabled = :e, updated_at = :now WHERE id = :id",
+                    {"e": int(enabled), "now": now, "id": policy_id},
+                )
+            audit.record(
+                tx,
+                actor,
+                "policy.update",
+                current.scope,
+                at=now,
+                policy=policy_id,
+                settings=None if parsed is None else parsed.as_json(),
+                enabled=enabled,
+            )
+            return get_policy(tx, policy_id)
+
+        return await self.db.write(fn)
+
+    async def delete(self, actor: str, policy_id: int) -> None:
+        now = self.clock()
+
+        def fn(tx: Tx) -> None:
+            current = get_policy(tx, policy_id)
+            tx.execute("DELETE FROM cleanup_policies WHERE id = :id", {"id": policy_id})
+            audit.record(tx, actor, "policy.delete", current.scope, at=now, policy=policy_id)
+
+        await self.db.write(fn)
+
+    async def get(self, policy_id: int) -> Policy:
+        return await self.db.read(lambda tx: get_policy(tx, policy_id))
+
+    async def all(self, scope: str | None = None) -> list[Policy]:
+        return await self.db.read(lambda tx: list_policies(tx, scope))
+
+    # -- preview and run -----------------------------------------------------------------
+
+    async def preview(self, actor: str, policy_id: int) -> PlanResult:
+        """Exactly what running the policy now would remove; marks the policy previewed."""
+        now = self.clock()
+
+        def fn(tx: Tx) -> None:
+            policy = get_policy(tx, policy_id)
+            raise _Rollback(self._apply(tx, policy, now, actor))
+
+        try:
+            await self.db.write(fn)
+        except _Rollback as done:
+            result = done.result
+        else:  # pragma: no cover - fn always raises
+            raise AssertionError("unreachable")
+
+        def mark(tx: Tx) -> None:
+            tx.execute(
+                "UPDATE cleanup_policies SET previewed_at = :now WHERE id = :id",
+                {"now": now, "id": policy_id},
+            )
+            audit.record(tx, actor, "policy.preview", str(policy_id), at=now, **result.summary())
+
+        await self.db.write(mark)
+        return result
+
+    async def run(self, actor: str, policy_id: int, fence: Fence | None = None) -> PlanResult:
+        """Run one policy now. Raises Denied when its current settings were never previewed."""
+        now = self.clock()
+
+        def fn(tx: Tx) -> PlanResult:
+            if fence is not None:
+                check_fence(tx, fence)
+            policy = get_policy(tx, policy_id)
+            if policy.previewed_at is None:
+                raise Denied(
+                    f"cleanup policy {policy_id} has not been previewed since it was last "
+                    "changed: preview it first"
+                )
+            result = self._apply(tx, policy, now, actor)
+            tx.execute(
+                "UPDATE cleanup_policies SET last_run_at = :now, last_result = :r WHERE id = :id",
+                {"now": now, "r": json.dumps(result.summary()), "id": policy_id},
+            )
+            audit.record(
+                tx, actor, "policy.run", policy.scope, at=now, policy=policy_id, **result.summary()
+            )
+            return result
+
+        return await self.db.write(fn)
+
+    async def run_all(
+        self, fence: Fence | None = None, every: float | None = None
+    ) -> list[PlanResult]:
+        """Run every enabled, previewed policy (the scheduled job); with `every`, only those
+        that have not run for that many seconds (so a restart does not delay them)."""
+        now = self.clock()
+        results = []
+        for policy in await self.all():
+            if not policy.enabled or policy.previewed_at is None:
+                continue
+            ran = policy.last_run_at
+            if every is not None and ran is not None and now - ran < every:
+                continue
+            results.append(await self.run("system", policy.id, fence))
+        return results
+
+    # -- the one plan, for preview and run ------------------------------------------------
+
+    def _chosen(self, policy: Policy, tags: list[tuple[Any, ...]], now: float) -> list[int]:
+        """Indexes into `tags` (name, manifest_id, digest, pushed, pulled) of those to go."""
+        s = policy.settings
+
+        def when(t: tuple[Any, ...]) -> float:
+            if s.time_basis == "pull" and t[4] is not None:
+                return float(t[4])
+            return float(t[3])
+
+        order = sorted(range(len(tags)), key=lambda i: (-when(tags[i]), tags[i][0]))
+        cutoff = None if s.older_than_days is None else now - s.older_than_days * DAY
+        going = []
+        for rank, i in enumerate(order):
+            name = tags[i][0]
+            if s.keep_recent is not None and rank < s.keep_recent:
+                continue
+            if s.keep_regex is not None and re.fullmatch(s.keep_regex, name):
+                continue
+            if s.remove_regex is not None and not re.fullmatch(s.remove_regex, name):
+                continue
+            if cutoff is not None and when(tags[i]) >= cutoff:
+                continue
+            going.append(i)
+        return going
+
+    def _apply(self, tx: Tx, policy: Policy, now: float, actor: str) -> PlanResult:
+        result = PlanResult(policy.id)
+        if "/" in policy.scope:
+            repos = tx.execute(
+                "SELECT id, name FROM repositories WHERE name = :n", {"n": policy.scope}
+            )
+        else:
+            inside, params = _in_namespace("name", policy.scope)
+            repos = tx.execute(
+                f"SELECT id, name FROM repositories WHERE {inside} ORDER BY name",  # noqa: S608
+                params,
+            )
+        touched: list[int] = []
+        for repo_id, repo in repos:
+            tags = tx.execute(
+                "SELECT t.name, t.manifest_id, m.digest, t.updated_at, t.pulled_at FROM tags t "
+                "JOIN manifests m ON m.id = t.manifest_id WHERE t.repository_id = :r "
+                "ORDER BY t.name",
+                {"r": repo_id},
+            )
+            for i in self._chosen(policy, tags, now):
+                name, manifest_id, digest, pushed, pulled = tags[i]
+                entry = {
+                    "repository": repo,
+                    "tag": name,
+                    "digest": digest,
+                    "pushed_at": pushed,
+                    "pulled_at": pulled,
+                }
+                rule = self.rules.immutable_rule(tx, repo, name)
+                if rule is not None:
+                    result.protected.append({**entry, "rule": rule.id})
+                    continue
+                tx.execute(
+                    "DELETE FROM tags WHERE repository_id = :r AND name = :n",
+                    {"r": repo_id, "n": name},
+                )
+                audit.record(
+                    tx,
+                    actor,
+                    "tag.delete",
+                    f"{repo}:{name}",
+                    at=now,
+                    policy=policy.id,
+                    digest=digest,
+                )
+                webhooks.emit(
+                    tx,
+                    "delete",
+                    repository=repo,
+                    tag=name,
+                    digest=digest,
+                    actor=actor,
+                    policy=policy.id,
+                )
+                result.tags.append(entry)
+                touched.append(int(manifest_id))
+        # Manifests that lost their last tag go too, with what only they needed.
+        layers: set[str] = set()
+        pending = list(dict.fromkeys(touched))
+        while pending:
+            manifest_id = pending.pop()
+            if manifest_needed(tx, manifest_id, self.referrers):
+                continue
+            row = tx.one(
+                "SELECT r.name, m.digest FROM manifests m JOIN repositories r "
+                "ON r.id = m.repository_id WHERE m.id = :id",
+                {"id": manifest_id},
+            )
+            assert row is not None
+            layers.update(
+                r[0]
+                for r in tx.execute(
+                    "SELECT digest FROM manifest_layers WHERE manifest_id = :id",
+                    {"id": manifest_id},
+                )
+            )
+            follow = [
+                int(r[0])
+                for r in tx.execute(
+                    "SELECT child_id FROM manifest_references WHERE parent_id = :id "
+                    "UNION SELECT m.id FROM manifests m JOIN manifests s ON s.repository_id = "
+                    "m.repository_id AND s.digest = m.subject_digest WHERE s.id = :id",
+                    {"id": manifest_id},
+                )
+            ]
+            drop_manifest(tx, manifest_id, now + self.delay)
+            audit.record(
+                tx, actor, "manifest.delete", f"{row[0]}@{row[1]}", at=now, policy=policy.id
+            )
+            webhooks.emit(
+                tx, "delete", repository=row[0], digest=row[1], actor=actor, policy=policy.id
+            )
+            result.manifests += 1
+            pending.extend(follow)
+        for digest in sorted(layers):
+            if (
+                tx.scalar("SELECT 1 FROM manifest_layers WHERE digest = :d LIMIT 1", {"d": digest})
+                is None
+            ):
+                result.blobs += 1
+                result.unique_bytes += int(
+                    tx.scalar("SELECT size FROM blobs WHERE digest = :d", {"d": digest}) or 0
+                )
+        return result

@@ -1,0 +1,355 @@
+"""Immutable tag rules, namespace quotas and storage usage.
+
+`Rules` is the `WriteChecks` the metadata store calls inside each write transaction: a tag
+matching an immutable rule of its namespace cannot be moved or deleted, and a blob that would
+take a namespace past its quota cannot be linked into it. The rules live in the database
+(migration 0005) and are cached in memory, so a push into a namespace without rules costs no
+query at all, and one with a quota costs one query per blob linked. A process reloads its
+cache at most `ttl` seconds after another process changed the rules (at once for changes it
+made itself).
+
+Usage counts blobs once per namespace however many repositories hold them: `total` is the
+bytes of the distinct blobs readable by the namespace's repositories (what quotas limit),
+`shared` the part of it that some repository elsewhere also holds, `unique` the rest (what
+deleting the namespace would free).
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from appliance.errors import Denied, InvalidName, NotFound
+from appliance.metadata.db import Database, Tx
+from appliance.oci.names import namespace_of, validate_component, validate_name
+from appliance.ops import audit
+
+
+@dataclass(frozen=True)
+class ImmutableRule:
+    id: int
+    namespace: str
+    pattern: str
+    created_by: str
+    created_at: float
+
+    def matches(self, tag: str) -> bool:
+        return re.fullmatch(self.pattern, tag) is not None
+
+    def as_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Quota:
+    namespace: str
+    limit_bytes: int
+    updated_by: str
+    updated_at: float
+
+    def as_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Blob bytes held by a namespace or a repository (see the module docstring)."""
+
+    name: str
+    blobs: int
+    total: int
+    shared: int
+
+    @property
+    def unique(self) -> int:
+        return self.total - self.shared
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "blobs": self.blobs,
+            "total_bytes": self.total,
+            "shared_bytes": self.shared,
+            "unique_bytes": self.unique,
+        }
+
+
+def _in_namespace(column: str, ns: str) -> tuple[str, dict[str, str]]:
+    """SQL matching repository names of namespace `ns` (the name itself, or `ns/...`): a
+    range on the unique index of names rather than a LIKE pattern."""
+    return (
+        f"({column} = :ns OR ({column} >= :lo AND {column} < :hi))",
+        # '0' is the character after '/': every `ns/...` name sorts between the two bounds.
+        {"ns": ns, "lo": ns + "/", "hi": ns + "0"},
+    )
+
+
+def namespace_usage(tx: Tx, ns: str) -> Usage:
+    inside, params = _in_namespace("r.name", ns)
+    outside, _ = _in_namespace("o_r.name", ns)
+    row = tx.one(
+        "SELECT COUNT(*), COALESCE(SUM(b.size), 0), COALESCE(SUM(CASE WHEN EXISTS ("  # noqa: S608
+        "SELECT 1 FROM repository_blobs o JOIN repositories o_r ON o_r.id = o.repository_id "
+        f"WHERE o.digest = b.digest AND NOT {outside}) THEN b.size ELSE 0 END), 0) "
+        "FROM blobs b WHERE b.digest IN (SELECT rb.digest FROM repository_blobs rb "
+        f"JOIN repositories r ON r.id = rb.repository_id WHERE {inside})",
+        params,
+    )
+    assert row is not None
+    return Usage(ns, int(row[0]), int(row[1]), int(row[2]))
+
+
+def repository_usage(tx: Tx, ns: str) -> list[Usage]:
+    """Usage of every repository of `ns`; `shared` is what another repository also holds."""
+    inside, params = _in_namespace("r.name", ns)
+    rows = tx.execute(
+        "SELECT r.name, COUNT(*), COALESCE(SUM(b.size), 0), COALESCE(SUM(CASE WHEN EXISTS ("  # noqa: S608
+        "SELECT 1 FROM repository_blobs o WHERE o.digest = rb.digest "
+        "AND o.repository_id <> rb.repository_id) THEN b.size ELSE 0 END), 0) "
+        "FROM repository_blobs rb JOIN repositories r ON r.id = rb.repository_id "
+        f"JOIN blobs b ON b.digest = rb.digest WHERE {inside} GROUP BY r.name ORDER BY r.name",
+        params,
+    )
+    return [Usage(r[0], int(r[1]), int(r[2]), int(r[3])) for r in rows]
+
+
+def namespaces_in_use(tx: Tx) -> list[str]:
+    """Namespaces that hold at least one repository."""
+    names = {namespace_of(r[0]) for r in tx.execute("SELECT name FROM repositories")}
+    return sorted(names)
+
+
+def _check_pattern(pattern: str) -> str:
+    if not pattern or len(pattern) > 256:
+        raise InvalidName("a rule's pattern must be 1 to 256 characters")
+    try:
+        re.compile(pattern)
+    except re.error as e:
+        raise InvalidName(f"invalid regular expression {pattern!r}: {e}") from None
+    return pattern
+
+
+class Rules:
+    """The cached immutable-tag rules and quotas, and the changes to them.
+
+    Implements `metadata.store.WriteChecks`. `clock` stamps changes; the cache's age is
+    measured on the monotonic clock.
+    """
+
+    def __init__(self, db: Database, clock: Callable[[], float], ttl: float = 5.0) -> None:
+        self.db = db
+        self.clock = clock
+        self.ttl = ttl
+        self._lock = threading.Lock()
+        self._loaded_at = -float("inf")
+        self._immutable: dict[str, tuple[ImmutableRule, ...]] = {}
+        self._quotas: dict[str, int] = {}
+
+    # -- the cache ------------------------------------------------------------------------
+
+    def invalidate(self) -> None:
+        self._loaded_at = -float("inf")
+
+    def _fresh(self, tx: Tx) -> None:
+        if time.monotonic() - self._loaded_at < self.ttl:
+            return
+        rules = list_immutable_rules(tx)
+        quotas = list_quotas(tx)
+        by_ns: dict[str, list[ImmutableRule]] = {}
+        for rule in rules:
+            by_ns.setdefault(rule.namespace, []).append(rule)
+        with self._lock:
+            self._immutable = {ns: tuple(found) for ns, found in by_ns.items()}
+            self._quotas = {q.namespace: q.limit_bytes for q in quotas}
+            self._loaded_at = time.monotonic()
+
+    def immutable_rule(self, tx: Tx, repository: str, tag: str) -> ImmutableRule | None:
+        """The rule that makes `tag` of `repository` immutable, if any."""
+        self._fresh(tx)
+        for rule in self._immutable.get(namespace_of(repository), ()):
+            if rule.matches(tag):
+                return rule
+        return None
+
+    # -- WriteChecks ----------------------------------------------------------------------
+
+    def blob_linking(self, tx: Tx, repository: str, digest: str, size: int) -> None:
+        self._fresh(tx)
+        ns = namespace_of(repository)
+        limit = self._quotas.get(ns)
+        if limit is None:
+            return
+        inside, params = _in_namespace("r.name", ns)
+        row = tx.one(
+            "SELECT COALESCE(SUM(b.size), 0), COALESCE(MAX(CASE WHEN b.digest = :d "  # noqa: S608
+            "THEN 1 ELSE 0 END), 0) FROM blobs b WHERE b.digest IN (SELECT rb.digest "
+            "FROM repository_blobs rb JOIN repositories r ON r.id = rb.repository_id "
+            f"WHERE {inside})",
+            {**params, "d": digest},
+        )
+        assert row is not None
+        usage, held = int(row[0]), bool(row[1])
+        if not held and usage + size > limit:
+            raise Denied(
+                f"quota of namespace {ns} exceeded: it holds {usage} bytes, this blob "
+                f"needs {size} more, the limit is {limit} bytes",
+                {"namespace": ns, "usage": usage, "size": size, "limit": limit},
+            )
+
+    def tag_moving(self, tx: Tx, repository: str, tag: str, previous: int | None, new: int) -> None:
+        if previous is None or previous == new:
+            return
+        rule = self.immutable_rule(tx, repository, tag)
+        if rule is not None:
+            raise Denied(
+                f"tag {tag} of {repository} is immutable (rule {rule.id} of namespace "
+                f"{rule.namespace}: {rule.pattern!r}): it cannot be overwritten",
+                {"rule": rule.id, "pattern": rule.pattern, "tag": tag},
+            )
+
+    def tag_deleting(self, tx: Tx, repository: str, tag: str) -> None:
+        rule = self.immutable_rule(tx, repository, tag)
+        if rule is not None:
+            raise Denied(
+                f"tag {tag} of {repository} is immutable (rule {rule.id} of namespace "
+                f"{rule.namespace}: {rule.pattern!r}): it cannot be deleted",
+                {"rule": rule.id, "pattern": rule.pattern, "tag": tag},
+            )
+
+    def manifest_deleting(self, tx: Tx, repository: str, manifest_id: int) -> None:
+        self._fresh(tx)
+        if not self._immutable.get(namespace_of(repository)):
+            return
+        for (tag,) in tx.execute(
+            "SELECT name FROM tags WHERE manifest_id = :id ORDER BY name", {"id": manifest_id}
+        ):
+            self.tag_deleting(tx, repository, tag)
+
+    # -- changes (audited) ----------------------------------------------------------------
+
+    async def add_immutable_rule(self, actor: str, namespace: str, pattern: str) -> ImmutableRule:
+        validate_component(namespace)
+        _check_pattern(pattern)
+        now = self.clock()
+
+        def fn(tx: Tx) -> ImmutableRule:
+            tx.execute(
+                "INSERT INTO immutable_tag_rules (namespace, pattern, created_by, created_at) "
+                "VALUES (:ns, :p, :by, :now) ON CONFLICT (namespace, pattern) DO NOTHING",
+                {"ns": namespace, "p": pattern, "by": actor, "now": now},
+            )
+            rule = next(r for r in list_immutable_rules(tx, namespace) if r.pattern == pattern)
+            audit.record(
+                tx, actor, "immutable_rule.create", namespace, at=now, rule=rule.id, pattern=pattern
+            )
+            return rule
+
+        try:
+            return await self.db.write(fn)
+        finally:
+            self.invalidate()
+
+    async def remove_immutable_rule(self, actor: str, namespace: str, rule_id: int) -> None:
+        now = self.clock()
+
+        def fn(tx: Tx) -> None:
+            gone = tx.execute(
+                "DELETE FROM immutable_tag_rules WHERE id = :id AND namespace = :ns "
+                "RETURNING pattern",
+                {"id": rule_id, "ns": namespace},
+            )
+            if not gone:
+                raise NotFound(f"no immutable tag rule {rule_id} in namespace {namespace}")
+            audit.record(
+                tx,
+                actor,
+                "immutable_rule.delete",
+                namespace,
+                at=now,
+                rule=rule_id,
+                pattern=gone[0][0],
+            )
+
+        try:
+            await self.db.write(fn)
+        finally:
+            self.invalidate()
+
+    async def set_quota(self, actor: str, namespace: str, limit_bytes: int) -> Quota:
+        validate_component(namespace)
+        if limit_bytes < 0:
+            raise InvalidName("a quota is a number of bytes, 0 or more")
+        now = self.clock()
+
+        def fn(tx: Tx) -> Quota:
+            tx.execute(
+                "INSERT INTO namespace_quotas (namespace, limit_bytes, updated_by, updated_at) "
+                "VALUES (:ns, :n, :by, :now) ON CONFLICT (namespace) DO UPDATE SET "
+                "limit_bytes = excluded.limit_bytes, updated_by = excluded.updated_by, "
+                "updated_at = excluded.updated_at",
+                {"ns": namespace, "n": limit_bytes, "by": actor, "now": now},
+            )
+            audit.record(tx, actor, "quota.set", namespace, at=now, limit_bytes=limit_bytes)
+            return Quota(namespace, limit_bytes, actor, now)
+
+        try:
+            return await self.db.write(fn)
+        finally:
+            self.invalidate()
+
+    async def remove_quota(self, actor: str, namespace: str) -> None:
+        now = self.clock()
+
+        def fn(tx: Tx) -> None:
+            gone = tx.execute(
+                "DELETE FROM namespace_quotas WHERE namespace = :ns RETURNING limit_bytes",
+                {"ns": namespace},
+            )
+            if not gone:
+                raise NotFound(f"namespace {namespace} has no quota")
+            audit.record(tx, actor, "quota.delete", namespace, at=now, limit_bytes=gone[0][0])
+
+        try:
+            await self.db.write(fn)
+        finally:
+            self.invalidate()
+
+    async def usage(self, namespace: str | None = None) -> list[dict[str, Any]]:
+        """Usage per namespace (all, or one), each with its quota and its repositories."""
+        if namespace is not None:
+            validate_name(namespace)
+
+        def fn(tx: Tx) -> list[dict[str, Any]]:
+            quotas = {q.namespace: q.limit_bytes for q in list_quotas(tx)}
+            names = [namespace] if namespace is not None else namespaces_in_use(tx)
+            out = []
+            for ns in names:
+                entry = namespace_usage(tx, ns).as_json()
+                entry["quota_bytes"] = quotas.get(ns)
+                entry["repositories"] = [u.as_json() for u in repository_usage(tx, ns)]
+                out.append(entry)
+            return out
+
+        return await self.db.read(fn)
+
+
+def list_immutable_rules(tx: Tx, namespace: str | None = None) -> list[ImmutableRule]:
+    sql = "SELECT id, namespace, pattern, created_by, created_at FROM immutable_tag_rules"
+    params: dict[str, Any] = {}
+    if namespace is not None:
+        sql += " WHERE namespace = :ns"
+        params["ns"] = namespace
+    rows = tx.execute(sql + " ORDER BY namespace, id", params)
+    return [ImmutableRule(int(r[0]), r[1], r[2], r[3], float(r[4])) for r in rows]
+
+
+def list_quotas(tx: Tx) -> list[Quota]:
+    rows = tx.execute(
+        "SELECT namespace, limit_bytes, updated_by, updated_at FROM namespace_quotas "
+        "ORDER BY namespace"
+    )
+    return [Quota(r[0], int(r[1]), r[2], float(r[3])) for r in rows]
