@@ -75,6 +75,13 @@ def validate_files(config: Config) -> list[str]:
                 problems.append(f"{key}: {path} expired on {expiry:%Y-%m-%d}")
         elif b"PRIVATE KEY-----" not in data:
             problems.append(f"{key}: {path} holds no PEM private key")
+    if config["backup.schedule"]:
+        from appliance.ops.cron import Cron  # noqa: PLC0415
+
+        try:
+            Cron(config["backup.schedule"])
+        except ConfigError as e:
+            problems.append(f"backup.schedule: {e.message}")
     return problems
 
 

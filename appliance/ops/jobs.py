@@ -10,6 +10,9 @@ it in the same transaction: a former leader that was paused cannot delete anythi
 another process has taken over.
 
 Time: the scheduler sleeps on trio's clock, so tests drive it with `trio.testing.MockClock`.
+A job with a cron expression (`ops/cron.py`) runs at the wall-clock times it names; the wall
+clock is injected too (`Scheduler(jobs, wall_clock=...)`), so a test can start at 02:59 UTC and
+see the 03:00 run without waiting.
 
 Cancellation: cancelling `run_jobs` cancels the running jobs (a unit of work already in its
 thread completes) and releases leadership so that another process takes over at once.
@@ -21,6 +24,7 @@ import contextlib
 import logging
 import math
 import os
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -28,6 +32,7 @@ import trio
 
 from appliance.errors import BerthError
 from appliance.metadata.leader import Fence, LeaderLock, LeadershipLost
+from appliance.ops.cron import Cron
 
 log = logging.getLogger("berth.jobs")
 
@@ -36,12 +41,19 @@ JobFn = Callable[[Fence], Awaitable[object]]
 
 @dataclass(frozen=True)
 class Job:
-    """Run `fn` every `interval` seconds (the first run at once, or after `delay`)."""
+    """Run `fn` every `interval` seconds (the first run at once, or after `delay`), or, with
+    `cron`, at the times the cron expression names (then `interval` and `delay` are unused)."""
 
     name: str
     interval: float
     fn: JobFn
     delay: float = 0.0
+    cron: Cron | None = None
+
+    @classmethod
+    def scheduled(cls, name: str, cron: Cron | str, fn: JobFn) -> Job:
+        """A job that runs at the times of a cron expression (UTC)."""
+        return cls(name, 0.0, fn, cron=cron if isinstance(cron, Cron) else Cron(cron))
 
 
 class Scheduler:
@@ -49,9 +61,10 @@ class Scheduler:
     again at its next time. Runs of one job never overlap: a run that overruns its interval
     delays the next."""
 
-    def __init__(self, jobs: list[Job]) -> None:
+    def __init__(self, jobs: list[Job], wall_clock: Callable[[], float] = time.time) -> None:
         self.jobs = list(jobs)
         self.runs: dict[str, int] = {job.name: 0 for job in jobs}
+        self.wall_clock = wall_clock
 
     async def run(self, fence: Fence) -> None:
         """Run every job until cancelled, or until a job finds that leadership moved on."""
@@ -62,20 +75,39 @@ class Scheduler:
         except* LeadershipLost:
             pass  # the caller campaigns again
 
+    async def _run_once(self, job: Job, fence: Fence) -> None:
+        try:
+            await job.fn(fence)
+        except LeadershipLost as e:
+            log.warning("job %s stopped: %s", job.name, e.message)
+            raise
+        except BerthError as e:
+            log.warning("job %s failed: %s; will retry", job.name, e.message)
+        except Exception:
+            log.exception("job %s failed; will retry", job.name)
+        self.runs[job.name] += 1
+
+    async def _cron_loop(self, job: Job, cron: Cron, fence: Fence) -> None:
+        # Sleep on trio's clock for as long as the wall clock says is left. A run missed while
+        # no leader was up (or one overrun by the previous run) is not made up: cron's rule.
+        last = -math.inf
+        while True:
+            now = self.wall_clock()
+            due = cron.next_after(max(now, last))
+            await trio.sleep(max(0.0, due - now))
+            if self.wall_clock() < due - 1.0:
+                continue  # the wall clock was set back meanwhile: look again
+            last = due
+            await self._run_once(job, fence)
+
     async def _loop(self, job: Job, fence: Fence) -> None:
+        if job.cron is not None:
+            await self._cron_loop(job, job.cron, fence)
+            return
         due = trio.current_time() + job.delay
         while True:
             await trio.sleep_until(due)
-            try:
-                await job.fn(fence)
-            except LeadershipLost as e:
-                log.warning("job %s stopped: %s", job.name, e.message)
-                raise
-            except BerthError as e:
-                log.warning("job %s failed: %s; will retry", job.name, e.message)
-            except Exception:
-                log.exception("job %s failed; will retry", job.name)
-            self.runs[job.name] += 1
+            await self._run_once(job, fence)
             now = trio.current_time()
             due += job.interval
             if due <= now:  # overran: skip the missed runs rather than run them back to back
