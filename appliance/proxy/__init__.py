@@ -1,0 +1,1 @@
+"""Pull-through cache and mirroring of upstream registries (proxy namespaces)."""

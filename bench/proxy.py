@@ -1,0 +1,130 @@
+"""Pull-through cache: a pull through Berth's proxy namespace against a direct pull from the
+upstream (the reference registry, CNCF Distribution 2.8).
+
+    python -m bench.proxy [--layers N] [--layer-mib M] [--repeats R] [--workers W] [--record]
+
+The upstream holds one image of N random layers. Each repeat times, with skopeo (a fresh blob
+info cache per pull, writing an OCI layout):
+
+- direct: a pull from the upstream itself;
+- cold:   a pull through a Berth whose cache is empty (a new Berth per repeat), so every blob
+          is fetched upstream while it is streamed to the client and stored;
+- warm:   the same pull again through that Berth, now served from its cache.
+
+Figures are medians; ratios are "higher is better" (direct time / Berth time). Targets: cold
+>= 0.9x, warm >= 1x. `--record` appends the table to bench/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO_ROOT = BENCH_DIR.parent
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+from bench import image as oci  # noqa: E402
+from bench import system  # noqa: E402
+from tests.support.clients import Skopeo  # noqa: E402
+from tests.support.servers import (  # noqa: E402
+    ADMIN,
+    ADMIN_PASSWORD,
+    start_berth,
+    start_reference_registry,
+)
+
+CREDS = f"{ADMIN}:{ADMIN_PASSWORD}"
+
+
+def timed_pull(skopeo: Skopeo, src: str, dest: Path, creds: str | None) -> float:
+    shutil.rmtree(dest, ignore_errors=True)
+    started = time.perf_counter()
+    skopeo.copy(src, f"oci:{dest}:t", creds=creds, preserve_digests=True)
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--layers", type=int, default=8)
+    parser.add_argument("--layer-mib", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=1, help="Berth's serving processes")
+    parser.add_argument("--record", action="store_true", help="append to bench/RESULTS.md")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="berth-bench-proxy-") as tmp_name:
+        tmp = Path(tmp_name)
+        upstream = start_reference_registry(tmp / "upstream")
+        try:
+            image = oci.build_image(args.layers, args.layer_mib << 20)
+            layout = oci.write_layout(image, tmp / "layout", "1")
+            skopeo = Skopeo(tmp / "skopeo")
+            skopeo.copy(f"oci:{layout}:1", f"docker://{upstream.host}/bench/image:1")
+            total = sum(len(b) for b in image.blobs.values())
+            direct: list[float] = []
+            cold: list[float] = []
+            warm: list[float] = []
+            for i in range(args.repeats):
+                out = tmp / "out"
+                src = f"docker://{upstream.host}/bench/image:1"
+                direct.append(timed_pull(skopeo, src, out, None))
+                berth = start_berth(
+                    tmp / f"berth-{i}",
+                    args=["--workers", str(args.workers)],
+                    env={"BERTH_PROXY_UPSTREAMS": f"up={upstream.url}"},
+                )
+                try:
+                    through = f"docker://{berth.host}/up/bench/image:1"
+                    skopeo.login(berth.host, ADMIN, ADMIN_PASSWORD)
+                    cold.append(timed_pull(skopeo, through, out, CREDS))
+                    warm.append(timed_pull(skopeo, through, out, CREDS))
+                finally:
+                    berth.stop()
+                    shutil.rmtree(tmp / f"berth-{i}", ignore_errors=True)
+                print(
+                    f"repeat {i + 1}: direct {direct[-1]:.2f}s cold {cold[-1]:.2f}s "
+                    f"warm {warm[-1]:.2f}s",
+                    file=sys.stderr,
+                )
+        finally:
+            upstream.stop()
+
+    d, c, w = (statistics.median(x) for x in (direct, cold, warm))
+    info = system.machine_info()
+    mib = total / (1 << 20)
+    lines = [
+        f"## {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC: pull-through cache "
+        "(`python -m bench.proxy`)",
+        "",
+        f"- Machine: `nproc` {info['nproc']}, {info['cpu']}, {info['memory']}; "
+        f"Python {info['python']}; upstream: {info['reference']}; {info['skopeo']}",
+        f"- Image: {args.layers} layers of {args.layer_mib} MiB random bytes ({mib:.0f} MiB); "
+        f"skopeo copy to an OCI layout, fresh blob info cache; median of {args.repeats}; "
+        f"Berth with {args.workers} serving process(es)",
+        "",
+        "| pull | s | MB/s | ratio (direct / this) | target |  |",
+        "|---|---|---|---|---|---|",
+        f"| direct from upstream | {d:.2f} | {total / d / 1e6:.0f} |  |  |  |",
+        f"| cold, through Berth's cache | {c:.2f} | {total / c / 1e6:.0f} | {d / c:.2f}x "
+        f"| >= 0.9x | {'ok' if d / c >= 0.9 else 'MISSED'} |",
+        f"| warm, from Berth's cache | {w:.2f} | {total / w / 1e6:.0f} | {d / w:.2f}x "
+        f"| >= 1x | {'ok' if d / w >= 1 else 'MISSED'} |",
+        "",
+    ]
+    text = "\n".join(lines)
+    print(text)
+    if args.record:
+        with (BENCH_DIR / "RESULTS.md").open("a") as f:
+            f.write("\n" + text)
+
+
+if __name__ == "__main__":
+    main()
