@@ -1,0 +1,222 @@
+"""`berth scan IMAGE` and `berth vulndb import|status`: scanning from the command line."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+import trio
+
+from appliance.cli import fail, load_config
+from appliance.errors import BerthError
+from appliance.oci.digest import is_digest
+
+_config_option = click.option(
+    "--config", "config_path", type=click.Path(path_type=Path, dir_okay=False)
+)
+_data_dir_option = click.option(
+    "--data-dir", type=click.Path(path_type=Path, file_okay=False), help="server.data_dir"
+)
+
+
+def split_image(image: str) -> tuple[str, str]:
+    """`team/app:1`, `team/app@sha256:...` or `team/app` (tag latest) → (repository, reference)."""
+    if "@" in image:
+        name, _, ref = image.partition("@")
+        if not is_digest(ref):
+            raise click.BadParameter(f"{ref!r} is not a digest", param_hint="IMAGE")
+        return name, ref
+    name, sep, tag = image.rpartition(":")
+    if sep and "/" not in tag:
+        return name, tag
+    return image, "latest"
+
+
+def _table(rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in rows
+    )
+
+
+@click.command("scan")
+@click.argument("image")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--cached", is_flag=True, help="Show the stored report; do not read the layers.")
+@click.option(
+    "--fail-on",
+    type=click.Choice(["low", "medium", "high", "critical"]),
+    help="Exit 3 when a finding is at or above this severity (for CI pipelines).",
+)
+@_config_option
+@_data_dir_option
+def _scan(  # noqa: PLR0917 (one per option)
+    image: str,
+    as_json: bool,
+    cached: bool,
+    fail_on: str | None,
+    config_path: Path | None,
+    data_dir: Path | None,
+) -> None:
+    """Scan IMAGE (repository:tag or repository@digest) now and print its vulnerabilities."""
+    from appliance.scan.matching import RANK  # noqa: PLC0415
+    from appliance.server import open_services  # noqa: PLC0415
+
+    repository, reference = split_image(image)
+
+    async def run() -> tuple[str, list[Any]]:
+        services = await open_services(
+            load_config(
+                config_path,
+                {"server.data_dir": str(data_dir) if data_dir is not None else None},
+            )
+        )
+        try:
+            assert services.scanner is not None
+            if not cached:
+                await services.scanner.scan(repository, reference)
+            return await services.scanner.report(repository, reference)
+        finally:
+            services.close()
+
+    try:
+        digest, reports = trio.run(run)
+    except BerthError as e:
+        fail(e.message)
+        return
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "repository": repository,
+                    "digest": digest,
+                    "reports": [r.as_json() if r else None for r in reports],
+                },
+                indent=2,
+            )
+        )
+    else:
+        for report in reports:
+            if report is None:
+                click.echo(f"{repository}@{digest}: not scanned yet (try without --cached)")
+                continue
+            head = f"{repository}@{report.digest}: {report.packages} packages"
+            if report.status != "ok":
+                click.echo(f"{head}; scan failed: {report.error}")
+                continue
+            counts = ", ".join(f"{n} {sev}" for sev, n in report.counts().items() if n)
+            click.echo(f"{head}, {len(report.findings)} vulnerabilities ({counts or 'none'})")
+            if report.findings:
+                rows = [["SEVERITY", "ADVISORY", "PACKAGE", "INSTALLED", "FIXED"]]
+                rows += [
+                    [f.severity, f.advisory_id, f.package, f.installed, f.fixed or "-"]
+                    for f in report.findings
+                ]
+                click.echo(_table(rows))
+    if fail_on is not None:
+        worst = max((RANK[f.severity] for r in reports if r for f in r.findings), default=0)
+        if worst >= RANK[fail_on]:
+            sys.exit(3)
+
+
+@click.group("vulndb")
+def _vulndb() -> None:
+    """Advisory data for vulnerability matching, imported offline."""
+
+
+@_vulndb.command("import")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@_config_option
+@_data_dir_option
+def vulndb_import(
+    paths: tuple[Path, ...], as_json: bool, config_path: Path | None, data_dir: Path | None
+) -> None:
+    """Import OSV records (a directory or zip of JSON files) or the Debian security tracker's
+    JSON, then match every stored image against the new data."""
+    from appliance.metadata.db import open_metadata  # noqa: PLC0415
+    from appliance.scan import vulndb as advisories  # noqa: PLC0415
+    from appliance.scan.service import rematch_all  # noqa: PLC0415
+
+    failed = False
+    try:
+        cfg = load_config(
+            config_path, {"server.data_dir": str(data_dir) if data_dir is not None else None}
+        )
+        db = open_metadata(cfg)
+        try:
+            results = []
+            for path in paths:
+                if not path.exists():
+                    raise BerthError(f"{path} does not exist")
+                result = advisories.import_path(db.run_sync_write, path, time.time(), "cli")
+                results.append(result)
+                failed = failed or bool(result.errors)
+            matched = rematch_all(db.run_sync_read, db.run_sync_write, time.time())
+        finally:
+            db.close()
+    except BerthError as e:
+        fail(e.message)
+        return
+    if as_json:
+        click.echo(
+            json.dumps({"imports": [r.as_json() for r in results], "rematched": matched}, indent=2)
+        )
+    else:
+        for r in results:
+            click.echo(
+                f"import {r.import_id} ({r.source}): {r.added} added, {r.changed} changed, "
+                f"{r.removed} withdrawn, {r.unchanged} unchanged, {len(r.errors)} failed"
+            )
+            for message in r.errors:
+                click.echo(f"berth: {message}", err=True)
+        click.echo(f"matched {matched} stored image(s) against the advisory data again")
+    if failed:
+        sys.exit(1)
+
+
+@_vulndb.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+@_config_option
+@_data_dir_option
+def vulndb_status(as_json: bool, config_path: Path | None, data_dir: Path | None) -> None:
+    """The advisory data's version, what it holds and the latest imports."""
+    from appliance.metadata.db import open_metadata  # noqa: PLC0415
+    from appliance.scan import vulndb as advisories  # noqa: PLC0415
+
+    try:
+        cfg = load_config(
+            config_path, {"server.data_dir": str(data_dir) if data_dir is not None else None}
+        )
+        db = open_metadata(cfg)
+        try:
+            state = db.run_sync_read(advisories.status)
+        finally:
+            db.close()
+    except BerthError as e:
+        fail(e.message)
+        return
+    if as_json:
+        click.echo(json.dumps(state, indent=2))
+        return
+    click.echo(f"version: {state['version']}")
+    click.echo(f"advisories: {state['advisories']}")
+    for source, n in state["by_source"].items():
+        click.echo(f"  source {source}: {n}")
+    for ecosystem, n in state["by_ecosystem"].items():
+        click.echo(f"  ecosystem {ecosystem}: {n}")
+    for imp in state["imports"]:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(imp["imported_at"]))
+        click.echo(
+            f"import {imp['import']} at {when} UTC from {imp['path']}: {imp['added']} added, "
+            f"{imp['changed']} changed, {imp['unchanged']} unchanged, {imp['failed']} failed"
+        )
+
+
+# Annotated, so that type checkers need not follow the import cycle with appliance.cli.
+scan: click.Command = _scan
+vulndb: click.Group = _vulndb

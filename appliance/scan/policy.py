@@ -1,0 +1,221 @@
+"""Pull policy per namespace, and the gate the manifest GET path asks.
+
+A namespace's policy refuses pulls of images with a finding at or above `block_severity`,
+except for advisories on its allow-list, each until its own expiry. Images without a report
+(not scanned yet, or the scan failed) follow `unscanned`: `allow`, `deny`, or `default` (the
+`scan.unscanned` setting).
+
+The manifest GET path is hot, so the gate keeps everything it needs in memory: the policies
+(all of them: they are few), and per manifest digest the worst-first list of its findings.
+With no policy for the namespace it returns at once. Every `refresh` seconds it reads one
+counter (`scan_generation`), which imports, policy changes and finished scans bump; when it
+moved, the cache is dropped. A change made through this process drops it at once.
+"""
+
+from __future__ import annotations
+
+import json
+import weakref
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from appliance.errors import Denied
+from appliance.metadata.db import Database, Tx
+from appliance.oci import mediatypes as mt
+from appliance.oci.names import namespace_of
+from appliance.scan.matching import RANK
+
+UNSCANNED = ("default", "allow", "deny")
+CACHE_SIZE = 10_000
+
+
+class PullDenied(Denied):
+    """A pull refused by the namespace's vulnerability policy."""
+
+
+@dataclass(frozen=True)
+class Policy:
+    namespace: str
+    block_severity: str
+    unscanned: str
+    exceptions: dict[str, float | None] = field(default_factory=dict)
+
+    def excepted(self, advisory_id: str, now: float) -> bool:
+        if advisory_id not in self.exceptions:
+            return False
+        expiry = self.exceptions[advisory_id]
+        return expiry is None or now < expiry
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "namespace": self.namespace,
+            "block_severity": self.block_severity,
+            "unscanned": self.unscanned,
+            "exceptions": [
+                {"advisory": a, "expires_at": e} for a, e in sorted(self.exceptions.items())
+            ],
+        }
+
+
+@dataclass(frozen=True)
+class Worst:
+    """A finding as the gate keeps it."""
+
+    rank: int
+    advisory_id: str
+    severity: str
+    package: str
+    installed: str
+    fixed: str | None
+
+
+def load_policies(tx: Tx) -> dict[str, Policy]:
+    exceptions: dict[str, dict[str, float | None]] = {}
+    for ns, advisory, expires in tx.execute(
+        "SELECT namespace, advisory_id, expires_at FROM scan_exceptions"
+    ):
+        exceptions.setdefault(ns, {})[advisory] = None if expires is None else float(expires)
+    return {
+        str(ns): Policy(str(ns), str(sev), str(unscanned), exceptions.get(ns, {}))
+        for ns, sev, unscanned in tx.execute(
+            "SELECT namespace, block_severity, unscanned FROM scan_policies"
+        )
+    }
+
+
+def generation(tx: Tx) -> int:
+    return int(tx.scalar("SELECT generation FROM scan_generation WHERE id = 1") or 0)
+
+
+def findings_for(tx: Tx, digests: list[str]) -> list[Worst] | None:
+    """The findings of these image digests, worst first; None when any has no good report."""
+    out: list[Worst] = []
+    for digest in digests:
+        status = tx.scalar("SELECT status FROM scan_reports WHERE digest = :d", {"d": digest})
+        if status != "ok":
+            return None
+        out.extend(
+            Worst(int(r[0]), r[1], r[2], r[3], r[4], r[5])
+            for r in tx.execute(
+                "SELECT rank, advisory_id, severity, package, installed, fixed "
+                "FROM scan_findings WHERE digest = :d",
+                {"d": digest},
+            )
+        )
+    out.sort(key=lambda w: (-w.rank, w.advisory_id, w.package))
+    return out
+
+
+_GATES: weakref.WeakKeyDictionary[Database, list[PullGate]] = weakref.WeakKeyDictionary()
+
+
+def invalidate(db: Database) -> None:
+    """Drop the cached verdicts of every gate of this process on `db` (after a change)."""
+    for gate in _GATES.get(db, []):
+        gate.invalidate()
+
+
+class PullGate:
+    """Decides whether a manifest may be pulled; cheap when nothing has changed."""
+
+    def __init__(
+        self,
+        db: Database,
+        clock: Callable[[], float],
+        *,
+        unscanned_default: str = "allow",
+        refresh: float = 5.0,
+    ) -> None:
+        self.db = db
+        self.clock = clock
+        self.unscanned_default = unscanned_default
+        self.refresh = refresh
+        self._policies: dict[str, Policy] | None = None
+        self._generation = -1
+        self._checked_at = float("-inf")
+        self._findings: OrderedDict[str, list[Worst] | None] = OrderedDict()
+        _GATES.setdefault(db, []).append(self)
+
+    def invalidate(self) -> None:
+        self._policies = None
+        self._findings.clear()
+
+    async def _current(self) -> dict[str, Policy]:
+        now = self.clock()
+        if self._policies is not None and now - self._checked_at < self.refresh:
+            return self._policies
+
+        def fn(tx: Tx) -> tuple[int, dict[str, Policy] | None]:
+            gen = generation(tx)
+            if gen == self._generation and self._policies is not None:
+                return gen, None
+            return gen, load_policies(tx)
+
+        gen, policies = await self.db.read(fn)
+        self._checked_at = now
+        if policies is not None:
+            self._policies = policies
+            self._findings.clear()
+        self._generation = gen
+        assert self._policies is not None
+        return self._policies
+
+    async def check(self, repository: str, digest: str, media_type: str, payload: bytes) -> None:
+        """Raise PullDenied when the namespace's policy refuses this manifest."""
+        policies = await self._current()
+        policy = policies.get(namespace_of(repository))
+        if policy is None:
+            return
+        if media_type not in mt.MANIFESTS:
+            return  # an artifact (a signature, an SBOM): nothing to scan
+        findings = await self._findings_of(digest, media_type, payload)
+        if findings is None:
+            mode = policy.unscanned if policy.unscanned != "default" else self.unscanned_default
+            if mode == "deny":
+                raise PullDenied(
+                    f"{repository}@{digest} has not been scanned for vulnerabilities, and "
+                    f"namespace {policy.namespace} refuses unscanned images",
+                    {"policy": policy.namespace},
+                )
+            return
+        threshold = RANK[policy.block_severity]
+        now = self.clock()
+        for worst in findings:
+            if worst.rank < threshold:
+                break
+            if policy.excepted(worst.advisory_id, now):
+                continue
+            fixed = f" (fixed in {worst.fixed})" if worst.fixed else " (no fix yet)"
+            raise PullDenied(
+                f"{repository}@{digest} has {worst.advisory_id} ({worst.severity}) in "
+                f"{worst.package} {worst.installed}{fixed}; namespace {policy.namespace} "
+                f"refuses pulls of images with {policy.block_severity} or worse findings",
+                {
+                    "advisory": worst.advisory_id,
+                    "severity": worst.severity,
+                    "package": worst.package,
+                    "installed": worst.installed,
+                    "fixed": worst.fixed,
+                },
+            )
+
+    async def _findings_of(
+        self, digest: str, media_type: str, payload: bytes
+    ) -> list[Worst] | None:
+        if digest in self._findings:
+            self._findings.move_to_end(digest)
+            return self._findings[digest]
+        digests = [digest]
+        if media_type in mt.INDEXES:
+            try:
+                doc = json.loads(payload)
+                digests = [str(m["digest"]) for m in doc.get("manifests", [])]
+            except (ValueError, KeyError, TypeError):
+                digests = [digest]
+        found = await self.db.read(lambda tx: findings_for(tx, digests))
+        self._findings[digest] = found
+        if len(self._findings) > CACHE_SIZE:
+            self._findings.popitem(last=False)
+        return found
