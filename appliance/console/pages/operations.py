@@ -1,0 +1,172 @@
+"""Operations pages: the instance's status (health, what it holds, limits, webhooks) for
+admins, and each namespace's webhook endpoints for its maintainers. Changes go through
+`ops.webhooks`, which audits them in their transaction; the audit log page is manage.py's."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import trio
+from quart import Response
+
+from appliance.console.framework import BadRequest, NavEntry, PageContext, PageNotFound, page
+from appliance.errors import BerthError
+from appliance.metadata import identity
+from appliance.metadata.db import Tx
+from appliance.ops import webhooks
+
+RECENT = 20
+
+
+def _cursors(tx: Tx) -> dict[str, dict[str, Any]]:
+    return {
+        r[0]: {
+            "delivered_through": r[1],
+            "failures": r[2],
+            "next_attempt_at": r[3],
+            "last_error": r[4],
+        }
+        for r in tx.execute(
+            "SELECT endpoint, last_event_id, failures, next_attempt_at, last_error "
+            "FROM webhook_cursors"
+        )
+    }
+
+
+@page("/status", nav=NavEntry("Status", "/status", order=78, admin=True))
+async def status(ctx: PageContext) -> Response:
+    ctx.require_admin()
+    checks: dict[str, str] = {}
+    try:
+        await ctx.access.db.read(lambda tx: tx.scalar("SELECT 1"))
+        checks["database"] = "ok"
+    except BerthError as e:
+        checks["database"] = e.message
+    try:
+        await ctx.registry.store.check()
+        checks["storage"] = "ok"
+    except BerthError as e:
+        checks["storage"] = e.message
+    config = ctx.config
+
+    def read(tx: Tx) -> dict[str, Any]:
+        row = tx.one(
+            "SELECT (SELECT COALESCE(SUM(size), 0) FROM blobs), (SELECT COUNT(*) FROM blobs), "
+            "(SELECT COUNT(*) FROM repositories), (SELECT COUNT(*) FROM uploads), "
+            "(SELECT COUNT(*) FROM webhook_events)"
+        )
+        assert row is not None
+        cursors = _cursors(tx)
+        endpoints = []
+        for e in webhooks.config_endpoints(config):
+            endpoints.append(
+                {
+                    "where": "instance",
+                    "url": webhooks.redact_url(e.url),
+                    "actions": ", ".join(sorted(e.actions)),
+                    **cursors.get(e.key, {}),
+                }
+            )
+        for e in webhooks.namespace_endpoints(tx):
+            endpoints.append(
+                {
+                    "where": e.namespace,
+                    "url": webhooks.redact_url(e.url),
+                    "actions": ", ".join(sorted(e.actions)),
+                    **cursors.get(e.key, {}),
+                }
+            )
+        return {
+            "stored": int(row[0]),
+            "blobs": int(row[1]),
+            "repositories": int(row[2]),
+            "uploads": int(row[3]),
+            "queued": int(row[4]),
+            "endpoints": endpoints,
+            "deliveries": webhooks.deliveries(tx, limit=RECENT),
+        }
+
+    state = await ctx.access.db.read(read)
+    limits = [
+        (kind, config[f"ratelimit.{kind}_rate"], config[f"ratelimit.{kind}_burst"])
+        for kind in ("pull", "push", "signin")
+    ]
+    return await ctx.render(
+        "status.html",
+        title="Status",
+        checks=checks,
+        ready=all(v == "ok" for v in checks.values()),
+        state=state,
+        limits=limits,
+        exempt_admins=config["ratelimit.exempt_admins"],
+        exempt_robots=config["ratelimit.exempt_robots"],
+        metrics_enabled=config["metrics.enabled"],
+        metrics_token=bool(config["metrics.token"]),
+        log_format=config["log.format"],
+        access_log=config["log.access"],
+        retention=config["audit.retention_days"],
+        workers=config["server.workers"],
+    )
+
+
+@page("/namespaces/<ns>/webhooks", methods=("GET", "POST"))
+async def namespace_webhooks(ctx: PageContext, ns: str) -> Response:
+    found = await ctx.access.db.read(lambda tx: identity.namespace_by_name(tx, ns))
+    if found is None:
+        raise PageNotFound(f"no namespace {ns!r}")
+    ctx.require_role(ns, "maintainer")
+    actor = ctx.actor
+    if ctx.method == "POST":
+        form = await ctx.form()
+        if form.get("action") == "remove":
+            endpoint_id = form.get("id", "")
+            if not endpoint_id.isdigit():
+                raise BadRequest("no such webhook")
+            await ctx.change(lambda tx: webhooks.remove_endpoint(tx, actor, ns, int(endpoint_id)))
+            return await ctx.redirect(f"/namespaces/{ns}/webhooks", "Webhook removed.")
+        url = form.get("url", "").strip()
+        actions = ",".join(a for a in webhooks.ACTIONS if form.get(f"on_{a}") == "on")
+        if not actions:
+            raise BadRequest("choose at least one event: push, pull or delete")
+        try:
+            webhooks.check_url(url)
+        except BerthError as e:
+            raise BadRequest(e.message) from None
+        if not ctx.config["webhooks.allow_private_targets"]:
+            refused = await trio.to_thread.run_sync(webhooks.private_target, url)
+            if refused is not None:
+                raise BadRequest(f"{refused}: not allowed as a webhook target")
+        _, secret = await ctx.change(
+            lambda tx: webhooks.add_endpoint(tx, actor, ns, url, actions=actions)
+        )
+        return await ctx.render(
+            "webhook_secret.html",
+            title=f"Webhook added to {ns}",
+            secret=secret,
+            url=webhooks.redact_url(url),
+            back=f"/namespaces/{ns}/webhooks",
+        )
+
+    def read(tx: Tx) -> list[dict[str, Any]]:
+        cursors = _cursors(tx)
+        out = []
+        for e in webhooks.namespace_endpoints(tx, ns):
+            out.append(
+                {
+                    "id": e.id,
+                    "url": webhooks.redact_url(e.url),
+                    "actions": ", ".join(sorted(e.actions)),
+                    **cursors.get(e.key, {}),
+                    "deliveries": webhooks.deliveries(tx, e.key, limit=5),
+                }
+            )
+        return out
+
+    endpoints = await ctx.access.db.read(read)
+    return await ctx.render(
+        "webhooks.html",
+        title=f"Webhooks of {ns}",
+        ns=ns,
+        endpoints=endpoints,
+        actions=webhooks.ACTIONS,
+    )

@@ -1,0 +1,162 @@
+"""Console sessions in process, with a clock that moves only when told to: idle and absolute
+expiry, the Secure flag behind an https public URL, the stored id is a hash, and who pushed."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from appliance.app import create_app
+from appliance.metadata.db import Tx
+from appliance.server import Services, open_services
+from tests.api.conftest import (  # noqa: F401 (fixtures shared with tests/api)
+    ADMIN,
+    ADMIN_PASSWORD,
+    FakeClock,
+    api_client,
+    cheap_password_hashing,
+    clock,
+    data_dir,
+    make_config,
+)
+
+IDLE = 600.0
+LIFETIME = 3600.0
+
+
+@pytest.fixture
+async def services(data_dir: Path, clock: FakeClock) -> AsyncIterator[Services]:  # noqa: F811
+    config = make_config(
+        data_dir,
+        **{
+            "console.session_idle": IDLE,
+            "console.session_lifetime": LIFETIME,
+            "server.public_url": "https://registry.example",
+        },
+    )
+    services = await open_services(config, clock)
+    services.config = config  # type: ignore[attr-defined]
+    try:
+        yield services
+    finally:
+        services.close()
+
+
+@pytest.fixture
+async def client(services: Services) -> AsyncIterator[httpx.AsyncClient]:
+    config = services.config  # type: ignore[attr-defined]
+    app = create_app(
+        services.registry, "https://registry.example", access=services.access, config=config
+    )
+    async with api_client(app, auth=None) as c:
+        yield c
+
+
+async def sign_in(client: httpx.AsyncClient) -> httpx.Response:
+    form = await client.get("/signin")
+    token = re.search(r'name="csrf_token" value="([^"]+)"', form.text)
+    assert token is not None
+    response = await client.post(
+        "/signin",
+        data={"csrf_token": token.group(1), "username": ADMIN, "password": ADMIN_PASSWORD},
+        headers={"cookie": f"berth_signin_csrf={form.cookies['berth_signin_csrf']}"},
+    )
+    assert response.status_code == 303, response.text
+    return response
+
+
+def session_cookie(response: httpx.Response) -> str:
+    return next(h for h in response.headers.get_list("set-cookie") if "berth_session=" in h)
+
+
+async def test_cookie_is_secure_behind_an_https_public_url(client: httpx.AsyncClient):
+    header = session_cookie(await sign_in(client))
+    assert "Secure" in header
+    assert "HttpOnly" in header
+    assert "SameSite=Lax" in header
+
+
+async def test_only_a_hash_of_the_session_id_is_stored(
+    client: httpx.AsyncClient, services: Services
+):
+    response = await sign_in(client)
+    value = session_cookie(response).split(";", 1)[0].split("=", 1)[1]
+    stored = await services.db.read(
+        lambda tx: [r[0] for r in tx.execute("SELECT id_hash FROM console_sessions")]
+    )
+    assert stored
+    assert value not in stored
+    assert services.access.secret.digest(value) in stored
+
+
+async def test_idle_sessions_expire(client: httpx.AsyncClient, clock: FakeClock):  # noqa: F811
+    response = await sign_in(client)
+    cookies = {"cookie": f"berth_session={response.cookies['berth_session']}"}
+    assert (await client.get("/tokens", headers=cookies)).status_code == 200
+    clock.advance(IDLE - 61)
+    assert (await client.get("/tokens", headers=cookies)).status_code == 200  # touched
+    clock.advance(IDLE - 61)
+    assert (await client.get("/tokens", headers=cookies)).status_code == 200
+    clock.advance(IDLE + 1)
+    gone = await client.get("/tokens", headers=cookies)
+    assert gone.status_code == 303
+    assert gone.headers["location"].startswith("/signin")
+
+
+async def test_busy_sessions_still_end_at_their_lifetime(
+    client: httpx.AsyncClient,
+    clock: FakeClock,  # noqa: F811
+):
+    response = await sign_in(client)
+    cookies = {"cookie": f"berth_session={response.cookies['berth_session']}"}
+    for _ in range(int(LIFETIME // 300) - 1):
+        clock.advance(300)
+        assert (await client.get("/", headers=cookies)).status_code == 200
+    clock.advance(301)
+    assert (await client.get("/", headers=cookies)).status_code == 303
+
+
+async def test_a_disabled_user_is_signed_out(client: httpx.AsyncClient, services: Services):
+    response = await sign_in(client)
+    cookies = {"cookie": f"berth_session={response.cookies['berth_session']}"}
+
+    def disable(tx: Tx) -> Any:
+        return tx.execute("UPDATE users SET disabled = 1 WHERE name = :n", {"n": ADMIN})
+
+    await services.db.write(disable)
+    assert (await client.get("/", headers=cookies)).status_code == 303
+
+
+async def test_a_push_records_who_pushed(services: Services, client: httpx.AsyncClient):
+    config = b'{"architecture":"amd64","os":"linux"}'
+    import hashlib  # noqa: PLC0415
+
+    digest = "sha256:" + hashlib.sha256(config).hexdigest()
+    auth = httpx.BasicAuth(ADMIN, ADMIN_PASSWORD)
+    started = await client.post(
+        f"/v2/who/app/blobs/uploads/?digest={digest}", content=config, auth=auth
+    )
+    assert started.status_code == 201, started.text
+    manifest = (
+        '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json",'
+        f'"config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{digest}",'
+        f'"size":{len(config)}}},"layers":[]}}'
+    )
+    put = await client.put(
+        "/v2/who/app/manifests/v1",
+        content=manifest,
+        headers={"content-type": "application/vnd.oci.image.manifest.v1+json"},
+        auth=auth,
+    )
+    assert put.status_code == 201, put.text
+    by = await services.db.read(
+        lambda tx: tx.one(
+            "SELECT t.pushed_by, m.pushed_by FROM tags t JOIN manifests m ON m.id = t.manifest_id"
+        )
+    )
+    assert by == (ADMIN, ADMIN)
