@@ -8,38 +8,74 @@ from __future__ import annotations
 
 from quart_trio import QuartTrio
 
-from appliance import __version__
 from appliance.api.asgi import ASGIApp, Receive, Scope, Send
 from appliance.api.guard import Guard
 from appliance.api.token import TokenEndpoint
 from appliance.api.v2 import RegistryAPI
 from appliance.auth.service import AccessControl
+from appliance.backup.service import BackupService
+from appliance.config import Config
+from appliance.config import load as load_config
+from appliance.lifecycle import Lifecycle
+from appliance.ops.service import Operations
+from appliance.proxy.service import PullThrough
 from appliance.registry import Registry
 
 
 def create_web_app() -> QuartTrio:
-    web = QuartTrio("berth", static_folder=None)
-
-    @web.get("/")
-    async def index() -> tuple[str, int, dict[str, str]]:
-        return (
-            f"Berth {__version__}: an OCI registry. Push to this host with docker, podman or "
-            "skopeo.\n",
-            200,
-            {"content-type": "text/plain; charset=utf-8"},
-        )
-
-    return web
+    return QuartTrio("berth", static_folder=None, template_folder=None)
 
 
-def create_app(registry: Registry, public_url: str = "", *, access: AccessControl) -> ASGIApp:
-    """The whole ASGI app for one registry, behind `access`."""
-    api = RegistryAPI(registry, public_url, guard=Guard(access, public_url))
+def create_app(
+    registry: Registry,
+    public_url: str = "",
+    *,
+    access: AccessControl,
+    proxy: PullThrough | None = None,
+    ops: Operations | None = None,
+    config: Config | None = None,
+    lifecycle: Lifecycle | None = None,
+    backups: BackupService | None = None,
+) -> ASGIApp:
+    """The whole ASGI app for one registry, behind `access` (with the pull-through cache of
+    proxy namespaces, `proxy`, when any are configured). The web console at `/` follows
+    `config` (its defaults when None)."""
+    api = RegistryAPI(
+        registry,
+        public_url,
+        guard=Guard(access, public_url),
+        proxy=proxy,
+        admit=ops.admit if ops is not None else None,
+    )
     token = TokenEndpoint(access)
     web = create_web_app()
     from appliance.api.manage import register_management_api  # noqa: PLC0415
 
-    register_management_api(web, access)
+    route = register_management_api(web, access)
+    from appliance.scan.api import register_scan_api  # noqa: PLC0415
+
+    register_scan_api(route, access)
+    if lifecycle is not None:  # usage, quotas, immutable tags, cleanup policies
+        from appliance.lifecycle.api import register as register_lifecycle  # noqa: PLC0415
+
+        register_lifecycle(route, lifecycle)
+    from appliance.console import register_console  # noqa: PLC0415
+
+    if config is None:
+        config = load_config(environ={}, overrides={"server.public_url": public_url})
+    console = register_console(web, registry, access, config, access.clock)
+    if lifecycle is not None:  # the console's storage pages (appliance/console/pages/storage.py)
+        console.extras["lifecycle"] = lifecycle
+    if backups is not None:  # backups: the management API's routes and the console's page
+        from appliance.backup.api import register as register_backups  # noqa: PLC0415
+
+        register_backups(route, backups)
+        console.extras["backups"] = backups
+    from appliance.ops import api as ops_api  # noqa: PLC0415 (audit log, webhooks)
+
+    ops_api.register(route, access.db, allow_private=config["webhooks.allow_private_targets"])
+    if ops is not None:
+        ops.register_web(web)
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -52,4 +88,4 @@ def create_app(registry: Registry, public_url: str = "", *, access: AccessContro
                 return
         await web(scope, receive, send)  # type: ignore[arg-type]
 
-    return app
+    return app if ops is None else ops.wrap(app)

@@ -18,12 +18,11 @@ from appliance.errors import BerthError
 DEFAULT_CONFIG_FILES = (Path("berth.toml"), Path("/etc/berth/berth.toml"))
 
 
-def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+def setup_logging(level: str, fmt: str = "text") -> None:
+    """Text or JSON lines on stderr, with request ids and without secrets (ops/logs.py)."""
+    from appliance.ops import logs  # noqa: PLC0415
+
+    logs.setup(level, fmt)
 
 
 def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> settings.Config:
@@ -98,7 +97,7 @@ def serve(  # noqa: PLR0917 (one parameter per option)
                 "server.workers": workers,
             },
         )
-        setup_logging(config["log.level"])
+        setup_logging(config["log.level"], config["log.format"])
         logging.getLogger("berth").info(
             "Berth %s starting: data in %s (config: %s)",
             __version__,
@@ -338,13 +337,41 @@ def keys_rotate(config_path: Path | None, data_dir: Path | None) -> None:
     click.echo(f"new signing key {key.kid}; {len(ring.keys)} key(s) on disk")
 
 
+# `berth audit ...` (reading the audit log) lives in appliance/ops/.
+from appliance.ops.cli import audit_group  # noqa: E402
+
+main.add_command(audit_group)
+
 # `berth migrate` and `berth db ...` live in their own module.
 from appliance.dbcli import db, migrate  # noqa: E402
 
 main.add_command(migrate)
 main.add_command(db)
 
+# `berth backup ...` and `berth restore` live in appliance/backup/.
+from appliance.backup.cli import backup, restore  # noqa: E402
+
+main.add_command(backup)
+main.add_command(restore)
+
 # `berth ctl ...` (omnibus-style administration of an install) lives in appliance/omnibus/.
 from appliance.omnibus.ctl import ctl  # noqa: E402
 
 main.add_command(ctl)
+
+# `berth mirror ...` (the pull-through cache of proxy namespaces) lives in appliance/proxy/.
+from appliance.proxy.cli import mirror  # noqa: E402
+
+main.add_command(mirror)
+
+# `berth gc`, `fsck`, `usage`, `quota`, `immutable`, `policy` live in appliance/lifecycle/.
+from appliance.lifecycle.cli import COMMANDS as LIFECYCLE_COMMANDS  # noqa: E402
+
+for _command in LIFECYCLE_COMMANDS:
+    main.add_command(_command)
+
+# `berth scan IMAGE` and `berth vulndb ...` (vulnerability scanning) live in appliance/scan/.
+from appliance.scan.cli import scan, vulndb  # noqa: E402
+
+main.add_command(scan)
+main.add_command(vulndb)

@@ -207,12 +207,175 @@ SETTINGS: tuple[Setting, ...] = (
         4 * 1024 * 1024,
         "Largest manifest accepted, in bytes.",
     ),
+    Setting(
+        "gc.delay",
+        float,
+        86400.0,
+        "Seconds a blob or manifest that lost its last reference waits before the collector "
+        "may remove it (0 for tests; pushes in flight need it).",
+    ),
+    Setting("gc.interval", float, 60.0, "Seconds between runs of the garbage collector."),
+    Setting("gc.batch", int, 500, "Queue rows the collector takes per transaction."),
+    Setting(
+        "gc.untagged_age",
+        float,
+        604800.0,
+        "Seconds an untagged manifest (no tag, no index listing it) is kept before the "
+        "collector removes it (negative: keep untagged manifests).",
+    ),
+    Setting(
+        "gc.referrers",
+        bool,
+        True,
+        "Remove referrers (signatures, SBOMs, attestations) once their subject is gone.",
+    ),
+    Setting(
+        "lifecycle.policy_interval",
+        float,
+        86400.0,
+        "Seconds between runs of the cleanup policies (0: only when run by hand).",
+    ),
+    Setting(
+        "lifecycle.rules_ttl",
+        float,
+        5.0,
+        "Seconds a process trusts its cached immutable-tag rules and quotas set elsewhere.",
+    ),
+    Setting(
+        "proxy.upstreams",
+        str,
+        "",
+        "Proxy namespaces (pull-through cache): NAMESPACE=URL items separated by ';' "
+        "(e.g. hub=https://registry-1.docker.io).",
+    ),
+    Setting(
+        "proxy.credentials",
+        str,
+        "",
+        "Upstream credentials: NAMESPACE=USER:PASSWORD items separated by ';' or new lines.",
+    ),
+    Setting(
+        "proxy.credentials_file",
+        str,
+        "",
+        "File holding the upstream credentials instead, one NAMESPACE=USER:PASSWORD per line.",
+    ),
+    Setting(
+        "proxy.library",
+        str,
+        "",
+        "Proxy namespaces (separated by ',') whose one-component names are library/NAME "
+        "upstream; automatic for Docker Hub.",
+    ),
+    Setting(
+        "proxy.tag_ttl",
+        float,
+        300.0,
+        "Seconds a cached tag is served before it is re-validated upstream (a HEAD).",
+    ),
+    Setting(
+        "proxy.timeout",
+        float,
+        30.0,
+        "Seconds to wait for an upstream registry (connect, each read).",
+    ),
+    Setting(
+        "proxy.ca_file",
+        str,
+        "",
+        "CA bundle (PEM) to verify upstream registries with (default: the certifi bundle).",
+    ),
     Setting("log.level", str, "info", "Log level: debug, info, warning, error."),
     Setting(
         "log.dir",
         str,
         "",
         "Directory of the service's log files, read by `berth ctl tail` (default: <data_dir>/log).",
+    ),
+    Setting(
+        "log.format",
+        str,
+        "auto",
+        "Log line format: text, json, or auto (text on a terminal, JSON lines otherwise).",
+    ),
+    Setting("log.access", bool, True, "Write one access-log line per HTTP request."),
+    Setting(
+        "metrics.enabled",
+        bool,
+        True,
+        "Count requests and serve Prometheus metrics at /metrics (text format).",
+    ),
+    Setting(
+        "metrics.token",
+        str,
+        "",
+        "Bearer token a scraper must send for /metrics (empty: /metrics is open).",
+    ),
+    Setting(
+        "audit.retention_days",
+        float,
+        365.0,
+        "Days audit events are kept; older ones are pruned daily (0: keep forever).",
+    ),
+    Setting(
+        "ratelimit.pull_rate",
+        float,
+        100.0,
+        "Pull requests a second allowed per user and per client address (0: unlimited).",
+    ),
+    Setting("ratelimit.pull_burst", float, 1000.0, "Pull requests allowed in a burst."),
+    Setting(
+        "ratelimit.push_rate",
+        float,
+        50.0,
+        "Push requests (upload, manifest PUT, delete) a second per user and per address "
+        "(0: unlimited).",
+    ),
+    Setting("ratelimit.push_burst", float, 1000.0, "Push requests allowed in a burst."),
+    Setting(
+        "ratelimit.signin_rate",
+        float,
+        10.0,
+        "Sign-ins (token endpoint, console) a second per user and per address (0: unlimited).",
+    ),
+    Setting("ratelimit.signin_burst", float, 100.0, "Sign-ins allowed in a burst."),
+    Setting("ratelimit.exempt_admins", bool, True, "Instance admins are not rate limited."),
+    Setting("ratelimit.exempt_robots", bool, False, "Robot accounts are not rate limited."),
+    Setting(
+        "webhooks.endpoints",
+        str,
+        "",
+        "Instance-wide webhook URLs (separated by spaces or commas) that get every event.",
+    ),
+    Setting(
+        "webhooks.secret",
+        str,
+        "",
+        "Key signing instance-wide webhook deliveries (HMAC-SHA-256 in X-Berth-Signature-256).",
+    ),
+    Setting(
+        "webhooks.actions",
+        str,
+        "push,pull,delete,vulnerability,backup",
+        "Events sent to the instance-wide endpoints: some of push, pull, delete, "
+        "vulnerability (a new critical finding), backup (a backup failed).",
+    ),
+    Setting(
+        "webhooks.allow_private_targets",
+        bool,
+        False,
+        "Let namespace webhooks call loopback, private and link-local addresses (instance-wide "
+        "endpoints always may).",
+    ),
+    Setting("webhooks.timeout", float, 5.0, "Seconds to wait for a webhook endpoint's answer."),
+    Setting("webhooks.interval", float, 1.0, "Seconds between webhook delivery passes."),
+    Setting("webhooks.batch", int, 50, "Most events sent in one envelope."),
+    Setting(
+        "webhooks.retention_days",
+        float,
+        7.0,
+        "Days undelivered events and the delivery log are kept (an endpoint down for longer "
+        "misses the oldest events).",
     ),
     Setting(
         "nginx.enabled",
@@ -307,10 +470,134 @@ SETTINGS: tuple[Setting, ...] = (
         3600.0,
         "Seconds between re-reads of every LDAP user's groups (0: never).",
     ),
+    Setting(
+        "backup.target",
+        str,
+        "",
+        "Where backups go: a directory or s3://BUCKET/PREFIX (default: <data_dir>/backups).",
+    ),
+    Setting(
+        "backup.schedule",
+        str,
+        "",
+        "When the leader takes a backup: a 5-field cron expression in UTC, e.g. '0 3 * * *' "
+        "(empty: no schedule).",
+    ),
+    Setting(
+        "backup.passphrase",
+        str,
+        "",
+        "Passphrase that encrypts the config, server secret and signing keys in each backup.",
+    ),
+    Setting("backup.passphrase_file", str, "", "File holding the backup passphrase instead."),
+    Setting("backup.keep_last", int, 7, "Retention: keep the newest N backups."),
+    Setting("backup.keep_daily", int, 7, "Retention: keep the newest backup of each of N days."),
+    Setting("backup.keep_weekly", int, 4, "Retention: keep the newest backup of each of N weeks."),
+    Setting(
+        "backup.prune",
+        bool,
+        True,
+        "Apply the retention after every scheduled backup.",
+    ),
+    Setting(
+        "backup.s3.endpoint",
+        str,
+        "",
+        "S3 endpoint of an s3:// backup target (empty: storage.s3.endpoint).",
+    ),
+    Setting(
+        "backup.s3.region",
+        str,
+        "",
+        "S3 region of an s3:// backup target (empty: storage.s3.region).",
+    ),
+    Setting(
+        "backup.s3.access_key",
+        str,
+        "",
+        "S3 access key id for an s3:// backup target (empty: storage.s3's credentials).",
+    ),
+    Setting("backup.s3.access_key_file", str, "", "File holding that access key id instead."),
+    Setting("backup.s3.secret_key", str, "", "S3 secret key for an s3:// backup target."),
+    Setting("backup.s3.secret_key_file", str, "", "File holding that S3 secret key instead."),
+    Setting(
+        "console.session_idle",
+        float,
+        7200.0,
+        "Seconds a web console session survives without a request.",
+    ),
+    Setting(
+        "console.session_lifetime",
+        float,
+        43200.0,
+        "Seconds a web console session lasts at most, however busy (sign in again after).",
+    ),
+    Setting(
+        "saml.idp_metadata_url",
+        str,
+        "",
+        "URL of the SAML identity provider's metadata; SAML sign-in is on when this or "
+        "saml.idp_metadata_file is set.",
+    ),
+    Setting("saml.idp_metadata_file", str, "", "File holding the SAML IdP's metadata instead."),
+    Setting(
+        "saml.sp_entity_id",
+        str,
+        "",
+        "Entity id of Berth as a SAML service provider (default: <base URL>/saml/metadata).",
+    ),
+    Setting(
+        "saml.username_attribute",
+        str,
+        "uid",
+        "Assertion attribute holding the user name (absent: the NameID, before any '@').",
+    ),
+    Setting("saml.email_attribute", str, "mail", "Assertion attribute holding the email address."),
+    Setting("saml.name_attribute", str, "cn", "Assertion attribute holding the display name."),
+    Setting("saml.groups_attribute", str, "groups", "Assertion attribute listing the groups."),
+    Setting(
+        "saml.group_roles",
+        str,
+        "",
+        "Group to role mapping, as ldap.group_roles: GROUP=NAMESPACE:ROLE items separated by ';'.",
+    ),
+    Setting(
+        "scan.enabled",
+        bool,
+        True,
+        "Extract an SBOM from every pushed image in the background and match it against the "
+        "imported advisories.",
+    ),
+    Setting("scan.interval", float, 10.0, "Seconds between sweeps of the scan queue."),
+    Setting(
+        "scan.unscanned",
+        str,
+        "allow",
+        "What a namespace's vulnerability policy does with images not scanned yet, unless the "
+        "policy says: 'allow' or 'deny'.",
+    ),
+    Setting(
+        "scan.policy_refresh",
+        float,
+        5.0,
+        "Seconds a serving process trusts its cached pull verdicts before checking for "
+        "policy, advisory or scan changes made elsewhere.",
+    ),
 )
 
 SECRET_KEYS = frozenset(
-    {"storage.s3.access_key", "storage.s3.secret_key", "admin.password", "ldap.bind_password"}
+    {
+        "backup.passphrase",
+        "backup.s3.access_key",
+        "backup.s3.secret_key",
+        "metrics.token",
+        "webhooks.secret",
+        "storage.s3.access_key",
+        "storage.s3.secret_key",
+        "admin.password",
+        "ldap.bind_password",
+        "proxy.credentials",
+    }
 )
 _BY_KEY = {s.key: s for s in SETTINGS}
 _BY_ENV = {s.env: s for s in SETTINGS}

@@ -21,12 +21,17 @@ from hypercorn.trio import serve as hypercorn_serve
 
 from appliance.app import create_app
 from appliance.auth.service import AccessControl, open_access_control
+from appliance.backup.service import BackupService
 from appliance.config import Config
+from appliance.lifecycle import Lifecycle
 from appliance.metadata.db import Database, open_metadata
 from appliance.metadata.leader import leader_lock
 from appliance.metadata.store import MetadataStore
 from appliance.ops.jobs import Job, Scheduler, run_jobs
+from appliance.ops.service import Operations
+from appliance.proxy.service import PullThrough, open_proxy
 from appliance.registry import Registry
+from appliance.scan.service import Scanner, open_scanner
 from appliance.storage import open_store
 
 log = logging.getLogger("berth")
@@ -42,6 +47,11 @@ class Services:
     db: Database
     registry: Registry
     access: AccessControl
+    proxy: PullThrough | None = None  # proxy namespaces' pull-through cache (proxy.upstreams)
+    ops: Operations | None = None  # metrics, health, rate limits, webhooks (ops/service.py)
+    lifecycle: Lifecycle | None = None  # gc, cleanup policies, immutable tags, quotas
+    scanner: Scanner | None = None  # SBOMs, advisories, the pull policy (scan/service.py)
+    backups: BackupService | None = None  # backups: schedule, API (backup/service.py)
 
     def close(self) -> None:
         self.db.close()
@@ -54,7 +64,9 @@ async def open_services(config: Config, clock: Callable[[], float] = time.time) 
     try:
         store = open_store(config)
         await store.check()
-        meta = MetadataStore(db, clock)
+        meta = MetadataStore(db, clock, config["gc.delay"])
+        lifecycle = Lifecycle.open(config, db, store, clock)
+        meta.checks = lifecycle.rules  # immutable tags and quotas, inside each write
         registry = Registry(
             meta,
             store,
@@ -63,10 +75,16 @@ async def open_services(config: Config, clock: Callable[[], float] = time.time) 
             upload_expiry=config["uploads.expiry"],
         )
         access = await open_access_control(db, config, clock)
+        proxy = await open_proxy(config, db, registry, clock)
+        ops = Operations(config, db, store, access=access)
+        await ops.start()
+        scanner = open_scanner(config, db, registry, clock)
+        backups = BackupService(config, db, store, clock)
     except BaseException:
         db.close()
         raise
-    return Services(db, registry, access)
+    registry.on_tag_resolved = lifecycle.pulls.seen
+    return Services(db, registry, access, proxy, ops, lifecycle, scanner, backups)
 
 
 async def background_jobs(
@@ -82,6 +100,10 @@ async def background_jobs(
                 services.registry.purge_expired_uploads,
             ),
             *ldap_jobs(config, services.access),
+            *(services.ops.jobs() if services.ops is not None else []),
+            *(services.lifecycle.jobs() if services.lifecycle is not None else []),
+            *(services.scanner.jobs() if services.scanner is not None else []),
+            *(services.backups.jobs() if services.backups is not None else []),
         ]
     )
     keep = max(0.05, min(5.0, config["jobs.lease"] / 3))
@@ -150,9 +172,24 @@ async def serve(
         stack.close()
         raise
     try:
-        app = create_app(services.registry, config["server.public_url"], access=services.access)
+        app = create_app(
+            services.registry,
+            config["server.public_url"],
+            access=services.access,
+            proxy=services.proxy,
+            ops=services.ops,
+            config=config,
+            lifecycle=services.lifecycle,
+            backups=services.backups,
+        )
         async with trio.open_nursery() as nursery:
             await nursery.start(background_jobs, config, services)
+            if services.ops is not None:
+                await nursery.start(services.ops.run)
+            if services.lifecycle is not None:
+                await nursery.start(services.lifecycle.pulls.run)
+            if services.backups is not None:
+                await nursery.start(services.backups.run)
 
             async def http(task_status: trio.TaskStatus[list[str]]) -> None:
                 await hypercorn_serve(
@@ -169,5 +206,8 @@ async def serve(
                 log.info("listening on %s", url)
             task_status.started(urls)
     finally:
+        if services.proxy is not None:
+            with trio.CancelScope(shield=True):
+                await services.proxy.aclose()
         services.close()
         stack.close()

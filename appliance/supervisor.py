@@ -19,12 +19,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import socket
 import sys
 import threading
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import trio
 
@@ -78,6 +80,7 @@ class Supervisor:
         # Fail fast, once, with one clear line (database unreachable, schema too new...).
         db = await trio.to_thread.run_sync(open_metadata, self.config)
         db.close()
+        prepare_metrics_dir(self.config.data_dir / "metrics")
         host, port = self.config.listen
         sock = bind(host, port)
         try:
@@ -135,6 +138,7 @@ class Supervisor:
                 code = await proc.wait()
             finally:
                 del self.children[slot]
+                forget_metrics_of(proc.pid)
             if self.stopping:
                 if code != 0:
                     log.warning("worker %d (pid %d) exited with %s", slot, proc.pid, code)
@@ -143,6 +147,23 @@ class Supervisor:
             # A worker that dies at once is likely to do it again: back off, up to 10 s.
             pause = min(10.0, pause * 2) if trio.current_time() - started < 5 else 0.1
             await trio.sleep(pause)
+
+
+def prepare_metrics_dir(path: Path) -> None:
+    """Workers write their metrics to files in `path` (prometheus-client's multiprocess mode),
+    so that whichever worker answers `/metrics` reports all of them. Emptied at each start:
+    the files of a previous run would count twice."""
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True, mode=0o700)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path)  # inherited by the workers
+
+
+def forget_metrics_of(pid: int) -> None:
+    """A worker exited: its live gauges (requests in progress) no longer count."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess  # noqa: PLC0415
+
+        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
 
 
 def child_command(config_path: str | None, data_dir: str | None, listen: str | None) -> list[str]:

@@ -5,4 +5,6 @@ pytest_plugins: list[str] = [
     "tests.support.postgres",
     "tests.support.slapd",
     "tests.support.seaweedfs",
+    "tests.support.browser",
+    "tests.support.simplesamlphp",
 ]

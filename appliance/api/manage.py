@@ -79,7 +79,14 @@ B = {"type": "boolean"}
 N = {"type": "number"}
 
 
-def register_management_api(web: QuartTrio, access: AccessControl) -> None:
+RouteDecorator = Callable[..., Callable[[Handler], Handler]]
+
+
+def register_management_api(web: QuartTrio, access: AccessControl) -> RouteDecorator:
+    """Register the routes on `web`; returns the `route(path, method, summary, body)`
+    decorator, so that other packages (ops/api.py) add routes with the same sign-in, error
+    handling and OpenAPI entries."""
+
     async def caller() -> Principal | Response:
         header = request.headers.get("authorization", "")
         scheme, _, credentials = header.partition(" ")
@@ -389,3 +396,5 @@ def register_management_api(web: QuartTrio, access: AccessControl) -> None:
         if not await access.change(fn):
             return _error(404, "no such token")
         return _json({})
+
+    return route

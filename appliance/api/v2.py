@@ -12,6 +12,7 @@ import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import urlencode
 
 from appliance.api.asgi import (
@@ -25,11 +26,15 @@ from appliance.api.asgi import (
     respond_stream,
 )
 from appliance.api.codes import error_body, error_for
-from appliance.api.guard import AuthProblem, Guard
+from appliance.api.guard import AuthProblem, Caller, Guard
 from appliance.errors import InvalidName, RangeInvalid, SizeInvalid
 from appliance.oci import mediatypes as mt
+from appliance.ops.ratelimit import RateLimited
 from appliance.registry import Registry
 from appliance.storage.filesystem import FilesystemStore
+
+if TYPE_CHECKING:
+    from appliance.proxy.service import PullThrough
 
 log = logging.getLogger("berth.api")
 
@@ -146,11 +151,36 @@ def _page_size(request: Request) -> int | None:
     return min(int(n), MAX_PAGE)
 
 
+def pushed_by(request: Request) -> str | None:
+    """Who is pushing, as the audit log names them (`alice`, `robot:team+ci`), from what the
+    guard already found out (no query)."""
+    caller: Caller | None = request.scope.get("berth.caller")
+    if caller is None:
+        return None
+    if caller.principal is not None:
+        return None if caller.principal.anonymous else caller.principal.actor
+    if caller.claims is None:
+        return None
+    kind, _, name = caller.claims.subject.partition(":")
+    return name if kind == "user" else caller.claims.subject
+
+
 class RegistryAPI:
     """ASGI app for everything under `/v2/`."""
 
-    def __init__(self, registry: Registry, public_url: str = "", *, guard: Guard) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        public_url: str = "",
+        *,
+        guard: Guard,
+        proxy: PullThrough | None = None,
+        admit: Callable[[Scope, str, str], Awaitable[None]] | None = None,
+    ) -> None:
         self.registry = registry
+        # After sign-in, before the handler: names the actor, applies rate limits (ops).
+        self.admit = admit
+        self.proxy = proxy  # the pull-through cache of proxy namespaces, if any are configured
         self.guard = guard
         self.public_url = public_url.rstrip("/")
         self._handlers: dict[str, dict[str, Callable[..., Awaitable[None]]]] = {
@@ -202,6 +232,10 @@ class RegistryAPI:
         except AuthProblem as e:
             await self._send_error(
                 request, tracked_send, e.status, e.code, e.message, None, e.headers
+            )
+        except RateLimited as e:
+            await self._send_error(
+                request, tracked_send, 429, "TOOMANYREQUESTS", str(e), None, e.headers
             )
         except Exception as e:
             mapped = error_for(e)
@@ -258,6 +292,7 @@ class RegistryAPI:
         route = match(path[len("/v2/") :])
         if route is None:
             raise _error(404, "NAME_UNKNOWN", "no such endpoint", {"path": path[:200]})
+        request.scope["berth.route"] = route.handler  # the metrics' route label
         methods = self._handlers[route.handler]
         handler = methods.get(request.method)
         if handler is None:
@@ -268,7 +303,13 @@ class RegistryAPI:
                 {"allowed": sorted(methods)},
                 {"allow": ", ".join(sorted(methods))},  # RFC 9110 requires it on a 405
             )
+        if self.proxy is not None and self.proxy.serves(route.name):
+            refusal = self.proxy.refusal(route.handler, request.method, route.name)
+            if refusal is not None:
+                raise _error(403, "DENIED", refusal)
         await self.guard.check(request, route.handler, route.name)
+        if self.admit is not None:
+            await self.admit(request.scope, route.handler, request.method)
         await handler(request, send, route)
 
     # -- base, catalog, tags, referrers -------------------------------------------------
@@ -336,7 +377,13 @@ class RegistryAPI:
     # -- manifests -----------------------------------------------------------------------
 
     async def get_manifest(self, request: Request, send: Send, route: Route) -> None:
-        record = await self.registry.manifest(route.name, route.ref)
+        if self.proxy is not None and self.proxy.serves(route.name):
+            record = await self.proxy.manifest(route.name, route.ref)
+        else:
+            record = await self.registry.manifest(route.name, route.ref)
+        gate = self.registry.pull_gate
+        if gate is not None and request.method == "GET":
+            await gate(route.name, record.digest, record.media_type, record.payload)
         headers = {
             "content-type": record.media_type,
             "docker-content-digest": record.digest,
@@ -351,7 +398,11 @@ class RegistryAPI:
             raise _error(413, "SIZE_INVALID", f"manifest is larger than {limit} bytes")
         payload = await request.read(limit)
         result = await self.registry.put_manifest(
-            route.name, route.ref, payload, request.headers.get("content-type")
+            route.name,
+            route.ref,
+            payload,
+            request.headers.get("content-type"),
+            pushed_by(request),
         )
         headers = {
             "location": self.url(f"/v2/{route.name}/manifests/{result.digest}"),
@@ -368,7 +419,21 @@ class RegistryAPI:
     # -- blobs ---------------------------------------------------------------------------
 
     async def get_blob(self, request: Request, send: Send, route: Route) -> None:
-        blob = await self.registry.blob(route.name, route.ref)
+        if self.proxy is not None and self.proxy.serves(route.name):
+            cached = await self.proxy.cached_blob(route.name, route.ref)
+            if cached is None:  # fetched upstream: streamed to this client, or awaited
+                cached = await self.proxy.serve_blob(
+                    route.name,
+                    route.ref,
+                    send,
+                    head=request.method == "HEAD",
+                    whole="range" not in request.headers,
+                )
+                if cached is None:
+                    return
+            blob = cached
+        else:
+            blob = await self.registry.blob(route.name, route.ref)
         headers = {
             "content-type": "application/octet-stream",
             "docker-content-digest": blob.digest,

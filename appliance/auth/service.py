@@ -470,15 +470,17 @@ class AccessControl:
         return await trio.to_thread.run_sync(passwords.hash_password, password)
 
 
-def apply_ldap_roles(tx: Tx, user: UserRecord, roles: dict[str, str], now: float) -> None:
-    """Make the user's LDAP-sourced memberships exactly `roles` (manual ones are left alone);
-    mapped namespaces that do not exist yet are created."""
-    current = identity.memberships_from(tx, user.id, "ldap")
+def apply_ldap_roles(
+    tx: Tx, user: UserRecord, roles: dict[str, str], now: float, source: str = "ldap"
+) -> None:
+    """Make the user's memberships from `source` (ldap, saml) exactly `roles` (manual ones
+    are left alone); mapped namespaces that do not exist yet are created."""
+    current = identity.memberships_from(tx, user.id, source)
     existing = identity.roles_of(tx, user.id)
     for namespace in current.keys() - roles.keys():
         identity.remove_member(tx, namespace, user.name)
         audit.record(
-            tx, "system", "member.remove", f"{namespace}/{user.name}", at=now, source="ldap"
+            tx, "system", "member.remove", f"{namespace}/{user.name}", at=now, source=source
         )
     for namespace, role in roles.items():
         if current.get(namespace) == role:
@@ -490,10 +492,10 @@ def apply_ldap_roles(tx: Tx, user: UserRecord, roles: dict[str, str], now: float
                 identity.create_namespace(tx, namespace, now)
             except Conflict:
                 continue
-            audit.record(tx, "system", "namespace.create", namespace, at=now, source="ldap")
-        identity.set_member(tx, namespace, user.name, role, now, source="ldap")
+            audit.record(tx, "system", "namespace.create", namespace, at=now, source=source)
+        identity.set_member(tx, namespace, user.name, role, now, source=source)
         audit.record(
-            tx, "system", "member.set", f"{namespace}/{user.name}", at=now, role=role, source="ldap"
+            tx, "system", "member.set", f"{namespace}/{user.name}", at=now, role=role, source=source
         )
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from appliance.errors import (
     Conflict,
@@ -28,6 +28,7 @@ from appliance.metadata.db import Database, Tx
 from appliance.metadata.leader import Fence, check_fence
 from appliance.oci.digest import Digest
 from appliance.oci.manifest import Manifest
+from appliance.ops import events
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,21 @@ def _enqueue_blobs(tx: Tx, digests: Sequence[str], review_after: float) -> None:
         )
 
 
+_IMAGE_CONFIGS = frozenset(
+    {"application/vnd.oci.image.config.v1+json", "application/vnd.docker.container.image.v1+json"}
+)
+
+
+def _is_image(manifest: Manifest) -> bool:
+    """An image whose layers are a filesystem: not an index, an artifact or a referrer."""
+    return (
+        manifest.config is not None
+        and manifest.config.media_type in _IMAGE_CONFIGS
+        and manifest.subject is None
+        and not manifest.is_index
+    )
+
+
 def _enqueue_manifest(tx: Tx, manifest_id: int, review_after: float) -> None:
     tx.execute(
         "INSERT INTO gc_manifest_queue (manifest_id, review_after) VALUES (:m, :t) "
@@ -97,13 +113,39 @@ def _enqueue_manifest(tx: Tx, manifest_id: int, review_after: float) -> None:
     )
 
 
-class MetadataStore:
-    """Registry records on one Database. `clock` gives the time; `gc_delay` the review delay."""
+class WriteChecks(Protocol):
+    """Rules a write must pass, checked inside its transaction (lifecycle/rules.py: quotas
+    and immutable tags). Each method raises Denied to refuse the change; they run in the
+    unit of work's thread and must be cheap when no rule applies (no query)."""
 
-    def __init__(self, db: Database, clock: Callable[[], float], gc_delay: float = 86400.0) -> None:
+    def blob_linking(self, tx: Tx, repository: str, digest: str, size: int) -> None:
+        """`digest` (of `size` bytes) is about to become readable by `repository`."""
+
+    def tag_moving(self, tx: Tx, repository: str, tag: str, previous: int | None, new: int) -> None:
+        """`tag` is about to point at manifest `new` (from `previous`, None for a new tag)."""
+
+    def tag_deleting(self, tx: Tx, repository: str, tag: str) -> None:
+        """`tag` is about to be removed."""
+
+    def manifest_deleting(self, tx: Tx, repository: str, manifest_id: int) -> None:
+        """The manifest and every tag pointing at it are about to be removed."""
+
+
+class MetadataStore:
+    """Registry records on one Database. `clock` gives the time; `gc_delay` the review delay;
+    `checks` the rules writes must pass (none when None)."""
+
+    def __init__(
+        self,
+        db: Database,
+        clock: Callable[[], float],
+        gc_delay: float = 86400.0,
+        checks: WriteChecks | None = None,
+    ) -> None:
         self.db = db
         self.clock = clock
         self.gc_delay = gc_delay
+        self.checks = checks
 
     # -- blobs ---------------------------------------------------------------------------
 
@@ -145,6 +187,8 @@ class MetadataStore:
                 {"digest": digest},
             )
             assert row is not None
+            if self.checks is not None:
+                self.checks.blob_linking(tx, repository, digest, int(row[1]))
             tx.execute(
                 "INSERT INTO repository_blobs (repository_id, digest, created_at) "
                 "VALUES (:repo, :digest, :now) ON CONFLICT DO NOTHING",
@@ -171,6 +215,8 @@ class MetadataStore:
             )
             if row is None:
                 return None
+            if self.checks is not None:
+                self.checks.blob_linking(tx, repository, digest, int(row[1]))
             repo_id = _ensure_repository(tx, repository, now)
             tx.execute(
                 "INSERT INTO repository_blobs (repository_id, digest, created_at) "
@@ -216,6 +262,7 @@ class MetadataStore:
             )
             if gone:
                 _enqueue_blobs(tx, [digest], now + self.gc_delay)
+                events.blob_deleted(tx, repository, digest)
             return bool(gone)
 
         return await self.db.write(fn)
@@ -339,8 +386,11 @@ class MetadataStore:
         manifest: Manifest,
         payload: bytes,
         tag: str | None,
+        *,
+        pushed_by: str | None = None,
     ) -> PutResult:
-        """Store a validated manifest (and point `tag` at it), all or nothing.
+        """Store a validated manifest (and point `tag` at it), all or nothing. `pushed_by`
+        names who pushed it (shown in the console).
 
         Raises ManifestBlobUnknown when a blob it needs is not readable by the repository, a
         descriptor's size disagrees with the stored blob, or a child of an index is missing.
@@ -372,6 +422,7 @@ class MetadataStore:
                     blob_digests.append(str(d.digest))
                     total += d.size
             child_ids: list[int] = []
+            moved_from: str | None = None
             for child in manifest.children:
                 row = tx.one(
                     "SELECT id, total_size FROM manifests "
@@ -388,9 +439,9 @@ class MetadataStore:
                     total += int(row[1])
             inserted = tx.execute(
                 "INSERT INTO manifests (repository_id, digest, media_type, artifact_type, "
-                "annotations, payload, subject_digest, config_digest, total_size, created_at) "
-                "VALUES (:repo, :digest, :mt, :at, :ann, :payload, :subject, :config, :total, "
-                ":now) ON CONFLICT (repository_id, digest) DO NOTHING RETURNING id",
+                "annotations, payload, subject_digest, config_digest, total_size, created_at, "
+                "pushed_by) VALUES (:repo, :digest, :mt, :at, :ann, :payload, :subject, :config, "
+                ":total, :now, :by) ON CONFLICT (repository_id, digest) DO NOTHING RETURNING id",
                 {
                     "repo": repo_id,
                     "digest": digest_s,
@@ -402,6 +453,7 @@ class MetadataStore:
                     "config": str(manifest.config.digest) if manifest.config else None,
                     "total": total,
                     "now": now,
+                    "by": pushed_by,
                 },
             )
             if inserted:
@@ -417,6 +469,12 @@ class MetadataStore:
                 if tag is None and manifest.subject is None:
                     # Untagged and not a referrer: a candidate for untagged-manifest cleanup.
                     _enqueue_manifest(tx, manifest_id, now + self.gc_delay)
+                if _is_image(manifest):
+                    # Its SBOM is extracted in the background (appliance/scan/service.py).
+                    tx.execute(
+                        "INSERT INTO scan_queue (manifest_id, queued_at) VALUES (:m, :now)",
+                        {"m": manifest_id, "now": now},
+                    )
             else:
                 manifest_id = int(
                     tx.scalar(
@@ -429,15 +487,24 @@ class MetadataStore:
                     "SELECT manifest_id FROM tags WHERE repository_id = :repo AND name = :tag",
                     {"repo": repo_id, "tag": tag},
                 )
+                if self.checks is not None:
+                    before = None if previous is None else int(previous)
+                    self.checks.tag_moving(tx, repository, tag, before, manifest_id)
                 tx.execute(
-                    "INSERT INTO tags (repository_id, name, manifest_id, updated_at) "
-                    "VALUES (:repo, :tag, :m, :now) ON CONFLICT (repository_id, name) "
+                    "INSERT INTO tags (repository_id, name, manifest_id, updated_at, pushed_by) "
+                    "VALUES (:repo, :tag, :m, :now, :by) ON CONFLICT (repository_id, name) "
                     "DO UPDATE SET manifest_id = excluded.manifest_id, "
-                    "updated_at = excluded.updated_at",
-                    {"repo": repo_id, "tag": tag, "m": manifest_id, "now": now},
+                    "updated_at = excluded.updated_at, pushed_by = excluded.pushed_by",
+                    {"repo": repo_id, "tag": tag, "m": manifest_id, "now": now, "by": pushed_by},
                 )
                 if previous is not None and int(previous) != manifest_id:
                     _enqueue_manifest(tx, int(previous), now + self.gc_delay)
+                    moved_from = tx.scalar(
+                        "SELECT digest FROM manifests WHERE id = :id", {"id": int(previous)}
+                    )
+            events.manifest_pushed(
+                tx, repository, digest_s, manifest.media_type, len(payload), tag, moved_from
+            )
             return PutResult(bool(inserted), digest_s)
 
         return await self.db.write(fn)
@@ -470,11 +537,16 @@ class MetadataStore:
 
         return await self.db.read(fn)
 
-    async def delete_tag(self, repository: str, tag: str) -> None:
-        """Remove a tag (not its manifest). Raises ManifestNotFound."""
+    async def delete_tag(
+        self, repository: str, tag: str, audit: Callable[[Tx], None] | None = None
+    ) -> None:
+        """Remove a tag (not its manifest). Raises ManifestNotFound. `audit` runs in the
+        same transaction, after the delete (to record who did it)."""
         now = self.clock()
 
         def fn(tx: Tx) -> None:
+            if self.checks is not None:
+                self.checks.tag_deleting(tx, repository, tag)
             gone = tx.execute(
                 "DELETE FROM tags WHERE name = :tag AND repository_id = "
                 "(SELECT id FROM repositories WHERE name = :name) RETURNING manifest_id",
@@ -483,6 +555,10 @@ class MetadataStore:
             if not gone:
                 raise ManifestNotFound(f"tag {tag} is not in repository {repository}")
             _enqueue_manifest(tx, int(gone[0][0]), now + self.gc_delay)
+            if audit is not None:
+                audit(tx)
+            digest = tx.scalar("SELECT digest FROM manifests WHERE id = :id", {"id": gone[0][0]})
+            events.tag_deleted(tx, repository, tag, str(digest), audited=audit is not None)
 
         await self.db.write(fn)
 
@@ -526,12 +602,30 @@ class MetadataStore:
                     {"id": manifest_id},
                 )
             ]
-            tx.execute("DELETE FROM tags WHERE manifest_id = :id", {"id": manifest_id})
+            if self.checks is not None:
+                self.checks.manifest_deleting(tx, repository, manifest_id)
+            # Referrers (signatures, SBOMs) of this manifest: the collector decides whether
+            # they go with their subject (gc.referrers).
+            referrers = [
+                int(r[0])
+                for r in tx.execute(
+                    "SELECT m.id FROM manifests m JOIN manifests s ON s.repository_id = "
+                    "m.repository_id AND s.digest = m.subject_digest WHERE s.id = :id",
+                    {"id": manifest_id},
+                )
+            ]
+            tags = [
+                r[0]
+                for r in tx.execute(
+                    "DELETE FROM tags WHERE manifest_id = :id RETURNING name", {"id": manifest_id}
+                )
+            ]
             tx.execute("DELETE FROM gc_manifest_queue WHERE manifest_id = :id", {"id": manifest_id})
             tx.execute("DELETE FROM manifests WHERE id = :id", {"id": manifest_id})
             _enqueue_blobs(tx, blobs, now + self.gc_delay)
-            for child in children:
+            for child in [*children, *referrers]:
                 _enqueue_manifest(tx, child, now + self.gc_delay)
+            events.manifest_deleted(tx, repository, digest, sorted(tags))
 
         await self.db.write(fn)
 

@@ -16,7 +16,7 @@ of this process, next to the offset it has seen; a chunk or commit arriving with
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -29,6 +29,7 @@ from appliance.errors import (
     RangeInvalid,
     SizeInvalid,
 )
+from appliance.metadata.db import Tx
 from appliance.metadata.leader import Fence
 from appliance.metadata.store import (
     BlobRecord,
@@ -79,6 +80,11 @@ class Registry:
         self._hashes: dict[str, _HashState] = {}
         self._locks: dict[str, trio.Lock] = {}
         self._lock_users: dict[str, int] = {}
+        # Told of every tag resolved (pulls by tag): lifecycle/pulls.py keeps last-pull times.
+        self.on_tag_resolved: Callable[[str, str], None] | None = None
+        # Asked before a manifest is served to a pull (repository, digest, media type,
+        # payload); raises Denied to refuse it (the vulnerability policy, scan/policy.py).
+        self.pull_gate: Callable[[str, str, str, bytes], Awaitable[None]] | None = None
 
     # -- uploads -------------------------------------------------------------------------
 
@@ -305,7 +311,12 @@ class Registry:
     # -- manifests -----------------------------------------------------------------------
 
     async def put_manifest(
-        self, repository: str, reference: str, payload: bytes, content_type: str | None
+        self,
+        repository: str,
+        reference: str,
+        payload: bytes,
+        content_type: str | None,
+        pushed_by: str | None = None,
     ) -> ManifestPut:
         validate_name(repository)
         if len(payload) > self.max_manifest_size:
@@ -326,7 +337,9 @@ class Registry:
             tag = validate_tag(reference)
             digest = Digest.of(payload)
         parsed = manifests.parse(payload, content_type)
-        result: PutResult = await self.meta.put_manifest(repository, digest, parsed, payload, tag)
+        result: PutResult = await self.meta.put_manifest(
+            repository, digest, parsed, payload, tag, pushed_by=pushed_by
+        )
         return ManifestPut(
             result.digest,
             str(parsed.subject.digest) if parsed.subject is not None else None,
@@ -337,15 +350,21 @@ class Registry:
         validate_name(repository)
         if is_digest(reference):
             return await self.meta.manifest(repository, str(Digest.parse(reference)), True)
-        return await self.meta.manifest(repository, validate_tag(reference), False)
+        record = await self.meta.manifest(repository, validate_tag(reference), False)
+        if self.on_tag_resolved is not None:
+            self.on_tag_resolved(repository, reference)
+        return record
 
-    async def delete_manifest(self, repository: str, reference: str) -> None:
-        """By digest: the manifest and its tags. By tag: the tag only."""
+    async def delete_manifest(
+        self, repository: str, reference: str, audit: Callable[[Tx], None] | None = None
+    ) -> None:
+        """By digest: the manifest and its tags. By tag: the tag only (then `audit`, if
+        given, runs in the delete's transaction)."""
         validate_name(repository)
         if is_digest(reference):
             await self.meta.delete_manifest(repository, str(Digest.parse(reference)))
         else:
-            await self.meta.delete_tag(repository, validate_tag(reference))
+            await self.meta.delete_tag(repository, validate_tag(reference), audit)
 
     # -- listings ------------------------------------------------------------------------
 

@@ -49,7 +49,7 @@ async def services(data_dir: Any, clock: FakeClock) -> AsyncIterator[Services]: 
 
 @pytest.fixture
 def app(services: Services) -> Any:
-    return create_app(services.registry, access=services.access)
+    return create_app(services.registry, access=services.access, backups=services.backups)
 
 
 @pytest.fixture

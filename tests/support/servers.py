@@ -28,7 +28,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 # Every Berth started here has sign-in on (it always does) and this first admin.
 ADMIN = "admin"
 ADMIN_PASSWORD = "admin-test-password"
-LISTENING = re.compile(r"listening on (http://\S+)")
+LISTENING = re.compile(r"listening on (http://[^\s\"]+)")  # text or JSON log lines
 
 
 def free_port() -> int:

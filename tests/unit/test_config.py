@@ -366,6 +366,10 @@ def test_config_show_never_prints_secrets(tmp_path):
         "BERTH_ADMIN_PASSWORD": "admin-secret-value",
         "BERTH_LDAP_BIND_PASSWORD": "ldap-secret-value",
     }
+    # Every other secret setting too, whatever its section.
+    for setting in SETTINGS:
+        if setting.secret and setting.env not in env:
+            env[setting.env] = f"{setting.key.replace('.', '-')}-secret-value"
     result = CliRunner().invoke(main, ["config", "show"], env=env)
     assert result.exit_code == 0, result.output
     assert "secret-value" not in result.output
