@@ -12,6 +12,7 @@ options.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 from collections.abc import Mapping
@@ -68,6 +69,13 @@ SETTINGS: tuple[Setting, ...] = (
         str,
         "",
         "External URL of the registry when behind a proxy (used in Location headers).",
+    ),
+    Setting(
+        "server.trusted_proxies",
+        str,
+        "127.0.0.1/32, ::1/128",
+        "Addresses (CIDR, comma-separated) of reverse proxies whose X-Forwarded-For names the "
+        "client: the audit log, access log and rate limits then see the real client address.",
     ),
     Setting(
         "storage.backend",
@@ -674,6 +682,18 @@ class Config:
         return parse_listen(self.values["server.listen"])
 
 
+def proxy_networks(text: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """`server.trusted_proxies`: CIDR blocks (or single addresses) separated by commas."""
+    out = []
+    for item in text.split(","):
+        if item.strip():
+            try:
+                out.append(ipaddress.ip_network(item.strip(), strict=False))
+            except ValueError:
+                raise ValueError(f"{item.strip()!r} is not an address or CIDR block") from None
+    return tuple(out)
+
+
 def parse_listen(value: str) -> tuple[str, int]:
     """Split `HOST:PORT` (IPv6 hosts in brackets) into host and port."""
     host, sep, port = value.rpartition(":")
@@ -725,6 +745,10 @@ def load(
                 raise ConfigError(f"command line: unknown setting {key!r}")
             values[key] = _coerce(setting, value, "command line")
     parse_listen(values["server.listen"])
+    try:
+        proxy_networks(values["server.trusted_proxies"])
+    except ValueError as e:
+        raise ConfigError(f"server.trusted_proxies: {e}") from None
     if values["storage.backend"] not in ("filesystem", "s3"):
         raise ConfigError(f"storage.backend: unknown backend {values['storage.backend']!r}")
     if values["nginx.enabled"] and not values["server.public_url"]:

@@ -314,6 +314,12 @@ class RegistryAPI:
 
     # -- base, catalog, tags, referrers -------------------------------------------------
 
+    def _stored_name(self, name: str) -> str:
+        """Where `name`'s records are: itself, or for a proxy alias the cached repository."""
+        if self.proxy is not None and self.proxy.serves(name):
+            return self.proxy.stored_name(name)
+        return name
+
     async def base(self, request: Request, send: Send, route: Route) -> None:
         await respond(send, 200, {"content-type": JSON}, b"{}", head=request.method == "HEAD")
 
@@ -352,7 +358,7 @@ class RegistryAPI:
     async def tags(self, request: Request, send: Send, route: Route) -> None:
         n = _page_size(request)
         names = await self.registry.tags(
-            route.name, None if n is None else n + 1, request.arg("last")
+            self._stored_name(route.name), None if n is None else n + 1, request.arg("last")
         )
         headers = {"content-type": JSON}
         if n is not None:
@@ -365,7 +371,9 @@ class RegistryAPI:
 
     async def referrers(self, request: Request, send: Send, route: Route) -> None:
         artifact_type = request.arg("artifactType")
-        descriptors = await self.registry.referrers(route.name, route.ref, artifact_type)
+        descriptors = await self.registry.referrers(
+            self._stored_name(route.name), route.ref, artifact_type
+        )
         headers = {"content-type": mt.OCI_INDEX}
         if artifact_type is not None:
             headers["oci-filters-applied"] = "artifactType"

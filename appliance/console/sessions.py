@@ -21,6 +21,7 @@ from appliance.auth.secrets import ServerSecret
 from appliance.metadata import identity
 from appliance.metadata.db import Database, Tx
 from appliance.metadata.identity import UserRecord
+from appliance.ops import audit
 
 TOUCH_EVERY = 60.0
 
@@ -149,10 +150,22 @@ class SessionStore:
         await self.db.write(fn)
 
     async def end(self, session_id: str) -> None:
+        """Sign out: the session is deleted and the sign-out audited (a stale or unknown
+        cookie ends nothing and records nothing)."""
         id_hash = self.secret.digest(session_id)
-        await self.db.write(
-            lambda tx: tx.execute("DELETE FROM console_sessions WHERE id_hash = :h", {"h": id_hash})
-        )
+
+        def fn(tx: Tx) -> None:
+            row = tx.one(
+                "SELECT u.name, s.via FROM console_sessions s JOIN users u ON u.id = s.user_id "
+                "WHERE s.id_hash = :h",
+                {"h": id_hash},
+            )
+            if row is None:
+                return
+            tx.execute("DELETE FROM console_sessions WHERE id_hash = :h", {"h": id_hash})
+            audit.record(tx, row[0], "signout", row[0], via=row[1])
+
+        await self.db.write(fn)
 
     async def end_all_of(self, user_id: int) -> None:
         """Sign a user out everywhere (after they are disabled, say)."""

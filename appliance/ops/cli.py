@@ -14,7 +14,6 @@ import click
 from appliance.cli import _open, fail
 from appliance.errors import BerthError
 from appliance.ops import audit as audit_log
-from appliance.ops.api import parse_time
 
 _config_option = click.option(
     "--config", "config_path", type=click.Path(path_type=Path, dir_okay=False)
@@ -33,6 +32,8 @@ def since_value(text: str | None, now: float) -> float | None:
     unit = _DURATION.get(text[-1:])
     if unit is not None and text[:-1].replace(".", "", 1).isdigit():
         return now - float(text[:-1]) * unit
+    from appliance.ops.api import parse_time  # noqa: PLC0415 (it brings Quart: keep CLI start fast)
+
     try:
         return parse_time(text)
     except ValueError as e:

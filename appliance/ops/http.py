@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
+import ipaddress
 import json
 import logging
 import os
@@ -227,6 +228,35 @@ class Readiness:
             return ok, results
 
 
+def client_address(
+    peer: str,
+    forwarded: str,
+    trusted: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...],
+) -> str:
+    """The client behind trusted reverse proxies: walk `X-Forwarded-For` from the right (the
+    hop nearest to us) while the address in hand is a trusted proxy. The first address that is
+    not one is the client; a malformed entry stops the walk at the last good address."""
+
+    def is_trusted(address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in network for network in trusted)
+
+    address = peer
+    for entry in reversed(forwarded.split(",")):
+        if not is_trusted(address):
+            break
+        hop = entry.strip()
+        try:
+            ipaddress.ip_address(hop)
+        except ValueError:
+            break
+        address = hop
+    return address
+
+
 class OperationsMiddleware:
     """Wraps the whole ASGI app (see the module docstring)."""
 
@@ -241,9 +271,11 @@ class OperationsMiddleware:
         access_log_enabled: bool = True,
         pulls: PullEvents | None = None,
         limiter: RateLimiter | None = None,
+        trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = (),
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self.app = app
+        self.trusted_proxies = trusted_proxies
         self.readiness = readiness
         self.scrape = scrape
         self.metrics_enabled = metrics_enabled
@@ -262,6 +294,7 @@ class OperationsMiddleware:
         given = None
         agent = ""
         authorization = b""
+        forwarded = ""
         for name, value in scope["headers"]:
             if name == b"x-request-id":
                 given = value.decode("latin-1")
@@ -269,6 +302,8 @@ class OperationsMiddleware:
                 agent = value.decode("latin-1")
             elif name == b"authorization":
                 authorization = value
+            elif name == b"x-forwarded-for":
+                forwarded = value.decode("latin-1")
         request_id = context.accept_request_id(given)
         rid = request_id.encode("latin-1")
         # Probes and scrapes: answered here, neither counted nor logged.
@@ -278,6 +313,11 @@ class OperationsMiddleware:
         scope["berth.request_id"] = request_id
         client = scope.get("client")
         source = str(client[0]) if client else None
+        if forwarded and source is not None and self.trusted_proxies:
+            real = client_address(source, forwarded, self.trusted_proxies)
+            if real != source:  # what every layer below (sign-in, audit, limits) sees
+                scope["client"] = (real, 0)
+                source = real
         if path == "/token":
             scope["berth.route"] = "/token"
         token = context.begin(request_id, source)

@@ -22,7 +22,7 @@ from quart_trio import QuartTrio
 from appliance.api.asgi import ASGIApp, Scope
 from appliance.api.guard import Caller
 from appliance.auth.service import AccessControl
-from appliance.config import Config
+from appliance.config import Config, proxy_networks
 from appliance.errors import BerthError
 from appliance.metadata.db import Database, Tx
 from appliance.metadata.leader import Fence
@@ -87,6 +87,7 @@ class Operations:
             access_log_enabled=self.config["log.access"],
             pulls=self.pulls,
             limiter=self.limiter,
+            trusted_proxies=proxy_networks(self.config["server.trusted_proxies"]),
         )
 
     def register_web(self, web: QuartTrio) -> None:

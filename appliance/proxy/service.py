@@ -183,6 +183,11 @@ class PullThrough:
         """Whether `name` is in a proxy namespace (a dictionary lookup: hot paths call it)."""
         return bool(self.namespaces) and namespace_of(name) in self.namespaces
 
+    def stored_name(self, name: str) -> str:
+        """The repository the cache keeps `name` in (`hub/alpine` → `hub/library/alpine`), so
+        that listing tags or referrers answers the same under either spelling."""
+        return self.namespaces[namespace_of(name)].local_name(name) if "/" in name else name
+
     def refusal(self, handler: str, method: str, name: str) -> str | None:
         """Why a request to `name` (in a proxy namespace) is refused, or None: pushes are."""
         if handler in ("uploads", "upload") or (handler == "manifests" and method == "PUT"):

@@ -13,6 +13,7 @@ import pytest
 
 from appliance.app import create_app
 from appliance.metadata.db import Tx
+from appliance.ops import audit
 from appliance.server import Services, open_services
 from tests.api.conftest import (  # noqa: F401 (fixtures shared with tests/api)
     ADMIN,
@@ -160,3 +161,23 @@ async def test_a_push_records_who_pushed(services: Services, client: httpx.Async
         )
     )
     assert by == (ADMIN, ADMIN)
+
+
+async def test_sign_out_ends_the_session_and_is_audited(
+    client: httpx.AsyncClient, services: Services
+):
+    value = session_cookie(await sign_in(client)).split(";", 1)[0].split("=", 1)[1]
+    cookie = {"cookie": f"berth_session={value}"}
+    page = await client.get("/tokens", headers=cookie)
+    token = re.search(r'name="csrf_token" value="([^"]+)"', page.text)
+    assert token is not None
+    out = await client.post("/signout", data={"csrf_token": token.group(1)}, headers=cookie)
+    assert out.status_code == 303
+    again = await client.get("/tokens", headers=cookie)
+    assert again.status_code == 303
+    assert again.headers["location"].startswith("/signin")
+    events = await services.db.read(lambda tx: audit.events(tx, action="signout"))
+    assert [(e["actor"], e["details"]["via"]) for e in events] == [(ADMIN, "password")]
+    # A second sign-out with the ended cookie changes nothing and records nothing.
+    await client.post("/signout", data={"csrf_token": token.group(1)}, headers=cookie)
+    assert len(await services.db.read(lambda tx: audit.events(tx, action="signout"))) == 1

@@ -12,6 +12,9 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from appliance.config import proxy_networks
+from appliance.ops import audit
+from appliance.ops.http import client_address
 from tests.api import oci
 from tests.api.conftest import FakeClock, api_client
 from tests.ops.conftest import add_user, operations
@@ -187,3 +190,49 @@ def test_the_grafana_dashboard_uses_metrics_that_exist() -> None:
     for name in sorted(names):
         declared = name in source or name.removeprefix("berth_db_") in source
         assert declared, f"{name} is on the dashboard but Berth declares no such metric"
+
+
+def test_client_address_walks_forwarded_for_through_trusted_proxies_only() -> None:
+    trusted = proxy_networks("127.0.0.1/32, 10.0.0.0/8")
+    # Straight from nginx on loopback: the client is the hop it added.
+    assert client_address("127.0.0.1", "203.0.113.7", trusted) == "203.0.113.7"
+    # Through two trusted proxies; the leftmost entry is whatever the client claimed.
+    assert client_address("127.0.0.1", "198.51.100.1, 203.0.113.7, 10.1.2.3", trusted) == (
+        "203.0.113.7"
+    )
+    # A peer that is not a trusted proxy is the client, whatever it sends.
+    assert client_address("192.0.2.9", "203.0.113.7", trusted) == "192.0.2.9"
+    # A malformed hop stops the walk at the last good address.
+    assert client_address("127.0.0.1", "203.0.113.7, not-an-ip", trusted) == "127.0.0.1"
+    assert client_address("127.0.0.1", "2001:db8::1", trusted) == "2001:db8::1"
+    with pytest.raises(ValueError, match="not an address"):
+        proxy_networks("10.0.0.0/8, nonsense")
+
+
+async def test_forwarded_client_reaches_the_audit_log_only_from_trusted_proxies(
+    data_dir: Path, clock: FakeClock
+) -> None:
+    """The in-process client connects from 127.0.0.1, a trusted proxy by default."""
+    forwarded = {"x-forwarded-for": "203.0.113.7"}
+    async with operations(data_dir, clock) as (services, app), api_client(app) as client:
+        resp = await client.post(
+            "/api/v1/users",
+            json={"name": "erin", "password": "erin-password-1"},
+            headers=forwarded,
+        )
+        assert resp.status_code == 201, resp.text
+        events = await services.db.read(lambda tx: audit.events(tx, action="user.create"))
+    assert events[0]["source"] == "203.0.113.7"
+    async with (
+        operations(data_dir, clock, **{"server.trusted_proxies": ""}) as (services, app),
+        api_client(app) as client,
+    ):
+        resp = await client.post(
+            "/api/v1/users",
+            json={"name": "finn", "password": "finn-password-1"},
+            headers=forwarded,
+        )
+        assert resp.status_code == 201, resp.text
+        events = await services.db.read(lambda tx: audit.events(tx, action="user.create"))
+    assert events[0]["target"] == "finn"
+    assert events[0]["source"] == "127.0.0.1"

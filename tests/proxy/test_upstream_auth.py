@@ -103,3 +103,6 @@ def test_docker_hub_library_convention(
         assert read_layout(out, "t").top.digest == digest
     # Both names are one cached repository: each blob was fetched once.
     assert all(n == 1 for n in upstream.blob_gets().values())
+    # And listing tags answers the same under either spelling.
+    for name in ("up/busybox", "up/library/busybox"):
+        assert skopeo.list_tags(f"docker://{berth.host}/{name}", creds=CREDS) == ["1"]
