@@ -36,6 +36,7 @@ from prometheus_client import Counter, Gauge
 
 from appliance.metadata.db import Database, Tx
 from appliance.metadata.leader import Fence, check_fence
+from appliance.metadata.store import enqueue_blobs, enqueue_manifests
 from appliance.ops import audit, webhooks
 from appliance.ops.metrics import REGISTRY
 from appliance.storage.base import BlobStore, BulkDelete
@@ -130,26 +131,6 @@ def held(tx: Tx, now: float) -> bool:
     )
 
 
-def _enqueue_blobs(tx: Tx, digests: Sequence[str], review_after: float) -> None:
-    if digests:
-        tx.executemany(
-            "INSERT INTO gc_blob_queue (digest, review_after) VALUES (:d, :t) "
-            "ON CONFLICT (digest) DO UPDATE SET review_after = CASE "
-            "WHEN gc_blob_queue.review_after > excluded.review_after "
-            "THEN gc_blob_queue.review_after ELSE excluded.review_after END",
-            [{"d": d, "t": review_after} for d in digests],
-        )
-
-
-def _enqueue_manifests(tx: Tx, ids: Sequence[int], review_after: float) -> None:
-    if ids:
-        tx.executemany(
-            "INSERT INTO gc_manifest_queue (manifest_id, review_after) VALUES (:m, :t) "
-            "ON CONFLICT (manifest_id) DO UPDATE SET review_after = excluded.review_after",
-            [{"m": m, "t": review_after} for m in ids],
-        )
-
-
 def drop_manifest(tx: Tx, manifest_id: int, review_after: float) -> None:
     """Delete a manifest the caller has checked is unreferenced (no tag, no index lists it);
     queue its blobs, children and referrers for review at `review_after`."""
@@ -175,8 +156,8 @@ def drop_manifest(tx: Tx, manifest_id: int, review_after: float) -> None:
     ]
     tx.execute("DELETE FROM gc_manifest_queue WHERE manifest_id = :id", {"id": manifest_id})
     tx.execute("DELETE FROM manifests WHERE id = :id", {"id": manifest_id})
-    _enqueue_blobs(tx, blobs, review_after)
-    _enqueue_manifests(tx, [*children, *referrers], review_after)
+    enqueue_blobs(tx, blobs, review_after)
+    enqueue_manifests(tx, [*children, *referrers], review_after)
 
 
 def manifest_needed(tx: Tx, manifest_id: int, referrers: bool) -> bool:

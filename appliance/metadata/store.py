@@ -62,23 +62,23 @@ class PutResult:
     digest: str
 
 
-def _repository_id(tx: Tx, name: str) -> int | None:
+def repository_id_of(tx: Tx, name: str) -> int | None:
     value = tx.scalar("SELECT id FROM repositories WHERE name = :name", {"name": name})
     return None if value is None else int(value)
 
 
-def _ensure_repository(tx: Tx, name: str, now: float) -> int:
+def ensure_repository(tx: Tx, name: str, now: float) -> int:
     tx.execute(
         "INSERT INTO repositories (name, created_at) VALUES (:name, :now) "
         "ON CONFLICT (name) DO NOTHING",
         {"name": name, "now": now},
     )
-    repo_id = _repository_id(tx, name)
+    repo_id = repository_id_of(tx, name)
     assert repo_id is not None
     return repo_id
 
 
-def _enqueue_blobs(tx: Tx, digests: Sequence[str], review_after: float) -> None:
+def enqueue_blobs(tx: Tx, digests: Sequence[str], review_after: float) -> None:
     """Ask the collector to look at blobs that may have lost their last reference."""
     if digests:
         tx.executemany(
@@ -105,12 +105,18 @@ def _is_image(manifest: Manifest) -> bool:
     )
 
 
+def enqueue_manifests(tx: Tx, ids: Sequence[int], review_after: float) -> None:
+    """Ask the collector to look at manifests that may have lost their last reference."""
+    if ids:
+        tx.executemany(
+            "INSERT INTO gc_manifest_queue (manifest_id, review_after) VALUES (:m, :t) "
+            "ON CONFLICT (manifest_id) DO UPDATE SET review_after = excluded.review_after",
+            [{"m": m, "t": review_after} for m in ids],
+        )
+
+
 def _enqueue_manifest(tx: Tx, manifest_id: int, review_after: float) -> None:
-    tx.execute(
-        "INSERT INTO gc_manifest_queue (manifest_id, review_after) VALUES (:m, :t) "
-        "ON CONFLICT (manifest_id) DO UPDATE SET review_after = excluded.review_after",
-        {"m": manifest_id, "t": review_after},
-    )
+    enqueue_manifests(tx, [manifest_id], review_after)
 
 
 class WriteChecks(Protocol):
@@ -176,7 +182,7 @@ class MetadataStore:
         now = self.clock()
 
         def fn(tx: Tx) -> BlobRecord:
-            repo_id = _ensure_repository(tx, repository, now)
+            repo_id = ensure_repository(tx, repository, now)
             tx.execute(
                 "INSERT INTO blobs (digest, size, storage_key, created_at) "
                 "VALUES (:digest, :size, :key, :now) ON CONFLICT (digest) DO NOTHING",
@@ -196,7 +202,7 @@ class MetadataStore:
             )
             tx.execute("DELETE FROM uploads WHERE id = :id", {"id": upload_id})
             # A blob nobody references yet must be collected if no manifest ever does.
-            _enqueue_blobs(tx, [digest], now + self.gc_delay)
+            enqueue_blobs(tx, [digest], now + self.gc_delay)
             return BlobRecord(*row)
 
         return await self.db.write(fn)
@@ -217,7 +223,7 @@ class MetadataStore:
                 return None
             if self.checks is not None:
                 self.checks.blob_linking(tx, repository, digest, int(row[1]))
-            repo_id = _ensure_repository(tx, repository, now)
+            repo_id = ensure_repository(tx, repository, now)
             tx.execute(
                 "INSERT INTO repository_blobs (repository_id, digest, created_at) "
                 "VALUES (:repo, :digest, :now) ON CONFLICT DO NOTHING",
@@ -242,7 +248,7 @@ class MetadataStore:
         now = self.clock()
 
         def fn(tx: Tx) -> bool:
-            repo_id = _repository_id(tx, repository)
+            repo_id = repository_id_of(tx, repository)
             if repo_id is None:
                 return False
             user = tx.scalar(
@@ -261,7 +267,7 @@ class MetadataStore:
                 {"repo": repo_id, "digest": digest},
             )
             if gone:
-                _enqueue_blobs(tx, [digest], now + self.gc_delay)
+                enqueue_blobs(tx, [digest], now + self.gc_delay)
                 events.blob_deleted(tx, repository, digest)
             return bool(gone)
 
@@ -286,7 +292,7 @@ class MetadataStore:
         now = self.clock()
 
         def fn(tx: Tx) -> UploadRecord:
-            repo_id = _ensure_repository(tx, repository, now)
+            repo_id = ensure_repository(tx, repository, now)
             tx.execute(
                 "INSERT INTO uploads (id, repository_id, size, started_at, updated_at) "
                 "VALUES (:id, :repo, 0, :now, :now)",
@@ -399,7 +405,7 @@ class MetadataStore:
         digest_s = str(digest)
 
         def fn(tx: Tx) -> PutResult:
-            repo_id = _ensure_repository(tx, repository, now)
+            repo_id = ensure_repository(tx, repository, now)
             total = len(payload)
             blob_digests: list[str] = []
             for d in manifest.required_blobs:
@@ -622,7 +628,7 @@ class MetadataStore:
             ]
             tx.execute("DELETE FROM gc_manifest_queue WHERE manifest_id = :id", {"id": manifest_id})
             tx.execute("DELETE FROM manifests WHERE id = :id", {"id": manifest_id})
-            _enqueue_blobs(tx, blobs, now + self.gc_delay)
+            enqueue_blobs(tx, blobs, now + self.gc_delay)
             for child in [*children, *referrers]:
                 _enqueue_manifest(tx, child, now + self.gc_delay)
             events.manifest_deleted(tx, repository, digest, sorted(tags))
@@ -633,7 +639,7 @@ class MetadataStore:
         """Tag names in lexical order after `last`, at most `n`. Raises RepositoryNotFound."""
 
         def fn(tx: Tx) -> list[str]:
-            repo_id = _repository_id(tx, repository)
+            repo_id = repository_id_of(tx, repository)
             if repo_id is None:
                 raise RepositoryNotFound(f"repository {repository} not known", {"name": repository})
             params: dict[str, Any] = {"repo": repo_id, "last": last or "", "n": n}

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from appliance.errors import ConfigError
 from appliance.metadata.db import Database, Tx
+from appliance.metadata.store import ensure_repository
 from appliance.ops import audit
 
 
@@ -36,22 +37,6 @@ class RepositoryStatus:
     manifests: int
     staged: int
     last_validated: float | None
-
-
-def _repository_id(tx: Tx, name: str) -> int | None:
-    value = tx.scalar("SELECT id FROM repositories WHERE name = :name", {"name": name})
-    return None if value is None else int(value)
-
-
-def _ensure_repository(tx: Tx, name: str, now: float) -> int:
-    tx.execute(
-        "INSERT INTO repositories (name, created_at) VALUES (:name, :now) "
-        "ON CONFLICT (name) DO NOTHING",
-        {"name": name, "now": now},
-    )
-    repo_id = _repository_id(tx, name)
-    assert repo_id is not None
-    return repo_id
 
 
 class ProxyStore:
@@ -127,7 +112,7 @@ class ProxyStore:
         now = self.clock()
 
         def fn(tx: Tx) -> None:
-            repo_id = _ensure_repository(tx, repository, now)
+            repo_id = ensure_repository(tx, repository, now)
             tx.execute(
                 "INSERT INTO proxy_tags (repository_id, tag, digest, validated_at) "
                 "VALUES (:r, :t, :d, :v) ON CONFLICT (repository_id, tag) DO UPDATE "
@@ -141,7 +126,7 @@ class ProxyStore:
         now = self.clock()
 
         def fn(tx: Tx) -> None:
-            repo_id = _ensure_repository(tx, repository, now)
+            repo_id = ensure_repository(tx, repository, now)
             tx.execute(
                 "INSERT INTO proxy_manifests (repository_id, digest, media_type, payload, "
                 "fetched_at) VALUES (:r, :d, :mt, :p, :now) "
