@@ -6,7 +6,6 @@ registry service and look at the result through side doors (plain SQL, the store
 
 from __future__ import annotations
 
-import hashlib
 import json
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -20,9 +19,13 @@ from appliance.lifecycle.policies import Policies
 from appliance.lifecycle.rules import Rules
 from appliance.metadata.db import Database
 from appliance.metadata.store import MetadataStore
-from appliance.oci import mediatypes as mt
 from appliance.registry import Registry
 from appliance.storage.base import BlobStore
+from tests.metadata.suite import descriptor, encode, sha
+from tests.metadata.suite import image as image_manifest
+from tests.metadata.suite import index as index_manifest
+
+__all__ = ["descriptor", "encode", "image_manifest", "index_manifest", "sha"]
 
 CONFIG_TYPE = "application/vnd.oci.image.config.v1+json"
 LAYER_TYPE = "application/vnd.oci.image.layer.v1.tar"
@@ -37,40 +40,6 @@ class Clock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
-
-
-def sha(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-def encode(doc: dict[str, Any]) -> bytes:
-    return json.dumps(doc, separators=(",", ":"), sort_keys=True).encode()
-
-
-def descriptor(media_type: str, data: bytes, **extra: Any) -> dict[str, Any]:
-    return {"mediaType": media_type, "digest": sha(data), "size": len(data), **extra}
-
-
-def image_manifest(config: bytes, layers: list[bytes], **extra: Any) -> bytes:
-    return encode(
-        {
-            "schemaVersion": 2,
-            "mediaType": mt.OCI_MANIFEST,
-            "config": descriptor(CONFIG_TYPE, config),
-            "layers": [descriptor(LAYER_TYPE, x) for x in layers],
-            **extra,
-        }
-    )
-
-
-def index_manifest(children: list[bytes]) -> bytes:
-    return encode(
-        {
-            "schemaVersion": 2,
-            "mediaType": mt.OCI_INDEX,
-            "manifests": [descriptor(mt.OCI_MANIFEST, c) for c in children],
-        }
-    )
 
 
 async def one(data: bytes) -> AsyncIterator[bytes]:
