@@ -87,36 +87,16 @@ def event_payload(
     return event
 
 
-def emit(
-    tx: Tx,
-    action: str,
-    *,
-    repository: str,
-    digest: str | None = None,
-    tag: str | None = None,
-    media_type: str | None = None,
-    size: int | None = None,
-    actor: str | None = None,
-    **extra: Any,
-) -> None:
+def emit(tx: Tx, action: str, *, repository: str, **fields: Any) -> None:
     """Queue one event (one of `ACTIONS`) in `tx`; it is delivered after `tx` commits, in
-    order, to every endpoint that wants it. `extra` (JSON-serialisable, no secret) travels in
-    the event's `berth` member. `repository=""` makes an instance event, which only the
-    instance-wide endpoints receive."""
+    order, to every endpoint that wants it. `fields` are `event_payload`'s (digest, tag,
+    media_type, size, actor, and extra members for the event's `berth` object: JSON, no
+    secret). `repository=""` makes an instance event, which only the instance-wide endpoints
+    receive."""
     if action not in ACTIONS:
         raise ValueError(f"unknown webhook action {action!r}")
     now = time.time()
-    payload = event_payload(
-        action,
-        repository=repository,
-        digest=digest,
-        tag=tag,
-        media_type=media_type,
-        size=size,
-        actor=actor,
-        at=now,
-        **extra,
-    )
+    payload = event_payload(action, repository=repository, at=now, **fields)
     queue(tx, [(now, action, repository, payload)])
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import click
 import trio
 
-from appliance.cli import fail, load_config
+from appliance.cli import _open, fail, load_config
 from appliance.errors import BerthError
 from appliance.oci.digest import is_digest
 
@@ -138,16 +138,12 @@ def vulndb_import(
 ) -> None:
     """Import OSV records (a directory or zip of JSON files) or the Debian security tracker's
     JSON, then match every stored image against the new data."""
-    from appliance.metadata.db import open_metadata  # noqa: PLC0415
     from appliance.scan import vulndb as advisories  # noqa: PLC0415
     from appliance.scan.service import rematch_all  # noqa: PLC0415
 
     failed = False
     try:
-        cfg = load_config(
-            config_path, {"server.data_dir": str(data_dir) if data_dir is not None else None}
-        )
-        db = open_metadata(cfg)
+        _, db = _open(config_path, data_dir)
         try:
             results = []
             for path in paths:
@@ -185,14 +181,10 @@ def vulndb_import(
 @_data_dir_option
 def vulndb_status(as_json: bool, config_path: Path | None, data_dir: Path | None) -> None:
     """The advisory data's version, what it holds and the latest imports."""
-    from appliance.metadata.db import open_metadata  # noqa: PLC0415
     from appliance.scan import vulndb as advisories  # noqa: PLC0415
 
     try:
-        cfg = load_config(
-            config_path, {"server.data_dir": str(data_dir) if data_dir is not None else None}
-        )
-        db = open_metadata(cfg)
+        _, db = _open(config_path, data_dir)
         try:
             state = db.run_sync_read(advisories.status)
         finally:
