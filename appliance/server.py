@@ -183,6 +183,8 @@ async def serve(
             backups=services.backups,
         )
         async with trio.open_nursery() as nursery:
+            # Other hosts' writes reach this process's caches (metadata/changes.py).
+            await nursery.start(services.db.watch_changes)
             await nursery.start(background_jobs, config, services)
             if services.ops is not None:
                 await nursery.start(services.ops.run)

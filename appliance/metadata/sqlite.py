@@ -18,6 +18,7 @@ from typing import ClassVar, TypeVar
 import trio
 
 from appliance.errors import ConfigError, Unavailable
+from appliance.metadata.changes import ChangeBoard
 from appliance.metadata.db import (
     Database,
     MetadataError,
@@ -41,6 +42,10 @@ class SqliteTx:
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
+        self.touched: set[str] = set()
+
+    def touch(self, *topics: str) -> None:
+        self.touched.update(topics)
 
     def execute(self, sql: str, params: Params | None = None) -> list[Row]:
         return self._conn.execute(sql, params or {}).fetchall()
@@ -112,6 +117,8 @@ class SqliteDatabase(Database):
             self._writer = _connect(str(path))
             self._writer.execute("PRAGMA journal_mode = WAL")
             self._readers = [_connect(str(path)) for _ in range(max(1, readers))]
+        # Every process that opens this file shares these stamps (metadata/changes.py).
+        self.changes = ChangeBoard(path.with_name(path.name + ".changes"))
         self._free = list(self._readers)
         self._read_limit = trio.CapacityLimiter(len(self._readers))
         self._write_lock = trio.Lock()
@@ -173,13 +180,16 @@ class SqliteDatabase(Database):
     def _run(self, conn: sqlite3.Connection, begin: str, fn: Callable[[Tx], T]) -> T:
         with _translated(self.where):
             conn.execute(begin)
+            tx = SqliteTx(conn)
             try:
-                result = fn(SqliteTx(conn))
+                result = fn(tx)
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
             conn.execute("COMMIT")
-            return result
+        if tx.touched:
+            self.changes.bump(tx.touched)
+        return result
 
     async def read(self, fn: Callable[[Tx], T]) -> T:
         async with self._read_limit:
@@ -202,3 +212,4 @@ class SqliteDatabase(Database):
     def close(self) -> None:
         for conn in [self._writer, *self._readers]:
             conn.close()
+        self.changes.close()
