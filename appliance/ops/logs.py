@@ -5,16 +5,26 @@ of the request it was written for (`ops/context.py`; `-` outside a request), and
 is scrubbed of anything that looks like a credential (Authorization values, Berth tokens, JWTs,
 password or token query parameters) before any handler sees it: a secret that slips into a
 message by mistake never reaches a file.
+
+Records are formatted and written by a thread of their own: the thread that logs (the event
+loop, for the access log) only renders the message and queues it. Writing to stderr blocks
+whenever its reader (journald, a pipe) is slower than the server, and a profile of manifest
+GETs showed a fifth of the event loop's time in that write (bench/RESULTS.md). The writer
+drains whatever has queued up and writes it in one call; what is queued is written before the
+process exits normally.
 """
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
+import queue
 import re
 import sys
+import threading
 import time
-from typing import Any
+from typing import Any, TextIO
 
 from appliance.errors import ConfigError
 from appliance.ops import context
@@ -111,16 +121,76 @@ def resolve_format(value: str, stream: Any = None) -> str:
     return v
 
 
+QUEUE_LIMIT = 100_000  # records; past it, a caller waits for the writer (as a direct write would)
+
+
+class QueuedHandler(logging.Handler):
+    """Renders a record's message in the calling thread (the request context and the objects
+    it names are there) and hands it to a writer thread that formats and writes it."""
+
+    def __init__(self, stream: TextIO, formatter: logging.Formatter) -> None:
+        super().__init__()
+        self.stream = stream
+        self.formatter = formatter
+        self._queue: queue.Queue[logging.LogRecord | None] = queue.Queue(QUEUE_LIMIT)
+        self._writer = threading.Thread(target=self._write, name="log-writer", daemon=True)
+        self._writer.start()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            record.msg, record.args = record.getMessage(), None
+            if record.exc_info:
+                record.exc_text = record.exc_text or scrub(self._format_exception(record))
+                record.exc_info = None  # tracebacks hold frames: not for another thread
+            self._queue.put(record)
+        except Exception:  # logging must never break its caller
+            self.handleError(record)
+
+    @staticmethod
+    def _format_exception(record: logging.LogRecord) -> str:
+        assert record.exc_info is not None
+        return logging.Formatter().formatException(record.exc_info)
+
+    def _write(self) -> None:
+        assert self.formatter is not None
+        while True:
+            record = self._queue.get()
+            lines: list[str] = []
+            while record is not None:
+                try:
+                    lines.append(self.formatter.format(record))
+                except Exception:  # one bad record must not stop the writer
+                    self.handleError(record)
+                try:
+                    record = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+            if lines:
+                try:
+                    self.stream.write("\n".join(lines) + "\n")
+                    self.stream.flush()
+                except (OSError, ValueError):
+                    pass  # stderr closed: nowhere left to write to
+            if record is None:
+                return
+
+    def close(self) -> None:
+        """Write what is queued, then stop the writer."""
+        if self._writer.is_alive():
+            self._queue.put(None)
+            self._writer.join(timeout=10)
+        super().close()
+
+
 def setup(level: str, fmt: str = "text") -> None:
-    """Configure the root logger: one stderr handler with the context filter."""
-    handler = logging.StreamHandler(sys.stderr)
+    """Configure the root logger: one queued stderr handler with the context filter."""
+    formatter = JSONFormatter() if resolve_format(fmt) == "json" else logging.Formatter(TEXT_FORMAT)
+    handler = QueuedHandler(sys.stderr, formatter)
     handler.addFilter(ContextFilter())
-    if resolve_format(fmt) == "json":
-        handler.setFormatter(JSONFormatter())
-    else:
-        handler.setFormatter(logging.Formatter(TEXT_FORMAT))
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
+        old.close()
     root.addHandler(handler)
     root.setLevel(getattr(logging, level.upper(), logging.INFO))
+    atexit.register(handler.close)

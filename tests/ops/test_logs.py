@@ -6,6 +6,10 @@ from __future__ import annotations
 import io
 import json
 import logging
+import subprocess
+import sys
+import threading
+from pathlib import Path
 
 import pytest
 
@@ -72,3 +76,64 @@ def test_format_follows_the_terminal() -> None:
     assert logs.resolve_format("JSON") == "json"
     with pytest.raises(ConfigError, match=r"log\.format"):
         logs.resolve_format("xml")
+
+
+class _BlockedStream(io.StringIO):
+    """A stream whose writes wait until released: stderr read by a slow journald or pipe."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
+
+    def write(self, text: str) -> int:
+        assert self.release.wait(30), "never released"
+        return super().write(text)
+
+
+def test_a_slow_stderr_does_not_hold_up_the_thread_that_logs() -> None:
+    """The access log is written from the event loop: a blocked stderr must not block it.
+    Every record still comes out, in order, with its request id and its traceback."""
+    stream = _BlockedStream()
+    handler = logs.QueuedHandler(stream, logs.JSONFormatter())
+    handler.addFilter(logs.ContextFilter())
+    logger = logging.getLogger("berth.test-queued")
+    logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        token = context.begin("req-9", None)
+        try:
+            for i in range(100):
+                logger.info("line %d", i)  # would wait for `release` if written here
+            try:
+                raise ValueError("password=hunter22 went wrong")
+            except ValueError:
+                logger.exception("failed")
+        finally:
+            context.end(token)
+        assert stream.getvalue() == ""  # nothing written yet: the writer waits on the stream
+        stream.release.set()
+    finally:
+        logger.removeHandler(handler)
+        handler.close()  # writes what is queued
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert [line["message"] for line in lines[:100]] == [f"line {i}" for i in range(100)]
+    assert {line["request_id"] for line in lines} == {"req-9"}
+    assert "ValueError" in lines[100]["exception"]
+    assert "hunter22" not in lines[100]["exception"]
+
+
+def test_queued_lines_are_written_before_the_process_exits(tmp_path: Path) -> None:
+    code = (
+        "import logging\n"
+        "from appliance.ops import logs\n"
+        "logs.setup('info', 'text')\n"
+        "for i in range(2000):\n"
+        "    logging.getLogger('berth').info('line %d', i)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    lines = done.stderr.splitlines()
+    assert len(lines) == 2000
+    assert lines[-1].endswith("line 1999")
