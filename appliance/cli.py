@@ -70,20 +70,24 @@ def main() -> None:
 @click.option(
     "--data-dir", type=click.Path(path_type=Path, file_okay=False), help="server.data_dir"
 )
-@click.option("--workers", type=click.IntRange(1, 64), help="server.workers: serving processes.")
+@click.option(
+    "--workers",
+    metavar="N|auto",
+    help="server.workers: serving processes (default auto: one per CPU, at most 8).",
+)
 @click.option("--listen-fd", type=int, hidden=True)  # a worker of --workers N
 @click.option("--parent-pid", type=int, hidden=True)
+@click.option("--ready-fd", type=int, hidden=True)  # told once serving, then closed
 def serve(  # noqa: PLR0917 (one parameter per option)
     config_path: Path | None,
     listen: str | None,
     data_dir: Path | None,
-    workers: int | None,
+    workers: str | None,
     listen_fd: int | None,
     parent_pid: int | None,
+    ready_fd: int | None,
 ) -> None:
     """Run the registry until SIGTERM or SIGINT."""
-    from appliance.server import serve as run_server  # noqa: PLC0415 (keeps --help fast)
-
     if parent_pid is not None:
         from appliance.supervisor import die_with_parent  # noqa: PLC0415
 
@@ -98,21 +102,30 @@ def serve(  # noqa: PLR0917 (one parameter per option)
             },
         )
         setup_logging(config["log.level"], config["log.format"])
-        logging.getLogger("berth").info(
-            "Berth %s starting: data in %s (config: %s)",
-            __version__,
-            config.data_dir,
-            config.source,
-        )
-        if config["server.workers"] > 1 and listen_fd is None:
+        if listen_fd is None:  # the supervisor or a lone process, not one of its workers
+            logging.getLogger("berth").info(
+                "Berth %s starting: data in %s (config: %s); %d serving process%s "
+                "(server.workers = %s; %d CPUs available)",
+                __version__,
+                config.data_dir,
+                config.source,
+                config.workers,
+                "" if config.workers == 1 else "es",
+                config["server.workers"],
+                settings.available_cpus(),
+            )
+        if config.workers > 1 and listen_fd is None:
             from appliance import supervisor  # noqa: PLC0415
 
             command = supervisor.child_command(
                 str(config_path) if config_path else None, str(config.data_dir), listen
             )
-            boss = supervisor.Supervisor(config, command, config["server.workers"])
+            boss = supervisor.Supervisor(config, command, config.workers)
             sys.exit(trio.run(boss.run))
-        trio.run(functools.partial(run_server, config, listen_fd=listen_fd))
+        # Imported only here: the supervisor of N workers never loads the application.
+        from appliance.server import serve as run_server  # noqa: PLC0415
+
+        trio.run(functools.partial(run_server, config, listen_fd=listen_fd, ready_fd=ready_fd))
     except BerthError as e:
         fail(e.message)
 

@@ -60,9 +60,10 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "server.workers",
-        int,
-        1,
-        "Number of serving processes Berth runs and supervises (one listening socket).",
+        str,
+        "auto",
+        "Serving processes Berth runs and supervises on one listening socket: a number, or "
+        "'auto' for one per CPU this process may run on (at most 8).",
     ),
     Setting(
         "server.public_url",
@@ -639,6 +640,8 @@ def _coerce(setting: Setting, value: Any, source: str) -> Any:
                 pass
     elif kind is str and isinstance(value, str):
         return value
+    elif kind is str and setting.key == "server.workers" and isinstance(value, int):
+        return str(value)  # `workers = 2` in a file is as good as `workers = "2"`
     raise ConfigError(f"{source}: {setting.key} must be a {kind.__name__}, not {value!r}")
 
 
@@ -680,6 +683,35 @@ class Config:
     @property
     def listen(self) -> tuple[str, int]:
         return parse_listen(self.values["server.listen"])
+
+    @property
+    def workers(self) -> int:
+        """`server.workers` as a number of processes ('auto' resolved on this machine)."""
+        return parse_workers(self.values["server.workers"])
+
+
+MAX_AUTO_WORKERS = 8  # each serving process holds ~100 MiB; more rarely pays on one VM
+MAX_WORKERS = 64
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity, which containers and taskset narrow)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def parse_workers(value: str | int) -> int:
+    """`server.workers`: 'auto' (one per available CPU, at most MAX_AUTO_WORKERS) or 1..64."""
+    text = str(value).strip().lower()
+    if text == "auto":
+        return min(available_cpus(), MAX_AUTO_WORKERS)
+    if text.isdigit() and 1 <= int(text) <= MAX_WORKERS:
+        return int(text)
+    raise ConfigError(
+        f"server.workers must be 'auto' or a number from 1 to {MAX_WORKERS}, not {value!r}"
+    )
 
 
 def proxy_networks(text: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
@@ -745,6 +777,7 @@ def load(
                 raise ConfigError(f"command line: unknown setting {key!r}")
             values[key] = _coerce(setting, value, "command line")
     parse_listen(values["server.listen"])
+    parse_workers(values["server.workers"])
     try:
         proxy_networks(values["server.trusted_proxies"])
     except ValueError as e:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
 import time
 from collections.abc import Awaitable, Callable
@@ -19,6 +20,7 @@ import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
 
+from appliance.api.asgi import ASGIApp, Message, Receive, Scope, Send
 from appliance.app import create_app
 from appliance.auth.service import AccessControl, open_access_control
 from appliance.backup.service import BackupService
@@ -124,6 +126,46 @@ def ldap_jobs(config: Config, access: AccessControl) -> list[Job]:
     return [Job("ldap-sync", interval, sync, delay=interval)]
 
 
+class Draining:
+    """Once the shutdown trigger fires, every response says `Connection: close`.
+
+    hypercorn closes a keep-alive connection after the request in flight on it when it shuts
+    down; without the header a client may already be sending its next request on it, which
+    then fails. Told, clients open a new connection (to another worker, or after the restart).
+    """
+
+    def __init__(self, trigger: Callable[[], Awaitable[None]]) -> None:
+        self.trigger = trigger
+        self.draining = False
+
+    async def wait(self) -> None:
+        await self.trigger()
+        self.draining = True
+
+    def wrap(self, app: ASGIApp) -> ASGIApp:
+        async def draining_app(scope: Scope, receive: Receive, send: Send) -> None:
+            if not self.draining or scope["type"] != "http":
+                await app(scope, receive, send)
+                return
+
+            async def closing(message: Message) -> None:
+                if message["type"] == "http.response.start":
+                    message["headers"] = [*message.get("headers", []), (b"connection", b"close")]
+                await send(message)
+
+            await app(scope, receive, closing)
+
+        return draining_app
+
+
+def tell_ready(fd: int) -> None:
+    """Tell the supervisor this worker answers requests (it may be waiting to say so)."""
+    with contextlib.suppress(OSError):  # the supervisor is gone: nobody to tell
+        os.write(fd, b"R")
+    with contextlib.suppress(OSError):
+        os.close(fd)
+
+
 def _signal_trigger(stack: contextlib.ExitStack) -> Callable[[], Awaitable[None]]:
     """A shutdown trigger for SIGTERM/SIGINT whose handlers are installed now, not when
     hypercorn gets round to starting it (after it reports listening): a signal that arrives
@@ -148,6 +190,11 @@ def hypercorn_config(config: Config, listen_fd: int | None = None) -> HypercornC
     hc.accesslog = None
     hc.errorlog = logging.getLogger("berth.http")
     hc.keep_alive_timeout = 75
+    # hypercorn closes a connection after 1,000 requests by default; under load, clients that
+    # keep connections open met those closes as dropped connections. No limit, like the
+    # reference registry.
+    hc.keep_alive_max_requests = 1 << 62
+    hc.backlog = 1024  # a lone process binds itself; a supervisor's socket has the same
     hc.h11_max_incomplete_size = 64 * 1024
     hc.include_server_header = False
     return hc
@@ -158,14 +205,17 @@ async def serve(
     *,
     shutdown_trigger: Callable[[], Awaitable[None]] | None = None,
     listen_fd: int | None = None,
+    ready_fd: int | None = None,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the registry until a signal (or `shutdown_trigger`) says stop.
 
-    `listen_fd` serves on an inherited listening socket instead of binding `server.listen`.
+    `listen_fd` serves on an inherited listening socket instead of binding `server.listen`;
+    `ready_fd` (a pipe from the supervisor) gets one byte and is closed once requests are
+    being answered.
     """
     stack = contextlib.ExitStack()
-    trigger = shutdown_trigger or _signal_trigger(stack)
+    draining = Draining(shutdown_trigger or _signal_trigger(stack))
     try:
         services = await open_services(config)
     except BaseException:
@@ -195,9 +245,9 @@ async def serve(
 
             async def http(task_status: trio.TaskStatus[list[str]]) -> None:
                 await hypercorn_serve(
-                    app,  # type: ignore[arg-type]
+                    draining.wrap(app),  # type: ignore[arg-type]
                     hypercorn_config(config, listen_fd),
-                    shutdown_trigger=trigger,
+                    shutdown_trigger=draining.wait,
                     task_status=task_status,
                 )
                 # Shut down: background work stops with the server.
@@ -206,6 +256,8 @@ async def serve(
             urls: list[str] = await nursery.start(http)
             for url in urls:
                 log.info("listening on %s", url)
+            if ready_fd is not None:
+                tell_ready(ready_fd)
             task_status.started(urls)
     finally:
         if services.proxy is not None:

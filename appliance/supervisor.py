@@ -5,6 +5,9 @@ requests (DESIGN.md), so Berth does it itself. The supervisor:
 
 * migrates the database (when allowed) and binds the listening socket once, then starts N
   children (`berth serve --listen-fd FD`) that inherit the socket and accept on it in turn;
+* says it is listening only once every child answers requests (each writes a byte to a pipe
+  when it does), so nobody is told to connect while only the kernel's backlog would answer;
+  a child that exits before it ever served stops the start-up with its exit code;
 * restarts a child that dies (after a short, growing pause if it keeps dying at once);
 * on SIGTERM or SIGINT, passes SIGTERM to every child, waits while each drains its in-flight
   requests (up to `server.shutdown_timeout`), and returns 0.
@@ -25,7 +28,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import trio
@@ -75,6 +78,9 @@ class Supervisor:
         self.children: dict[int, trio.Process] = {}
         self._all_stopped = trio.Event()
         self._running = 0
+        self._ready_slots: set[int] = set()
+        self._all_ready = trio.Event()
+        self.failed: int | None = None  # exit code of a worker that never got going
 
     async def run(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> int:
         # Fail fast, once, with one clear line (database unreachable, schema too new...).
@@ -91,15 +97,17 @@ class Supervisor:
                 async with trio.open_nursery() as nursery:
                     for slot in range(self.workers):
                         nursery.start_soon(self._keep_running, slot, sock.fileno())
-                    log.info("listening on %s (%d worker processes)", url, self.workers)
-                    task_status.started(url)
-                    async for signum in signals:
-                        log.info(
-                            "received %s: draining %d workers",
-                            signal.Signals(signum).name,
-                            len(self.children),
-                        )
-                        break
+                    stop_now = await self._wait_ready(signals)
+                    if self.failed is None and not stop_now:
+                        log.info("listening on %s (%d worker processes)", url, self.workers)
+                        task_status.started(url)
+                        async for signum in signals:
+                            log.info(
+                                "received %s: draining %d workers",
+                                signal.Signals(signum).name,
+                                len(self.children),
+                            )
+                            break
                     self.stopping = True
                     self._signal_all(signal.SIGTERM)
                     with trio.move_on_after(self.config["server.shutdown_timeout"] + 10):
@@ -107,8 +115,39 @@ class Supervisor:
                     self._signal_all(signal.SIGKILL)
         finally:
             sock.close()
+        if self.failed is not None:
+            log.error("a worker exited with %s before serving; stopped", self.failed)
+            return self.failed or 1
         log.info("all workers stopped")
         return 0
+
+    async def _wait_ready(self, signals: AsyncIterator[int]) -> bool:
+        """Wait until every worker serves (or one fails); True when a signal came first."""
+        async with trio.open_nursery() as nursery:
+            stopped = False
+
+            async def on_signal() -> None:
+                nonlocal stopped
+                async for _ in signals:
+                    stopped = True
+                    break
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(on_signal)
+            await self._all_ready.wait()
+            nursery.cancel_scope.cancel()
+        return stopped
+
+    async def _tell_when_ready(self, slot: int, ready: trio.lowlevel.FdStream) -> None:
+        async with ready:
+            try:
+                got = await ready.receive_some(1)
+            except trio.BrokenResourceError:
+                got = b""
+        if got and slot not in self._ready_slots:
+            self._ready_slots.add(slot)
+            if len(self._ready_slots) == self.workers:
+                self._all_ready.set()
 
     def _signal_all(self, sig: int) -> None:
         for proc in list(self.children.values()):
@@ -129,16 +168,40 @@ class Supervisor:
         pause = 0.1
         while not self.stopping:
             started = trio.current_time()
-            proc = await trio.lowlevel.open_process(
-                [*self.child_command, "--listen-fd", str(fd), "--parent-pid", str(os.getpid())],
-                pass_fds=(fd,),
-            )
+            ready_read, ready_write = os.pipe()
+            try:
+                proc = await trio.lowlevel.open_process(
+                    [
+                        *self.child_command,
+                        "--listen-fd",
+                        str(fd),
+                        "--parent-pid",
+                        str(os.getpid()),
+                        "--ready-fd",
+                        str(ready_write),
+                    ],
+                    pass_fds=(fd, ready_write),
+                )
+            finally:
+                os.close(ready_write)
             self.children[slot] = proc
             try:
-                code = await proc.wait()
+                async with trio.open_nursery() as watch:
+                    watch.start_soon(
+                        self._tell_when_ready, slot, trio.lowlevel.FdStream(ready_read)
+                    )
+                    code = await proc.wait()
             finally:
                 del self.children[slot]
                 forget_metrics_of(proc.pid)
+            if not self._all_ready.is_set() and not self.stopping:
+                # A worker died during start-up: a restart would most likely fail the same
+                # way (a port, a config, a database), so stop with one clear failure.
+                self.failed = code
+                self.stopping = True
+                self._signal_all(signal.SIGTERM)
+                self._all_ready.set()
+                return
             if self.stopping:
                 if code != 0:
                     log.warning("worker %d (pid %d) exited with %s", slot, proc.pid, code)

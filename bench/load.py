@@ -28,8 +28,9 @@ class LoadResult:
     requests: int
     duration_s: float
     statuses: dict[int, int]
-    errors: int
+    errors: int  # connections closed in the middle of a request
     latency_ms: dict[str, float] = field(default_factory=dict)
+    closes: int = 0  # connections the server closed after announcing it (Connection: close)
 
     @property
     def rps(self) -> float:
@@ -54,8 +55,9 @@ class _Conn:
         self.sent_at = 0.0
 
 
-def _response_length(buf: bytearray, head: bool) -> tuple[int, int] | None:
-    """(status, total length of the first response in `buf`), or None while incomplete."""
+def _response_length(buf: bytearray, head: bool) -> tuple[int, int, bool] | None:
+    """(status, total length of the first response in `buf`, whether the server closes the
+    connection after it), or None while incomplete."""
     end = buf.find(b"\r\n\r\n")
     if end < 0:
         return None
@@ -64,6 +66,7 @@ def _response_length(buf: bytearray, head: bool) -> tuple[int, int] | None:
     status = int(lines[0].split(" ", 2)[1])
     length = 0
     chunked = False
+    close = False
     for line in lines[1:]:
         name, _, value = line.partition(":")
         name = name.strip().lower()
@@ -71,17 +74,19 @@ def _response_length(buf: bytearray, head: bool) -> tuple[int, int] | None:
             length = int(value.strip())
         elif name == "transfer-encoding" and "chunked" in value.lower():
             chunked = True
+        elif name == "connection" and "close" in value.lower():
+            close = True
     body_start = end + 4
     if head or status in (204, 304) or 100 <= status < 200:
-        return status, body_start
+        return status, body_start, close
     if chunked:
         term = buf.find(b"0\r\n\r\n", body_start)
         if term < 0:
             return None
-        return status, term + 5
+        return status, term + 5, close
     if len(buf) < body_start + length:
         return None
-    return status, body_start + length
+    return status, body_start + length, close
 
 
 def run(
@@ -106,6 +111,7 @@ def run(
     statuses: Counter[int] = Counter()
     latencies: list[float] = []
     errors = 0
+    closes = 0
 
     def open_conn() -> _Conn:
         sock = socket.create_connection((host, port))
@@ -136,7 +142,7 @@ def run(
                 continue
             except OSError:
                 chunk = b""
-            if not chunk:  # the server closed the connection: count it and reconnect
+            if not chunk:  # closed without a word in the middle of a request: an error
                 errors += 1
                 sel.unregister(conn.sock)
                 conn.sock.close()
@@ -147,13 +153,18 @@ def run(
             parsed_resp = _response_length(conn.buf, head)
             if parsed_resp is None:
                 continue
-            status, consumed = parsed_resp
+            status, consumed, close = parsed_resp
             done_at = time.perf_counter()
             del conn.buf[:consumed]
             if done_at <= deadline:
                 completed += 1
                 statuses[status] += 1
                 latencies.append(done_at - conn.sent_at)
+                if close:  # announced: not an error; carry on over a new connection
+                    closes += 1
+                    sel.unregister(conn.sock)
+                    conn.sock.close()
+                    conn = open_conn()
                 send(conn)
     elapsed = time.perf_counter() - start
     for key in list(sel.get_map().values()):
@@ -167,7 +178,7 @@ def run(
                 latencies[min(len(latencies) - 1, len(latencies) * p // 100)] * 1e3
             )
         latency_ms["mean"] = statistics.fmean(latencies) * 1e3
-    return LoadResult(completed, elapsed, dict(statuses), errors, latency_ms)
+    return LoadResult(completed, elapsed, dict(statuses), errors, latency_ms, closes)
 
 
 def main() -> None:

@@ -34,6 +34,7 @@ from appliance.metadata.db import Database, Tx
 from appliance.metadata.identity import TokenRecord, UserRecord
 from appliance.oci.names import normalize_component
 from appliance.ops import audit
+from appliance.ops.buckets import SharedBuckets
 
 log = logging.getLogger("berth.auth")
 
@@ -110,6 +111,7 @@ class AccessControl:
             threshold=config["auth.lockout_threshold"],
             window=config["auth.lockout_window"],
             lockout=config["auth.lockout_duration"],
+            buckets=SharedBuckets(self.data_dir / "run" / "signin"),  # the host's, not ours
         )
         self.ldap = ldap
         self._basic: dict[str, tuple[float, Principal]] = {}

@@ -1,25 +1,19 @@
 """Slow down, then lock, repeated failed sign-ins per account and per client address.
 
-In memory, per process: after `slow_after` failures within `window` seconds each further
-failure is answered after a growing delay (up to `max_delay`); at `threshold` failures the key
-is locked for `lockout` seconds, during which even the right password is refused. Unknown
-account names are counted exactly like known ones, so a lock says nothing about existence.
-Addresses get five times the account threshold (many people may share one NAT address).
-The clock is injected.
+Failures are counted in a leaky bucket per key, shared by every serving process of the host
+(ops/buckets.py): each failure adds one, and `threshold` failures leak away over `window`
+seconds. After `slow_after` failures still counted, each further failure is answered after a
+growing delay (up to `max_delay`); when `threshold` are counted the key is locked for
+`lockout` seconds, during which even the right password is refused. Unknown account names are
+counted exactly like known ones, so a lock says nothing about existence. Addresses get five
+times the account threshold (many people may share one NAT address). The clock is injected.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
-MAX_KEYS = 100_000
-
-
-@dataclass
-class _Entry:
-    failures: list[float] = field(default_factory=list)
-    locked_until: float = 0.0
+from appliance.ops.buckets import SharedBuckets
 
 
 class SignInThrottle:
@@ -31,6 +25,7 @@ class SignInThrottle:
         lockout: float = 900.0,
         slow_after: int = 3,
         max_delay: float = 2.0,
+        buckets: SharedBuckets | None = None,
     ) -> None:
         self.clock = clock
         self.threshold = threshold
@@ -38,7 +33,7 @@ class SignInThrottle:
         self.lockout = lockout
         self.slow_after = slow_after
         self.max_delay = max_delay
-        self._entries: dict[str, _Entry] = {}
+        self.buckets = buckets or SharedBuckets()
 
     @staticmethod
     def keys(account: str, address: str | None) -> list[str]:
@@ -47,47 +42,38 @@ class SignInThrottle:
             keys.append(f"address:{address}")
         return keys
 
-    def _limit(self, key: str) -> int:
-        return self.threshold * (5 if key.startswith("address:") else 1)
+    def _shape(self, key: str) -> tuple[float, float]:
+        """(leak rate, capacity) of a key's bucket."""
+        limit = float(max(1, self.threshold) * (5 if key.startswith("address:") else 1))
+        return limit / max(self.window, 1e-9), limit
 
     def locked_for(self, keys: list[str]) -> float:
         """Seconds until every key is unlocked (0: not locked)."""
         now = self.clock()
-        waits = [e.locked_until - now for k in keys if (e := self._entries.get(k)) is not None]
+        waits = [self.buckets.peek(k, *self._shape(k), now).locked_until - now for k in keys]
         return max([0.0, *waits])
+
+    def _counted(self, key: str, now: float) -> float:
+        rate, capacity = self._shape(key)
+        return capacity - self.buckets.peek(key, rate, capacity, now).tokens
 
     def delay(self, keys: list[str]) -> float:
         """How long to hold back the answer to a failure now."""
         now = self.clock()
-        worst = 0
-        for k in keys:
-            e = self._entries.get(k)
-            if e is not None:
-                worst = max(worst, sum(1 for t in e.failures if t > now - self.window))
-        over = worst - self.slow_after
+        worst = max([0.0, *(self._counted(k, now) for k in keys)])
+        over = round(worst) - self.slow_after
         return 0.0 if over < 0 else min(self.max_delay, 0.1 * (2**over))
 
     def failure(self, keys: list[str]) -> None:
         now = self.clock()
-        if len(self._entries) > MAX_KEYS:
-            self._prune(now)
         for k in keys:
-            e = self._entries.setdefault(k, _Entry())
-            e.failures = [t for t in e.failures if t > now - self.window]
-            e.failures.append(now)
-            if len(e.failures) >= self._limit(k):
-                e.locked_until = now + self.lockout
-                e.failures.clear()
+            rate, capacity = self._shape(k)
+            (taken,) = self.buckets.take([k], rate, capacity, now)
+            if not taken.ok or taken.tokens < 1.0:  # the bucket is full of failures
+                self.buckets.lock(k, now + self.lockout, rate, capacity, now)
 
     def success(self, keys: list[str]) -> None:
+        now = self.clock()
         for k in keys:
             if k.startswith("account:"):
-                self._entries.pop(k, None)
-
-    def _prune(self, now: float) -> None:
-        for k in [
-            k
-            for k, e in self._entries.items()
-            if e.locked_until < now and not any(t > now - self.window for t in e.failures)
-        ]:
-            del self._entries[k]
+                self.buckets.reset(k, self._shape(k)[1], now)

@@ -85,8 +85,8 @@ class ContextFilter(logging.Filter):
 
 
 class JSONFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message, request_id and any `extra`
-    fields the call passed under `fields`."""
+    """One JSON object per line: time, level, logger, message, request_id, pid (which serving
+    process wrote it) and any `extra` fields the call passed under `fields`."""
 
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, Any] = {
@@ -96,6 +96,7 @@ class JSONFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
             "request_id": getattr(record, "request_id", "-"),
+            "pid": record.process,
         }
         fields = getattr(record, "fields", None)
         if isinstance(fields, dict):

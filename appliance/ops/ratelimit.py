@@ -2,8 +2,8 @@
 
 A bucket holds up to `burst` tokens and refills at `rate` tokens a second; each request takes
 one token from its user's bucket and one from its address's bucket, and is refused while either
-is empty. Buckets live in the memory of each serving process: with `--workers N`, a client
-whose requests are spread over the workers gets up to N times the configured rate.
+is empty. The buckets are shared by every serving process of the host (ops/buckets.py), so the
+configured rate holds for the host whatever worker a request reaches.
 
 Refusals carry what a client needs to back off: `Retry-After` (seconds) and the
 `RateLimit-Limit`, `RateLimit-Remaining`, `RateLimit-Reset` headers (IETF httpapi draft).
@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from prometheus_client import Counter
 
 from appliance.config import Config
+from appliance.ops.buckets import SharedBuckets
 from appliance.ops.metrics import REGISTRY
 
 KINDS = ("pull", "push", "signin")
-MAX_BUCKETS = 100_000
 
 LIMITED = Counter(
     "berth_rate_limited_requests",
@@ -58,14 +58,6 @@ class RateLimited(Exception):
         }
 
 
-class _Bucket:
-    __slots__ = ("stamp", "tokens")
-
-    def __init__(self, tokens: float, stamp: float) -> None:
-        self.tokens = tokens
-        self.stamp = stamp
-
-
 class RateLimiter:
     """Token buckets keyed by (kind, who). `check` is synchronous and takes microseconds."""
 
@@ -76,15 +68,16 @@ class RateLimiter:
         exempt_admins: bool = True,
         exempt_robots: bool = False,
         clock: Callable[[], float] = time.monotonic,
+        buckets: SharedBuckets | None = None,
     ) -> None:
         self.limits = {k: v for k, v in limits.items() if v.rate > 0}
         self.exempt_admins = exempt_admins
         self.exempt_robots = exempt_robots
         self.clock = clock
-        self._buckets: dict[tuple[str, str], _Bucket] = {}
+        self.buckets = buckets or SharedBuckets()
 
     @classmethod
-    def from_config(cls, config: Config) -> RateLimiter:
+    def from_config(cls, config: Config, buckets: SharedBuckets | None = None) -> RateLimiter:
         limits = {
             kind: Limit(
                 config[f"ratelimit.{kind}_rate"], max(1.0, config[f"ratelimit.{kind}_burst"])
@@ -95,6 +88,7 @@ class RateLimiter:
             limits,
             exempt_admins=config["ratelimit.exempt_admins"],
             exempt_robots=config["ratelimit.exempt_robots"],
+            buckets=buckets,
         )
 
     @property
@@ -110,35 +104,13 @@ class RateLimiter:
         limit = self.limits.get(kind)
         if limit is None:
             return
-        now = self.clock()
-        keys = [(kind, f"u:{user}")] if user else []
+        keys = [f"{kind}:u:{user}"] if user else []
         if address:
-            keys.append((kind, f"a:{address}"))
-        buckets = [self._bucket(key, limit, now) for key in keys]
-        for bucket in buckets:
-            if bucket.tokens < 1.0:
-                LIMITED.labels(kind).inc()
-                raise RateLimited(kind, limit, (1.0 - bucket.tokens) / limit.rate)
-        for bucket in buckets:
-            bucket.tokens -= 1.0
-
-    def _bucket(self, key: tuple[str, str], limit: Limit, now: float) -> _Bucket:
-        bucket = self._buckets.get(key)
-        if bucket is None:
-            if len(self._buckets) >= MAX_BUCKETS:
-                self._forget_full(now)
-            bucket = self._buckets[key] = _Bucket(limit.burst, now)
-            return bucket
-        bucket.tokens = min(limit.burst, bucket.tokens + (now - bucket.stamp) * limit.rate)
-        bucket.stamp = now
-        return bucket
-
-    def _forget_full(self, now: float) -> None:
-        """Drop buckets that have refilled (they hold no information), so memory stays
-        bounded however many addresses come by."""
-        for key, bucket in list(self._buckets.items()):
-            limit = self.limits.get(key[0])
-            if limit is None or bucket.tokens + (now - bucket.stamp) * limit.rate >= limit.burst:
-                del self._buckets[key]
-        if len(self._buckets) >= MAX_BUCKETS:
-            self._buckets.clear()
+            keys.append(f"{kind}:a:{address}")
+        if not keys:
+            return
+        taken = self.buckets.take(keys, limit.rate, limit.burst, self.clock())
+        if not taken[0].ok:
+            LIMITED.labels(kind).inc()
+            lowest = min(t.tokens for t in taken)
+            raise RateLimited(kind, limit, (1.0 - lowest) / limit.rate)

@@ -27,6 +27,7 @@ from appliance.errors import BerthError
 from appliance.metadata.db import Database, Tx
 from appliance.metadata.leader import Fence
 from appliance.ops import audit, context
+from appliance.ops.buckets import SharedBuckets
 from appliance.ops.http import OperationsMiddleware, Readiness, ScrapeCollectors
 from appliance.ops.jobs import Job
 from appliance.ops.ratelimit import RateLimiter
@@ -60,7 +61,10 @@ class Operations:
         self.config = config
         self.db = db
         self.store = store
-        self.limiter = RateLimiter.from_config(config)
+        # Shared by the host's serving processes: the configured rates hold for the host.
+        self.limiter = RateLimiter.from_config(
+            config, SharedBuckets(config.data_dir / "run" / "ratelimit")
+        )
         self.pulls = PullEvents(db)
         self.config_wants_pulls = any("pull" in e.actions for e in config_endpoints(config))
         self.readiness = Readiness([("database", self._probe_database), ("storage", store.check)])

@@ -64,7 +64,7 @@ def test_config_check_accepts_the_template(tmp_path: Path):
     ("text", "expected"),
     [
         ("[server]\nlisten_port = 5000\n", "unknown setting 'server.listen_port'"),
-        ('[server]\nworkers = "four"\n', "server.workers must be a int, not 'four'"),
+        ('[server]\nworkers = "four"\n', "server.workers must be 'auto' or a number"),
         (
             '[nginx]\ntls_cert = "/nonexistent/cert.pem"\ntls_key = "/nonexistent/key.pem"\n',
             "nginx.tls_cert: cannot read certificate /nonexistent/cert.pem: No such file",

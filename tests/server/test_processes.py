@@ -86,7 +86,10 @@ def test_the_jobs_leader_moves_when_it_dies(
         "BERTH_UPLOADS_PURGE_INTERVAL": "0.2",
     }
     data = tmp_path / "data"
-    servers = [start(data, "a", env), start(data, "b", env)]
+    # One process each, so that killing a server kills the leader itself (a supervisor's
+    # workers would notice their parent's death and drain instead).
+    one = ("--workers", "1")
+    servers = [start(data, "a", env, one), start(data, "b", env, one)]
     try:
         wait_for("a leader", lambda: sum(len(leaders(s)) for s in servers) == 1)
         (leader,) = [s for s in servers if leaders(s)]

@@ -105,7 +105,7 @@ async def status(ctx: PageContext) -> Response:
         log_format=config["log.format"],
         access_log=config["log.access"],
         retention=config["audit.retention_days"],
-        workers=config["server.workers"],
+        workers=config.workers,
     )
 
 
