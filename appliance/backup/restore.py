@@ -44,6 +44,7 @@ from appliance.backup.layout import FileEntry, Manifest
 from appliance.backup.target import DirTarget, Target, s3_target
 from appliance.backup.verify import fetch_file, load_manifest, verify_backup
 from appliance.config import Config
+from appliance.metadata.changes import EVERYTHING
 from appliance.metadata.copy import NOT_COPIED, copy_database, tables
 from appliance.metadata.db import Database, Options, Tx, open_database, redact
 from appliance.ops import audit
@@ -270,8 +271,9 @@ async def restore_backup(
                 raise
             written = await trio.to_thread.run_sync(_write_secrets, config, files)
             now = clock()
-            await db.write(
-                lambda tx: audit.record(
+
+            def record(tx: Tx) -> None:
+                audit.record(
                     tx,
                     "cli",
                     "backup.restore",
@@ -281,7 +283,9 @@ async def restore_backup(
                     blobs=len(keys),
                     forced=bool(contents),
                 )
-            )
+                tx.touch(EVERYTHING)  # every cache of every process of this registry reloads
+
+            await db.write(record)
         finally:
             shutil.rmtree(work, ignore_errors=True)
     finally:

@@ -34,6 +34,7 @@ from typing import Any
 import trio
 from prometheus_client import Counter, Gauge
 
+from appliance.metadata.changes import repository_topic
 from appliance.metadata.db import Database, Tx
 from appliance.metadata.leader import Fence, check_fence
 from appliance.metadata.store import enqueue_blobs, enqueue_manifests
@@ -154,8 +155,15 @@ def drop_manifest(tx: Tx, manifest_id: int, review_after: float) -> None:
             {"id": manifest_id},
         )
     ]
+    repository = tx.scalar(
+        "SELECT r.name FROM manifests m JOIN repositories r ON r.id = m.repository_id "
+        "WHERE m.id = :id",
+        {"id": manifest_id},
+    )
     tx.execute("DELETE FROM gc_manifest_queue WHERE manifest_id = :id", {"id": manifest_id})
     tx.execute("DELETE FROM manifests WHERE id = :id", {"id": manifest_id})
+    if repository is not None:
+        tx.touch(repository_topic(str(repository)))  # cached pulls of it must miss
     enqueue_blobs(tx, blobs, review_after)
     enqueue_manifests(tx, [*children, *referrers], review_after)
 

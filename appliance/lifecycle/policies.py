@@ -31,6 +31,7 @@ from typing import Any
 from appliance.errors import Denied, InvalidName, NotFound
 from appliance.lifecycle.gc import drop_manifest, manifest_needed
 from appliance.lifecycle.rules import Rules, _in_namespace
+from appliance.metadata.changes import repository_topic
 from appliance.metadata.db import Database, Tx
 from appliance.metadata.leader import Fence, check_fence
 from appliance.oci.names import validate_name
@@ -430,6 +431,7 @@ class Policies:
                     "DELETE FROM tags WHERE repository_id = :r AND name = :n",
                     {"r": repo_id, "n": name},
                 )
+                tx.touch(repository_topic(repo))
                 audit.record(
                     tx,
                     actor,

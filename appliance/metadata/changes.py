@@ -41,7 +41,7 @@ import struct
 import threading
 import zlib
 from collections import OrderedDict
-from collections.abc import Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from pathlib import Path
 from typing import Generic, TypeVar
 
@@ -53,6 +53,14 @@ CHANNEL = "berth_changes"  # the PostgreSQL NOTIFY channel
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
+
+
+EVERYTHING = "*"  # a topic that stands for every topic (a restore replaced every record)
+
+
+def repository_topic(name: str) -> str:
+    """The topic of a repository's tags and manifests (touched by every change to them)."""
+    return "repo:" + name
 
 
 def _fresh() -> int:
@@ -108,6 +116,10 @@ class ChangeBoard:
 
     def bump(self, topics: Iterable[str]) -> None:
         """`topics` changed: give each a new stamp (called after the commit)."""
+        topics = set(topics)
+        if EVERYTHING in topics:
+            self.bump_all()
+            return
         for slot in {slot_of(t) for t in topics}:
             _WORD.pack_into(self._file, slot * _WORD.size, _fresh())
 
@@ -131,12 +143,23 @@ class StampedCache(Generic[K, V]):
             value = await load()
             cache.put(key, value, stamp)
 
-    Safe from any thread. The oldest entries go first once `size` is reached.
+    Safe from any thread. The least recently stored entries go first once `size` entries (or
+    `max_bytes`, as `weight` counts them) are reached; a value heavier than `max_bytes` is not
+    kept at all.
     """
 
-    def __init__(self, size: int = 10_000) -> None:
+    def __init__(
+        self,
+        size: int = 10_000,
+        *,
+        max_bytes: int | None = None,
+        weight: Callable[[V], int] | None = None,
+    ) -> None:
         self.size = size
-        self._entries: OrderedDict[K, tuple[int, V]] = OrderedDict()
+        self.max_bytes = max_bytes
+        self._weight = weight or (lambda _: 0)
+        self._bytes = 0
+        self._entries: OrderedDict[K, tuple[int, V, int]] = OrderedDict()
         self._lock = threading.Lock()
 
     def get(self, key: K, stamp: int) -> V | None:
@@ -146,16 +169,27 @@ class StampedCache(Generic[K, V]):
         return hit[1]
 
     def put(self, key: K, value: V, stamp: int) -> None:
+        weight = self._weight(value)
+        if self.max_bytes is not None and weight > self.max_bytes:
+            return
         with self._lock:
-            self._entries[key] = (stamp, value)
-            self._entries.move_to_end(key)
-            while len(self._entries) > self.size:
-                self._entries.popitem(last=False)
+            old = self._entries.pop(key, None)
+            if old is not None:
+                self._bytes -= old[2]
+            self._entries[key] = (stamp, value, weight)
+            self._bytes += weight
+            while len(self._entries) > self.size or (
+                self.max_bytes is not None and self._bytes > self.max_bytes
+            ):
+                self._bytes -= self._entries.popitem(last=False)[1][2]
 
     def discard(self, key: K) -> None:
         with self._lock:
-            self._entries.pop(key, None)
+            old = self._entries.pop(key, None)
+            if old is not None:
+                self._bytes -= old[2]
 
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()
+            self._bytes = 0

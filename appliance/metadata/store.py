@@ -24,6 +24,7 @@ from appliance.errors import (
     RepositoryNotFound,
     UploadNotFound,
 )
+from appliance.metadata.changes import StampedCache, repository_topic
 from appliance.metadata.db import Database, Tx
 from appliance.metadata.leader import Fence, check_fence
 from appliance.oci.digest import Digest
@@ -54,6 +55,9 @@ class ManifestRecord:
     media_type: str
     payload: bytes
     subject: str | None
+
+
+MANIFEST_CACHE_BYTES = 32 << 20  # per serving process
 
 
 @dataclass(frozen=True)
@@ -152,6 +156,11 @@ class MetadataStore:
         self.clock = clock
         self.gc_delay = gc_delay
         self.checks = checks
+        # Manifests by (repository, reference), good while the repository's change stamp
+        # holds (metadata/changes.py): a pull answered from memory, no query, no thread hop.
+        self._manifests: StampedCache[tuple[str, str], ManifestRecord] = StampedCache(
+            10_000, max_bytes=MANIFEST_CACHE_BYTES, weight=lambda m: len(m.payload) + 200
+        )
 
     # -- blobs ---------------------------------------------------------------------------
 
@@ -511,12 +520,17 @@ class MetadataStore:
             events.manifest_pushed(
                 tx, repository, digest_s, manifest.media_type, len(payload), tag, moved_from
             )
+            tx.touch(repository_topic(repository))
             return PutResult(bool(inserted), digest_s)
 
         return await self.db.write(fn)
 
     async def manifest(self, repository: str, reference: str, by_digest: bool) -> ManifestRecord:
         """The manifest a tag points at, or the one with that digest. Raises ManifestNotFound."""
+        stamp = self.db.changes.stamp(repository_topic(repository))  # before the read
+        cached = self._manifests.get((repository, reference), stamp)
+        if cached is not None:
+            return cached
 
         def fn(tx: Tx) -> ManifestRecord:
             if by_digest:
@@ -541,7 +555,9 @@ class MetadataStore:
                 )
             return ManifestRecord(row[0], row[1], bytes(row[2]), row[3])
 
-        return await self.db.read(fn)
+        record = await self.db.read(fn)
+        self._manifests.put((repository, reference), record, stamp)
+        return record
 
     async def delete_tag(
         self, repository: str, tag: str, audit: Callable[[Tx], None] | None = None
@@ -560,6 +576,7 @@ class MetadataStore:
             )
             if not gone:
                 raise ManifestNotFound(f"tag {tag} is not in repository {repository}")
+            tx.touch(repository_topic(repository))
             _enqueue_manifest(tx, int(gone[0][0]), now + self.gc_delay)
             if audit is not None:
                 audit(tx)
@@ -628,6 +645,7 @@ class MetadataStore:
             ]
             tx.execute("DELETE FROM gc_manifest_queue WHERE manifest_id = :id", {"id": manifest_id})
             tx.execute("DELETE FROM manifests WHERE id = :id", {"id": manifest_id})
+            tx.touch(repository_topic(repository))
             enqueue_blobs(tx, blobs, now + self.gc_delay)
             for child in [*children, *referrers]:
                 _enqueue_manifest(tx, child, now + self.gc_delay)

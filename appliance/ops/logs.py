@@ -6,12 +6,11 @@ is scrubbed of anything that looks like a credential (Authorization values, Bert
 password or token query parameters) before any handler sees it: a secret that slips into a
 message by mistake never reaches a file.
 
-Records are formatted and written by a thread of their own: the thread that logs (the event
-loop, for the access log) only renders the message and queues it. Writing to stderr blocks
-whenever its reader (journald, a pipe) is slower than the server, and a profile of manifest
-GETs showed a fifth of the event loop's time in that write (bench/RESULTS.md). The writer
-drains whatever has queued up and writes it in one call; what is queued is written before the
-process exits normally.
+Lines are written by a thread of their own: the thread that logs (the event loop, for the
+access log) formats the line and queues it. Writing to stderr blocks whenever its reader
+(journald, a pipe) is slower than the server, and a profile of manifest GETs showed a fifth of
+the event loop's time in that write (bench/RESULTS.md). The writer writes whatever has queued
+up in one call; what is queued is written before the process exits normally.
 """
 
 from __future__ import annotations
@@ -122,63 +121,64 @@ def resolve_format(value: str, stream: Any = None) -> str:
     return v
 
 
-QUEUE_LIMIT = 100_000  # records; past it, a caller waits for the writer (as a direct write would)
+QUEUE_LIMIT = 100_000  # lines; past it, a caller writes itself (as it would with no queue)
+WRITE_PAUSE = 0.005  # seconds the writer rests between writes, so lines go out in batches
 
 
 class QueuedHandler(logging.Handler):
-    """Renders a record's message in the calling thread (the request context and the objects
-    it names are there) and hands it to a writer thread that formats and writes it."""
+    """Formats a record in the calling thread and hands the line to a writer thread.
+
+    Only the write happens elsewhere: a thread that formatted would hold the GIL for CPU
+    work while the event loop waits to get it back after every socket call, which cost more
+    than the write it saved. The writer spends its time in `write` (the GIL released) or
+    resting, and writes whatever queued up meanwhile in one call.
+    """
 
     def __init__(self, stream: TextIO, formatter: logging.Formatter) -> None:
         super().__init__()
         self.stream = stream
         self.formatter = formatter
-        self._queue: queue.Queue[logging.LogRecord | None] = queue.Queue(QUEUE_LIMIT)
+        self._lines: queue.SimpleQueue[str | None] = queue.SimpleQueue()
         self._writer = threading.Thread(target=self._write, name="log-writer", daemon=True)
         self._writer.start()
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            record.msg, record.args = record.getMessage(), None
-            if record.exc_info:
-                record.exc_text = record.exc_text or scrub(self._format_exception(record))
-                record.exc_info = None  # tracebacks hold frames: not for another thread
-            self._queue.put(record)
+            line = self.format(record)
+            if self._lines.qsize() < QUEUE_LIMIT and self._writer.is_alive():
+                self._lines.put(line)
+            else:  # the writer is far behind (or gone): wait for the stream like it does
+                self._write_lines([line])
         except Exception:  # logging must never break its caller
             self.handleError(record)
 
-    @staticmethod
-    def _format_exception(record: logging.LogRecord) -> str:
-        assert record.exc_info is not None
-        return logging.Formatter().formatException(record.exc_info)
+    def _write_lines(self, lines: list[str]) -> None:
+        try:
+            self.stream.write("\n".join(lines) + "\n")
+            self.stream.flush()
+        except (OSError, ValueError):
+            pass  # stderr closed: nowhere left to write to
 
     def _write(self) -> None:
-        assert self.formatter is not None
         while True:
-            record = self._queue.get()
+            line = self._lines.get()
             lines: list[str] = []
-            while record is not None:
+            while line is not None:
+                lines.append(line)
                 try:
-                    lines.append(self.formatter.format(record))
-                except Exception:  # one bad record must not stop the writer
-                    self.handleError(record)
-                try:
-                    record = self._queue.get_nowait()
+                    line = self._lines.get_nowait()
                 except queue.Empty:
                     break
             if lines:
-                try:
-                    self.stream.write("\n".join(lines) + "\n")
-                    self.stream.flush()
-                except (OSError, ValueError):
-                    pass  # stderr closed: nowhere left to write to
-            if record is None:
+                self._write_lines(lines)
+            if line is None:
                 return
+            time.sleep(WRITE_PAUSE)
 
     def close(self) -> None:
         """Write what is queued, then stop the writer."""
         if self._writer.is_alive():
-            self._queue.put(None)
+            self._lines.put(None)
             self._writer.join(timeout=10)
         super().close()
 

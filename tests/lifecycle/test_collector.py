@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import trio
 
-from appliance.errors import ManifestBlobUnknown
+from appliance.errors import ManifestBlobUnknown, ManifestNotFound
 from appliance.lifecycle.gc import RECLAIMED_BYTES, RECLAIMED_ITEMS, GcSettings
 from appliance.metadata.leader import LeadershipLost, leader_lock
 from appliance.oci import mediatypes as mt
@@ -267,3 +267,22 @@ async def test_two_collectors_at_once_remove_each_item_once(world: World) -> Non
     assert await world.stored() == set()
     assert RECLAIMED_ITEMS is not None
     assert RECLAIMED_BYTES is not None
+
+
+async def test_a_pull_served_from_memory_never_outlives_what_the_collector_removed(
+    world: World,
+) -> None:
+    """Manifests are cached per process (metadata/store.py); the collector's delete must reach
+    that cache like a client's does."""
+    payload = await world.image(REPO, [b"cached layer"], "v1")
+    digest = sha(payload)
+    assert (await world.registry.manifest(REPO, digest)).payload == payload  # now cached
+    assert (await world.registry.manifest(REPO, "v1")).digest == digest
+    await world.registry.delete_manifest(REPO, "v1")  # untagged: kept for gc.untagged_age
+    with pytest.raises(ManifestNotFound):
+        await world.registry.manifest(REPO, "v1")
+    assert (await world.registry.manifest(REPO, digest)).payload == payload
+    world.clock.advance(1001)
+    assert (await world.collect()).manifests == 1
+    with pytest.raises(ManifestNotFound):
+        await world.registry.manifest(REPO, digest)

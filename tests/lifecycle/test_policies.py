@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from appliance.errors import Denied, InvalidName
+from appliance.errors import Denied, InvalidName, ManifestNotFound
 from appliance.lifecycle.pulls import PullTracker
 from appliance.ops import audit
 from tests.lifecycle.world import World, descriptor, image_manifest, index_manifest, sha
@@ -208,3 +208,14 @@ async def test_bad_settings_are_refused(
 ) -> None:
     with pytest.raises(InvalidName, match=message):
         await db_world.policies.create("alice", REPO, settings)
+
+
+async def test_a_tag_a_policy_removed_is_not_served_from_memory(db_world: World) -> None:
+    await push_series(db_world, ["v1", "v2"])
+    assert (await db_world.registry.manifest(REPO, "v1")).digest  # cached now
+    policy_id, going = await plan(db_world, {"keep_recent": 1})
+    assert going == [f"{REPO}:v1"]
+    assert (await db_world.registry.manifest(REPO, "v1")).digest  # a preview changes nothing
+    await db_world.policies.run("alice", policy_id)
+    with pytest.raises(ManifestNotFound):
+        await db_world.registry.manifest(REPO, "v1")

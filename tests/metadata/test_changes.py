@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from appliance.metadata.changes import SLOTS, ChangeBoard, StampedCache, slot_of
+from appliance.metadata.changes import EVERYTHING, SLOTS, ChangeBoard, StampedCache, slot_of
 from appliance.metadata.db import Options, Tx, open_database
 from appliance.metadata.sqlite import SqliteDatabase
 
@@ -155,3 +155,23 @@ async def test_postgres_hosts_see_each_others_changes(
     finally:
         here.close()
         there.close()
+
+
+def test_the_cache_is_bounded_in_bytes_too() -> None:
+    cache: StampedCache[int, bytes] = StampedCache(size=100, max_bytes=10, weight=len)
+    cache.put(1, b"12345", 0)
+    cache.put(2, b"12345", 0)
+    cache.put(3, b"1", 0)  # over 10 bytes: the oldest goes
+    assert cache.get(1, 0) is None
+    assert cache.get(2, 0) == b"12345"
+    cache.put(4, b"x" * 11, 0)  # heavier than the whole cache: not kept
+    assert cache.get(4, 0) is None
+    assert cache.get(2, 0) == b"12345"
+
+
+def test_everything_bumps_every_topic(tmp_path: Path) -> None:
+    """What a restore touches: no cached fact of any topic survives it."""
+    board = ChangeBoard(tmp_path / "changes")
+    before = {t: board.stamp(t) for t in ("auth", "rules", "repo:a/b", "repo:c")}
+    board.bump([EVERYTHING])
+    assert all(board.stamp(t) != s for t, s in before.items())
