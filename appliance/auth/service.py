@@ -334,6 +334,7 @@ class AccessControl:
             ) -> None:
                 if gone and not user.disabled:
                     identity.update_user(tx, user.name, disabled=True)
+                    identity.revoke_refresh_tokens(tx, user.id, now)
                     audit.record(tx, "system", "user.disable", user.name, at=now, reason="ldap")
                 if has_admin_rule and user.is_admin != admin:
                     identity.update_user(tx, user.name, is_admin=admin)

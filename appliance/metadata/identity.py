@@ -552,10 +552,17 @@ def token_by_id(tx: Tx, token_id: int) -> TokenRecord | None:
 
 def tokens_of_user(tx: Tx, user_id: int, kind: str | None = "pat") -> list[TokenRecord]:
     """The user's tokens of `kind` (pat, refresh; None: both), oldest first."""
-    which = "" if kind is None else "AND kind = :kind "
+    which, params = (
+        ("", {"uid": user_id})
+        if kind is None
+        else (
+            "AND kind = :kind ",
+            {"uid": user_id, "kind": kind},
+        )
+    )
     rows = tx.execute(
         f"SELECT {_TOKEN_COLUMNS} FROM tokens WHERE user_id = :uid {which}ORDER BY id",  # noqa: S608
-        {"uid": user_id, "kind": kind},
+        params,
     )
     return [_token(r) for r in rows]
 
