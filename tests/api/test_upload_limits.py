@@ -14,9 +14,10 @@ import pytest
 from appliance.app import create_app
 from appliance.auth import accounts
 from appliance.auth.passwords import hash_password
+from appliance.lifecycle.rules import namespace_usage
 from appliance.metadata.db import Tx
 from appliance.server import Services, open_services
-from tests.api.conftest import ADMIN, ADMIN_PASSWORD, FakeClock, api_client, make_config
+from tests.api.conftest import ADMIN, FakeClock, api_client, make_config
 from tests.lifecycle.world import sha
 
 CAP = 3
@@ -42,14 +43,15 @@ async def services(data_dir: Path, clock: FakeClock) -> AsyncIterator[Services]:
 
 @pytest.fixture
 async def client(services: Services) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(services.registry, access=services.access, lifecycle=services.lifecycle)
+    # Without the lifecycle routes: registering them would add them to the one OpenAPI
+    # document for the rest of the session (tests/auth/test_matrix.py lists its routes).
+    app = create_app(services.registry, access=services.access)
     async with api_client(app, auth=None) as c:
         yield c
 
 
 DEV = ("dev", PASSWORD)
 DEV2 = ("dev2", PASSWORD)
-ADMIN_AUTH = (ADMIN, ADMIN_PASSWORD)
 
 
 async def start(client: httpx.AsyncClient, auth: tuple[str, str]) -> httpx.Response:
@@ -110,11 +112,9 @@ async def test_a_robot_is_capped_on_its_own(client: httpx.AsyncClient, services:
     assert (await start(client, DEV)).status_code == 202
 
 
-async def set_quota(client: httpx.AsyncClient, limit: int) -> None:
-    r = await client.put(
-        "/api/v1/namespaces/team/quota", json={"limit_bytes": limit}, auth=ADMIN_AUTH
-    )
-    assert r.status_code == 200, r.text
+async def set_quota(services: Services, limit: int) -> None:
+    assert services.lifecycle is not None
+    await services.lifecycle.rules.set_quota(ADMIN, "team", limit)
 
 
 async def patch(
@@ -133,7 +133,7 @@ async def patch(
 async def test_open_uploads_count_against_the_quota_while_written(
     client: httpx.AsyncClient, services: Services
 ) -> None:
-    await set_quota(client, 1000)
+    await set_quota(services, 1000)
     first = (await start(client, DEV)).headers["location"]
     second = (await start(client, DEV)).headers["location"]
     r = await patch(client, first, b"a" * 600)
@@ -159,8 +159,8 @@ async def test_open_uploads_count_against_the_quota_while_written(
     r = await client.put(f"{third}?digest={sha(data)}", auth=DEV)
     assert r.status_code == 201, r.text
     # Committed: counted once, as a blob of the namespace (the upload's share is released).
-    usage = (await client.get("/api/v1/namespaces/team/usage", auth=ADMIN_AUTH)).json()
-    assert usage["total_bytes"] == 700
+    usage = await services.db.read(lambda tx: namespace_usage(tx, "team"))
+    assert usage.total == 700
     rows = await services.db.read(lambda tx: tx.execute("SELECT id, size, reserved FROM uploads"))
     assert [int(r[1]) for r in rows] == [held]
 
@@ -168,7 +168,7 @@ async def test_open_uploads_count_against_the_quota_while_written(
 async def test_an_expired_upload_releases_its_bytes(
     client: httpx.AsyncClient, services: Services, clock: FakeClock
 ) -> None:
-    await set_quota(client, 1000)
+    await set_quota(services, 1000)
     parked = (await start(client, DEV)).headers["location"]
     assert (await patch(client, parked, b"a" * 900)).status_code == 202
     data = b"d" * 500
