@@ -59,6 +59,34 @@ SETTINGS: tuple[Setting, ...] = (
         "Seconds to let in-flight requests finish after SIGTERM/SIGINT.",
     ),
     Setting(
+        "server.idle_timeout",
+        float,
+        60.0,
+        "Seconds a connection may stay open with no request, or take to send a request's "
+        "headers, before it is closed.",
+    ),
+    Setting(
+        "server.read_timeout",
+        float,
+        60.0,
+        "Seconds a request may send no byte of its body before it is cut off (408); a slow "
+        "upload that keeps sending is never cut.",
+    ),
+    Setting(
+        "server.min_body_rate",
+        float,
+        256.0,
+        "Bytes a second a request body must average over each server.read_timeout window, "
+        "or it is cut off (408; 0: no minimum).",
+    ),
+    Setting(
+        "server.max_connections",
+        int,
+        1000,
+        "Open connections one process accepts; beyond that a connection is answered 503 "
+        "UNAVAILABLE and closed (0: no limit).",
+    ),
+    Setting(
         "server.workers",
         str,
         "auto",
@@ -203,6 +231,13 @@ SETTINGS: tuple[Setting, ...] = (
         float,
         86400.0,
         "Seconds an upload session may stay idle before it and its bytes are removed.",
+    ),
+    Setting(
+        "uploads.max_open_per_account",
+        int,
+        64,
+        "Upload sessions one user or robot may hold open at once; more get 429 "
+        "TOOMANYREQUESTS until some complete, are cancelled or expire (0: no limit).",
     ),
     Setting(
         "uploads.purge_interval",

@@ -17,6 +17,8 @@ BerthError
 ├── Conflict                    the change would break something that depends on it
 ├── Denied                      a rule refuses the change (immutable tag, quota)
 ├── Unsupported                 a valid request this registry does not do
+├── TooMany                     a per-account limit on open resources is reached (uploads)
+├── TooSlow                     a client sent its request body too slowly
 ├── StorageFull                 the blob store has no space left
 └── Unavailable                 a backend cannot be reached right now
 """
@@ -99,6 +101,15 @@ class Denied(BerthError):
 
 class Unsupported(BerthError):
     pass
+
+
+class TooMany(BerthError):
+    """A per-account limit on things held open at once (upload sessions) is reached; it frees
+    itself as they complete or expire."""
+
+
+class TooSlow(BerthError):
+    """The client sent its request body more slowly than the server accepts."""
 
 
 class StorageFull(BerthError):

@@ -119,6 +119,8 @@ _MAPPING: tuple[tuple[type[errors.BerthError], str, int | None], ...] = (
     (errors.Conflict, "DENIED", 409),
     (errors.Denied, "DENIED", None),
     (errors.Unsupported, "UNSUPPORTED", None),
+    (errors.TooMany, "TOOMANYREQUESTS", None),
+    (errors.TooSlow, "BLOB_UPLOAD_INVALID", 408),
     (errors.StorageFull, "UNKNOWN", 507),
     (errors.Unavailable, "UNAVAILABLE", None),
 )

@@ -3,7 +3,9 @@
 Authenticated per request by `Authorization: Bearer <personal access token>` (scope `api`) or
 HTTP Basic (name and password, or name and token). Session cookies arrive with the console.
 Rights: instance admins manage users and create namespaces; a namespace's owners manage its
-members, robots and visibility; everyone signed in manages their own tokens.
+members, robots and visibility; everyone signed in manages their own tokens (personal access
+and refresh tokens), and admins anyone's. A token or robot created with a token gets at most
+that token's scopes and expiry, and is revoked with it (`auth/credentials.py`).
 """
 
 from __future__ import annotations
@@ -17,12 +19,13 @@ from quart_trio import QuartTrio
 
 from appliance import __version__
 from appliance.api.guard import parse_basic
-from appliance.auth import accounts
+from appliance.auth import accounts, credentials
+from appliance.auth.credentials import MintLimits
 from appliance.auth.ldap import DirectoryUnavailable
 from appliance.auth.passwords import WeakPassword
 from appliance.auth.policy import Principal, may_manage
 from appliance.auth.service import AccessControl, SignInFailed, SignInLocked
-from appliance.errors import BerthError, Conflict, InvalidName, NotFound
+from appliance.errors import BerthError, Conflict, Denied, InvalidName, NotFound
 from appliance.metadata import identity
 
 Handler = Callable[..., Awaitable[Any]]
@@ -127,6 +130,8 @@ def register_management_api(web: QuartTrio, access: AccessControl) -> RouteDecor
                     return _error(404, e.message)
                 except Conflict as e:
                     return _error(409, e.message)
+                except Denied as e:
+                    return _error(403, e.message)
                 except (InvalidName, WeakPassword, ValueError) as e:
                     return _error(400, getattr(e, "message", str(e)))
                 except BerthError as e:
@@ -331,6 +336,7 @@ def register_management_api(web: QuartTrio, access: AccessControl) -> RouteDecor
                 str(data.get("role", "developer")),
                 now,
                 expires_at=None if expires is None else float(expires),
+                limits=MintLimits.of(who),
             )
         )
         return _json({**robot.as_json(), "token": token}, 201)
@@ -343,20 +349,54 @@ def register_management_api(web: QuartTrio, access: AccessControl) -> RouteDecor
         await access.change(lambda tx: accounts.delete_robot(tx, who.actor, ns, name, now))
         return _json({})
 
-    # -- personal access tokens -------------------------------------------------------------
+    # -- personal access tokens and refresh tokens -------------------------------------------
 
-    @route("/tokens", "GET", "The caller's personal access tokens (never their values)")
+    def _kind() -> str | None:
+        kind = request.args.get("kind", "pat")
+        if kind not in ("pat", "refresh", "all"):
+            raise InvalidName("kind must be pat, refresh or all")
+        return None if kind == "all" else kind
+
+    async def _list(user_id: int, kind: str | None) -> Response:
+        now = access.clock()
+
+        def fn(tx: Any) -> list[dict[str, object]]:
+            found = identity.tokens_of_user(tx, user_id, kind)
+            return [credentials.token_json(tx, t, now) for t in found]
+
+        return _json(await access.db.read(fn))
+
+    async def _revoke(who: Principal, user_id: int, token_id: str) -> Response:
+        if not token_id.isdigit():
+            return _error(404, "no such token")
+        now = access.clock()
+
+        def fn(tx: Any) -> bool:
+            record = identity.token_by_id(tx, int(token_id))
+            if record is None or record.user_id != user_id or record.kind not in ("pat", "refresh"):
+                return False
+            accounts.revoke_token(tx, who.actor, record, now)
+            return True
+
+        if not await access.change(fn):
+            return _error(404, "no such token")
+        return _json({})
+
+    @route(
+        "/tokens",
+        "GET",
+        "The caller's tokens, never their values: ?kind=pat (default), refresh or all",
+    )
     async def list_tokens(who: Principal) -> Response:
         if who.user_id is None:
             return forbidden()
-        uid = who.user_id
-        found = await access.db.read(lambda tx: identity.tokens_of_user(tx, uid))
-        return _json([t.as_json() for t in found])
+        return await _list(who.user_id, _kind())
 
     @route(
         "/tokens",
         "POST",
-        "Create a personal access token; shown once",
+        "Create a personal access token; shown once. Made with a token, it gets at most that "
+        "token's scopes and expiry and is revoked with it",
         {"name": S, "scopes": {"type": "array", "items": S}, "expires_at": N},
     )
     async def create_token(who: Principal) -> Response:
@@ -376,25 +416,33 @@ def register_management_api(web: QuartTrio, access: AccessControl) -> RouteDecor
                 scopes,
                 now,
                 expires_at=None if expires is None else float(expires),
+                limits=MintLimits.of(who),
             )
         )
         return _json({**record.as_json(), "token": token}, 201)
 
-    @route("/tokens/{token_id}", "DELETE", "Revoke one of the caller's tokens")
+    @route("/tokens/{token_id}", "DELETE", "Revoke one of the caller's tokens (PAT or refresh)")
     async def revoke_token(who: Principal, token_id: str) -> Response:
-        if who.user_id is None or not token_id.isdigit():
+        if who.user_id is None:
             return forbidden()
-        now = access.clock()
+        return await _revoke(who, who.user_id, token_id)
 
-        def fn(tx: Any) -> bool:
-            record = identity.token_by_id(tx, int(token_id))
-            if record is None or record.user_id != who.user_id or record.kind != "pat":
-                return False
-            accounts.revoke_token(tx, who.actor, record, now)
-            return True
+    @route(
+        "/users/{name}/tokens",
+        "GET",
+        "A user's tokens, never their values: ?kind=pat (default), refresh or all (admins)",
+    )
+    async def user_tokens(who: Principal, name: str) -> Response:
+        if not who.admin:
+            return forbidden()
+        user = await access.db.read(lambda tx: identity.require_user(tx, name))
+        return await _list(user.id, _kind())
 
-        if not await access.change(fn):
-            return _error(404, "no such token")
-        return _json({})
+    @route("/users/{name}/tokens/{token_id}", "DELETE", "Revoke a user's token (admins)")
+    async def revoke_user_token(who: Principal, name: str, token_id: str) -> Response:
+        if not who.admin:
+            return forbidden()
+        user = await access.db.read(lambda tx: identity.require_user(tx, name))
+        return await _revoke(who, user.id, token_id)
 
     return route

@@ -14,9 +14,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from appliance.errors import InvalidName
+from appliance.metadata import identity
 from appliance.oci.names import namespace_of, validate_name
 
-ROLES = ("reader", "developer", "maintainer", "owner")
+ROLES = identity.ROLES
+role_rank = identity.role_rank
+
 ROLE_ACTIONS: dict[str, frozenset[str]] = {
     "reader": frozenset({"pull"}),
     "developer": frozenset({"pull", "push"}),
@@ -33,17 +36,15 @@ SCOPE_ACTIONS: dict[str, frozenset[str]] = {
 ROBOT_ROLES = ("reader", "developer", "maintainer")
 
 
-def role_rank(role: str | None) -> int:
-    return ROLES.index(role) + 1 if role in ROLES else 0
-
-
 @dataclass(frozen=True)
 class Principal:
     """Someone (or no one) making a request.
 
     `kind` is anonymous, user or robot; `name` the user name or the robot account
     (`<namespace>+<robot>`); `roles` maps namespace → role; `scopes` limits the rights when the
-    caller signed in with a personal access token (None: not limited).
+    caller signed in with a personal access token (None: not limited). `credential` names what
+    the caller signed in with (`auth/credentials.py`), and `expires_at` when that stops
+    working; a token the caller mints is bound by both (`credentials.MintLimits`).
     """
 
     kind: str
@@ -53,6 +54,8 @@ class Principal:
     roles: Mapping[str, str] = field(default_factory=dict)
     scopes: frozenset[str] | None = None
     via: str = "anonymous"
+    credential: str | None = None
+    expires_at: float | None = None
 
     @property
     def anonymous(self) -> bool:

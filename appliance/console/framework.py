@@ -33,6 +33,7 @@ from appliance.auth import policy
 from appliance.auth.policy import Principal
 from appliance.auth.service import AccessControl
 from appliance.config import Config
+from appliance.console.redirects import same_origin_path
 from appliance.console.sessions import Session, SessionStore
 from appliance.errors import BerthError, Conflict, InvalidName, NotFound
 from appliance.metadata.db import Tx
@@ -226,10 +227,11 @@ class PageContext:
         return Response(body, status=status, content_type="text/html; charset=utf-8")
 
     async def redirect(self, location: str, notice: str | None = None) -> Response:
-        """303 to a path of the console, with an optional one-line notice for the next page."""
+        """303 to a path of the console (anything else goes to `/`, see
+        `redirects.same_origin_path`), with an optional one-line notice for the next page."""
         if notice is not None and self.session is not None:
             await self.services.sessions.set_notice(self.session.id_hash, notice)
-        return see_other(location)
+        return see_other(same_origin_path(location))
 
     def set_cookie(self, name: str, value: str, **options: Any) -> None:
         self.new_cookies.append((name, value, options))

@@ -200,6 +200,45 @@ class Rules:
                 {"namespace": ns, "usage": usage, "size": size, "limit": limit},
             )
 
+    def quota_limited(self, tx: Tx, repository: str) -> bool:
+        self._fresh(tx)
+        return namespace_of(repository) in self._quotas
+
+    def held_size(self, tx: Tx, repository: str, digest: str) -> int:
+        inside, params = _in_namespace("r.name", namespace_of(repository))
+        size = tx.scalar(
+            "SELECT b.size FROM blobs b WHERE b.digest = :d AND EXISTS (SELECT 1 "  # noqa: S608
+            "FROM repository_blobs rb JOIN repositories r ON r.id = rb.repository_id "
+            f"WHERE rb.digest = b.digest AND {inside})",
+            {**params, "d": digest},
+        )
+        return 0 if size is None else int(size)
+
+    def upload_growing(self, tx: Tx, repository: str, upload_id: str, total: int) -> None:
+        """Open uploads count against the quota while they are written: committed bytes, plus
+        what the namespace's other open uploads hold or reserved, plus `total` must fit."""
+        self._fresh(tx)
+        ns = namespace_of(repository)
+        limit = self._quotas.get(ns)
+        if limit is None:
+            return
+        usage = namespace_usage(tx, ns).total
+        inside, params = _in_namespace("r.name", ns)
+        held = int(
+            tx.scalar(
+                "SELECT COALESCE(SUM(CASE WHEN u.reserved > u.size THEN u.reserved "  # noqa: S608
+                "ELSE u.size END), 0) FROM uploads u JOIN repositories r "
+                f"ON r.id = u.repository_id WHERE {inside} AND u.id <> :id",
+                {**params, "id": upload_id},
+            )
+        )
+        if usage + held + total > limit:
+            raise Denied(
+                f"quota of namespace {ns} exceeded: it holds {usage} bytes and its other open "
+                f"uploads {held}, this upload needs {total}, the limit is {limit} bytes",
+                {"namespace": ns, "usage": usage, "uploads": held, "size": total, "limit": limit},
+            )
+
     def tag_moving(self, tx: Tx, repository: str, tag: str, previous: int | None, new: int) -> None:
         if previous is None or previous == new:
             return

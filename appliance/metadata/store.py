@@ -18,10 +18,12 @@ from typing import Any, Protocol
 
 from appliance.errors import (
     Conflict,
+    Denied,
     ManifestBlobUnknown,
     ManifestNotFound,
     RangeInvalid,
     RepositoryNotFound,
+    TooMany,
     UploadNotFound,
 )
 from appliance.metadata.changes import StampedCache, repository_topic
@@ -47,6 +49,8 @@ class UploadRecord:
     size: int
     started_at: float
     updated_at: float
+    reserved: int = 0  # bytes granted under the namespace's quota (reserve_upload)
+    limited: bool = False  # the namespace has a quota: writes must reserve first
 
 
 @dataclass(frozen=True)
@@ -139,6 +143,16 @@ class WriteChecks(Protocol):
 
     def manifest_deleting(self, tx: Tx, repository: str, manifest_id: int) -> None:
         """The manifest and every tag pointing at it are about to be removed."""
+
+    def quota_limited(self, tx: Tx, repository: str) -> bool:
+        """Whether `repository`'s namespace has a quota (uploads then reserve bytes)."""
+
+    def upload_growing(self, tx: Tx, repository: str, upload_id: str, total: int) -> None:
+        """Upload `upload_id` of `repository` is about to hold up to `total` bytes."""
+
+    def held_size(self, tx: Tx, repository: str, digest: str) -> int:
+        """The size of blob `digest` if `repository`'s namespace holds it already (linking it
+        again costs no quota), else 0."""
 
 
 class MetadataStore:
@@ -297,17 +311,31 @@ class MetadataStore:
 
     # -- uploads -------------------------------------------------------------------------
 
-    async def create_upload(self, repository: str, upload_id: str) -> UploadRecord:
+    async def create_upload(
+        self, repository: str, upload_id: str, owner: str | None = None, max_open: int = 0
+    ) -> UploadRecord:
+        """A new upload session of `owner`. Raises TooMany when `owner` already holds
+        `max_open` open sessions (0: no limit); counted in the same transaction, so racing
+        starts cannot pass the cap together."""
         now = self.clock()
 
         def fn(tx: Tx) -> UploadRecord:
+            if owner is not None and max_open > 0:
+                held = int(tx.scalar("SELECT COUNT(*) FROM uploads WHERE owner = :o", {"o": owner}))
+                if held >= max_open:
+                    raise TooMany(
+                        f"{owner} has {held} upload sessions open, the most allowed at once; "
+                        "complete or cancel some, or wait for idle ones to expire",
+                        {"open": held, "limit": max_open},
+                    )
             repo_id = ensure_repository(tx, repository, now)
             tx.execute(
-                "INSERT INTO uploads (id, repository_id, size, started_at, updated_at) "
-                "VALUES (:id, :repo, 0, :now, :now)",
-                {"id": upload_id, "repo": repo_id, "now": now},
+                "INSERT INTO uploads (id, repository_id, size, started_at, updated_at, owner) "
+                "VALUES (:id, :repo, 0, :now, :now, :owner)",
+                {"id": upload_id, "repo": repo_id, "now": now, "owner": owner},
             )
-            return UploadRecord(upload_id, repository, 0, now, now)
+            limited = self.checks is not None and self.checks.quota_limited(tx, repository)
+            return UploadRecord(upload_id, repository, 0, now, now, 0, limited)
 
         return await self.db.write(fn)
 
@@ -316,16 +344,59 @@ class MetadataStore:
 
         def fn(tx: Tx) -> UploadRecord:
             row = tx.one(
-                "SELECT u.id, r.name, u.size, u.started_at, u.updated_at FROM uploads u "
-                "JOIN repositories r ON r.id = u.repository_id "
+                "SELECT u.id, r.name, u.size, u.started_at, u.updated_at, u.reserved "
+                "FROM uploads u JOIN repositories r ON r.id = u.repository_id "
                 "WHERE u.id = :id AND r.name = :name",
                 {"id": upload_id, "name": repository},
             )
             if row is None:
                 raise UploadNotFound("upload unknown", {"uuid": upload_id})
-            return UploadRecord(*row)
+            limited = self.checks is not None and self.checks.quota_limited(tx, repository)
+            upload_id_, name, size, started, updated, reserved = row
+            return UploadRecord(
+                upload_id_, name, int(size), started, updated, int(reserved), limited
+            )
 
         return await self.db.read(fn)
+
+    async def quota_free(self, repository: str, digest: str) -> int:
+        """Bytes an upload declared to be blob `digest` may hold without reserving quota:
+        the blob's size when the namespace holds it already (it will cost nothing), else 0."""
+        if self.checks is None:
+            return 0
+        checks = self.checks
+        return await self.db.read(lambda tx: checks.held_size(tx, repository, digest))
+
+    async def reserve_upload(
+        self, repository: str, upload_id: str, needed: int, ahead: int = 0
+    ) -> int:
+        """Let the upload hold at least `needed` bytes under its namespace's quota, and up to
+        `ahead` more if the quota has room (fewer writes for a long streamed body). Returns
+        the bytes now reserved. Raises Denied (the quota's message) when even `needed` does
+        not fit, UploadNotFound when the session is gone."""
+
+        def fn(tx: Tx) -> int:
+            reserved = tx.scalar("SELECT reserved FROM uploads WHERE id = :id", {"id": upload_id})
+            if reserved is None:
+                raise UploadNotFound("upload unknown", {"uuid": upload_id})
+            if int(reserved) >= needed:
+                return int(reserved)
+            total = needed + ahead
+            if self.checks is not None:
+                try:
+                    self.checks.upload_growing(tx, repository, upload_id, total)
+                except Denied:
+                    if not ahead:
+                        raise
+                    total = needed
+                    self.checks.upload_growing(tx, repository, upload_id, total)
+            tx.execute(
+                "UPDATE uploads SET reserved = :total WHERE id = :id",
+                {"total": total, "id": upload_id},
+            )
+            return total
+
+        return await self.db.write(fn)
 
     async def set_upload_size(self, upload_id: str, size: int, expected: int) -> None:
         """Record that the upload now holds `size` bytes, if it still holds `expected`.

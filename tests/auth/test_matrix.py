@@ -125,6 +125,18 @@ MATRIX: list[tuple[str, str, Any, tuple[int, ...]]] = [
     ("GET", "/api/v1/namespaces", None, (401, 200, 200, 200, 200, 200, 200, 403, 403, 403, 200)),
     ("GET", "/api/v1/users", None, (401, 403, 403, 403, 403, 403, 200, 403, 403, 403, 403)),
     (
+        "GET",
+        "/api/v1/users/developer/tokens?kind=all",
+        None,
+        (401, 403, 403, 403, 403, 403, 200, 403, 403, 403, 403),
+    ),
+    (
+        "DELETE",
+        "/api/v1/users/developer/tokens/999999",
+        None,
+        (401, 403, 403, 403, 403, 403, 404, 403, 403, 403, 403),
+    ),
+    (
         "POST",
         "/api/v1/users",
         {"name": "new-{caller}", "password": "long-enough-pw"},
@@ -185,11 +197,13 @@ MATRIX: list[tuple[str, str, Any, tuple[int, ...]]] = [
         (401, 403, 403, 403, 403, 201, 201, 403, 403, 403, 403),
     ),
     ("GET", "/api/v1/tokens", None, (401, 200, 200, 200, 200, 200, 200, 403, 403, 403, 200)),
+    # A token never grants more than the token that creates it: an api-only PAT may not
+    # make a read_registry one (auth/credentials.py, MintLimits).
     (
         "POST",
         "/api/v1/tokens",
         {"name": "t", "scopes": ["read_registry"]},
-        (401, 201, 201, 201, 201, 201, 201, 403, 403, 403, 201),
+        (401, 201, 201, 201, 201, 201, 201, 403, 403, 403, 403),
     ),
     # backups (appliance/backup/api.py): instance admins only; no backup by that id is a 404
     ("GET", "/api/v1/backups", None, (401, 403, 403, 403, 403, 403, 200, 403, 403, 403, 403)),
