@@ -199,3 +199,41 @@ def test_keep_alive_connections_get_every_answer_while_a_worker_is_replaced(
         for c in conns:
             if c.sock is not None:
                 c.sock.close()
+
+
+def test_a_revoked_token_is_refused_by_every_worker_at_once(tmp_path: Path) -> None:
+    """Each worker has checked (and cached) the PAT and a registry token made with it; the
+    revocation, answered by one worker, holds for the next request on every connection."""
+    env = {"BERTH_SERVER_WORKERS": "2", "BERTH_LOG_FORMAT": "json"}
+    with running(start(tmp_path / "data", "revoke", env)) as server:
+        with client_for(server) as admin:
+            push_image(admin, "team/app", "v1", b"revoked layer")
+            made = admin.post("/api/v1/tokens", json={"name": "ci", "scopes": ["read_registry"]})
+            assert made.status_code == 201, made.text
+            pat, pat_id = made.json()["token"], made.json()["id"]
+            jwt = admin.get(
+                "/token",
+                params={"service": "berth", "scope": "repository:team/app:pull"},
+                auth=("admin", pat),
+            ).json()["token"]
+        basic = "Basic " + base64.b64encode(f"admin:{pat}".encode()).decode()
+        # Eight connections: each refused Basic sign-in counts as a failure, and ten lock the
+        # account (429), which is not what this test is about.
+        clients = [httpx.Client(base_url=server.url, timeout=30) for _ in range(8)]
+        try:
+            for c in clients:
+                for auth in (basic, f"Bearer {jwt}"):
+                    got = c.get("/v2/team/app/manifests/v1", headers={"authorization": auth})
+                    assert got.status_code == 200
+            assert len(serving_pids(server)) == 2, "the connections reached both workers"
+            revoked = clients[0].delete(
+                f"/api/v1/tokens/{pat_id}", headers={"authorization": BASIC}
+            )
+            assert revoked.status_code in (200, 204), revoked.text
+            for c in clients:
+                for auth in (basic, f"Bearer {jwt}"):
+                    got = c.get("/v2/team/app/manifests/v1", headers={"authorization": auth})
+                    assert got.status_code == 401, (auth[:6], got.status_code)
+        finally:
+            for c in clients:
+                c.close()
