@@ -285,14 +285,24 @@ class S3Target:
     """Backups in an S3 bucket, under a key prefix."""
 
     def __init__(
-        self, client: S3Client, bucket: str, prefix: str, endpoint: str, attempts: int = 5
+        self,
+        client: S3Client,
+        bucket: str,
+        prefix: str,
+        endpoint: str,
+        attempts: int = 5,
+        *,
+        batch_delete: bool = True,
     ) -> None:
+        from appliance.storage.s3 import Deleter  # noqa: PLC0415
+
         self.client = client
         self.attempts = max(1, attempts)
         self.bucket = bucket
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
         self.url = f"s3://{bucket}/{self.prefix}".rstrip("/")
         self.endpoint = endpoint
+        self.deleter = Deleter(client, bucket, self.url, batch_delete)
 
     @contextlib.contextmanager
     def translated(self, what: str) -> Iterator[None]:
@@ -384,14 +394,8 @@ class S3Target:
 
     def delete(self, paths: list[str]) -> None:
         for i in range(0, len(paths), 1000):
-            batch = [{"Key": self._k(p)} for p in paths[i : i + 1000]]
-            self.call(
-                "deleting files",
-                lambda batch=batch: self.client.delete_objects(  # type: ignore[misc]
-                    Bucket=self.bucket,
-                    Delete={"Objects": batch, "Quiet": True},
-                ),
-            )
+            keys = [self._k(p) for p in paths[i : i + 1000]]
+            self.call("deleting files", lambda keys=keys: self.deleter.delete(keys))  # type: ignore[misc]
 
 
 def s3_target(config: Config, bucket: str, prefix: str, *, section: str = "backup.s3") -> S3Target:
@@ -415,7 +419,14 @@ def s3_target(config: Config, bucket: str, prefix: str, *, section: str = "backu
         )
     base = replace(base, bucket=bucket, prefix="")
     base.validate()
-    return S3Target(make_client(base), bucket, prefix, base.endpoint, base.max_attempts)
+    return S3Target(
+        make_client(base),
+        bucket,
+        prefix,
+        base.endpoint,
+        base.max_attempts,
+        batch_delete=base.batch_delete,
+    )
 
 
 def _with_bucket(config: Config, bucket: str) -> Config:

@@ -65,6 +65,14 @@ async def read_all(store: BlobStore, key: str, start: int, length: int) -> bytes
     return bytes(out)
 
 
+async def commit_blob(store: BlobStore, data: bytes) -> str:
+    """Upload `data` in one append and commit it; returns its storage key."""
+    upload_id = layout.new_upload_id()
+    await store.create_upload(upload_id)
+    await store.append(upload_id, 0, feed(split(data)), None, Progress())
+    return await store.commit(upload_id, len(data), sha(data))
+
+
 class StoreSuite:
     """Tests every BlobStore must pass. Subclasses provide `store` and `side_door`."""
 
