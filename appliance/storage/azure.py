@@ -91,6 +91,7 @@ from appliance.oci.digest import Digest, Hasher, new_hasher
 from appliance.storage import layout
 from appliance.storage.base import Progress, StoredObject
 from appliance.storage.pending import Pending
+from appliance.storage.pieces import PieceCutter
 
 log = logging.getLogger("berth.storage.azure")
 
@@ -796,100 +797,35 @@ def _block_size(base: int, index: int, max_blocks: int) -> int:
     return min(MAX_BLOCK, base << (index // max(1, max_blocks // 10)))
 
 
-class _Stager:
+class _Stager(PieceCutter):
     """One append: receive chunks, cut them into blocks staged a few at a time, and record
     each block in the state blob as soon as every block before it is recorded too."""
 
     def __init__(
         self, store: AzureStore, upload_id: str, state: _State, offset: int, progress: Progress
     ) -> None:
+        super().__init__(progress, BLOCKS_IN_FLIGHT)
         self.store = store
         self.upload_id = upload_id
         self.state = state
         self.offset = offset
-        self.progress = progress
-        self.hashed = 0
-        self.buffer: list[bytes] = []
-        self.buffered = 0
         self.next_index = len(state.blocks)
         self.finished: dict[int, tuple[str, int]] = {}
-        self.failures: list[Exception] = []
-        self.slots = trio.Semaphore(BLOCKS_IN_FLIGHT)
-        self.record_lock = trio.Lock()
 
-    def _target(self) -> int:
-        return _block_size(self.store.block_size, self.next_index, self.store.max_blocks)
+    def piece_ready(self) -> int:
+        target = _block_size(self.store.block_size, self.next_index, self.store.max_blocks)
+        return target if self.buffered >= target else 0
 
     async def run(self, chunks: AsyncIterator[bytes], hasher: Hasher | None) -> None:
         """Raises the first failure of Azure, or else the source's own error (after keeping
         everything the source gave). Never an ExceptionGroup."""
-        source_error: Exception | None = None
-        async with trio.open_nursery() as nursery:
-            self.nursery = nursery
-            to_hasher, hashing = trio.open_memory_channel[bytes](2)
-            if hasher is not None:
-                nursery.start_soon(self._hash, hasher, hashing)
-            async with to_hasher:
-                try:
-                    source_error = await self._receive(chunks, to_hasher, hasher is not None)
-                    if self.buffered:  # what is left: a short block of its own
-                        await self._launch(self.buffered)
-                except (Unavailable, StorageFull, UploadNotFound) as e:
-                    self._fail(e)
-        if self.failures:
-            raise self.failures[0]
+        source_error = await self.receive_all(chunks, hasher)
+        if self.buffered:  # what is left: a short block of its own
+            await self.launch_last(self.buffered)
         if source_error is not None:
             raise source_error
 
-    async def _receive(
-        self,
-        chunks: AsyncIterator[bytes],
-        to_hasher: trio.MemorySendChannel[bytes],
-        hashing: bool,
-    ) -> Exception | None:
-        """Take chunks from the source, hand them to the hasher, and launch blocks as they
-        fill. Returns the source's error (a disconnect) instead of raising it."""
-        iterator = chunks.__aiter__()
-        while True:
-            try:
-                data = await iterator.__anext__()
-            except StopAsyncIteration:
-                return None
-            except Exception as e:  # the source failed (a disconnect): keep what came
-                return e
-            if hashing:  # hashed in a thread while the next chunk arrives
-                await to_hasher.send(data)
-            self.buffer.append(data)
-            self.buffered += len(data)
-            while self.buffered >= self._target():
-                await self._launch(self._target())
-
-    async def _hash(self, hasher: Hasher, chunks: trio.MemoryReceiveChannel[bytes]) -> None:
-        async with chunks:
-            async for data in chunks:
-                await trio.to_thread.run_sync(hasher.update, data)
-                self.hashed += len(data)
-
-    def _fail(self, e: Exception) -> None:
-        self.failures.append(e)
-        self.nursery.cancel_scope.cancel()
-
-    def _take(self, n: int) -> bytes:
-        """The first `n` buffered bytes (one copy; only the last chunk is split)."""
-        taken: list[bytes] = []
-        size = 0
-        while size < n:
-            chunk = self.buffer.pop(0)
-            if size + len(chunk) > n:
-                cut = n - size
-                self.buffer.insert(0, chunk[cut:])
-                chunk = chunk[:cut]
-            taken.append(chunk)
-            size += len(chunk)
-        self.buffered -= n
-        return taken[0] if len(taken) == 1 else b"".join(taken)
-
-    async def _launch(self, n: int) -> None:
+    async def launch(self, n: int) -> None:
         await self.slots.acquire()
         index = self.next_index
         self.next_index += 1

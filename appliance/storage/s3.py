@@ -85,6 +85,7 @@ from appliance.oci.digest import Digest, Hasher, new_hasher
 from appliance.storage import layout
 from appliance.storage.base import Progress, StoredObject
 from appliance.storage.pending import Pending
+from appliance.storage.pieces import PieceCutter
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -1060,112 +1061,43 @@ class S3Store:
         )
 
 
-class _Appender:
+class _Appender(PieceCutter):
     """One append: receive chunks, cut them into parts sent a few at a time, and record each
     part in the state object as soon as every part before it is recorded too."""
 
     def __init__(
         self, store: S3Store, upload_id: str, state: _State, offset: int, progress: Progress
     ) -> None:
+        super().__init__(progress, PARTS_IN_FLIGHT)
         self.store = store
         self.upload_id = upload_id
         self.state = state
         self.offset = offset
-        self.progress = progress
-        self.hashed = 0
-        self.buffer: list[bytes] = []
-        self.buffered = 0
         self.next_number = len(state.parts) + 1
         self.finished: dict[int, tuple[str, int, bool]] = {}  # number → (etag, size, had tail)
-        self.failures: list[Exception] = []
-        self.slots = trio.Semaphore(PARTS_IN_FLIGHT)
-        self.record_lock = trio.Lock()
         self.tail_pending = bool(state.tail)  # the next part starts with the tail segments
 
     def _target(self) -> int:
         return _part_size(self.store.part_size, self.next_number)
 
+    def piece_ready(self) -> int:
+        tail = self.state.tail_size * self.tail_pending
+        return self._target() - tail if tail + self.buffered >= self._target() else 0
+
     async def run(self, chunks: AsyncIterator[bytes], hasher: Hasher | None) -> None:
         """Raises the first failure of S3, or else the source's own error (after keeping
         everything the source gave). Never an ExceptionGroup: failures inside the nurseries
         are collected in `failures` and raised alone."""
-        source_error: Exception | None = None
-        async with trio.open_nursery() as nursery:
-            self.nursery = nursery
-            to_hasher, hashing = trio.open_memory_channel[bytes](2)
-            if hasher is not None:
-                nursery.start_soon(self._hash, hasher, hashing)
-            async with to_hasher:
-                try:
-                    source_error = await self._receive(chunks, to_hasher, hasher is not None)
-                except (Unavailable, StorageFull, UploadNotFound) as e:
-                    self._fail(e)
-        if self.failures:
-            raise self.failures[0]
+        source_error = await self.receive_all(chunks, hasher)
         # What is left: a last part if S3 would take one, otherwise a tail segment.
         if self.state.tail_size * self.tail_pending + self.buffered >= MIN_PART:
-            async with trio.open_nursery() as nursery:
-                self.nursery = nursery
-                try:
-                    await self._launch(self.buffered)
-                except (Unavailable, StorageFull, UploadNotFound) as e:
-                    self._fail(e)
-            if self.failures:
-                raise self.failures[0]
+            await self.launch_last(self.buffered)
         elif self.buffered:
             await self._write_segment()
         if source_error is not None:
             raise source_error
 
-    async def _receive(
-        self,
-        chunks: AsyncIterator[bytes],
-        to_hasher: trio.MemorySendChannel[bytes],
-        hashing: bool,
-    ) -> Exception | None:
-        """Take chunks from the source, hand them to the hasher, and launch parts as they
-        fill. Returns the source's error (a disconnect) instead of raising it."""
-        iterator = chunks.__aiter__()
-        while True:
-            try:
-                data = await iterator.__anext__()
-            except StopAsyncIteration:
-                return None
-            except Exception as e:  # the source failed (a disconnect): keep what came
-                return e
-            if hashing:  # hashed in a thread while the next chunk arrives
-                await to_hasher.send(data)
-            self.buffer.append(data)
-            self.buffered += len(data)
-            while self.state.tail_size * self.tail_pending + self.buffered >= self._target():
-                await self._launch(self._target() - self.state.tail_size * self.tail_pending)
-
-    async def _hash(self, hasher: Hasher, chunks: trio.MemoryReceiveChannel[bytes]) -> None:
-        async with chunks:
-            async for data in chunks:
-                await trio.to_thread.run_sync(hasher.update, data)
-                self.hashed += len(data)
-
-    def _fail(self, e: Exception) -> None:
-        self.failures.append(e)
-        self.nursery.cancel_scope.cancel()
-
-    def _take(self, n: int) -> bytes:
-        """The first `n` buffered bytes (one copy; only the last chunk is split)."""
-        taken: list[bytes] = []
-        size = 0
-        while size < n:
-            chunk = self.buffer.pop(0)
-            if size + len(chunk) > n:
-                cut = n - size
-                self.buffer.insert(0, chunk[cut:])
-                chunk = chunk[:cut]
-            taken.append(chunk)
-            size += len(chunk)
-        self.buffered -= n
-        return taken[0] if len(taken) == 1 else b"".join(taken)
-
-    async def _launch(self, n: int) -> None:
+    async def launch(self, n: int) -> None:
         """Start uploading the next part: the pending tail segments plus `n` buffered bytes."""
         await self.slots.acquire()
         if self.state.mpu is None:
