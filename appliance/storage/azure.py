@@ -392,6 +392,8 @@ class AzureStore:
             permission=BlobSasPermissions(read=True),
             start=now - datetime.timedelta(minutes=5),  # clocks differ a little
             expiry=now + datetime.timedelta(seconds=ttl),
+            # Never usable over plain HTTP when the account is reached over HTTPS.
+            protocol="https" if self.settings.account_url.startswith("https:") else "https,http",
         )
 
     async def _get_bytes(self, key: str) -> bytes:

@@ -189,3 +189,22 @@ def test_key_and_key_file_are_exclusive(tmp_path: Path) -> None:
         AzureSettings.from_config(load(environ=env | {"BERTH_STORAGE_AZURE_ACCOUNT_KEY": "x"}))
     with pytest.raises(ConfigError, match="container must be set"):
         load(environ={"BERTH_STORAGE_BACKEND": "azure", "BERTH_STORAGE_AZURE_ACCOUNT_NAME": "a"})
+
+
+async def test_redirect_urls_read_one_blob_briefly_over_https_only() -> None:
+    """What a download SAS URL lets its holder do: read that one blob (sr=b, sp=r), over HTTPS
+    only when the account is reached over HTTPS, for 20 minutes."""
+    settings = AzureSettings(
+        container="c", account_name="acct", account_key="a2V5a2V5", redirect=True
+    )
+    url = await AzureStore(settings).download_url("blobs/sha256/ab/abc/1")
+    assert url is not None
+    base, _, query = url.partition("?")
+    assert base == "https://acct.blob.core.windows.net/c/blobs/sha256/ab/abc/1"
+    fields = dict(pair.split("=", 1) for pair in query.split("&"))
+    assert (fields["sr"], fields["sp"], fields["spr"]) == ("b", "r", "https")
+    expiry = datetime.datetime.fromisoformat(fields["se"].replace("%3A", ":"))
+    left = expiry - datetime.datetime.now(datetime.UTC)
+    assert datetime.timedelta(minutes=18) < left <= datetime.timedelta(minutes=21)
+    off = AzureStore(AzureSettings(container="c", account_name="acct", account_key="a2V5a2V5"))
+    assert await off.download_url("blobs/sha256/ab/abc/1") is None
