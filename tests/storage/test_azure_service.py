@@ -228,3 +228,51 @@ def stored_size(azurite: Azurite, container: str, state_key: str) -> int:
     blob = azurite.container(container).get_blob_client(state_key)
     state = json.loads(blob.download_blob().readall())
     return sum(size for _, size in state["blocks"])
+
+
+def test_azurite_stopped_in_the_middle_of_a_patch(tmp_path: Path, own_azurite: Azurite) -> None:
+    """Azurite stops while a PATCH body is still arriving: the request ends with 503, the
+    blocks recorded before the stop stay, and the client resumes from the offset the upload's
+    status reports once Azurite is back."""
+    azurite = own_azurite
+    container = azurite.new_container("midway")
+    env = azurite.env(container) | {
+        "BERTH_STORAGE_AZURE_MAX_ATTEMPTS": "2",
+        "BERTH_STORAGE_AZURE_BLOCK_SIZE": str(MIB),
+        "BERTH_SERVER_SHUTDOWN_TIMEOUT": "3",
+    }
+    data = os.urandom(6 * MIB + 321)
+    server = start_berth(tmp_path / "data", env=env)
+    try:
+        with client_of(server) as c:
+            location = c.post("/v2/az/midway/blobs/uploads/").headers["location"]
+            state_key = f"uploads/{location.rstrip('/').rsplit('/', 1)[1]}/state"
+
+            def body() -> Iterator[bytes]:
+                for i in range(0, len(data), MIB):
+                    if i == 4 * MIB:  # some blocks recorded, the rest still to come
+                        deadline = time.monotonic() + 60
+                        while stored_size(azurite, container, state_key) == 0:
+                            assert time.monotonic() < deadline, "nothing was recorded"
+                            time.sleep(0.02)
+                        azurite.stop()
+                    yield data[i : i + MIB]
+
+            r = c.patch(location, content=body(), headers={"content-range": f"0-{len(data) - 1}"})
+            assert r.status_code == 503, r.text
+            assert r.json()["errors"][0]["code"] == "UNAVAILABLE"
+
+            azurite.restart()
+            status = c.get(location)
+            assert status.status_code == 204
+            held = int(status.headers["range"].split("-")[1]) + 1
+            assert 0 < held <= 4 * MIB
+            r = c.patch(
+                location, content=data[held:], headers={"content-range": f"{held}-{len(data) - 1}"}
+            )
+            assert r.status_code == 202, r.text
+            r = c.put(location, params={"digest": digest_of(data)})
+            assert r.status_code == 201, r.text
+            assert c.get(f"/v2/az/midway/blobs/{digest_of(data)}").content == data
+    finally:
+        assert server.stop() == 0
