@@ -214,7 +214,11 @@ def check_storage(config: Config) -> Iterator[Finding]:
     except BerthError as e:
         yield Finding("fail", "storage", e.message, "check the [storage] settings and access")
         return
-    where = config.storage_root if config["storage.backend"] == "filesystem" else "s3"
+    where = {
+        "filesystem": str(config.storage_root),
+        "s3": f"bucket {config['storage.s3.bucket']}",
+        "azure": f"container {config['storage.azure.container']}",
+    }.get(config["storage.backend"], "")
     yield Finding("ok", "storage", f"{config['storage.backend']} store at {where} usable")
 
 
