@@ -15,6 +15,7 @@ BerthError
 ├── ManifestBlobUnknown         a manifest names a blob or child the repository lacks
 ├── ManifestTooLarge
 ├── Conflict                    the change would break something that depends on it
+│   └── BlobInUse               a manifest of the repository still needs the blob
 ├── Denied                      a rule refuses the change (immutable tag, quota)
 ├── Unsupported                 a valid request this registry does not do
 ├── StorageFull                 the blob store has no space left
@@ -91,6 +92,11 @@ class ManifestTooLarge(BerthError):
 
 class Conflict(BerthError):
     pass
+
+
+class BlobInUse(Conflict):
+    """A blob cannot leave a repository while one of its manifests needs it; `detail` names
+    one such manifest (`{"manifest": digest}`)."""
 
 
 class Denied(BerthError):

@@ -29,10 +29,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from appliance.errors import Denied, InvalidName, NotFound
-from appliance.lifecycle.gc import drop_manifest, manifest_needed
+from appliance.lifecycle.gc import manifest_needed
 from appliance.lifecycle.rules import Rules, _in_namespace
 from appliance.metadata.db import Database, Tx
 from appliance.metadata.leader import Fence, check_fence
+from appliance.metadata.store import drop_manifest
 from appliance.oci.names import validate_name
 from appliance.ops import audit, webhooks
 
@@ -479,14 +480,15 @@ class Policies:
                     {"id": manifest_id},
                 )
             ]
-            drop_manifest(tx, manifest_id, now + self.delay)
-            audit.record(
-                tx, actor, "manifest.delete", f"{row[0]}@{row[1]}", at=now, policy=policy.id
-            )
-            webhooks.emit(
-                tx, "delete", repository=row[0], digest=row[1], actor=actor, policy=policy.id
-            )
-            result.manifests += 1
+            generated = drop_manifest(tx, manifest_id, now + self.delay)
+            for gone in [row[1], *generated]:
+                audit.record(
+                    tx, actor, "manifest.delete", f"{row[0]}@{gone}", at=now, policy=policy.id
+                )
+                webhooks.emit(
+                    tx, "delete", repository=row[0], digest=gone, actor=actor, policy=policy.id
+                )
+            result.manifests += 1 + len(generated)
             pending.extend(follow)
         for digest in sorted(layers):
             if (
