@@ -3,6 +3,7 @@
 BerthError
 ├── ConfigError                 a setting is missing, unknown or of the wrong type
 ├── InvalidName                 a repository name or tag breaks the grammar
+│   └── InvalidPattern          a user's tag pattern is too long or not for the bounded engine
 ├── InvalidDigest               a digest is malformed, of an unknown algorithm, or wrong
 ├── SizeInvalid                 a length does not match what was declared
 ├── RangeInvalid                a chunk does not start where the upload ends
@@ -40,6 +41,11 @@ class ConfigError(BerthError):
 
 class InvalidName(BerthError):
     pass
+
+
+class InvalidPattern(InvalidName):
+    """A user-supplied pattern (immutable tag rule, cleanup-policy regex) is empty, too long,
+    or uses syntax the linear-time engine does not have; the message says which."""
 
 
 class InvalidDigest(BerthError):

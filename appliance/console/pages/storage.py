@@ -10,7 +10,7 @@ from typing import Any
 from quart import Response
 
 from appliance.console.framework import BadRequest, NavEntry, PageContext, PageNotFound, page
-from appliance.errors import Denied
+from appliance.errors import Denied, InvalidPattern
 from appliance.lifecycle import Lifecycle
 from appliance.lifecycle.policies import PlanResult, scope_namespace
 from appliance.lifecycle.rules import list_immutable_rules
@@ -77,23 +77,34 @@ async def namespace_storage(ctx: PageContext, ns: str) -> Response:
     ctx.require_role(ns, "reader")
     maintainer = ctx.principal.admin or ctx.principal.role_in(ns) in ("maintainer", "owner")
     preview: PlanResult | None = None
+    form_error: dict[str, str] | None = None  # which form, and why its pattern was refused
     if ctx.method == "POST":
         ctx.require_role(ns, "maintainer")
         form = await ctx.form()
         action = form.get("action", "")
         here = f"/storage/{ns}"
-        if action == "add-rule":
-            rule = await lifecycle.rules.add_immutable_rule(ctx.actor, ns, form.get("pattern", ""))
-            return await ctx.redirect(here, f"Rule {rule.id} added.")
+        try:
+            if action == "add-rule":
+                rule = await lifecycle.rules.add_immutable_rule(
+                    ctx.actor, ns, form.get("pattern", "")
+                )
+                return await ctx.redirect(here, f"Rule {rule.id} added.")
+            if action == "add-policy":
+                scope = form.get("repository", "").strip() or ns
+                if namespace_of(scope) != ns:
+                    raise BadRequest(f"{scope} is not in namespace {ns}")
+                policy = await lifecycle.policies.create(ctx.actor, scope, _settings(form))
+                return await ctx.redirect(
+                    here, f"Policy {policy.id} created: preview it to run it."
+                )
+        except InvalidPattern as e:
+            # Shown next to the form it came from, with what was typed, to be corrected.
+            typed = {k: form.get(k, "") for k in ("pattern", "repository", *POLICY_FIELDS)}
+            form_error = {"form": action, "message": e.message, **typed}
+    if ctx.method == "POST" and form_error is None:
         if action == "remove-rule":
             await lifecycle.rules.remove_immutable_rule(ctx.actor, ns, _int(form, "id"))
             return await ctx.redirect(here, "Rule removed.")
-        if action == "add-policy":
-            scope = form.get("repository", "").strip() or ns
-            if namespace_of(scope) != ns:
-                raise BadRequest(f"{scope} is not in namespace {ns}")
-            policy = await lifecycle.policies.create(ctx.actor, scope, _settings(form))
-            return await ctx.redirect(here, f"Policy {policy.id} created: preview it to run it.")
         policy_id = _int(form, "id")
         policy = await lifecycle.policies.get(policy_id)
         if scope_namespace(policy.scope) != ns:
@@ -133,6 +144,8 @@ async def namespace_storage(ctx: PageContext, ns: str) -> Response:
         policies=policies,
         maintainer=maintainer,
         preview=preview,
+        form_error=form_error,
+        status=400 if form_error is not None else 200,
     )
 
 
