@@ -475,6 +475,36 @@ class MetadataSuite:
         # A client's referrer to a subject not pushed (yet) is accepted, as the spec says.
         await self.put(meta, REPO, image(b"{}", [b"generated sbom"], subject=gone))
 
+    async def test_work_from_plain_threads_and_from_trio_never_shares_a_transaction(
+        self, database: Database
+    ) -> None:
+        """Background jobs run units of work from plain threads (`run_sync_write`,
+        `run_sync_read`: the scanner's re-matching, backups) while requests run theirs through
+        `write`: each is its own transaction, whoever runs at the same time."""
+
+        def insert(name: str) -> Callable[[Tx], None]:
+            return lambda tx: tx.execute(
+                "INSERT INTO repositories (name, created_at) VALUES (:n, 0)", {"n": name}
+            )
+
+        def count(tx: Tx) -> int:
+            return int(tx.scalar("SELECT COUNT(*) FROM repositories") or 0)
+
+        def from_thread(worker: int) -> None:
+            for i in range(25):
+                database.run_sync_write(insert(f"thread/w{worker}-{i}"))
+                assert database.run_sync_read(count) >= 1
+
+        async def from_trio(worker: int) -> None:
+            for i in range(25):
+                await database.write(insert(f"trio/w{worker}-{i}"))
+
+        async with trio.open_nursery() as nursery:
+            for worker in range(3):
+                nursery.start_soon(trio.to_thread.run_sync, from_thread, worker)
+                nursery.start_soon(from_trio, worker)
+        assert await database.read(count) == 150
+
     # -- uploads -------------------------------------------------------------------------
 
     async def test_upload_life_cycle(
