@@ -15,6 +15,9 @@ BerthError
 ├── ManifestInvalid             malformed JSON, schema or media type
 ├── ManifestBlobUnknown         a manifest names a blob or child the repository lacks
 ├── ManifestTooLarge
+├── InvalidInput                a management request's value is malformed, mistyped or too big
+│   ├── BodyTooLarge            a management request body is over its limit
+│   └── UnsupportedMediaType    a management request body is not sent as JSON
 ├── Conflict                    the change would break something that depends on it
 │   └── BlobInUse               a manifest of the repository still needs the blob
 ├── Denied                      a rule refuses the change (immutable tag, quota)
@@ -93,6 +96,19 @@ class ManifestBlobUnknown(BerthError):
 
 
 class ManifestTooLarge(BerthError):
+    pass
+
+
+class InvalidInput(BerthError):
+    """A value of a management request (a JSON body, a field of it, a query parameter) is
+    malformed, of the wrong type or out of range; the message names it."""
+
+
+class BodyTooLarge(InvalidInput):
+    pass
+
+
+class UnsupportedMediaType(InvalidInput):
     pass
 
 

@@ -67,7 +67,9 @@ class PolicySettings:
             raise InvalidName("keep_recent must be a whole number, 0 or more")
         older = data.get("older_than_days")
         if older is not None and (
-            isinstance(older, bool) or not isinstance(older, int | float) or older < 0
+            isinstance(older, bool)
+            or not isinstance(older, int | float)
+            or not 0 <= older < float("inf")  # also refuses NaN
         ):
             raise InvalidName("older_than_days must be a number of days, 0 or more")
         for name in ("keep_regex", "remove_regex"):

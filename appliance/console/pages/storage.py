@@ -5,10 +5,12 @@ cleanup policies, with a preview of exactly what a policy removes before it may 
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from quart import Response
 
+from appliance.api.inputs import path_id
 from appliance.console.framework import BadRequest, NavEntry, PageContext, PageNotFound, page
 from appliance.errors import Denied, InvalidPattern
 from appliance.lifecycle import Lifecycle
@@ -37,10 +39,11 @@ async def storage(ctx: PageContext) -> Response:
         if form.get("action") == "remove-quota":
             await lifecycle.rules.remove_quota(ctx.actor, ns)
             return await ctx.redirect("/storage", f"Quota of {ns} removed.")
-        if not limit.isdigit():
-            raise BadRequest("the quota is a whole number of bytes")
-        await lifecycle.rules.set_quota(ctx.actor, ns, int(limit))
-        return await ctx.redirect("/storage", f"Quota of {ns} set to {int(limit)} bytes.")
+        limit_bytes = path_id(limit) if limit != "0" else 0
+        if limit_bytes is None:
+            raise BadRequest("the quota is a whole number of bytes (at most 2^63 - 1)")
+        await lifecycle.rules.set_quota(ctx.actor, ns, limit_bytes)
+        return await ctx.redirect("/storage", f"Quota of {ns} set to {limit_bytes} bytes.")
     usage = [
         u
         for u in await lifecycle.rules.usage()
@@ -57,14 +60,17 @@ def _settings(form: dict[str, str]) -> dict[str, Any]:
         if not value:
             continue
         if name == "keep_recent":
-            if not value.isdigit():
+            number = path_id(value) if value != "0" else 0
+            if number is None:
                 raise BadRequest("keep the newest: a whole number")
-            out[name] = int(value)
+            out[name] = number
         elif name == "older_than_days":
             try:
                 out[name] = float(value)
             except ValueError:
                 raise BadRequest("older than: a number of days") from None
+            if not math.isfinite(out[name]):
+                raise BadRequest("older than: a number of days")
         else:
             out[name] = value
     return out
@@ -150,7 +156,7 @@ async def namespace_storage(ctx: PageContext, ns: str) -> Response:
 
 
 def _int(form: dict[str, str], name: str) -> int:
-    value = form.get(name, "")
-    if not value.isdigit():
+    value = path_id(form.get(name, ""))
+    if value is None:
         raise BadRequest(f"{name} must be a number")
-    return int(value)
+    return value
