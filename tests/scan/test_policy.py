@@ -177,7 +177,7 @@ async def test_unscanned_images_follow_the_policy(
         "/api/v1/namespaces/team/scan-policy", json={"block_severity": "severe"}
     )
     assert resp.status_code == 400
-    assert "unknown severity" in resp.json()["error"]
+    assert "block_severity must be one of" in resp.json()["error"]
 
 
 async def test_a_malformed_layer_does_not_stop_other_scans(
