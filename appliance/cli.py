@@ -104,6 +104,9 @@ def serve(  # noqa: PLR0917 (one parameter per option)
             config.data_dir,
             config.source,
         )
+        from appliance import filemodes  # noqa: PLC0415
+
+        filemodes.prepare(config)  # before anything is created: no data readable by others
         if config["server.workers"] > 1 and listen_fd is None:
             from appliance import supervisor  # noqa: PLC0415
 
