@@ -114,6 +114,9 @@ def serve(  # noqa: PLR0917 (one parameter per option)
                 config["server.workers"],
                 settings.available_cpus(),
             )
+        from appliance import filemodes  # noqa: PLC0415
+
+        filemodes.prepare(config)  # before anything is created: no data readable by others
         if config.workers > 1 and listen_fd is None:
             from appliance import supervisor  # noqa: PLC0415
 

@@ -110,7 +110,7 @@ SETTINGS: tuple[Setting, ...] = (
         "storage.backend",
         str,
         "filesystem",
-        "Blob store backend: 'filesystem' or 's3'.",
+        "Blob store backend: 'filesystem', 's3' or 'azure'.",
     ),
     Setting(
         "storage.root",
@@ -180,6 +180,74 @@ SETTINGS: tuple[Setting, ...] = (
         int,
         5,
         "Attempts per S3 request: 5xx, SlowDown and connection errors are retried with "
+        "backoff and jitter.",
+    ),
+    Setting(
+        "storage.s3.batch_delete",
+        bool,
+        True,
+        "Delete many objects per request (DeleteObjects); off for services without it, such "
+        "as Google Cloud Storage (a NotImplemented answer also turns it off by itself).",
+    ),
+    Setting(
+        "storage.azure.account_name",
+        str,
+        "",
+        "Azure storage account name (required for azure).",
+    ),
+    Setting("storage.azure.account_key", str, "", "Azure storage account key (shared key)."),
+    Setting(
+        "storage.azure.account_key_file",
+        str,
+        "",
+        "File holding the Azure account key instead (keeps it out of the config).",
+    ),
+    Setting(
+        "storage.azure.sas_token_file",
+        str,
+        "",
+        "File holding a SAS token (read, add, create, write, delete, list on the container) "
+        "to use instead of the account key.",
+    ),
+    Setting(
+        "storage.azure.container",
+        str,
+        "",
+        "Azure container holding the blobs (required for azure).",
+    ),
+    Setting("storage.azure.prefix", str, "", "Blob name prefix inside the container."),
+    Setting(
+        "storage.azure.endpoint",
+        str,
+        "",
+        "Blob service URL of the account, e.g. http://127.0.0.1:10000/devstoreaccount1 for "
+        "Azurite, or an Azure Stack or sovereign cloud's (empty: "
+        "https://<account_name>.blob.core.windows.net).",
+    ),
+    Setting(
+        "storage.azure.create_container",
+        bool,
+        False,
+        "Create the container at start-up when it does not exist.",
+    ),
+    Setting(
+        "storage.azure.redirect",
+        bool,
+        False,
+        "Answer blob downloads with a redirect to a short-lived read-only SAS URL instead of "
+        "relaying the bytes (needs the account key).",
+    ),
+    Setting(
+        "storage.azure.block_size",
+        int,
+        16 * 1024 * 1024,
+        "Bytes per staged block (1 MiB to 4000 MiB); up to 4 blocks per upload are held in memory.",
+    ),
+    Setting(
+        "storage.azure.max_attempts",
+        int,
+        5,
+        "Attempts per Azure request: 5xx, ServerBusy and connection errors are retried with "
         "backoff and jitter.",
     ),
     Setting(
@@ -518,7 +586,8 @@ SETTINGS: tuple[Setting, ...] = (
         "backup.target",
         str,
         "",
-        "Where backups go: a directory or s3://BUCKET/PREFIX (default: <data_dir>/backups).",
+        "Where backups go: a directory, s3://BUCKET/PREFIX or azure://CONTAINER/PREFIX "
+        "(default: <data_dir>/backups).",
     ),
     Setting(
         "backup.schedule",
@@ -564,6 +633,32 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("backup.s3.access_key_file", str, "", "File holding that access key id instead."),
     Setting("backup.s3.secret_key", str, "", "S3 secret key for an s3:// backup target."),
     Setting("backup.s3.secret_key_file", str, "", "File holding that S3 secret key instead."),
+    Setting(
+        "backup.azure.endpoint",
+        str,
+        "",
+        "Blob service URL for an azure:// backup target (empty: storage.azure.endpoint, else "
+        "the public cloud's).",
+    ),
+    Setting(
+        "backup.azure.account_name",
+        str,
+        "",
+        "Storage account of an azure:// backup target (empty: storage.azure.account_name).",
+    ),
+    Setting(
+        "backup.azure.account_key",
+        str,
+        "",
+        "Account key for an azure:// backup target (empty: storage.azure's credentials).",
+    ),
+    Setting("backup.azure.account_key_file", str, "", "File holding that account key instead."),
+    Setting(
+        "backup.azure.sas_token_file",
+        str,
+        "",
+        "File holding a SAS token for an azure:// backup target instead of an account key.",
+    ),
     Setting(
         "console.session_idle",
         float,
@@ -638,6 +733,8 @@ SECRET_KEYS = frozenset(
         "webhooks.secret",
         "storage.s3.access_key",
         "storage.s3.secret_key",
+        "storage.azure.account_key",
+        "backup.azure.account_key",
         "admin.password",
         "ldap.bind_password",
         "proxy.credentials",
@@ -817,7 +914,7 @@ def load(
         proxy_networks(values["server.trusted_proxies"])
     except ValueError as e:
         raise ConfigError(f"server.trusted_proxies: {e}") from None
-    if values["storage.backend"] not in ("filesystem", "s3"):
+    if values["storage.backend"] not in ("filesystem", "s3", "azure"):
         raise ConfigError(f"storage.backend: unknown backend {values['storage.backend']!r}")
     if values["nginx.enabled"] and not values["server.public_url"]:
         raise ConfigError(
@@ -826,4 +923,10 @@ def load(
         )
     if values["storage.backend"] == "s3" and not values["storage.s3.bucket"]:
         raise ConfigError("storage.s3.bucket must be set when storage.backend is 's3'")
+    if values["storage.backend"] == "azure":
+        for key in ("account_name", "container"):
+            if not values[f"storage.azure.{key}"]:
+                raise ConfigError(
+                    f"storage.azure.{key} must be set when storage.backend is 'azure'"
+                )
     return Config(values, source)

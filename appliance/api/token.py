@@ -23,7 +23,7 @@ from appliance.api.guard import client_address, parse_basic
 from appliance.auth.ldap import DirectoryUnavailable
 from appliance.auth.policy import ANONYMOUS, Principal
 from appliance.auth.service import AccessControl, SignInFailed, SignInLocked
-from appliance.errors import TooSlow
+from appliance.errors import TooSlow, Unavailable
 
 log = logging.getLogger("berth.auth")
 MAX_FORM = 64 * 1024
@@ -82,6 +82,10 @@ class TokenEndpoint:
                 headers,
                 error_body("UNAVAILABLE", "the LDAP directory cannot be reached; try again later"),
             )
+            return
+        except Unavailable as e:  # the database, while signing in: an answer, not a crash
+            log.warning("token: %s", e.message)
+            await respond(send, 503, headers, error_body("UNAVAILABLE"))
             return
         await respond(send, 200, headers, json.dumps(body).encode())
 

@@ -5,7 +5,7 @@ PostgreSQL (write transactions are serializable on both, see db.py). Rules that 
 concurrency are enforced inside the transaction that makes the change: a manifest is only
 inserted if every blob it needs is linked to its repository in that same transaction, and a
 blob is only unlinked if no manifest of the repository needs it, so of a manifest PUT racing a
-blob delete either the PUT fails with MANIFEST_BLOB_UNKNOWN or the delete fails with Conflict;
+blob delete either the PUT fails with MANIFEST_BLOB_UNKNOWN or the delete fails with BlobInUse;
 never does a manifest point at a blob its repository cannot read.
 """
 
@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from appliance.errors import (
+    BlobInUse,
     Conflict,
     Denied,
     ManifestBlobUnknown,
@@ -29,6 +30,7 @@ from appliance.errors import (
 from appliance.metadata.changes import StampedCache, repository_topic
 from appliance.metadata.db import Database, Tx
 from appliance.metadata.leader import Fence, check_fence
+from appliance.oci import mediatypes as mt
 from appliance.oci.digest import Digest
 from appliance.oci.manifest import Manifest
 from appliance.ops import events
@@ -125,6 +127,68 @@ def enqueue_manifests(tx: Tx, ids: Sequence[int], review_after: float) -> None:
 
 def _enqueue_manifest(tx: Tx, manifest_id: int, review_after: float) -> None:
     enqueue_manifests(tx, [manifest_id], review_after)
+
+
+def _generated(manifest: Manifest) -> bool:
+    """Whether Berth itself made this artifact (see `mediatypes.GENERATED_BY`)."""
+    return (manifest.annotations or {}).get(mt.GENERATED_BY) == "berth"
+
+
+def _generated_referrers(tx: Tx, manifest_id: int) -> list[tuple[int, str]]:
+    """(id, digest) of the artifacts Berth attached to a manifest itself (the scanner's SBOMs,
+    marked with `mediatypes.GENERATED_BY`): they go with their subject."""
+    rows = tx.execute(
+        "SELECT m.id, m.digest, m.annotations FROM manifests m JOIN manifests s ON "
+        "s.repository_id = m.repository_id AND s.digest = m.subject_digest "
+        "WHERE s.id = :id AND m.annotations IS NOT NULL",
+        {"id": manifest_id},
+    )
+    return [
+        (int(r[0]), str(r[1])) for r in rows if json.loads(r[2]).get(mt.GENERATED_BY) == "berth"
+    ]
+
+
+def drop_manifest(tx: Tx, manifest_id: int, review_after: float) -> list[str]:
+    """Delete a manifest the caller has checked may go (no index lists it; its tags are
+    gone), with the artifacts Berth generated for it; queue its blobs, children and other
+    referrers for review at `review_after`. Returns the digests of those generated artifacts
+    (the caller announces their deletion as it does the manifest's)."""
+    generated = _generated_referrers(tx, manifest_id)
+    dropped: list[str] = []
+    for artifact_id, artifact_digest in generated:
+        dropped += [artifact_digest, *drop_manifest(tx, artifact_id, review_after)]
+    blobs = [
+        r[0]
+        for r in tx.execute(
+            "SELECT digest FROM manifest_layers WHERE manifest_id = :id", {"id": manifest_id}
+        )
+    ]
+    children = [
+        int(r[0])
+        for r in tx.execute(
+            "SELECT child_id FROM manifest_references WHERE parent_id = :id", {"id": manifest_id}
+        )
+    ]
+    referrers = [
+        int(r[0])
+        for r in tx.execute(
+            "SELECT m.id FROM manifests m JOIN manifests s ON s.repository_id = m.repository_id "
+            "AND s.digest = m.subject_digest WHERE s.id = :id",
+            {"id": manifest_id},
+        )
+    ]
+    repository = tx.scalar(
+        "SELECT r.name FROM manifests m JOIN repositories r ON r.id = m.repository_id "
+        "WHERE m.id = :id",
+        {"id": manifest_id},
+    )
+    tx.execute("DELETE FROM gc_manifest_queue WHERE manifest_id = :id", {"id": manifest_id})
+    tx.execute("DELETE FROM manifests WHERE id = :id", {"id": manifest_id})
+    if repository is not None:
+        tx.touch(repository_topic(str(repository)))  # cached pulls of it must miss
+    enqueue_blobs(tx, blobs, review_after)
+    enqueue_manifests(tx, [*children, *referrers], review_after)
+    return dropped
 
 
 class WriteChecks(Protocol):
@@ -265,8 +329,8 @@ class MetadataStore:
     async def unlink_blob(self, repository: str, digest: str) -> bool:
         """Remove `repository`'s access to a blob; False if it had none.
 
-        Raises Conflict while a manifest of the repository needs the blob: a manifest never
-        points at a blob its repository cannot read (delete the manifest first).
+        Raises BlobInUse, naming a manifest of the repository that needs the blob: a manifest
+        never points at a blob its repository cannot read (delete the manifest first).
         """
         now = self.clock()
 
@@ -280,8 +344,9 @@ class MetadataStore:
                 {"repo": repo_id, "digest": digest},
             )
             if user is not None:
-                raise Conflict(
-                    f"blob {digest} is used by manifest {user}; delete the manifest first",
+                raise BlobInUse(
+                    f"blob {digest} is used by manifest {user} of {repository}; delete the "
+                    "manifest first",
                     {"manifest": user},
                 )
             gone = tx.execute(
@@ -523,6 +588,22 @@ class MetadataStore:
                 if row[0] not in child_ids:
                     child_ids.append(int(row[0]))
                     total += int(row[1])
+            if _generated(manifest) and manifest.subject is not None:
+                # Checked here, in the transaction that stores it, so that an artifact Berth
+                # generates can never outlive a subject deleted meanwhile.
+                subject = str(manifest.subject.digest)
+                if (
+                    tx.scalar(
+                        "SELECT 1 FROM manifests WHERE repository_id = :repo AND digest = :d",
+                        {"repo": repo_id, "d": subject},
+                    )
+                    is None
+                ):
+                    raise ManifestBlobUnknown(
+                        f"subject {subject} is not in repository {repository}: an artifact "
+                        "Berth generates exists only with its subject",
+                        {"digest": subject},
+                    )
             inserted = tx.execute(
                 "INSERT INTO manifests (repository_id, digest, media_type, artifact_type, "
                 "annotations, payload, subject_digest, config_digest, total_size, created_at, "
@@ -682,44 +763,19 @@ class MetadataStore:
                     f"manifest {digest} is listed by index {parent}; delete the index first",
                     {"index": parent},
                 )
-            blobs = [
-                r[0]
-                for r in tx.execute(
-                    "SELECT digest FROM manifest_layers WHERE manifest_id = :id",
-                    {"id": manifest_id},
-                )
-            ]
-            children = [
-                int(r[0])
-                for r in tx.execute(
-                    "SELECT child_id FROM manifest_references WHERE parent_id = :id",
-                    {"id": manifest_id},
-                )
-            ]
             if self.checks is not None:
                 self.checks.manifest_deleting(tx, repository, manifest_id)
-            # Referrers (signatures, SBOMs) of this manifest: the collector decides whether
-            # they go with their subject (gc.referrers).
-            referrers = [
-                int(r[0])
-                for r in tx.execute(
-                    "SELECT m.id FROM manifests m JOIN manifests s ON s.repository_id = "
-                    "m.repository_id AND s.digest = m.subject_digest WHERE s.id = :id",
-                    {"id": manifest_id},
-                )
-            ]
             tags = [
                 r[0]
                 for r in tx.execute(
                     "DELETE FROM tags WHERE manifest_id = :id RETURNING name", {"id": manifest_id}
                 )
             ]
-            tx.execute("DELETE FROM gc_manifest_queue WHERE manifest_id = :id", {"id": manifest_id})
-            tx.execute("DELETE FROM manifests WHERE id = :id", {"id": manifest_id})
-            tx.touch(repository_topic(repository))
-            enqueue_blobs(tx, blobs, now + self.gc_delay)
-            for child in [*children, *referrers]:
-                _enqueue_manifest(tx, child, now + self.gc_delay)
+            # Referrers (signatures, SBOMs) pushed by clients are queued: the collector decides
+            # whether they go with their subject (gc.referrers). Berth's own go now.
+            generated = drop_manifest(tx, manifest_id, now + self.gc_delay)
+            for artifact in generated:
+                events.manifest_deleted(tx, repository, artifact, [])
             events.manifest_deleted(tx, repository, digest, sorted(tags))
 
         await self.db.write(fn)

@@ -46,7 +46,7 @@ from appliance.metadata.store import (
 )
 from appliance.oci import manifest as manifests
 from appliance.oci.digest import Digest, Hasher, is_digest, new_hasher
-from appliance.oci.names import validate_name, validate_tag
+from appliance.oci.names import readable_reference, validate_name, validate_tag
 from appliance.storage import layout
 from appliance.storage.base import BlobRedirect, BlobStore, Progress
 
@@ -402,9 +402,10 @@ class Registry:
 
     async def manifest(self, repository: str, reference: str) -> ManifestRecord:
         validate_name(repository)
+        reference = readable_reference(reference)
         if is_digest(reference):
-            return await self.meta.manifest(repository, str(Digest.parse(reference)), True)
-        record = await self.meta.manifest(repository, validate_tag(reference), False)
+            return await self.meta.manifest(repository, reference, True)
+        record = await self.meta.manifest(repository, reference, False)
         if self.on_tag_resolved is not None:
             self.on_tag_resolved(repository, reference)
         return record

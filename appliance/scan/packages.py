@@ -89,6 +89,17 @@ def read_os_release(data: bytes) -> OsRelease:
 # -- dpkg -------------------------------------------------------------------------------------
 
 
+def _dpkg_source(field: str) -> tuple[str, str]:
+    """A dpkg `Source:` field, `name` or `name (version)`, as (name, version or ""). String
+    operations, not a backtracking pattern: the field comes from an image (a crafted one took
+    a regular expression quadratic time, holding the process)."""
+    name, paren, rest = field.partition("(")
+    name = name.strip()
+    if paren and len(rest) > 1 and rest.endswith(")") and name and len(name.split()) == 1:
+        return name, rest[:-1]
+    return field, ""
+
+
 def _paragraphs(text: str) -> list[dict[str, str]]:
     """RFC 822-style stanzas (dpkg status): `Field: value`, continuation lines indented."""
     out: list[dict[str, str]] = []
@@ -129,10 +140,7 @@ def read_dpkg_status(data: bytes, path: str, distro_id: str = "debian") -> list[
         status = stanza.get("Status", "install ok installed").split()
         if status[-1:] != ["installed"]:
             continue
-        source, source_version = stanza.get("Source", ""), ""
-        m = re.match(r"^(\S+)\s*\((.+)\)$", source)
-        if m:
-            source, source_version = m.group(1), m.group(2)
+        source, source_version = _dpkg_source(stanza.get("Source", ""))
         out.append(
             Package(
                 "deb",

@@ -476,8 +476,13 @@ class Scanner:
     async def _attach(
         self, repository: str, subject: str, subject_type: str, subject_size: int, document: bytes
     ) -> str:
-        """Push the SBOM into `repository` as an artifact referring to the image."""
+        """Push the SBOM into `repository` as an artifact referring to the image; an SBOM that
+        lists nothing (no package, no operating system) is not pushed: as a referrer it would
+        say nothing the report does not, and only change what clients list. Raises
+        ManifestBlobUnknown when the image was deleted meanwhile (the artifact needs it)."""
         sbom_digest = str(Digest.of(document))
+        if not json.loads(document).get("components"):
+            return sbom_digest
         empty = b"{}"
         for data in (document, empty):
             digest = str(Digest.of(data))
@@ -504,7 +509,7 @@ class Scanner:
                     }
                 ],
                 "subject": {"mediaType": subject_type, "digest": subject, "size": subject_size},
-                "annotations": {"dev.berth.sbom.generator": "berth"},
+                "annotations": {mt.GENERATED_BY: "berth"},
             },
             sort_keys=True,
             separators=(",", ":"),

@@ -9,6 +9,7 @@ from typing import Any
 
 from quart import Response
 
+from appliance.api.inputs import path_id
 from appliance.auth import accounts, credentials
 from appliance.auth.policy import ROBOT_ROLES, ROLES, TOKEN_SCOPES, role_rank
 from appliance.console.framework import BadRequest, NavEntry, PageContext, PageNotFound, page
@@ -24,7 +25,7 @@ def _expiry(days: str) -> float | None:
     days = days.strip()
     if not days:
         return None
-    if not days.isdigit() or not 0 < int(days) <= 3650:
+    if not (days.isascii() and days.isdigit()) or len(days) > 4 or not 0 < int(days) <= 3650:
         raise BadRequest("expiry must be a number of days between 1 and 3650, or empty")
     return time.time() + int(days) * 86400
 
@@ -165,7 +166,8 @@ async def tokens(ctx: PageContext) -> Response:
             token_id = form.get("id", "")
 
             def revoke(tx: Tx) -> bool:
-                record = identity.token_by_id(tx, int(token_id)) if token_id.isdigit() else None
+                number = path_id(token_id)
+                record = identity.token_by_id(tx, number) if number is not None else None
                 if record is None or record.user_id != uid or record.kind not in ("pat", "refresh"):
                     return False
                 accounts.revoke_token(tx, ctx.actor, record, now)
@@ -273,7 +275,7 @@ async def audit_log(ctx: PageContext) -> Response:
     action = ctx.arg("action").strip()[:100]
     target = ctx.arg("repository").strip()[:300]
     before_text = ctx.arg("before")
-    before = int(before_text) if before_text.isdigit() else None
+    before = path_id(before_text)
 
     def fn(tx: Tx) -> list[dict[str, Any]]:
         return browse.audit_events(
