@@ -7,6 +7,7 @@ import errno
 import os
 import shutil
 from collections.abc import AsyncIterator, Callable
+from functools import partial
 from pathlib import Path
 from typing import BinaryIO, TypeVar
 
@@ -16,8 +17,10 @@ from appliance.errors import BlobNotFound, StorageFull, Unavailable, UploadNotFo
 from appliance.oci.digest import Digest, Hasher, new_hasher
 from appliance.storage import layout
 from appliance.storage.base import Progress, StoredObject
+from appliance.storage.pending import Pending
 
 CHUNK = 1 << 20
+READ_PIECE = 1 << 20  # a download reads this much at a time, one piece ahead of the send
 _FULL = {errno.ENOSPC, errno.EDQUOT}
 T = TypeVar("T")
 
@@ -186,28 +189,43 @@ class FilesystemStore:
         await _run(lambda: shutil.rmtree(path, ignore_errors=True), "an upload")
 
     async def read(self, key: str, start: int, length: int) -> AsyncIterator[bytes]:
+        """The bytes of `key` from `start`, in pieces of READ_PIECE, each read in a worker
+        thread while the caller sends the one before (the copy out of the page cache and the
+        copy into the socket run side by side). Cancelled or closed early, the piece being
+        read is awaited before the file is closed."""
         path = self._path(key)
-
-        def open_at() -> BinaryIO:
-            f = path.open("rb")
-            f.seek(start)
-            return f
-
         try:
-            f = await _run(open_at, "a blob")
+            fd = await _run(lambda: os.open(path, os.O_RDONLY | os.O_CLOEXEC), "a blob")
         except FileNotFoundError:
             raise BlobNotFound(f"blob bytes missing at {key}") from None
+        end = start + length
+
+        async def piece(offset: int) -> Pending[bytes]:
+            read = partial(os.pread, fd, min(READ_PIECE, end - offset), offset)
+            return await Pending.start(read, trio.to_thread.current_default_thread_limiter())
+
+        ahead: Pending[bytes] | None = None
         try:
-            remaining = length
-            while remaining > 0:
-                want = min(CHUNK, remaining)
-                data = await _run(lambda n=want: f.read(n), "a blob")  # type: ignore[misc]
+            offset = start
+            ahead = await piece(offset) if offset < end else None
+            while ahead is not None:
+                try:
+                    data = await ahead.result()
+                except OSError as e:
+                    ahead = None  # that read is over
+                    raise _translate(e, "a blob") from e
+                ahead = None  # (a cancelled wait leaves it set: the thread may still read)
                 if not data:
                     raise Unavailable(f"blob at {key} is shorter than recorded")
-                remaining -= len(data)
+                offset += len(data)
+                if offset < end:
+                    ahead = await piece(offset)
                 yield data
         finally:
-            f.close()
+            if ahead is not None:
+                with trio.CancelScope(shield=True), contextlib.suppress(OSError):
+                    await ahead.result()  # the thread still reads from fd
+            os.close(fd)
 
     async def delete(self, key: str) -> None:
         await self.delete_many([key])
