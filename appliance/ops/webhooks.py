@@ -455,7 +455,10 @@ class Deliverer:
 
                 async def one(endpoint: Endpoint) -> None:
                     nonlocal done
-                    done += await self._deliver(client, endpoint)
+                    # Not `done += await ...`: that reads `done` before the await, and an
+                    # endpoint finishing meanwhile would have its count overwritten.
+                    delivered = await self._deliver(client, endpoint)
+                    done += delivered
 
                 async with trio.open_nursery() as nursery:
                     for endpoint in endpoints:
