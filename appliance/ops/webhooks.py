@@ -557,8 +557,8 @@ class Deliverer:
         return payload
 
     async def prune(self, fence: Fence | None = None) -> None:
-        """Forget events every endpoint has (or that passed the retention), old delivery log
-        rows, and the cursors of configured endpoints no longer in the configuration (a
+        """Forget events every endpoint has (or that passed the retention) but the newest, old
+        delivery log rows, and the cursors of configured endpoints no longer in the configuration (a
         namespace endpoint's cursor goes with it, in `remove_endpoint`)."""
         configured = [e.key for e in self.config_endpoints]
         cutoff = self.clock() - self.retention
@@ -575,8 +575,12 @@ class Deliverer:
             low = tx.scalar("SELECT MIN(last_event_id) FROM webhook_cursors")
             if low is None:  # nobody listens: nothing to keep
                 low = tx.scalar("SELECT MAX(id) FROM webhook_events")
+            # The newest event is kept, delivered or not: SQLite numbers a new row
+            # MAX(id) + 1, so an emptied table would number the next events from 1 again,
+            # below every cursor, and they would never be sent.
             tx.execute(
-                "DELETE FROM webhook_events WHERE id <= :low OR at < :cutoff",
+                "DELETE FROM webhook_events WHERE (id <= :low OR at < :cutoff) "
+                "AND id < (SELECT MAX(id) FROM webhook_events)",
                 {"low": int(low or 0), "cutoff": cutoff},
             )
             tx.execute("DELETE FROM webhook_deliveries WHERE at < :cutoff", {"cutoff": cutoff})
