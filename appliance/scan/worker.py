@@ -193,12 +193,14 @@ def _parse_answer(answer: bytes, code: int, errors: bytes, sent: int) -> Extract
 
 class _Slice:
     """The next `size` bytes of the worker's input: one layer. Closing it skips what was not
-    read (a layer cut by a bound), so the next layer starts where it should."""
+    read (a layer cut by a bound), so the next layer starts where it should; past the
+    deadline it skips nothing (every layer is cut at once then, whatever it reads)."""
 
-    def __init__(self, source: BinaryIO, size: int, label: str) -> None:
+    def __init__(self, source: BinaryIO, size: int, label: str, deadline: float) -> None:
         self.source = source
         self.left = size
         self.label = label
+        self.deadline = deadline
 
     def read(self, n: int = -1) -> bytes:
         if self.left <= 0:
@@ -211,7 +213,7 @@ class _Slice:
         return data
 
     def close(self) -> None:
-        while self.left > 0:
+        while self.left > 0 and time.monotonic() < self.deadline:
             self.read(1 << 20)
 
 
@@ -234,8 +236,11 @@ def run_worker(stdin: BinaryIO, stdout: BinaryIO) -> None:
     header = json.loads(stdin.readline(MAX_HEADER))
     started = time.monotonic()
     limit_memory(int(header["memory"]))
-    limits = Limits(**header["limits"], deadline=started + float(header["timeout"]))
-    slices = [_Slice(stdin, int(item["size"]), str(item["label"])) for item in header["layers"]]
+    deadline = started + float(header["timeout"])
+    limits = Limits(**header["limits"], deadline=deadline)
+    slices = [
+        _Slice(stdin, int(item["size"]), str(item["label"]), deadline) for item in header["layers"]
+    ]
     try:
         contents = read_image([(s.label, lambda s=s: s) for s in slices], limits)  # type: ignore[misc]
         document = sboms.build(str(header["image"]), str(header["repository"]), contents)
