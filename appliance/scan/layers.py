@@ -162,6 +162,11 @@ def kind_of(path: str, member: tarfile.TarInfo) -> str | None:
     return None
 
 
+def _shown(path: str) -> str:
+    """A path as a report quotes it: an archive's names can be up to a MiB long."""
+    return path if len(path) <= 200 else path[:200] + "…"
+
+
 def _normalize(name: str) -> str:
     parts = [p for p in name.split("/") if p not in ("", ".")]
     return "/".join(parts)
@@ -350,13 +355,13 @@ class _Layer:
             return
         if kind in _STREAMED and member.size > self.limits.db_bytes:
             self.contents.cuts.append(
-                f"{path} is {size_text(member.size)}, more than "
+                f"{_shown(path)} is {size_text(member.size)}, more than "
                 f"{size_text(self.limits.db_bytes)} (scan.max_db_bytes): not read"
             )
             return
         if kind in ("os", "npm") and member.size > WHOLE_FILE_LIMIT:
             self.contents.cuts.append(
-                f"{path} is {size_text(member.size)}, more than "
+                f"{_shown(path)} is {size_text(member.size)}, more than "
                 f"{size_text(WHOLE_FILE_LIMIT)}: not read"
             )
             return
@@ -375,7 +380,7 @@ class _Layer:
                     if self.contents.held + self.adding >= self.limits.packages:
                         raise Cut(
                             f"lists more than {self.limits.packages} packages in the image "
-                            f"(scan.max_packages), the last read from {path}"
+                            f"(scan.max_packages), the last read from {_shown(path)}"
                         )
                     listed.append(package)
                     self.adding += 1
