@@ -17,8 +17,11 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import httpx
+import trio
+from click.testing import CliRunner
 
 from appliance.app import create_app
+from appliance.cli import main
 from appliance.scan.layers import Limits, read_image
 from appliance.server import Services, open_services
 from tests.api.conftest import FakeClock, api_client, make_config
@@ -248,3 +251,24 @@ def test_many_whiteouts_cost_one_lookup_each() -> None:
     assert contents.cuts == []
     assert len(contents.packages()) == 1000
     assert {p.name for p in contents.packages()} == {f"p{i}" for i in range(1, 2000, 2)}
+
+
+def test_berth_scan_says_what_was_cut(data_dir: Path, clock: FakeClock) -> None:
+    async def push() -> None:
+        async with registry(data_dir, clock, **{"scan.enabled": False}) as (_services, client):
+            await push_layers(client, "team/flood", "1", [fx.dpkg_flood_layer(500)])
+
+    trio.run(push)
+    env = {"BERTH_ADMIN_PASSWORD": "x", "BERTH_SCAN_MAX_PACKAGES": "100"}
+    result = CliRunner().invoke(
+        main, ["scan", "team/flood:1", "--data-dir", str(data_dir)], env=env
+    )
+    assert result.exit_code == 0, result.output
+    first, second = result.stdout.splitlines()[:2]
+    assert first.startswith("team/flood@sha256:")
+    assert ": scan incomplete: layer sha256:" in first
+    assert first.endswith(
+        ": lists more than 100 packages in the image (scan.max_packages), the last read from "
+        "var/lib/dpkg/status"
+    )
+    assert second.endswith(": 100 packages, 0 vulnerabilities (none)")
