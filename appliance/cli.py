@@ -458,7 +458,8 @@ for _command in LIFECYCLE_COMMANDS:
     main.add_command(_command)
 
 # `berth scan IMAGE` and `berth vulndb ...` (vulnerability scanning) live in appliance/scan/.
-from appliance.scan.cli import scan, vulndb  # noqa: E402
+from appliance.scan.cli import scan, scan_worker, vulndb  # noqa: E402
 
 main.add_command(scan)
+main.add_command(scan_worker)
 main.add_command(vulndb)

@@ -722,6 +722,47 @@ SETTINGS: tuple[Setting, ...] = (
         "Seconds a serving process trusts its cached pull verdicts before checking for "
         "policy, advisory or scan changes made elsewhere.",
     ),
+    Setting(
+        "scan.max_layer_bytes",
+        int,
+        8 << 30,
+        "Bytes one layer may decompress to; the scan stops reading the layer there and the "
+        "report says the scan is incomplete.",
+    ),
+    Setting(
+        "scan.max_layer_files",
+        int,
+        1_000_000,
+        "Files (tar entries) read of one layer before the scan stops reading it (an "
+        "incomplete scan).",
+    ),
+    Setting(
+        "scan.max_db_bytes",
+        int,
+        256 << 20,
+        "Largest package database file (dpkg status, apk installed, rpmdb.sqlite) the scan "
+        "reads; a larger one is skipped and the scan is incomplete.",
+    ),
+    Setting(
+        "scan.max_packages",
+        int,
+        10_000,
+        "Packages one image may list; the scan stops reading at the next one (an incomplete scan).",
+    ),
+    Setting(
+        "scan.max_memory",
+        int,
+        1 << 30,
+        "Address space in bytes of the process that reads an image's layers (0: no limit); "
+        "an allocation past it cuts the layer being read.",
+    ),
+    Setting(
+        "scan.timeout",
+        float,
+        600.0,
+        "Seconds the scan of one image may take; the layer being read is cut then (an "
+        "incomplete scan), and the process reading it is killed 10 s later.",
+    ),
 )
 
 SECRET_KEYS = frozenset(

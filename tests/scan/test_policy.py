@@ -258,15 +258,15 @@ async def test_a_scan_finishing_after_its_image_was_deleted_attaches_nothing(
     digest = await push_layers(client, "team/app", "1", [debian_layer()])
     scanner = services.scanner
     assert scanner is not None
-    read_layers = scanner._read_layers
+    extract = scanner._extract
 
     async def image_deleted_meanwhile(*args: Any) -> Any:
-        contents = await read_layers(*args)
+        contents = await extract(*args)  # the layers read (by the scan worker)
         deleted = await client.delete(f"/v2/team/app/manifests/{digest}")
         assert deleted.status_code == 202
         return contents
 
-    monkeypatch.setattr(scanner, "_read_layers", image_deleted_meanwhile)
+    monkeypatch.setattr(scanner, "_extract", image_deleted_meanwhile)
     record = await services.registry.manifest("team/app", digest)
     parsed = manifests.parse(record.payload, record.media_type)
     report = await scanner.scan_image("team/app", digest, parsed, len(record.payload))
