@@ -130,6 +130,11 @@ def serve(  # noqa: PLR0917 (one parameter per option)
 
         trio.run(functools.partial(run_server, config, listen_fd=listen_fd, ready_fd=ready_fd))
     except BerthError as e:
+        if ready_fd is not None:  # a worker that could not start: its supervisor says why, once
+            from appliance.server import tell_failed  # noqa: PLC0415
+
+            tell_failed(ready_fd, e.message)
+            sys.exit(2)
         fail(e.message)
 
 

@@ -351,7 +351,8 @@ SETTINGS: tuple[Setting, ...] = (
         "lifecycle.rules_ttl",
         float,
         5.0,
-        "Seconds a process trusts its cached immutable-tag rules and quotas set elsewhere.",
+        "Deprecated and ignored: immutable-tag rules and quotas changed anywhere now apply to "
+        "the next push on every process (accepted so older config files still load).",
     ),
     Setting(
         "proxy.upstreams",
@@ -719,8 +720,8 @@ SETTINGS: tuple[Setting, ...] = (
         "scan.policy_refresh",
         float,
         5.0,
-        "Seconds a serving process trusts its cached pull verdicts before checking for "
-        "policy, advisory or scan changes made elsewhere.",
+        "Deprecated and ignored: policy, advisory and scan changes made anywhere now apply to "
+        "the next pull on every process (accepted so older config files still load).",
     ),
     Setting(
         "scan.max_layer_bytes",

@@ -4,9 +4,9 @@
 matching an immutable rule of its namespace cannot be moved or deleted, and a blob that would
 take a namespace past its quota cannot be linked into it. The rules live in the database
 (migration 0005) and are cached in memory, so a push into a namespace without rules costs no
-query at all, and one with a quota costs one query per blob linked. A process reloads its
-cache at most `ttl` seconds after another process changed the rules (at once for changes it
-made itself).
+query at all, and one with a quota costs one query per blob linked. Every change to them
+touches the `rules` change stamp (metadata/changes.py), so every process of the host reloads
+before its next check, and other hosts within milliseconds.
 
 Usage counts blobs once per namespace however many repositories hold them: `total` is the
 bytes of the distinct blobs readable by the namespace's repositories (what quotas limit),
@@ -19,7 +19,6 @@ from __future__ import annotations
 import functools
 import logging
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -141,19 +140,21 @@ def namespaces_in_use(tx: Tx) -> list[str]:
     return sorted(names)
 
 
+TOPIC = "rules"  # the change stamp of immutable-tag rules and quotas
+
+
 class Rules:
     """The cached immutable-tag rules and quotas, and the changes to them.
 
-    Implements `metadata.store.WriteChecks`. `clock` stamps changes; the cache's age is
-    measured on the monotonic clock.
+    Implements `metadata.store.WriteChecks`. `clock` stamps changes. The cache is good while
+    the `rules` change stamp is the one read before it was loaded.
     """
 
-    def __init__(self, db: Database, clock: Callable[[], float], ttl: float = 5.0) -> None:
+    def __init__(self, db: Database, clock: Callable[[], float]) -> None:
         self.db = db
         self.clock = clock
-        self.ttl = ttl
         self._lock = threading.Lock()
-        self._loaded_at = -float("inf")
+        self._stamp: int | None = None
         self._immutable: dict[str, tuple[ImmutableRule, ...]] = {}
         self._quotas: dict[str, int] = {}
         self._warned: set[int] = set()
@@ -161,10 +162,11 @@ class Rules:
     # -- the cache ------------------------------------------------------------------------
 
     def invalidate(self) -> None:
-        self._loaded_at = -float("inf")
+        self._stamp = None
 
     def _fresh(self, tx: Tx) -> None:
-        if time.monotonic() - self._loaded_at < self.ttl:
+        stamp = self.db.changes.stamp(TOPIC)  # before the load: a change meanwhile reloads
+        if stamp == self._stamp:
             return
         rules = list_immutable_rules(tx)
         quotas = list_quotas(tx)
@@ -182,7 +184,7 @@ class Rules:
         with self._lock:
             self._immutable = {ns: tuple(found) for ns, found in by_ns.items()}
             self._quotas = {q.namespace: q.limit_bytes for q in quotas}
-            self._loaded_at = time.monotonic()
+            self._stamp = stamp
 
     def immutable_rule(self, tx: Tx, repository: str, tag: str) -> ImmutableRule | None:
         """The rule that makes `tag` of `repository` immutable, if any."""
@@ -299,6 +301,7 @@ class Rules:
                 {"ns": namespace, "p": pattern, "by": actor, "now": now},
             )
             rule = next(r for r in list_immutable_rules(tx, namespace) if r.pattern == pattern)
+            tx.touch(TOPIC)
             audit.record(
                 tx, actor, "immutable_rule.create", namespace, at=now, rule=rule.id, pattern=pattern
             )
@@ -320,6 +323,7 @@ class Rules:
             )
             if not gone:
                 raise NotFound(f"no immutable tag rule {rule_id} in namespace {namespace}")
+            tx.touch(TOPIC)
             audit.record(
                 tx,
                 actor,
@@ -350,6 +354,7 @@ class Rules:
                 {"ns": namespace, "n": limit_bytes, "by": actor, "now": now},
             )
             audit.record(tx, actor, "quota.set", namespace, at=now, limit_bytes=limit_bytes)
+            tx.touch(TOPIC)
             return Quota(namespace, limit_bytes, actor, now)
 
         try:
@@ -367,6 +372,7 @@ class Rules:
             )
             if not gone:
                 raise NotFound(f"namespace {namespace} has no quota")
+            tx.touch(TOPIC)
             audit.record(tx, actor, "quota.delete", namespace, at=now, limit_bytes=gone[0][0])
 
         try:

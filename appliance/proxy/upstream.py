@@ -128,17 +128,22 @@ class Upstream:
         assert self.ns.username is not None
         return httpx.BasicAuth(self.ns.username, self.ns.password or "")._auth_header
 
-    async def _authenticate(self, challenge: str, scope: str) -> bool:
-        """Act on a 401's challenge; True when a retry may now succeed."""
+    async def _authenticate(self, challenge: str, scope: str, sent: str | None) -> bool:
+        """Act on a 401's challenge to a request that carried `sent` (its Authorization);
+        True when a retry may now succeed. Requests run concurrently: a 401 to a request sent
+        before another one's sign-in is retried with what that one got, not refused."""
         scheme, params = parse_challenge(challenge)
         if scheme == "basic":
-            if self.ns.username is None or self._basic:
-                return False
+            if self.ns.username is None or sent == self._basic_value():
+                return False  # no credentials, or these very ones were refused
             self._basic = True
             return True
         if scheme != "bearer" or "realm" not in params:
             return False
         async with self._token_lock:
+            current = self._tokens.get(scope)
+            if current is not None and current[1] > self.clock() and sent != f"Bearer {current[0]}":
+                return True  # another request got a token meanwhile
             query = {"scope": params.get("scope") or scope}
             if "service" in params:
                 query["service"] = params["service"]
@@ -182,9 +187,8 @@ class Upstream:
         scope = f"repository:{repository}:pull"
         url = self._url(repository, kind, ref)
         for attempt in range(2):
-            request = self.client.build_request(
-                method, url, headers={**headers, **self._auth_headers(scope)}
-            )
+            auth = self._auth_headers(scope)
+            request = self.client.build_request(method, url, headers={**headers, **auth})
             try:
                 response = await self.client.send(request, stream=True)
             except httpx.HTTPError as e:
@@ -192,7 +196,7 @@ class Upstream:
             try:
                 if response.status_code == 401 and attempt == 0:
                     challenge = response.headers.get("www-authenticate", "")
-                    if await self._authenticate(challenge, scope):
+                    if await self._authenticate(challenge, scope, auth.get("authorization")):
                         continue
                 try:
                     yield response
@@ -289,15 +293,16 @@ class Upstream:
         scope = f"repository:{repository}:pull"
         while url is not None:
             for attempt in range(2):
+                auth = self._auth_headers(scope)
                 try:
-                    r = await self.client.get(url, headers=self._auth_headers(scope))
+                    r = await self.client.get(url, headers=auth)
                 except httpx.HTTPError as e:
                     raise UpstreamUnavailable(f"{self.ns.name}: {_describe(e)}") from e
                 challenge = r.headers.get("www-authenticate", "")
                 if (
                     r.status_code == 401
                     and attempt == 0
-                    and await self._authenticate(challenge, scope)
+                    and await self._authenticate(challenge, scope, auth.get("authorization"))
                 ):
                     continue
                 break

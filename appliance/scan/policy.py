@@ -8,9 +8,11 @@ for what was found, and otherwise follows `unscanned` too: what was not read may
 
 The manifest GET path is hot, so the gate keeps everything it needs in memory: the policies
 (all of them: they are few), and per manifest digest the worst-first list of its findings.
-With no policy for the namespace it returns at once. Every `refresh` seconds it reads one
-counter (`scan_generation`), which imports, policy changes and finished scans bump; when it
-moved, the cache is dropped. A change made through this process drops it at once.
+With no policy for the namespace it returns at once. Imports, policy changes and finished
+scans bump one counter (`scan_generation`) and touch the `scan` change stamp
+(metadata/changes.py); when the stamp moved, the gate reads the counter, and when that moved,
+the cache is dropped. So a change made by any process of the host is seen by the next pull on
+every worker, and on other hosts within milliseconds.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from appliance.metadata.db import Database, Tx
 from appliance.oci import mediatypes as mt
 from appliance.oci.names import namespace_of
 from appliance.scan.matching import RANK
+from appliance.scan.vulndb import SCAN_TOPIC
 
 UNSCANNED = ("default", "allow", "deny")
 CACHE_SIZE = 10_000
@@ -138,25 +141,24 @@ class PullGate:
         clock: Callable[[], float],
         *,
         unscanned_default: str = "allow",
-        refresh: float = 5.0,
     ) -> None:
         self.db = db
         self.clock = clock
         self.unscanned_default = unscanned_default
-        self.refresh = refresh
         self._policies: dict[str, Policy] | None = None
         self._generation = -1
-        self._checked_at = float("-inf")
+        self._stamp: int | None = None
         self._findings: OrderedDict[str, Scanned | None] = OrderedDict()
         _GATES.setdefault(db, []).append(self)
 
     def invalidate(self) -> None:
         self._policies = None
+        self._stamp = None
         self._findings.clear()
 
     async def _current(self) -> dict[str, Policy]:
-        now = self.clock()
-        if self._policies is not None and now - self._checked_at < self.refresh:
+        stamp = self.db.changes.stamp(SCAN_TOPIC)  # before the read: a change meanwhile shows
+        if self._policies is not None and stamp == self._stamp:
             return self._policies
 
         def fn(tx: Tx) -> tuple[int, dict[str, Policy] | None]:
@@ -166,7 +168,7 @@ class PullGate:
             return gen, load_policies(tx)
 
         gen, policies = await self.db.read(fn)
-        self._checked_at = now
+        self._stamp = stamp
         if policies is not None:
             self._policies = policies
             self._findings.clear()

@@ -458,12 +458,17 @@ def import_path(
     return result
 
 
+SCAN_TOPIC = "scan"  # the change stamp of pull verdicts (policies, advisories, reports)
+
+
 def bump_generation(tx: Tx) -> None:
-    """Tell every serving process that cached pull verdicts may be stale."""
+    """Tell every serving process that cached pull verdicts may be stale: the counter for the
+    gates, the change stamp so that they look at once (metadata/changes.py)."""
     tx.execute(
         "INSERT INTO scan_generation (id, generation) VALUES (1, 1) ON CONFLICT (id) "
         "DO UPDATE SET generation = scan_generation.generation + 1"
     )
+    tx.touch(SCAN_TOPIC)
 
 
 def current_version(tx: Tx) -> int:

@@ -199,11 +199,11 @@ async def test_a_malformed_layer_does_not_stop_other_scans(
     assert reports["team/good"]["packages"] == 4
 
 
-async def test_the_pull_gate_reads_the_database_only_on_refresh(
+async def test_the_pull_gate_reads_the_database_only_after_a_change(
     client: httpx.AsyncClient, services: Services, clock: FakeClock, monkeypatch: Any
 ) -> None:
-    """A manifest GET costs no query of its own: the gate checks the change counter at most
-    every `scan.policy_refresh` seconds (5 by default)."""
+    """A manifest GET costs no query of its own: the gate reads the change counter only when
+    the `scan` change stamp moved (a policy, an import or a scan, by any process)."""
     from appliance.scan import policy  # noqa: PLC0415
 
     calls: list[int] = []
@@ -215,10 +215,28 @@ async def test_the_pull_gate_reads_the_database_only_on_refresh(
 
     monkeypatch.setattr(policy, "generation", counting)
     await push_layers(client, "team/app", "1", [debian_layer()])
+    async with trio.open_nursery() as nursery:
+        # As a server does: on PostgreSQL the stamps are trusted while it listens.
+        await nursery.start(services.db.watch_changes)
+        with trio.fail_after(10):
+            while not services.db.changes.trusted:  # noqa: ASYNC110 (a thread sets it)
+                await trio.sleep(0.01)
+        await _gate_reads_after_changes(client, services, clock, calls, vulndb)
+        nursery.cancel_scope.cancel()
+
+
+async def _gate_reads_after_changes(
+    client: httpx.AsyncClient, services: Services, clock: FakeClock, calls: list[int], vulndb: Any
+) -> None:
     for _ in range(20):
         assert (await client.get("/v2/team/app/manifests/1")).status_code == 200
     assert len(calls) == 1
-    clock.advance(6)
+    clock.advance(3600)  # time alone changes nothing
+    for _ in range(5):
+        assert (await client.get("/v2/team/app/manifests/1")).status_code == 200
+    assert len(calls) == 1
+    # Another process (the CLI, another worker) changes a policy: the next pull reads again.
+    await services.db.write(vulndb.bump_generation)
     for _ in range(5):
         assert (await client.get("/v2/team/app/manifests/1")).status_code == 200
     assert len(calls) == 2

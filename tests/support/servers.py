@@ -91,8 +91,28 @@ class Server:
         return int(self.proc.returncode)
 
     def kill(self) -> None:
-        """SIGKILL: a crash, as far as the server can tell."""
+        """SIGKILL to the server and every process it started (a supervisor's workers): a
+        crash of the whole service, as when systemd kills its control group."""
+        tree = descendants(self.proc.pid)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.proc.pid, signal.SIGKILL)  # first, so that it replaces no worker
+        for pid in tree:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         self.stop(signal.SIGKILL)
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid` (children of any of its threads, and theirs)."""
+    out: list[int] = []
+    for path in Path(f"/proc/{pid}/task").glob("*/children"):
+        try:
+            children = [int(p) for p in path.read_text().split()]
+        except OSError:  # the thread is gone
+            continue
+        for child in children:
+            out += [child, *descendants(child)]
+    return out
 
 
 def berth_command() -> list[str]:
