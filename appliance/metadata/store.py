@@ -207,18 +207,30 @@ class MetadataStore:
 
         return await self.db.write(fn)
 
-    async def mount_blob(self, repository: str, source: str, digest: str) -> BlobRecord | None:
-        """Link a blob readable by `source` into `repository`; None if `source` lacks it."""
+    async def mount_blob(
+        self, repository: str, source: str | None, digest: str
+    ) -> BlobRecord | None:
+        """Link a blob readable by `source` into `repository`; None if `source` lacks it.
+
+        With `source` None, any blob stored at all is linked: for an import, which reads from
+        outside Berth, not on behalf of a client who must be able to read the source.
+        """
         now = self.clock()
 
         def fn(tx: Tx) -> BlobRecord | None:
-            row = tx.one(
-                "SELECT b.digest, b.size, b.storage_key FROM blobs b "
-                "JOIN repository_blobs rb ON rb.digest = b.digest "
-                "JOIN repositories r ON r.id = rb.repository_id "
-                "WHERE r.name = :name AND b.digest = :digest",
-                {"name": source, "digest": digest},
-            )
+            if source is None:
+                row = tx.one(
+                    "SELECT digest, size, storage_key FROM blobs WHERE digest = :digest",
+                    {"digest": digest},
+                )
+            else:
+                row = tx.one(
+                    "SELECT b.digest, b.size, b.storage_key FROM blobs b "
+                    "JOIN repository_blobs rb ON rb.digest = b.digest "
+                    "JOIN repositories r ON r.id = rb.repository_id "
+                    "WHERE r.name = :name AND b.digest = :digest",
+                    {"name": source, "digest": digest},
+                )
             if row is None:
                 return None
             if self.checks is not None:
@@ -394,12 +406,15 @@ class MetadataStore:
         tag: str | None,
         *,
         pushed_by: str | None = None,
+        move_tag: bool = True,
     ) -> PutResult:
         """Store a validated manifest (and point `tag` at it), all or nothing. `pushed_by`
         names who pushed it (shown in the console).
 
         Raises ManifestBlobUnknown when a blob it needs is not readable by the repository, a
-        descriptor's size disagrees with the stored blob, or a child of an index is missing.
+        descriptor's size disagrees with the stored blob, or a child of an index is missing;
+        with `move_tag` false, Conflict when `tag` points at another manifest already (checked
+        in the same transaction, so a push in between is never overwritten).
         """
         now = self.clock()
         digest_s = str(digest)
@@ -493,6 +508,14 @@ class MetadataStore:
                     "SELECT manifest_id FROM tags WHERE repository_id = :repo AND name = :tag",
                     {"repo": repo_id, "tag": tag},
                 )
+                if not move_tag and previous is not None and int(previous) != manifest_id:
+                    held = tx.scalar(
+                        "SELECT digest FROM manifests WHERE id = :id", {"id": int(previous)}
+                    )
+                    raise Conflict(
+                        f"tag {tag} of {repository} points at {held} already",
+                        {"tag": tag, "digest": held},
+                    )
                 if self.checks is not None:
                     before = None if previous is None else int(previous)
                     self.checks.tag_moving(tx, repository, tag, before, manifest_id)

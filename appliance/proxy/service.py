@@ -52,13 +52,9 @@ from appliance.ops.metrics import REGISTRY
 from appliance.proxy import settings
 from appliance.proxy.settings import ProxyNamespace
 from appliance.proxy.store import CachedTag, ProxyStore
-from appliance.proxy.upstream import (
-    FetchedManifest,
-    Upstream,
-    UpstreamInvalid,
-    UpstreamNotFound,
-)
+from appliance.proxy.upstream import Upstream, UpstreamInvalid, UpstreamNotFound
 from appliance.registry import Registry
+from appliance.registry.copy import FetchedManifest
 
 log = logging.getLogger("berth.proxy")
 

@@ -19,6 +19,7 @@ Errors are translated here, at the boundary (no httpx exception leaves this modu
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import re
 import ssl
@@ -36,6 +37,7 @@ from appliance.errors import InvalidDigest, NotFound, Unavailable
 from appliance.oci import mediatypes as mt
 from appliance.oci.digest import Digest, is_digest
 from appliance.proxy.settings import ProxyNamespace
+from appliance.registry.copy import FetchedManifest
 
 log = logging.getLogger("berth.proxy")
 # httpcore reads 64 KiB per receive; 1 MiB lets a blob stream from upstream at disk speed
@@ -47,6 +49,8 @@ logging.getLogger("httpx").setLevel(logging.WARNING)
 # Everything Berth stores; Docker schema 1 is left out on purpose (upstreams then convert).
 ACCEPT = ", ".join([mt.OCI_INDEX, mt.OCI_MANIFEST, mt.DOCKER_MANIFEST_LIST, mt.DOCKER_MANIFEST])
 CHUNK = 1 << 20
+MAX_PAGES = 10_000  # of a catalog or tag listing (1,000 names each)
+MAX_LISTING = 8 << 20  # bytes of one such page
 _PARAM = re.compile(r'(\w+)="([^"]*)"')
 
 
@@ -60,13 +64,6 @@ class UpstreamNotFound(NotFound):
 
 class UpstreamInvalid(Unavailable):
     pass
-
-
-@dataclass(frozen=True)
-class FetchedManifest:
-    digest: str
-    media_type: str
-    payload: bytes
 
 
 @dataclass(frozen=True)
@@ -284,15 +281,53 @@ class Upstream:
 
     async def tags(self, repository: str) -> list[str]:
         """Every tag of an upstream repository (following `Link` pages)."""
+        url = f"{self.ns.url}/v2/{repository}/tags/list?n=1000"
+        return await self._pages(
+            url, f"repository:{repository}:pull", "tags", f"tags of {repository}"
+        )
+
+    async def catalog(self) -> list[str]:
+        """Every repository the upstream lists in its catalog (following `Link` pages)."""
+        return await self._pages(
+            f"{self.ns.url}/v2/_catalog?n=1000", "registry:catalog:*", "repositories", "catalog"
+        )
+
+    async def _get_bounded(self, url: str, scope: str, what: str) -> tuple[httpx.Response, bytes]:
+        """GET `url` with the credentials for `scope`; the body is read up to MAX_LISTING."""
+        request = self.client.build_request("GET", url, headers=self._auth_headers(scope))
+        try:
+            r = await self.client.send(request, stream=True)
+        except httpx.HTTPError as e:
+            raise UpstreamUnavailable(f"{self.ns.name}: {_describe(e)}") from e
+        try:
+            parts: list[bytes] = []
+            held = 0
+            async for data in r.aiter_bytes():
+                held += len(data)
+                if held > MAX_LISTING:
+                    raise UpstreamInvalid(f"{what}: a page is larger than {MAX_LISTING} bytes")
+                parts.append(data)
+        except httpx.HTTPError as e:
+            raise UpstreamUnavailable(f"{self.ns.name}: {_describe(e)}") from e
+        finally:
+            with trio.CancelScope(shield=True):
+                await r.aclose()
+        return r, b"".join(parts)
+
+    async def _pages(self, url: str, scope: str, key: str, what: str) -> list[str]:
+        """The strings under `key` of a paginated listing. A `Link` to another origin, a page
+        seen before or more than MAX_PAGES pages end it with UpstreamInvalid: credentials
+        are never sent elsewhere, and a hostile upstream cannot keep a listing going."""
         out: list[str] = []
-        url: str | None = f"{self.ns.url}/v2/{repository}/tags/list?n=1000"
-        scope = f"repository:{repository}:pull"
-        while url is not None:
+        seen: set[str] = set()
+        origin = httpx.URL(url).copy_with(path="/", query=None)
+        page: str | None = url
+        while page is not None:
+            if page in seen or len(seen) >= MAX_PAGES:
+                raise UpstreamInvalid(f"{self.ns.name}: {what}: the pages do not end")
+            seen.add(page)
             for attempt in range(2):
-                try:
-                    r = await self.client.get(url, headers=self._auth_headers(scope))
-                except httpx.HTTPError as e:
-                    raise UpstreamUnavailable(f"{self.ns.name}: {_describe(e)}") from e
+                r, body = await self._get_bounded(page, scope, what)
                 challenge = r.headers.get("www-authenticate", "")
                 if (
                     r.status_code == 401
@@ -301,13 +336,21 @@ class Upstream:
                 ):
                     continue
                 break
-            self._check(r, f"tags of {repository}")
+            self._check(r, what)
             try:
-                out.extend(str(t) for t in (r.json().get("tags") or []))
-            except ValueError as e:
-                raise UpstreamInvalid(f"tags of {repository}: not JSON") from e
+                items = json.loads(body).get(key) or []
+            except (ValueError, AttributeError, RecursionError) as e:
+                raise UpstreamInvalid(f"{what}: not a JSON listing") from e
+            if not isinstance(items, list):
+                raise UpstreamInvalid(f"{what}: not a JSON listing")
+            out.extend(str(t) for t in items)
             link = r.links.get("next", {}).get("url")
-            url = str(httpx.URL(url).join(link)) if link else None
+            if not link:
+                break
+            target = httpx.URL(page).join(link)
+            if target.copy_with(path="/", query=None) != origin:
+                raise UpstreamInvalid(f"{self.ns.name}: {what}: the next page is elsewhere")
+            page = str(target)
         return out
 
 

@@ -19,6 +19,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import trio
 
@@ -42,7 +43,7 @@ from appliance.oci import manifest as manifests
 from appliance.oci.digest import Digest, Hasher, is_digest, new_hasher
 from appliance.oci.names import validate_name, validate_tag
 from appliance.storage import layout
-from appliance.storage.base import BlobRedirect, BlobStore, Progress
+from appliance.storage.base import BlobRedirect, BlobStore, FileLink, Progress
 
 log = logging.getLogger(__name__)
 
@@ -291,6 +292,40 @@ class Registry:
         digest = str(Digest.parse(digest_text))
         return await self.meta.mount_blob(repository, source, digest)
 
+    async def adopt_blob(self, repository: str, digest_text: str) -> BlobRecord | None:
+        """Make a blob Berth stores already (for any repository) readable by `repository`, as
+        an import does instead of copying it again; None if it is not stored."""
+        validate_name(repository)
+        digest = str(Digest.parse(digest_text))
+        return await self.meta.mount_blob(repository, None, digest)
+
+    async def link_blob(self, repository: str, digest_text: str, path: Path) -> BlobRecord | None:
+        """Store the local file `path` as blob `digest_text` of `repository` by a hard link
+        (no bytes copied), verified like any upload: its digest is computed (the file is read
+        once) before the blob becomes visible. None when the store cannot link that file (not
+        a filesystem store, another file system, ...): the caller copies it instead.
+
+        Raises InvalidDigest (nothing stored) when the file's content does not match, and
+        FileNotFoundError when it does not exist. A cancellation leaves nothing behind.
+        """
+        if not isinstance(self.store, FileLink):
+            return None
+        Digest.parse(digest_text)
+        record = await self.start_upload(repository)
+        try:
+            async with self._upload_lock(record.id):
+                size = await self.store.link_upload(record.id, path)
+                if size is not None:
+                    await self.meta.set_upload_size(record.id, size, 0)
+                    self._hashes.pop(record.id, None)  # the running digest saw none of it
+            if size is None:
+                await self._discard(record.id)
+                return None
+            return await self.complete(repository, record.id, digest_text)
+        except BaseException:
+            await self._discard(record.id)
+            raise
+
     async def delete_blob(self, repository: str, digest_text: str) -> None:
         validate_name(repository)
         digest = str(Digest.parse(digest_text))
@@ -317,7 +352,11 @@ class Registry:
         payload: bytes,
         content_type: str | None,
         pushed_by: str | None = None,
+        *,
+        move_tag: bool = True,
     ) -> ManifestPut:
+        """Store a manifest (by digest, or tagged). With `move_tag` false an existing tag that
+        points elsewhere is left alone and Conflict raised (an import that must not overwrite)."""
         validate_name(repository)
         if len(payload) > self.max_manifest_size:
             raise ManifestTooLarge(
@@ -338,7 +377,7 @@ class Registry:
             digest = Digest.of(payload)
         parsed = manifests.parse(payload, content_type)
         result: PutResult = await self.meta.put_manifest(
-            repository, digest, parsed, payload, tag, pushed_by=pushed_by
+            repository, digest, parsed, payload, tag, pushed_by=pushed_by, move_tag=move_tag
         )
         return ManifestPut(
             result.digest,

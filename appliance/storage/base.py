@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from appliance.oci.digest import Digest, Hasher
@@ -115,4 +116,23 @@ class BlobRedirect(Protocol):
     async def download_url(self, key: str) -> str | None:
         """A URL from which a client may GET the blob at `key` directly (it honours `Range`
         itself), valid for a while; None to serve the bytes through Berth."""
+        ...
+
+
+@runtime_checkable
+class FileLink(Protocol):
+    """An optional ability: taking a local file into an upload without copying its bytes (a
+    hard link, on a filesystem store whose root is on the same file system as the file)."""
+
+    async def link_upload(self, upload_id: str, source: Path) -> int | None:
+        """Make the upload's bytes be `source`'s (the same inode, not a copy) and return their
+        length; None when that cannot be done here (another file system, a file the store's
+        owner could not read, links refused), with nothing changed: the caller copies instead.
+
+        `source` is opened once and that open file is what is linked, so a path swapped for a
+        symbolic link meanwhile links nothing else. The upload must be empty (just created).
+        The bytes are not verified: the caller hashes the upload (`hash_upload`) before
+        `commit`, as for any upload, and the store never writes to a linked file. Raises
+        FileNotFoundError when `source` does not exist.
+        """
         ...

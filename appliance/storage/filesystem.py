@@ -1,4 +1,9 @@
-"""Blob store on a local filesystem: uploads are files, commit is fsync + rename."""
+"""Blob store on a local filesystem: uploads are files, commit is fsync + rename.
+
+A file already on the same file system (an import) can become an upload by a hard link instead
+of a copy (`link_upload`); nothing here ever writes to an upload's bytes after that, so the
+other name of the file keeps exactly what it had.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ import contextlib
 import errno
 import os
 import shutil
+import stat
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import BinaryIO, TypeVar
@@ -166,10 +172,16 @@ class FilesystemStore:
         dst = self._path(key)
 
         def commit() -> None:
-            with src.open("r+b") as f:
-                if f.seek(0, os.SEEK_END) != length:
+            # Opened for reading: fsync needs no more, and a hard-linked upload (link_upload)
+            # must never be written through. Only bytes left past `length` by a crash are cut.
+            with src.open("rb") as f:
+                longer = f.seek(0, os.SEEK_END) != length
+                if not longer:
+                    os.fsync(f.fileno())
+            if longer:
+                with src.open("r+b") as f:
                     f.truncate(length)
-                os.fsync(f.fileno())
+                    os.fsync(f.fileno())
             dst.parent.mkdir(parents=True, exist_ok=True)
             os.rename(src, dst)
             _fsync_dir(dst.parent)
@@ -180,6 +192,42 @@ class FilesystemStore:
         except FileNotFoundError:
             raise UploadNotFound("upload unknown") from None
         return key
+
+    async def link_upload(self, upload_id: str, source: Path) -> int | None:
+        path = self._upload(upload_id)
+
+        def link() -> int | None:
+            fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                st = os.fstat(fd)
+                owner = self.root.stat()
+                if (
+                    not stat.S_ISREG(st.st_mode)
+                    or st.st_dev != owner.st_dev
+                    or not _readable_by(st, owner.st_uid, owner.st_gid)
+                ):
+                    return None
+                if path.stat().st_size:
+                    raise UploadNotFound("only an empty upload can take a linked file")
+                path.unlink()
+                try:
+                    os.link(source, path)
+                except OSError as e:
+                    path.touch()
+                    if e.errno in _NO_LINK:
+                        return None
+                    raise
+                linked = path.stat()
+                if (linked.st_dev, linked.st_ino) != (st.st_dev, st.st_ino):
+                    # `source` was replaced after it was opened: link nothing else.
+                    path.unlink()
+                    path.touch()
+                    return None
+                return st.st_size
+            finally:
+                os.close(fd)
+
+        return await _run(link, "an upload")
 
     async def delete_upload(self, upload_id: str) -> None:
         path = self._upload(upload_id).parent
@@ -260,6 +308,23 @@ class FilesystemStore:
                 raise PermissionError(errno.EACCES, "not writable", str(self.root))
 
         await _run(check, f"storage root {self.root}")
+
+
+# Why a hard link can fail where a copy would not: another file system, a file system without
+# links, too many links, or links refused to a file this user does not own.
+_NO_LINK = {errno.EXDEV, errno.EPERM, errno.EACCES, errno.EMLINK, errno.EOPNOTSUPP}
+
+
+def _readable_by(st: os.stat_result, uid: int, gid: int) -> bool:
+    """Whether the owner of the store's root (who runs the server) may read the file `st`
+    describes: a linked file keeps its owner and mode, so it must be readable as it is."""
+    if uid == 0:
+        return True
+    if st.st_uid == uid:
+        return bool(st.st_mode & stat.S_IRUSR)
+    if st.st_gid == gid:
+        return bool(st.st_mode & stat.S_IRGRP)
+    return bool(st.st_mode & stat.S_IROTH)
 
 
 def _cut(f: BinaryIO, length: int) -> None:
