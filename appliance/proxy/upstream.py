@@ -14,6 +14,7 @@ Errors are translated here, at the boundary (no httpx exception leaves this modu
                                         repository that does not exist)
     UpstreamInvalid     (Unavailable)   the upstream sent something that is not what was asked
                                         (a digest that does not match, an unusable manifest)
+      UpstreamSchema1   (UpstreamInvalid)  ... a Docker schema 1 manifest (Berth stores none)
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from appliance.errors import InvalidDigest, NotFound, Unavailable
 from appliance.oci import mediatypes as mt
 from appliance.oci.digest import Digest, is_digest
 from appliance.proxy.settings import ProxyNamespace
-from appliance.registry.copy import FetchedManifest
+from appliance.registry.copy import SCHEMA1, FetchedManifest
 
 log = logging.getLogger("berth.proxy")
 # httpcore reads 64 KiB per receive; 1 MiB lets a blob stream from upstream at disk speed
@@ -64,6 +65,10 @@ class UpstreamNotFound(NotFound):
 
 class UpstreamInvalid(Unavailable):
     pass
+
+
+class UpstreamSchema1(UpstreamInvalid):
+    """The upstream answered with a Docker schema 1 manifest (it has nothing newer)."""
 
 
 @dataclass(frozen=True)
@@ -240,6 +245,8 @@ class Upstream:
             payload = b"".join(parts)
             media_type = mt.base(r.headers.get("content-type"))
             header = r.headers.get("docker-content-digest")
+        if media_type in (mt.DOCKER_SCHEMA1, mt.DOCKER_SCHEMA1_SIGNED):
+            raise UpstreamSchema1(f"{what}: {SCHEMA1}")
         expected = Digest.parse(reference) if is_digest(reference) else None
         if expected is None and header:
             with contextlib.suppress(InvalidDigest):  # an unusable header: our own digest serves

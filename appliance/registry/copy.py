@@ -21,6 +21,7 @@ Berth on the other.
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ import trio
 
 from appliance.errors import ManifestInvalid, NotFound
 from appliance.oci import manifest as manifests
+from appliance.oci import mediatypes as mt
 from appliance.oci.manifest import Descriptor, Manifest
 
 # Bounds on what a hostile or broken source can make a copy walk: indexes nested this deep,
@@ -47,6 +49,10 @@ class SourceMissing(NotFound):
 class SourceInvalid(ManifestInvalid):
     """The source holds something unusable: content that does not match its digest, a size
     that disagrees with its descriptor, or a manifest Berth cannot store."""
+
+
+class SourceUnsupported(SourceInvalid):
+    """A manifest of a kind Berth does not store by design (Docker schema 1)."""
 
 
 @dataclass(frozen=True)
@@ -122,11 +128,31 @@ class Plan:
 
 
 def parse(fetched: FetchedManifest) -> Manifest:
-    """The manifest's references; SourceInvalid (with the reason) when Berth cannot store it."""
+    """The manifest's references; SourceInvalid (with the reason) when Berth cannot store it,
+    SourceUnsupported when it is a Docker schema 1 manifest."""
     try:
         return manifests.parse(fetched.payload, fetched.media_type or None)
     except ManifestInvalid as e:
+        if is_schema1(fetched.payload, fetched.media_type):
+            raise SourceUnsupported(f"manifest {fetched.digest}: {SCHEMA1}") from e
         raise SourceInvalid(f"manifest {fetched.digest}: {e.message}") from e
+
+
+SCHEMA1 = (
+    "a Docker schema 1 manifest, which Berth does not store (convert it to schema 2 with "
+    "`skopeo copy --format v2s2`, then import or push that)"
+)
+
+
+def is_schema1(payload: bytes, media_type: str) -> bool:
+    """Whether a manifest is Docker schema 1 (by its media type, or `schemaVersion: 1`)."""
+    if mt.base(media_type) in (mt.DOCKER_SCHEMA1, mt.DOCKER_SCHEMA1_SIGNED):
+        return True
+    try:
+        doc = json.loads(payload)
+    except (ValueError, RecursionError):
+        return False
+    return isinstance(doc, dict) and doc.get("schemaVersion") == 1
 
 
 async def plan(

@@ -1,0 +1,229 @@
+"""`berth import distribution` against storage written by the reference registry: every good
+image pulls from Berth byte for byte, the broken ones are reported and nothing of them shows,
+a second run copies nothing, an interrupted run finishes when run again, and a dry run
+changes nothing."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+from tests.importer.conftest import (
+    ReferenceStore,
+    berth_env,
+    database,
+    pulled_identical,
+    repositories_with_manifests,
+    run_import,
+    stored_files,
+    tags_in,
+)
+from tests.support.clients import Skopeo
+
+
+def berth_blob_files(data: Path) -> dict[str, Path]:
+    """Berth's stored blob files by digest."""
+    out = {}
+    for path in (data / "storage" / "blobs" / "sha256").glob("*/*/*"):
+        out[f"sha256:{path.parent.name}"] = path
+    return out
+
+
+def test_import_pull_and_run_again(
+    tmp_path: Path, reference_store: ReferenceStore, serve: Any
+) -> None:
+    store = reference_store
+    data = tmp_path / "berth"
+    first = run_import(data, "distribution", str(store.root))
+
+    # Broken images are reported and make the exit status 1; everything good is imported.
+    assert first.code == 1, first.stderr
+    imported = first.items("imported")
+    assert set(imported) == set(store.good), first.report
+    for ref, digest in store.digests.items():
+        assert imported[ref]["digest"] == digest
+    broken = first.items("broken")
+    assert set(broken) == set(store.broken)
+    for ref, reason in store.broken.items():
+        assert reason in broken[ref]["reason"]
+    skipped = first.items("skipped")
+    assert set(skipped) == set(store.skipped)
+    assert "schema 1" in skipped["old/schema1:v1"]["reason"]
+    assert not any(i["repository"] == "team/gone" for i in first.report["items"])
+    assert sorted(first.report["namespaces_created"]) == ["multi", "team"]
+
+    # Hard links, no copies: each blob is the very file of the source store.
+    assert first.blobs["copied"] == 0
+    assert first.blobs["linked"] == len(store.blob_digests())
+    files = berth_blob_files(data)
+    for digest in store.blob_digests():
+        assert files[digest].stat().st_ino == store.data_file(digest).stat().st_ino, digest
+
+    # Nothing half-imported is visible: the broken images left no repository with a manifest.
+    assert repositories_with_manifests(data) == store.good_repositories
+    assert tags_in(data) == store.digests
+    with database(data) as db:
+        pushes = db.execute(
+            "SELECT COUNT(*) FROM audit_events WHERE actor = 'import' AND action = 'manifest.push'"
+        ).fetchone()[0]
+        runs = db.execute(
+            "SELECT target FROM audit_events WHERE action = 'import.distribution'"
+        ).fetchall()
+        pushed_by = {r[0] for r in db.execute("SELECT DISTINCT pushed_by FROM manifests")}
+    # One push per manifest and per tag of one: 2 busybox tags, schema2, layers, multi + 2 children.
+    assert pushes == 7
+    assert runs == [(str(store.root),)]
+    assert pushed_by == {"import"}
+
+    # Run again: everything is present, nothing is copied or linked, no file changes.
+    before = stored_files(data)
+    second = run_import(data, "distribution", str(store.root))
+    assert second.code == 1
+    assert set(second.items("present")) == set(store.good)
+    assert second.blobs["linked"] == second.blobs["copied"] == second.blobs["shared"] == 0
+    assert stored_files(data) == before
+    assert tags_in(data) == store.digests
+
+    # Every good image pulls from Berth exactly as it was pushed to the reference registry.
+    server = serve(data)
+    skopeo = Skopeo(tmp_path / "skopeo")
+    for ref, image in store.good.items():
+        pulled_identical(skopeo, server, ref, image, tmp_path)
+
+
+KILLER = textwrap.dedent(
+    """
+    import os, signal, sys
+    from appliance.importer import service
+
+    after = int(os.environ["KILL_AFTER_BLOBS"])
+    stored = 0
+    original = service.RepositoryDestination.store_blob
+
+    async def store_blob(self, blob):
+        global stored
+        if stored == after:
+            os.kill(os.getpid(), signal.SIGKILL)  # a crash, in the middle of an import
+        await original(self, blob)
+        stored += 1
+
+    service.RepositoryDestination.store_blob = store_blob
+    from appliance.cli import main
+    main(sys.argv[1:])
+    """
+)
+
+
+def test_interrupted_import_is_finished_by_running_it_again(
+    tmp_path: Path, reference_store: ReferenceStore
+) -> None:
+    store = reference_store
+    data = tmp_path / "berth"
+    # Repositories go in name order: `multi` (5 blobs), then `old/schema1` (skipped), then
+    # `team/app/layers` (21 blobs): killed after 10, half-way through the layers.
+    args = ["import", "distribution", str(store.root), "--copy", "--parallel", "1"]
+    args += ["--data-dir", str(data)]
+    killed = subprocess.run(
+        [sys.executable, "-c", KILLER, *args],
+        env=berth_env(KILL_AFTER_BLOBS="10"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+
+    # What was whole is there; the half-copied image is not visible.
+    assert repositories_with_manifests(data) == {"multi"}
+    assert tags_in(data) == {"multi:latest": store.digests["multi:latest"]}
+
+    resumed = run_import(data, "distribution", str(store.root), "--copy")
+    assert resumed.code == 1
+    total = len(store.blob_digests())
+    # Nothing stored before the crash is copied again.
+    assert resumed.blobs["copied"] == total - 10
+    assert resumed.items()["multi:latest"]["outcome"] == "present"
+    assert set(resumed.items("imported")) == set(store.good) - {"multi:latest"}
+    assert tags_in(data) == store.digests
+
+    # The same result as an import that was never interrupted.
+    clean = tmp_path / "clean"
+    run_import(clean, "distribution", str(store.root), "--copy")
+    assert tags_in(clean) == tags_in(data)
+    assert set(berth_blob_files(clean)) == set(berth_blob_files(data))
+
+
+def snapshot(data: Path) -> tuple[dict[str, int], dict[str, tuple[int, float]]]:
+    with database(data) as db:
+        tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        rows = {t: db.execute(f'SELECT COUNT(*) FROM "{t}"').fetchone()[0] for t in tables}
+    return rows, stored_files(data)
+
+
+def test_dry_run_changes_nothing(tmp_path: Path, reference_store: ReferenceStore) -> None:
+    store = reference_store
+    data = tmp_path / "berth"
+    # Berth exists and holds one of the repositories already.
+    first = run_import(data, "distribution", str(store.root), "--repository", "multi")
+    assert first.code == 0, first.stderr
+    before = snapshot(data)
+    mtime = os.stat(data / "berth.db").st_mtime
+
+    dry = run_import(data, "distribution", str(store.root), "--dry-run")
+    assert dry.code == 1  # the broken images are reported as in a real run
+    assert dry.report["dry_run"] is True
+    assert set(dry.items("imported")) == set(store.good) - {"multi:latest"}
+    assert set(dry.items("present")) == {"multi:latest"}
+    assert set(dry.items("broken")) == set(store.broken)
+    assert dry.report["namespaces_created"] == ["team"]  # would be
+    layers = dry.items()["team/app/layers:1"]
+    assert layers["blobs"] == 21
+    assert dry.blobs["linked"] == dry.blobs["copied"] == 0
+    assert snapshot(data) == before
+    assert os.stat(data / "berth.db").st_mtime == mtime
+
+
+def test_untagged_manifests_on_request(tmp_path: Path, reference_store: ReferenceStore) -> None:
+    store = reference_store
+    data = tmp_path / "berth"
+    run = run_import(
+        data, "distribution", str(store.root), "--repository", "team/app/**", "--untagged"
+    )
+    assert run.code == 0, run.stderr
+    untagged = store.untagged["team/app/layers"]
+    assert run.items("imported").keys() == {"team/app/layers:1", f"team/app/layers:{untagged}"}
+    with database(data) as db:
+        held = {r[0] for r in db.execute("SELECT digest FROM manifests")}
+    assert untagged in held
+    assert tags_in(data) == {"team/app/layers:1": store.digests["team/app/layers:1"]}
+
+
+def test_into_a_namespace_and_patterns(tmp_path: Path, reference_store: ReferenceStore) -> None:
+    data = tmp_path / "berth"
+    run = run_import(
+        data,
+        "distribution",
+        str(reference_store.root),
+        "--repository",
+        "multi",
+        "--repository",
+        "team/*",  # one component: not team/app/layers
+        "--into",
+        "moved",
+    )
+    assert run.code == 1  # team/broken, team/dangling
+    assert repositories_with_manifests(data) == {
+        "moved/multi",
+        "moved/team/busybox",
+        "moved/team/schema2",
+    }
+    assert run.report["namespaces_created"] == ["moved"]
+
+    bad = run_import(data, "distribution", str(reference_store.root), "--repository", "Team/*")
+    assert bad.code == 2
+    assert "invalid --repository pattern 'Team/*'" in bad.stderr
