@@ -14,20 +14,18 @@ import os
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import click
 import trio
 
 from appliance.cli import fail, load_config
 from appliance.config import Config
-from appliance.errors import BerthError, ConfigError
-from appliance.importer.patterns import RepositoryFilter
-from appliance.importer.service import Importer, Options, Progress, Source
-from appliance.metadata.db import Database
-from appliance.registry import Registry
+from appliance.errors import BerthError, ConfigError, Unavailable
+
+if TYPE_CHECKING:  # the modules that do the work are imported when a command runs
+    from appliance.importer.service import Options, Progress, Source
 
 _config_option = click.option(
     "--config", "config_path", type=click.Path(path_type=Path, dir_okay=False)
@@ -166,7 +164,10 @@ def import_distribution(  # noqa: PLR0917 (one parameter per option)
         if source.startswith("s3://"):
             tree = s3_tree()
             assert isinstance(tree, BucketTree)
-            await tree.store.check()
+            try:
+                await tree.store.check()
+            except Unavailable as e:
+                raise Unavailable(f"the S3 source: {e.message}") from e
         else:
             path = await trio.Path(source).expanduser()
             path = await path.resolve()
@@ -257,6 +258,8 @@ def _options(
     untagged: bool = False,
 ) -> Options:
     """The options of an import; InvalidName for a bad pattern or namespace."""
+    from appliance.importer.patterns import RepositoryFilter  # noqa: PLC0415
+    from appliance.importer.service import Options  # noqa: PLC0415
     from appliance.oci.names import validate_component  # noqa: PLC0415
 
     wanted = RepositoryFilter.of(patterns)
@@ -288,51 +291,6 @@ def _credentials(inline: str | None, path: Path | None) -> tuple[str | None, str
     if not sep or not user:
         raise ConfigError("credentials must be USER:PASSWORD")  # never echo them
     return user, password
-
-
-@dataclass
-class _Target:
-    db: Database
-    registry: Registry
-
-
-async def open_target(config: Config) -> _Target:
-    """What an import writes to: the database (migrated as `metadata.auto_migrate` says), the
-    blob store, and the rules writes must pass (quotas, immutable tags). No server, no jobs."""
-    from appliance.lifecycle.rules import Rules  # noqa: PLC0415
-    from appliance.metadata.db import open_metadata  # noqa: PLC0415
-    from appliance.metadata.store import MetadataStore  # noqa: PLC0415
-    from appliance.storage import open_store  # noqa: PLC0415
-
-    _check_owner(config)
-    db = await trio.to_thread.run_sync(open_metadata, config)
-    try:
-        store = open_store(config)
-        await store.check()
-        meta = MetadataStore(db, time.time, config["gc.delay"])
-        meta.checks = Rules(db, time.time, config["lifecycle.rules_ttl"])
-        registry = Registry(
-            meta,
-            store,
-            clock=time.time,
-            max_manifest_size=config["manifests.max_size"],
-            upload_expiry=config["uploads.expiry"],
-        )
-    except BaseException:
-        db.close()
-        raise
-    return _Target(db, registry)
-
-
-def _check_owner(config: Config) -> None:
-    """Refuse to run as root over a data directory another user owns: files and folders made
-    by root there would be ones the server (running as that user) cannot write or read."""
-    data = config.data_dir
-    if os.geteuid() == 0 and data.exists() and data.stat().st_uid != 0:
-        raise ConfigError(
-            f"{data} belongs to another user, who runs the server: run the import as that "
-            f"user (e.g. sudo -u berth berth import ...), so that what it writes stays theirs"
-        )
 
 
 class ProgressLine:
@@ -373,6 +331,10 @@ def _run(
     config_path: Path | None,
     data_dir: Path | None,
 ) -> None:
+    from appliance.importer.service import Importer  # noqa: PLC0415
+    from appliance.importer.target import open_target  # noqa: PLC0415
+    from appliance.proxy import settings as proxy_settings  # noqa: PLC0415
+
     overrides = {"server.data_dir": str(data_dir) if data_dir is not None else None}
     line = ProgressLine(sys.stderr)
 
@@ -382,7 +344,13 @@ def _run(
         try:
             source = await open_source(config)
             try:
-                importer = Importer(target.registry, source, options, on_progress=line)
+                importer = Importer(
+                    target.registry,
+                    source,
+                    options,
+                    proxies=proxy_settings.parse(config),
+                    on_progress=line,
+                )
                 return await importer.run()
             finally:
                 await source.aclose()

@@ -58,8 +58,8 @@ class RemoteRegistry:
             return sorted(await self.upstream.catalog())
         except UpstreamNotFound as e:
             raise SourceMissing(
-                f"{self.where} does not list its repositories ({e.message}): name them "
-                "with --repository"
+                f"{self.where} did not list its repositories ({e.message}): check the "
+                "credentials, or name the repositories with --repository"
             ) from e
 
     def repository(self, name: str) -> RemoteRepository:

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Collection
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -155,9 +155,13 @@ class Importer:
         source: Source,
         options: Options,
         *,
+        proxies: Collection[str] = (),
         on_progress: Callable[[Progress], None] | None = None,
     ) -> None:
+        """`proxies`: the proxy namespaces of the configuration (those of the database count
+        too): an import into one is refused, as a push would be."""
         self.registry = registry
+        self.proxies = frozenset(proxies)
         self.db = registry.meta.db
         self.source = source
         self.options = options
@@ -347,7 +351,9 @@ class Importer:
         if state is None:
 
             def fn(tx: Tx) -> str:
-                if tx.scalar("SELECT 1 FROM proxy_namespaces WHERE name = :n", {"n": name}):
+                if name in self.proxies or tx.scalar(
+                    "SELECT 1 FROM proxy_namespaces WHERE name = :n", {"n": name}
+                ):
                     return "proxy"
                 return "exists" if identity.namespace_by_name(tx, name) else "absent"
 

@@ -75,10 +75,15 @@ def test_import_pull_and_run_again(
             "SELECT target FROM audit_events WHERE action = 'import.distribution'"
         ).fetchall()
         pushed_by = {r[0] for r in db.execute("SELECT DISTINCT pushed_by FROM manifests")}
+        events = db.execute(
+            "SELECT COUNT(*) FROM webhook_events WHERE action = 'push' "
+            'AND payload LIKE \'%"actor": {"name": "import"}%\''
+        ).fetchone()[0]
     # One push per manifest and per tag of one: 2 busybox tags, schema2, layers, multi + 2 children.
     assert pushes == 7
     assert runs == [(str(store.root),)]
     assert pushed_by == {"import"}
+    assert events == pushes  # webhooks hear of each imported manifest as of a push
 
     # Run again: everything is present, nothing is copied or linked, no file changes.
     before = stored_files(data)

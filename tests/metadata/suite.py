@@ -209,6 +209,18 @@ class MetadataSuite:
         assert mounted.digest == digest
         assert await meta.blob("team/target", digest) is not None
 
+    async def test_mount_from_anywhere_links_any_stored_blob(
+        self, meta: MetadataStore, database: Database
+    ) -> None:
+        # What an import does with a blob Berth stores already (for whichever repository).
+        digest = await self.push_blob(meta, "team/source", b"stored once")
+        assert await meta.mount_blob("other/target", None, sha(b"never stored")) is None
+        mounted = await meta.mount_blob("other/target", None, digest)
+        assert mounted is not None
+        assert mounted.storage_key.startswith("key-")
+        assert await meta.blob("other/target", digest) is not None
+        await self.assert_consistent(database)
+
     async def test_unlink_and_its_queue_entry(
         self, meta: MetadataStore, database: Database, clock: Clock
     ) -> None:
@@ -338,6 +350,35 @@ class MetadataSuite:
         assert await meta.tags(REPO, 4, "zzz") == []
         with pytest.raises(RepositoryNotFound):
             await meta.tags("team/none", None, None)
+
+    async def test_a_tag_that_must_not_move_is_a_conflict_and_changes_nothing(
+        self, meta: MetadataStore, database: Database
+    ) -> None:
+        first = await self.push_image(meta, REPO, b"{}", [b"one"], "v1")
+        for data in (b"{}", b"two"):
+            await self.push_blob(meta, REPO, data)
+        payload = image(b"{}", [b"two"])
+        parsed = manifests.parse(payload, mt.OCI_MANIFEST)
+        digest = Digest.parse(sha(payload))
+        with pytest.raises(Conflict) as refused:
+            await meta.put_manifest(REPO, digest, parsed, payload, "v1", move_tag=False)
+        assert first in refused.value.message
+        assert (await meta.manifest(REPO, "v1", False)).digest == first
+        with pytest.raises(ManifestNotFound):  # the whole put rolled back, manifest too
+            await meta.manifest(REPO, str(digest), True)
+        # The same manifest again, or a new tag, is no move.
+        again = await meta.put_manifest(
+            REPO,
+            Digest.parse(first),
+            manifests.parse(image(b"{}", [b"one"]), None),
+            image(b"{}", [b"one"]),
+            "v1",
+            move_tag=False,
+        )
+        assert again.digest == first
+        await meta.put_manifest(REPO, digest, parsed, payload, "v2", move_tag=False)
+        assert (await meta.manifest(REPO, "v2", False)).digest == str(digest)
+        await self.assert_consistent(database)
 
     async def test_retagging_queues_the_previous_manifest(
         self, meta: MetadataStore, database: Database, clock: Clock
