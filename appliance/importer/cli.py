@@ -9,11 +9,13 @@ imported or was there already (or was skipped by design), 1 when something needs
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -35,45 +37,64 @@ _data_dir_option = click.option(
 )
 
 
-def _common(fn: Callable[..., Any]) -> Callable[..., Any]:
+@dataclass(frozen=True)
+class _Common:
     """The options both sources take."""
-    for option in reversed(
-        [
-            click.option(
-                "--repository",
-                "patterns",
-                multiple=True,
-                metavar="GLOB",
-                help="Only repositories matching GLOB (* within a path component, ** across, "
-                "? one character); repeat for several. Default: all.",
-            ),
-            click.option(
-                "--into",
-                metavar="NAMESPACE",
-                help="Put every repository under NAMESPACE (alpine becomes NAMESPACE/alpine).",
-            ),
-            click.option(
-                "--dry-run", is_flag=True, help="Report what would be imported; change nothing."
-            ),
-            click.option(
-                "--force",
-                is_flag=True,
-                help="Move tags Berth has at another digest (immutable-tag rules still apply).",
-            ),
-            click.option(
-                "--parallel",
-                type=click.IntRange(1, 16),
-                default=4,
-                show_default=True,
-                help="Blobs stored at once.",
-            ),
-            click.option("--json", "as_json", is_flag=True, help="Print the report as JSON."),
-            _config_option,
-            _data_dir_option,
-        ]
-    ):
-        fn = option(fn)
-    return fn
+
+    patterns: tuple[str, ...]
+    into: str | None
+    dry_run: bool
+    force: bool
+    parallel: int
+    as_json: bool
+    config_path: Path | None
+    data_dir: Path | None
+
+
+_COMMON_OPTIONS = [
+    click.option(
+        "--repository",
+        "patterns",
+        multiple=True,
+        metavar="GLOB",
+        help="Only repositories matching GLOB (* within a path component, ** across, "
+        "? one character); repeat for several. Default: all.",
+    ),
+    click.option(
+        "--into",
+        metavar="NAMESPACE",
+        help="Put every repository under NAMESPACE (alpine becomes NAMESPACE/alpine).",
+    ),
+    click.option("--dry-run", is_flag=True, help="Report what would be imported; change nothing."),
+    click.option(
+        "--force",
+        is_flag=True,
+        help="Move tags Berth has at another digest (immutable-tag rules still apply).",
+    ),
+    click.option(
+        "--parallel",
+        type=click.IntRange(1, 16),
+        default=4,
+        show_default=True,
+        help="Blobs stored at once.",
+    ),
+    click.option("--json", "as_json", is_flag=True, help="Print the report as JSON."),
+    _config_option,
+    _data_dir_option,
+]
+
+
+def _common(fn: Callable[..., None]) -> Callable[..., None]:
+    """Add the common options to a command, which gets them as one `common` argument."""
+
+    @functools.wraps(fn)
+    def command(*args: Any, **kwargs: Any) -> None:
+        fields = {name: kwargs.pop(name) for name in _Common.__dataclass_fields__}
+        fn(*args, common=_Common(**fields), **kwargs)
+
+    for option in reversed(_COMMON_OPTIONS):
+        command = option(command)
+    return command
 
 
 def _import() -> None:
@@ -113,14 +134,7 @@ import_group: click.Group = click.group("import")(_import)
 @click.option("--s3-no-tls-verify", is_flag=True, help="S3 source: do not check its certificate.")
 def import_distribution(  # noqa: PLR0917 (one parameter per option)
     source: str,
-    patterns: tuple[str, ...],
-    into: str | None,
-    dry_run: bool,
-    force: bool,
-    parallel: int,
-    as_json: bool,
-    config_path: Path | None,
-    data_dir: Path | None,
+    common: _Common,
     copy_only: bool,
     untagged: bool,
     s3_endpoint: str,
@@ -176,14 +190,7 @@ def import_distribution(  # noqa: PLR0917 (one parameter per option)
             tree = DirectoryTree(Path(path))
         return await DistributionStore.open(tree, config["manifests.max_size"])
 
-    try:
-        options = _options(
-            patterns, into, dry_run, force, parallel, link=not copy_only, untagged=untagged
-        )
-    except BerthError as e:
-        fail(e.message)
-        return
-    _run(open_source, options, as_json, config_path, data_dir)
+    _run(open_source, common, link=not copy_only, untagged=untagged)
 
 
 @import_group.command("remote")
@@ -210,14 +217,7 @@ def import_distribution(  # noqa: PLR0917 (one parameter per option)
 )
 def import_remote(  # noqa: PLR0917 (one parameter per option)
     url: str,
-    patterns: tuple[str, ...],
-    into: str | None,
-    dry_run: bool,
-    force: bool,
-    parallel: int,
-    as_json: bool,
-    config_path: Path | None,
-    data_dir: Path | None,
+    common: _Common,
     credentials: str | None,
     credentials_file: Path | None,
     ca_file: str,
@@ -239,40 +239,26 @@ def import_remote(  # noqa: PLR0917 (one parameter per option)
             ca_file=ca_file,
         )
 
-    try:
-        options = _options(patterns, into, dry_run, force, parallel)
-    except BerthError as e:
-        fail(e.message)
-        return
-    _run(open_source, options, as_json, config_path, data_dir)
+    _run(open_source, common)
 
 
-def _options(
-    patterns: tuple[str, ...],
-    into: str | None,
-    dry_run: bool,
-    force: bool,
-    parallel: int,
-    *,
-    link: bool = True,
-    untagged: bool = False,
-) -> Options:
+def _options(common: _Common, *, link: bool, untagged: bool) -> Options:
     """The options of an import; InvalidName for a bad pattern or namespace."""
     from appliance.importer.patterns import RepositoryFilter  # noqa: PLC0415
     from appliance.importer.service import Options  # noqa: PLC0415
     from appliance.oci.names import validate_component  # noqa: PLC0415
 
-    wanted = RepositoryFilter.of(patterns)
-    if into is not None:
-        validate_component(into)
+    wanted = RepositoryFilter.of(common.patterns)
+    if common.into is not None:
+        validate_component(common.into)
     return Options(
         wanted=wanted,
-        into=into,
-        dry_run=dry_run,
-        force=force,
+        into=common.into,
+        dry_run=common.dry_run,
+        force=common.force,
         link=link,
         untagged=untagged,
-        parallel=parallel,
+        parallel=common.parallel,
     )
 
 
@@ -326,36 +312,39 @@ class ProgressLine:
 
 def _run(
     open_source: Callable[[Config], Awaitable[Source]],
-    options: Options,
-    as_json: bool,
-    config_path: Path | None,
-    data_dir: Path | None,
+    common: _Common,
+    *,
+    link: bool = True,
+    untagged: bool = False,
 ) -> None:
     from appliance.importer.service import Importer  # noqa: PLC0415
     from appliance.importer.target import open_target  # noqa: PLC0415
     from appliance.proxy import settings as proxy_settings  # noqa: PLC0415
 
+    try:
+        options = _options(common, link=link, untagged=untagged)
+    except BerthError as e:
+        fail(e.message)
+        return
+    data_dir = common.data_dir
     overrides = {"server.data_dir": str(data_dir) if data_dir is not None else None}
     line = ProgressLine(sys.stderr)
 
     async def run() -> Any:
-        config = load_config(config_path, overrides)
-        target = await open_target(config)
+        config = load_config(common.config_path, overrides)
+        proxies = proxy_settings.parse(config)
+        source = await open_source(config)  # a bad source is refused before Berth is opened
         try:
-            source = await open_source(config)
+            target = await open_target(config)
             try:
                 importer = Importer(
-                    target.registry,
-                    source,
-                    options,
-                    proxies=proxy_settings.parse(config),
-                    on_progress=line,
+                    target.registry, source, options, proxies=proxies, on_progress=line
                 )
                 return await importer.run()
             finally:
-                await source.aclose()
+                target.db.close()
         finally:
-            target.db.close()
+            await source.aclose()
 
     try:
         report = trio.run(run)
@@ -368,7 +357,7 @@ def _run(
         click.echo("berth: interrupted; run the same import again to finish it", err=True)
         sys.exit(130)
     line.clear()
-    if as_json:
+    if common.as_json:
         click.echo(json.dumps(report.as_json(), indent=2))
     else:
         for text in report.lines():

@@ -123,6 +123,13 @@ class DistributionRepository:
     async def tags(self) -> list[str]:
         return sorted(await self.tree.folders(f"{self._manifests}/tags"))
 
+    async def tag_digest(self, tag: str) -> str | None:
+        try:
+            found = await self._link(f"{self._manifests}/tags/{tag}/current/link")
+        except SourceInvalid:
+            return None
+        return None if found is None else str(found)
+
     async def revisions(self) -> list[str]:
         """Digests of the manifests the repository holds (deleted ones left out)."""
         out: list[str] = []

@@ -83,6 +83,12 @@ class RemoteRepository:
         except UpstreamNotFound as e:
             raise SourceMissing(e.message) from e
 
+    async def tag_digest(self, tag: str) -> str | None:
+        try:
+            return await self.upstream.manifest_digest(self.name, tag)
+        except (UpstreamNotFound, UpstreamInvalid):
+            return None
+
     async def revisions(self) -> list[str]:
         return []  # not listable over the registry API
 

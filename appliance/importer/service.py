@@ -96,6 +96,11 @@ class RepositorySource(ImageSource, Protocol):
         """Its tags (names as found, validated by the caller)."""
         ...
 
+    async def tag_digest(self, tag: str) -> str | None:
+        """Where `tag` points, cheaply (a link file, a HEAD), without reading the manifest;
+        None when the source cannot say that way."""
+        ...
+
     async def revisions(self) -> list[str]:
         """Digests of every manifest it holds, tagged or not ([] when it cannot say)."""
         ...
@@ -270,9 +275,21 @@ class Importer:
     ) -> None:
         item = Item(destination.repository, source.name, reference)
         try:
+            current = None
             if tag is not None:
                 validate_tag(tag)
-            current = await destination.tag_digest(tag) if tag is not None else None
+                current = await destination.tag_digest(tag)
+                if current is not None and await source.tag_digest(tag) == current:
+                    # The same as Berth has: not one manifest read (a rerun stays cheap).
+                    item.digest = current
+                    self._done(item, PRESENT)
+                    if self.options.untagged:
+                        covered.update(await self._reached(source, current))
+                    return
+            elif await destination.held_manifest(reference):
+                item.digest = reference
+                self._done(item, PRESENT)
+                return
             image = await copy.plan(source, destination, reference, check_blobs=True)
             item.digest = image.root.fetched.digest
             covered.update(node.fetched.digest for node in image.manifests)
@@ -322,6 +339,14 @@ class Importer:
             raise
         except BerthError as e:
             self._done(item, FAILED, e.message)
+
+    async def _reached(self, source: RepositorySource, digest: str) -> set[str]:
+        """`digest` and the manifests it lists, at any depth (read from the source)."""
+        try:
+            parsed = copy.parse(await source.manifest(digest))
+        except BerthError:
+            return {digest}
+        return {digest} | await self._listed(source, parsed)
 
     async def _listed(self, source: RepositorySource, parsed: Manifest, depth: int = 0) -> set[str]:
         """Digests of the manifests an index lists, at any depth (read from the source)."""

@@ -235,14 +235,7 @@ class Upstream:
             declared = r.headers.get("content-length")
             if declared is not None and declared.isdigit() and int(declared) > limit:
                 raise UpstreamInvalid(f"{what} is larger than {limit} bytes")
-            parts: list[bytes] = []
-            held = 0
-            async for data in r.aiter_raw():
-                held += len(data)
-                if held > limit:
-                    raise UpstreamInvalid(f"{what} is larger than {limit} bytes")
-                parts.append(data)
-            payload = b"".join(parts)
+            payload = await _read_bounded(r.aiter_raw(), limit, f"{what} is larger")
             media_type = mt.base(r.headers.get("content-type"))
             header = r.headers.get("docker-content-digest")
         if media_type in (mt.DOCKER_SCHEMA1, mt.DOCKER_SCHEMA1_SIGNED):
@@ -307,19 +300,13 @@ class Upstream:
         except httpx.HTTPError as e:
             raise UpstreamUnavailable(f"{self.ns.name}: {_describe(e)}") from e
         try:
-            parts: list[bytes] = []
-            held = 0
-            async for data in r.aiter_bytes():
-                held += len(data)
-                if held > MAX_LISTING:
-                    raise UpstreamInvalid(f"{what}: a page is larger than {MAX_LISTING} bytes")
-                parts.append(data)
+            body = await _read_bounded(r.aiter_bytes(), MAX_LISTING, f"{what}: a page is larger")
         except httpx.HTTPError as e:
             raise UpstreamUnavailable(f"{self.ns.name}: {_describe(e)}") from e
         finally:
             with trio.CancelScope(shield=True):
                 await r.aclose()
-        return r, b"".join(parts)
+        return r, body
 
     async def _pages(self, url: str, scope: str, key: str, what: str) -> list[str]:
         """The strings under `key` of a paginated listing. A `Link` to another origin, a page
@@ -359,6 +346,19 @@ class Upstream:
                 raise UpstreamInvalid(f"{self.ns.name}: {what}: the next page is elsewhere")
             page = str(target)
         return out
+
+
+async def _read_bounded(chunks: AsyncIterator[bytes], limit: int, too_large: str) -> bytes:
+    """A whole body of at most `limit` bytes; UpstreamInvalid ("<too_large> than N bytes")
+    as soon as more arrive, without holding them."""
+    parts: list[bytes] = []
+    held = 0
+    async for data in chunks:
+        held += len(data)
+        if held > limit:
+            raise UpstreamInvalid(f"{too_large} than {limit} bytes")
+        parts.append(data)
+    return b"".join(parts)
 
 
 def _describe(e: httpx.HTTPError) -> str:

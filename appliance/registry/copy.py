@@ -288,9 +288,19 @@ async def read_ahead(
         if failed:
             raise failed[0]
 
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(pump)
-        try:
-            yield consume()
-        finally:
-            nursery.cancel_scope.cancel()
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(pump)
+            try:
+                yield consume()
+            finally:
+                nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:  # the block failed; the reading was cancelled
+        raise first_error(group) from None
+
+
+def first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The exception that ended a nursery: a real error rather than the Cancelled it caused."""
+    errors = [e for e in group.exceptions if not isinstance(e, trio.Cancelled)]
+    found = (errors or list(group.exceptions))[0]
+    return first_error(found) if isinstance(found, BaseExceptionGroup) else found

@@ -6,6 +6,7 @@ changes nothing."""
 from __future__ import annotations
 
 import os
+import pty
 import signal
 import subprocess
 import sys
@@ -24,6 +25,7 @@ from tests.importer.conftest import (
     tags_in,
 )
 from tests.support.clients import Skopeo
+from tests.support.servers import berth_command
 
 
 def berth_blob_files(data: Path) -> dict[str, Path]:
@@ -232,3 +234,33 @@ def test_into_a_namespace_and_patterns(tmp_path: Path, reference_store: Referenc
     bad = run_import(data, "distribution", str(reference_store.root), "--repository", "Team/*")
     assert bad.code == 2
     assert "invalid --repository pattern 'Team/*'" in bad.stderr
+
+
+def test_progress_on_a_terminal_only(tmp_path: Path, reference_store: ReferenceStore) -> None:
+    """A progress line when stderr is a terminal; not a byte on stderr otherwise."""
+    quiet = run_import(tmp_path / "quiet", "distribution", str(reference_store.root))
+    assert quiet.stderr == ""
+    leader, follower = pty.openpty()
+    try:
+        proc = subprocess.run(
+            [*berth_command(), "import", "distribution", str(reference_store.root),
+             "--repository", "multi", "--data-dir", str(tmp_path / "tty")],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=follower,
+            env=berth_env(), timeout=300, check=False,
+        )  # fmt: skip
+        os.close(follower)
+        shown = b""
+        while True:
+            try:
+                data = os.read(leader, 65536)
+            except OSError:  # the terminal's other end is closed: all read
+                break
+            if not data:
+                break
+            shown += data
+    finally:
+        os.close(leader)
+    assert proc.returncode == 0
+    assert b"\r[0/1] multi: " in shown
+    assert shown.endswith(b"\r\x1b[K")  # the line is cleared before the report
+    assert b"multi: 1 imported" in proc.stdout

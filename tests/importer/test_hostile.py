@@ -94,8 +94,9 @@ def outcomes(report: Report) -> dict[str, tuple[str, str]]:
     return {f"{i.repository}:{i.reference}": (i.outcome, i.reason) for i in report.items}
 
 
+@pytest.mark.parametrize("link", [True, False], ids=["hard-links", "copies"])
 async def test_damaged_images_are_reported_and_nothing_of_them_is_stored(
-    tmp_path: Path,
+    tmp_path: Path, link: bool
 ) -> None:
     store = HandStore(tmp_path / "store")
     # A layer whose bytes are not those of its digest.
@@ -131,7 +132,7 @@ async def test_damaged_images_are_reported_and_nothing_of_them_is_stored(
     store.image("Team/app", "1", [store.blob(b"layer of a bad name")])
     store.image("team/tags", "-x", [store.blob(b"layer of a bad tag")])
 
-    report, stored = await run(tmp_path, store)
+    report, stored = await run(tmp_path, store, link=link)
     found = outcomes(report)
     assert found["team/corrupt:1"][0] == "broken"
     assert "corrupt in the source" in found["team/corrupt:1"][1]
@@ -150,6 +151,8 @@ async def test_damaged_images_are_reported_and_nothing_of_them_is_stored(
     assert found["team/tags:-x"][0] == "skipped"
     assert found["team/elsewhere:1"][0] == "imported"  # the one good image
     assert not report.ok
+    assert report.blobs.linked == (2 if link else 0)
+    assert report.blobs.copied == (0 if link else 2)
     # Only the good image is stored: its manifest, config and layer; no upload is left.
     assert stored == {"manifests": 1, "blobs": 2, "uploads": 0}
     files = [p for p in (tmp_path / "berth" / "storage").rglob("*") if p.is_file()]

@@ -58,6 +58,9 @@ def test_remote_import_with_basic_auth(tmp_path: Path, images: ImageCache, serve
         assert again.code == 0, again.stderr
         assert set(again.items("present")) == set(digests)
         assert not [p for m, p, _ in front.requests if "/blobs/" in p]
+        # Each tag is checked with a HEAD: no manifest is read again.
+        assert not [p for m, p, _ in front.requests if m == "GET" and "/manifests/" in p]
+        assert len([p for m, p, _ in front.requests if m == "HEAD"]) == len(digests)
 
         # Named repositories: no catalog.
         front.requests.clear()
