@@ -35,6 +35,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import quote
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
@@ -63,12 +64,16 @@ def _random(size: int, seed: int) -> Iterator[bytes]:
         yield chunk
 
 
-def push_blob(client: httpx.Client, repo: str, size: int, seed: int) -> tuple[str, int]:
+def push_blob(client: httpx.Client, repo: str, chunks: Iterator[bytes]) -> tuple[str, int]:
+    """POST, one streamed PATCH, PUT: what clients do."""
     hasher = hashlib.sha256()
+    size = 0
 
     def body() -> Iterator[bytes]:
-        for chunk in _random(size, seed):
+        nonlocal size
+        for chunk in chunks:
             hasher.update(chunk)
+            size += len(chunk)
             yield chunk
 
     start = client.post(f"/v2/{repo}/blobs/uploads/")
@@ -80,14 +85,18 @@ def push_blob(client: httpx.Client, repo: str, size: int, seed: int) -> tuple[st
     )
     patched.raise_for_status()
     digest = "sha256:" + hasher.hexdigest()
-    client.put(patched.headers["location"], params={"digest": digest}).raise_for_status()
+    location = patched.headers["location"]  # the reference keeps its state in the query
+    separator = "&" if "?" in location else "?"
+    client.put(f"{location}{separator}digest={quote(digest)}").raise_for_status()
     return digest, size
 
 
 def push_image(client: httpx.Client, repo: str, sizes: list[int], seed: int) -> None:
     config = json.dumps({"architecture": "amd64", "os": "linux", "seed": seed}).encode()
-    config_digest, _ = push_blob_bytes(client, repo, config)
-    layers = [push_blob(client, repo, size, seed * 10_000 + i) for i, size in enumerate(sizes)]
+    config_digest, _ = push_blob(client, repo, iter([config]))
+    layers = [
+        push_blob(client, repo, _random(size, seed * 10_000 + i)) for i, size in enumerate(sizes)
+    ]
     manifest = {
         "schemaVersion": 2,
         "mediaType": OCI_MANIFEST,
@@ -101,19 +110,13 @@ def push_image(client: httpx.Client, repo: str, sizes: list[int], seed: int) -> 
             for d, s in layers
         ],
     }
-    client.put(
+    put = client.put(
         f"/v2/{repo}/manifests/1",
         content=json.dumps(manifest).encode(),
         headers={"content-type": OCI_MANIFEST},
-    ).raise_for_status()
-
-
-def push_blob_bytes(client: httpx.Client, repo: str, data: bytes) -> tuple[str, int]:
-    digest = "sha256:" + hashlib.sha256(data).hexdigest()
-    client.post(
-        f"/v2/{repo}/blobs/uploads/", params={"digest": digest}, content=data
-    ).raise_for_status()
-    return digest, len(data)
+    )
+    if put.status_code != 201:
+        raise RuntimeError(f"manifest PUT: {put.status_code} {put.text[:500]}")
 
 
 def build_store(root: Path, size: int, blob_size: int, small: int) -> tuple[Path, int, int]:

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Collection
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,7 +81,7 @@ from appliance.registry.copy import (
     SourceMissing,
     SourceUnsupported,
 )
-from appliance.storage.base import FileLink
+from appliance.storage.base import FileImport
 
 log = logging.getLogger("berth.import")
 ACTOR = "import"
@@ -176,7 +176,7 @@ class Importer:
         self._namespaces: dict[str, str] = {}  # name → "exists", "absent", "proxy"
         if not options.link:
             self.report.blobs.note_copy("--copy")
-        elif not isinstance(registry.store, FileLink):
+        if not isinstance(registry.store, FileImport):
             self.report.blobs.note_copy("the blob store is not a filesystem store")
 
     async def run(self) -> Report:
@@ -320,9 +320,7 @@ class Importer:
                 self.progress.blobs += 1
                 self.on_progress(self.progress)
 
-            await copy.apply(
-                image, destination, tag, parallel=self.options.parallel, on_blob=stored
-            )
+            await copy.apply(image, destination, tag, on_blob=stored)
             self._done(item, IMPORTED)
         except SourceUnsupported as e:
             self._done(item, SKIPPED, e.message)
@@ -425,6 +423,24 @@ class Importer:
         await self.db.write(fn)
 
 
+# Local files placed per transaction: few enough that an interrupted import loses little work
+# (a group not yet recorded is placed again), many enough that commits do not dominate.
+GROUP_FILES = 16
+GROUP_BYTES = 1 << 30
+
+
+def _groups(files: list[tuple[Descriptor, Path]]) -> list[list[tuple[Descriptor, Path]]]:
+    out: list[list[tuple[Descriptor, Path]]] = [[]]
+    held = 0
+    for blob, path in files:
+        if out[-1] and (len(out[-1]) >= GROUP_FILES or held + blob.size > GROUP_BYTES):
+            out.append([])
+            held = 0
+        out[-1].append((blob, path))
+        held += blob.size
+    return out
+
+
 class RepositoryDestination:
     """A repository of Berth as the destination of a copy, written through `Registry`."""
 
@@ -452,14 +468,72 @@ class RepositoryDestination:
     async def held_blob(self, blob: Descriptor) -> bool:
         return await self.registry.meta.blob(self.repository, str(blob.digest)) is not None
 
-    async def store_blob(self, blob: Descriptor) -> None:
-        digest = str(blob.digest)
-        if await self.registry.adopt_blob(self.repository, digest) is not None:
-            self.blobs.shared += 1
-            return
+    async def store_blobs(
+        self, blobs: Sequence[Descriptor], on_blob: Callable[[Descriptor], None]
+    ) -> None:
+        """Blobs Berth stores already are only linked to the repository; files of this
+        machine are placed by the store in groups (one transaction each); the rest is
+        streamed, `parallel` at a time."""
+        options = self.importer.options
+        shared = await self.registry.adopt_blobs(self.repository, [str(b.digest) for b in blobs])
+        self.blobs.shared += len(shared)
+        for blob in blobs:
+            if str(blob.digest) in shared:
+                on_blob(blob)
+        rest = [b for b in blobs if str(b.digest) not in shared]
+        files = [(b, self.source.local_file(b)) for b in rest]
+        local = [(b, path) for b, path in files if path is not None]
+        if len(local) < len(files):
+            self.blobs.note_copy("the source is not on this machine's file system")
+        if local and isinstance(self.registry.store, FileImport):
+            for group in _groups(local):
+                await self._place(group, on_blob)
+            rest = [b for b, path in files if path is None]
+
+        async def stream(blob: Descriptor) -> None:
+            await self._stream(blob)
+            on_blob(blob)
+
+        await copy.each(rest, stream, options.parallel)
+
+    async def _place(
+        self, group: list[tuple[Descriptor, Path]], on_blob: Callable[[Descriptor], None]
+    ) -> None:
+        """Store a group of local files in one pass each and one transaction."""
+        by_digest = {str(b.digest): b for b, _ in group}
         try:
-            if self.importer.options.link and await self._link(blob):
-                return
+            placed = await self.registry.import_files(
+                self.repository,
+                [(str(b.digest), path) for b, path in group],
+                link=self.importer.options.link,
+                parallel=self.importer.options.parallel,
+            )
+        except InvalidDigest as e:
+            raise SourceInvalid(f"a blob is corrupt in the source: {e.message}") from e
+        except (FileNotFoundError, IsADirectoryError) as e:
+            raise SourceMissing(f"a blob is missing in the source ({e.filename})") from e
+        assert placed is not None  # the store takes files (checked by the caller)
+        for done in placed:
+            blob = by_digest[str(done.digest)]
+            if done.size != blob.size:  # the plan checked it: the file changed since
+                raise SourceInvalid(f"blob {blob.digest} changed size in the source")
+            if done.linked:
+                self.blobs.linked += 1
+                self.blobs.linked_bytes += done.size
+            else:
+                if self.importer.options.link:
+                    self.blobs.note_copy(
+                        "not on the blob store's file system, or not readable by its owner"
+                    )
+                self.blobs.copied += 1
+                self.blobs.copied_bytes += done.size
+            self.importer.progress.bytes += done.size
+            on_blob(blob)
+
+    async def _stream(self, blob: Descriptor) -> None:
+        """Stream one blob from the source into the store (an upload, verified)."""
+        digest = str(blob.digest)
+        try:
             async with (
                 self.source.open_blob(blob) as chunks,
                 copy.read_ahead(self._counted(blob, chunks)) as ahead,
@@ -467,27 +541,10 @@ class RepositoryDestination:
                 await self.registry.upload_monolithic(self.repository, digest, ahead)
         except InvalidDigest as e:
             raise SourceInvalid(f"blob {digest} is corrupt in the source: {e.message}") from e
-        except (BlobNotFound, FileNotFoundError) as e:
+        except BlobNotFound as e:
             raise SourceMissing(f"blob {digest} is missing") from e
         self.blobs.copied += 1
         self.blobs.copied_bytes += blob.size
-
-    async def _link(self, blob: Descriptor) -> bool:
-        path = self.source.local_file(blob)
-        if path is None:
-            self.blobs.note_copy("the source is not on this machine's file system")
-            return False
-        if not isinstance(self.registry.store, FileLink):
-            return False
-        if await self.registry.link_blob(self.repository, str(blob.digest), path) is None:
-            self.blobs.note_copy(
-                "not on the blob store's file system, or not readable by its owner"
-            )
-            return False
-        self.blobs.linked += 1
-        self.blobs.linked_bytes += blob.size
-        self.importer.progress.bytes += blob.size
-        return True
 
     async def _counted(
         self, blob: Descriptor, chunks: AsyncIterator[bytes]

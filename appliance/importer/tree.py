@@ -9,14 +9,18 @@ names and digests only.
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import BinaryIO, Protocol, TypeVar
+from typing import TYPE_CHECKING, BinaryIO, Protocol, TypeVar
 
 import trio
 
 from appliance.errors import BlobNotFound, SizeInvalid, Unavailable
-from appliance.storage.s3 import S3Store
+from appliance.storage.filesystem import open_regular
+
+if TYPE_CHECKING:  # boto3 takes a while to import: only an S3 source needs it
+    from appliance.storage.s3 import S3Store
 
 CHUNK = 1 << 20
 T = TypeVar("T")
@@ -51,7 +55,7 @@ async def _run(fn: Callable[[], T], what: str) -> T:
     """Blocking file work in a thread; OS errors other than a missing file become Unavailable."""
     try:
         return await trio.to_thread.run_sync(fn)
-    except (FileNotFoundError, NotADirectoryError):
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
         raise
     except OSError as e:
         raise Unavailable(f"cannot read {what}: {e.strerror or e}") from e
@@ -83,8 +87,13 @@ class DirectoryTree:
         file = self.local(path)
 
         def read() -> bytes:
-            with file.open("rb") as f:
-                return f.read(limit + 1)
+            with open_regular(file) as f:
+                parts = []
+                left = limit + 1
+                while left > 0 and (data := f.read(left)):
+                    parts.append(data)
+                    left -= len(data)
+                return b"".join(parts)
 
         try:
             data = await _run(read, str(file))
@@ -100,13 +109,13 @@ class DirectoryTree:
             st = await _run(file.stat, str(file))
         except (FileNotFoundError, NotADirectoryError):
             return None
-        return st.st_size if file.is_file() else None
+        return st.st_size if stat.S_ISREG(st.st_mode) else None
 
     async def stream(self, path: str, size: int) -> AsyncIterator[bytes]:
         file = self.local(path)
         try:
-            f: BinaryIO = await _run(lambda: file.open("rb"), str(file))
-        except (FileNotFoundError, NotADirectoryError):
+            f: BinaryIO = await _run(lambda: open_regular(file), str(file))
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             raise BlobNotFound(f"{file} is gone") from None
         try:
             left = size

@@ -182,7 +182,27 @@ class MetadataStore:
         now = self.clock()
 
         def fn(tx: Tx) -> BlobRecord:
-            repo_id = ensure_repository(tx, repository, now)
+            (blob,) = self._record_blobs(tx, repository, [(digest, size, storage_key)], now)
+            tx.execute("DELETE FROM uploads WHERE id = :id", {"id": upload_id})
+            return blob
+
+        return await self.db.write(fn)
+
+    async def record_blobs(
+        self, repository: str, blobs: Sequence[tuple[str, int, str]]
+    ) -> list[BlobRecord]:
+        """Record verified bytes placed without an upload (an import: digest, size, storage
+        key each) as blobs readable by `repository`, all in one transaction: all or none.
+        A digest stored already keeps its record, returned instead (as `commit_blob` does)."""
+        now = self.clock()
+        return await self.db.write(lambda tx: self._record_blobs(tx, repository, blobs, now))
+
+    def _record_blobs(
+        self, tx: Tx, repository: str, blobs: Sequence[tuple[str, int, str]], now: float
+    ) -> list[BlobRecord]:
+        repo_id = ensure_repository(tx, repository, now)
+        out = []
+        for digest, size, storage_key in blobs:
             tx.execute(
                 "INSERT INTO blobs (digest, size, storage_key, created_at) "
                 "VALUES (:digest, :size, :key, :now) ON CONFLICT (digest) DO NOTHING",
@@ -200,37 +220,70 @@ class MetadataStore:
                 "VALUES (:repo, :digest, :now) ON CONFLICT DO NOTHING",
                 {"repo": repo_id, "digest": digest, "now": now},
             )
-            tx.execute("DELETE FROM uploads WHERE id = :id", {"id": upload_id})
-            # A blob nobody references yet must be collected if no manifest ever does.
-            enqueue_blobs(tx, [digest], now + self.gc_delay)
-            return BlobRecord(*row)
+            out.append(BlobRecord(*row))
+        # A blob nobody references yet must be collected if no manifest ever does.
+        enqueue_blobs(tx, [b.digest for b in out], now + self.gc_delay)
+        return out
 
-        return await self.db.write(fn)
-
-    async def mount_blob(
-        self, repository: str, source: str | None, digest: str
-    ) -> BlobRecord | None:
-        """Link a blob readable by `source` into `repository`; None if `source` lacks it.
-
-        With `source` None, any blob stored at all is linked: for an import, which reads from
-        outside Berth, not on behalf of a client who must be able to read the source.
-        """
+    async def adopt_blobs(self, repository: str, digests: Sequence[str]) -> list[BlobRecord]:
+        """Make those of `digests` that Berth stores already (for any repository) readable by
+        `repository`, in one transaction; returns them. For an import, which reads from
+        outside Berth, not on behalf of a client who must be able to read another repository.
+        Only a read when none is stored (the common case)."""
+        wanted = list(dict.fromkeys(digests))
+        if not wanted:
+            return []
         now = self.clock()
 
-        def fn(tx: Tx) -> BlobRecord | None:
-            if source is None:
+        def stored(tx: Tx) -> list[str]:
+            return [
+                d
+                for d in wanted
+                if tx.scalar("SELECT 1 FROM blobs WHERE digest = :d", {"d": d}) is not None
+            ]
+
+        if not await self.db.read(stored):
+            return []
+
+        def fn(tx: Tx) -> list[BlobRecord]:
+            repo_id = ensure_repository(tx, repository, now)
+            out = []
+            for digest in stored(tx):
                 row = tx.one(
                     "SELECT digest, size, storage_key FROM blobs WHERE digest = :digest",
                     {"digest": digest},
                 )
-            else:
-                row = tx.one(
-                    "SELECT b.digest, b.size, b.storage_key FROM blobs b "
-                    "JOIN repository_blobs rb ON rb.digest = b.digest "
-                    "JOIN repositories r ON r.id = rb.repository_id "
-                    "WHERE r.name = :name AND b.digest = :digest",
-                    {"name": source, "digest": digest},
+                assert row is not None
+                if self.checks is not None:
+                    self.checks.blob_linking(tx, repository, digest, int(row[1]))
+                tx.execute(
+                    "INSERT INTO repository_blobs (repository_id, digest, created_at) "
+                    "VALUES (:repo, :digest, :now) ON CONFLICT DO NOTHING",
+                    {"repo": repo_id, "digest": digest, "now": now},
                 )
+                # A manifest that needs it follows: give it the whole delay, as a mount does.
+                tx.execute(
+                    "UPDATE gc_blob_queue SET review_after = :t "
+                    "WHERE digest = :digest AND review_after < :t",
+                    {"t": now + self.gc_delay, "digest": digest},
+                )
+                out.append(BlobRecord(*row))
+            return out
+
+        return await self.db.write(fn)
+
+    async def mount_blob(self, repository: str, source: str, digest: str) -> BlobRecord | None:
+        """Link a blob readable by `source` into `repository`; None if `source` lacks it."""
+        now = self.clock()
+
+        def fn(tx: Tx) -> BlobRecord | None:
+            row = tx.one(
+                "SELECT b.digest, b.size, b.storage_key FROM blobs b "
+                "JOIN repository_blobs rb ON rb.digest = b.digest "
+                "JOIN repositories r ON r.id = rb.repository_id "
+                "WHERE r.name = :name AND b.digest = :digest",
+                {"name": source, "digest": digest},
+            )
             if row is None:
                 return None
             if self.checks is not None:

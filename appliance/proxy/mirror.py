@@ -10,7 +10,7 @@ again after an interruption fetches only what was missing.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from appliance.errors import InvalidName, ManifestNotFound
@@ -119,8 +119,12 @@ class _CacheDestination:
     async def held_blob(self, blob: Descriptor) -> bool:
         return await self.proxy.cached_blob(self.target.local, str(blob.digest)) is not None
 
-    async def store_blob(self, blob: Descriptor) -> None:
-        await self.proxy.fetch_blob(self.target, str(blob.digest))
+    async def store_blobs(
+        self, blobs: Sequence[Descriptor], on_blob: Callable[[Descriptor], None]
+    ) -> None:
+        for blob in blobs:  # one at a time, as pulls through the cache fetch them
+            await self.proxy.fetch_blob(self.target, str(blob.digest))
+            on_blob(blob)
 
     async def store_manifest(
         self, fetched: FetchedManifest, parsed: Manifest, tag: str | None

@@ -93,9 +93,12 @@ class ImageDestination(Protocol):
         """Whether the destination's repository may read this blob already. A read only."""
         ...
 
-    async def store_blob(self, blob: Descriptor) -> None:
-        """Store a blob the destination lacks, from the source it was made for; verified
-        before it becomes visible, nothing left behind on failure."""
+    async def store_blobs(
+        self, blobs: Sequence[Descriptor], on_blob: Callable[[Descriptor], None]
+    ) -> None:
+        """Store blobs the destination lacks, from the source it was made for (one by one or
+        several together, telling `on_blob` of each once it is stored); each verified before
+        it becomes visible, nothing of a failed one left behind."""
         ...
 
     async def store_manifest(
@@ -215,20 +218,12 @@ async def apply(
     destination: ImageDestination,
     tag: str | None,
     *,
-    parallel: int = 1,
     on_blob: Callable[[Descriptor], None] | None = None,
 ) -> None:
-    """Store what `plan` found missing: blobs (up to `parallel` at a time), then manifests,
-    the root last with `tag`. Stops at the first failure (the blobs stored so far stay, held
-    for the next attempt; no manifest that lacks them is stored). `on_blob` is told of each
-    blob once it is stored."""
-
-    async def one(blob: Descriptor) -> None:
-        await destination.store_blob(blob)
-        if on_blob is not None:
-            on_blob(blob)
-
-    await each(plan.blobs, one, parallel)
+    """Store what `plan` found missing: blobs, then manifests, the root last with `tag`.
+    Stops at the first failure (the blobs stored so far stay, held for the next attempt; no
+    manifest that lacks them is stored). `on_blob` is told of each blob once it is stored."""
+    await destination.store_blobs(plan.blobs, on_blob or (lambda blob: None))
     for node in plan.manifests[:-1]:
         await destination.store_manifest(node.fetched, node.parsed, None)
     await destination.store_manifest(plan.root.fetched, plan.root.parsed, tag)

@@ -16,7 +16,7 @@ of this process, next to the offset it has seen; a chunk or commit arriving with
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,8 +42,16 @@ from appliance.metadata.store import (
 from appliance.oci import manifest as manifests
 from appliance.oci.digest import Digest, Hasher, is_digest, new_hasher
 from appliance.oci.names import validate_name, validate_tag
+from appliance.registry.copy import each
 from appliance.storage import layout
-from appliance.storage.base import BlobRedirect, BlobStore, FileLink, Progress
+from appliance.storage.base import (
+    BlobRedirect,
+    BlobStore,
+    BulkDelete,
+    FileImport,
+    PlacedFile,
+    Progress,
+)
 
 log = logging.getLogger(__name__)
 
@@ -292,39 +300,71 @@ class Registry:
         digest = str(Digest.parse(digest_text))
         return await self.meta.mount_blob(repository, source, digest)
 
-    async def adopt_blob(self, repository: str, digest_text: str) -> BlobRecord | None:
-        """Make a blob Berth stores already (for any repository) readable by `repository`, as
-        an import does instead of copying it again; None if it is not stored."""
+    async def adopt_blobs(self, repository: str, digests: Sequence[str]) -> set[str]:
+        """Make those of `digests` Berth stores already (for any repository) readable by
+        `repository`, as an import does instead of copying them again; returns them."""
         validate_name(repository)
-        digest = str(Digest.parse(digest_text))
-        return await self.meta.mount_blob(repository, None, digest)
+        wanted = [str(Digest.parse(d)) for d in digests]
+        return {b.digest for b in await self.meta.adopt_blobs(repository, wanted)}
 
-    async def link_blob(self, repository: str, digest_text: str, path: Path) -> BlobRecord | None:
-        """Store the local file `path` as blob `digest_text` of `repository` by a hard link
-        (no bytes copied), verified like any upload: its digest is computed (the file is read
-        once) before the blob becomes visible. None when the store cannot link that file (not
-        a filesystem store, another file system, ...): the caller copies it instead.
+    async def import_files(
+        self,
+        repository: str,
+        files: Sequence[tuple[str, Path]],
+        *,
+        link: bool = True,
+        parallel: int = 4,
+    ) -> list[PlacedFile] | None:
+        """Store local files (digest, path) as blobs of `repository`: each placed by the store
+        in one pass (hard-linked where it can and `link` allows, else copied; hashed on the
+        way, up to `parallel` at once), then all recorded in one transaction once every digest
+        is verified. All or nothing; None when the store cannot take local files (S3: the
+        caller streams them instead).
 
-        Raises InvalidDigest (nothing stored) when the file's content does not match, and
-        FileNotFoundError when it does not exist. A cancellation leaves nothing behind.
+        Raises InvalidDigest when a file's content does not match, FileNotFoundError or
+        IsADirectoryError when one is missing or not a file, and what recording raises
+        (Denied for a quota); nothing is then stored. A cancellation leaves nothing behind.
         """
-        if not isinstance(self.store, FileLink):
+        if not isinstance(self.store, FileImport):
             return None
-        Digest.parse(digest_text)
-        record = await self.start_upload(repository)
+        store = self.store
+        validate_name(repository)
+        wanted = [(Digest.parse(d), path) for d, path in files]
+        placed: list[PlacedFile] = []
+
+        async def place(item: tuple[Digest, Path]) -> None:
+            digest, path = item
+            done = await store.place_file(path, digest, link=link, sync=False)
+            placed.append(done)
+            if done.digest != digest:
+                raise InvalidDigest(
+                    f"digest {digest} does not match the content of {path} ({done.digest})",
+                    {"expected": str(digest), "actual": str(done.digest)},
+                )
+
         try:
-            async with self._upload_lock(record.id):
-                size = await self.store.link_upload(record.id, path)
-                if size is not None:
-                    await self.meta.set_upload_size(record.id, size, 0)
-                    self._hashes.pop(record.id, None)  # the running digest saw none of it
-            if size is None:
-                await self._discard(record.id)
-                return None
-            return await self.complete(repository, record.id, digest_text)
+            await each(wanted, place, parallel)
+            await store.sync_files([f.key for f in placed])
+            records = await self.meta.record_blobs(
+                repository, [(str(f.digest), f.size, f.key) for f in placed]
+            )
         except BaseException:
-            await self._discard(record.id)
+            with trio.CancelScope(shield=True):
+                await self._delete_keys([f.key for f in placed])
             raise
+        # Digests stored meanwhile by an upload or another import: their bytes serve.
+        redundant = [f.key for f, r in zip(placed, records, strict=True) if r.storage_key != f.key]
+        if redundant:
+            with trio.CancelScope(shield=True):
+                await self._delete_keys(redundant)
+        return placed
+
+    async def _delete_keys(self, keys: list[str]) -> None:
+        if isinstance(self.store, BulkDelete):
+            await self.store.delete_many(keys)
+        else:
+            for key in keys:
+                await self.store.delete(key)
 
     async def delete_blob(self, repository: str, digest_text: str) -> None:
         validate_name(repository)

@@ -119,20 +119,43 @@ class BlobRedirect(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class PlacedFile:
+    """A local file put at a blob key by `FileImport.place_file`: what its bytes hash to."""
+
+    key: str
+    digest: Digest
+    size: int
+    linked: bool  # a hard link to the file (no byte copied), not a copy
+
+
 @runtime_checkable
-class FileLink(Protocol):
-    """An optional ability: taking a local file into an upload without copying its bytes (a
-    hard link, on a filesystem store whose root is on the same file system as the file)."""
+class FileImport(Protocol):
+    """An optional ability: taking a file of this machine as a blob in one step (an import),
+    by a hard link where the file system allows, by a copy otherwise."""
 
-    async def link_upload(self, upload_id: str, source: Path) -> int | None:
-        """Make the upload's bytes be `source`'s (the same inode, not a copy) and return their
-        length; None when that cannot be done here (another file system, a file the store's
-        owner could not read, links refused), with nothing changed: the caller copies instead.
+    async def place_file(
+        self, source: Path, digest: Digest, *, link: bool, sync: bool = True
+    ) -> PlacedFile:
+        """Put `source` at a fresh key for `digest` and hash what was put there, in one pass.
 
-        `source` is opened once and that open file is what is linked, so a path swapped for a
-        symbolic link meanwhile links nothing else. The upload must be empty (just created).
-        The bytes are not verified: the caller hashes the upload (`hash_upload`) before
-        `commit`, as for any upload, and the store never writes to a linked file. Raises
-        FileNotFoundError when `source` does not exist.
+        With `link`, a hard link is made when `source` is on the store's file system and its
+        owner and mode let the store's owner read it (a link keeps them); otherwise, and
+        without `link`, the bytes are copied. Either way they are made durable (fsync'ed)
+        before this returns, unless `sync` is false: then `sync_files` must be called on the
+        key before it is recorded (many files synced together cost one journal commit, not
+        one each). `source` is
+        opened once, and what is linked or copied is that open file, so a path swapped for a
+        symbolic link meanwhile places nothing else. Nothing ever writes through a link.
+
+        The key is not visible to anyone until a blobs row names it: the caller compares the
+        returned digest with the one it expected and records the blob, or deletes the key.
+        A failure (or a cancellation, once the work in its thread is done) leaves nothing.
+        Raises FileNotFoundError when `source` does not exist, IsADirectoryError when it is
+        not a regular file.
         """
+        ...
+
+    async def sync_files(self, keys: list[str]) -> None:
+        """Make the files `place_file(sync=False)` put at `keys` durable, with their names."""
         ...

@@ -1,14 +1,15 @@
 """Blob store on a local filesystem: uploads are files, commit is fsync + rename.
 
-A file already on the same file system (an import) can become an upload by a hard link instead
-of a copy (`link_upload`); nothing here ever writes to an upload's bytes after that, so the
-other name of the file keeps exactly what it had.
+A file of this machine (an import) is placed at a blob key by a hard link when it is on the
+same file system, by a copy otherwise (`place_file`); nothing here ever writes to a linked
+file, so its other name keeps exactly what it had.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import os
 import shutil
 import stat
@@ -21,9 +22,11 @@ import trio
 from appliance.errors import BlobNotFound, StorageFull, Unavailable, UploadNotFound
 from appliance.oci.digest import Digest, Hasher, new_hasher
 from appliance.storage import layout
-from appliance.storage.base import Progress, StoredObject
+from appliance.storage.base import PlacedFile, Progress, StoredObject
 
 CHUNK = 1 << 20
+COPY_CHUNK = 4 << 20  # an import's copy: fewer, larger reads
+SYNC_THREADS = 16
 _FULL = {errno.ENOSPC, errno.EDQUOT}
 T = TypeVar("T")
 
@@ -193,41 +196,74 @@ class FilesystemStore:
             raise UploadNotFound("upload unknown") from None
         return key
 
-    async def link_upload(self, upload_id: str, source: Path) -> int | None:
-        path = self._upload(upload_id)
+    async def place_file(
+        self, source: Path, digest: Digest, *, link: bool, sync: bool = True
+    ) -> PlacedFile:
+        key = layout.blob_key(digest)
+        dst = self._path(key)
 
-        def link() -> int | None:
-            fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                st = os.fstat(fd)
-                owner = self.root.stat()
-                if (
-                    not stat.S_ISREG(st.st_mode)
-                    or st.st_dev != owner.st_dev
-                    or not _readable_by(st, owner.st_uid, owner.st_gid)
-                ):
-                    return None
-                if path.stat().st_size:
-                    raise UploadNotFound("only an empty upload can take a linked file")
-                path.unlink()
+        def place() -> PlacedFile:
+            with open_regular(source) as src:
+                st = os.fstat(src.fileno())
+                dst.parent.mkdir(parents=True, exist_ok=True)
                 try:
-                    os.link(source, path)
-                except OSError as e:
-                    path.touch()
-                    if e.errno in _NO_LINK:
-                        return None
+                    linked = link and self._link(source, st, dst)
+                    hasher = new_hasher(digest.algorithm)
+                    size = _pump(src, hasher, None if linked else dst)
+                    if sync:
+                        _sync_placed(dst)
+                except BaseException:
+                    dst.unlink(missing_ok=True)
+                    with contextlib.suppress(OSError):
+                        dst.parent.rmdir()
                     raise
-                linked = path.stat()
-                if (linked.st_dev, linked.st_ino) != (st.st_dev, st.st_ino):
-                    # `source` was replaced after it was opened: link nothing else.
-                    path.unlink()
-                    path.touch()
-                    return None
-                return st.st_size
-            finally:
-                os.close(fd)
+            return PlacedFile(key, Digest(digest.algorithm, hasher.hexdigest()), size, linked)
 
-        return await _run(link, "an upload")
+        try:
+            return await trio.to_thread.run_sync(place)
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            raise
+        except OSError as e:
+            raise _translate(e, f"blob {digest}") from e
+
+    async def sync_files(self, keys: list[str]) -> None:
+        # Concurrent fsyncs share the file system's journal commits and the disk's cache
+        # flushes: one after the other, each file would wait for its own.
+        limiter = trio.CapacityLimiter(SYNC_THREADS)
+        failed: list[Exception] = []
+
+        async def sync(path: Path) -> None:
+            async with limiter:
+                try:
+                    await _run(lambda: _sync_placed(path), f"blob {path.parent.name}")
+                except FileNotFoundError:
+                    failed.append(Unavailable(f"storage error: placed blob {path} vanished"))
+                except Exception as e:  # raised below as itself, not in an exception group
+                    failed.append(e)
+
+        async with trio.open_nursery() as nursery:
+            for key in keys:
+                nursery.start_soon(sync, self._path(key))
+        if failed:
+            raise failed[0]
+
+    def _link(self, source: Path, st: os.stat_result, dst: Path) -> bool:
+        """Hard-link `source` (whose open file `st` describes) at `dst`; False when it cannot
+        or should not be (another file system, not readable by the store's owner, refused)."""
+        owner = self.root.stat()
+        if st.st_dev != owner.st_dev or not _readable_by(st, owner.st_uid, owner.st_gid):
+            return False
+        try:
+            os.link(source, dst)
+        except OSError as e:
+            if e.errno in _NO_LINK:
+                return False
+            raise
+        linked = dst.stat()
+        if (linked.st_dev, linked.st_ino) != (st.st_dev, st.st_ino):
+            dst.unlink()  # `source` was replaced after it was opened: link nothing else
+            return False
+        return True
 
     async def delete_upload(self, upload_id: str) -> None:
         path = self._upload(upload_id).parent
@@ -310,6 +346,18 @@ class FilesystemStore:
         await _run(check, f"storage root {self.root}")
 
 
+def open_regular(path: Path) -> io.FileIO:
+    """`path` opened for reading, unbuffered, if it is a regular file (following symbolic
+    links); IsADirectoryError otherwise. Never blocks: a FIFO planted where a file should be
+    is refused, not waited on."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise IsADirectoryError(errno.EISDIR, "not a regular file", str(path))
+    os.set_blocking(fd, True)
+    return io.FileIO(fd, "rb")
+
+
 # Why a hard link can fail where a copy would not: another file system, a file system without
 # links, too many links, or links refused to a file this user does not own.
 _NO_LINK = {errno.EXDEV, errno.EPERM, errno.EACCES, errno.EMLINK, errno.EOPNOTSUPP}
@@ -325,6 +373,36 @@ def _readable_by(st: os.stat_result, uid: int, gid: int) -> bool:
     if st.st_gid == gid:
         return bool(st.st_mode & stat.S_IRGRP)
     return bool(st.st_mode & stat.S_IROTH)
+
+
+def _sync_placed(path: Path) -> None:
+    """fsync a placed file (a link's bytes too: its other writer may never have) and its
+    folder (the new name)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    _fsync_dir(path.parent)
+
+
+def _pump(src: io.RawIOBase, hasher: Hasher, dst: Path | None) -> int:
+    """Hash every byte of `src` (and copy them to a new file `dst`); the length. One reused
+    buffer: no allocation per chunk."""
+    buffer = bytearray(COPY_CHUNK)
+    view = memoryview(buffer)
+    size = 0
+    out = dst.open("xb", buffering=0) if dst is not None else None
+    try:
+        while n := src.readinto(buffer):
+            hasher.update(view[:n])  # type: ignore[arg-type]  # hashlib takes any buffer
+            if out is not None:
+                out.write(view[:n])
+            size += n
+    finally:
+        if out is not None:
+            out.close()
+    return size
 
 
 def _cut(f: BinaryIO, length: int) -> None:

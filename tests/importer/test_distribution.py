@@ -106,20 +106,24 @@ def test_import_pull_and_run_again(
 KILLER = textwrap.dedent(
     """
     import os, signal, sys
-    from appliance.importer import service
+    from pathlib import Path
+    from appliance.registry import service
 
-    after = int(os.environ["KILL_AFTER_BLOBS"])
-    stored = 0
-    original = service.RepositoryDestination.store_blob
+    calls = 0
+    recorded = 0
+    original = service.Registry.import_files
 
-    async def store_blob(self, blob):
-        global stored
-        if stored == after:
+    async def import_files(self, *args, **kwargs):
+        global calls, recorded
+        calls += 1
+        if calls == int(os.environ["KILL_AT_CALL"]):
+            Path(os.environ["RECORDED_FILE"]).write_text(str(recorded))
             os.kill(os.getpid(), signal.SIGKILL)  # a crash, in the middle of an import
-        await original(self, blob)
-        stored += 1
+        placed = await original(self, *args, **kwargs)
+        recorded += len(placed)
+        return placed
 
-    service.RepositoryDestination.store_blob = store_blob
+    service.Registry.import_files = import_files
     from appliance.cli import main
     main(sys.argv[1:])
     """
@@ -131,19 +135,22 @@ def test_interrupted_import_is_finished_by_running_it_again(
 ) -> None:
     store = reference_store
     data = tmp_path / "berth"
-    # Repositories go in name order: `multi` (5 blobs), then `old/schema1` (skipped), then
-    # `team/app/layers` (21 blobs): killed after 10, half-way through the layers.
-    args = ["import", "distribution", str(store.root), "--copy", "--parallel", "1"]
-    args += ["--data-dir", str(data)]
+    # Repositories go in name order: `multi` (5 blobs, one group of files), `old/schema1`
+    # (skipped), then `team/app/layers` (21 blobs: a group of 16, then one of 5). Killed as
+    # the second group of the layers starts: half-way through an image.
+    args = ["import", "distribution", str(store.root), "--copy", "--data-dir", str(data)]
+    recorded_file = tmp_path / "recorded"
     killed = subprocess.run(
         [sys.executable, "-c", KILLER, *args],
-        env=berth_env(KILL_AFTER_BLOBS="10"),
+        env=berth_env(KILL_AT_CALL="3", RECORDED_FILE=str(recorded_file)),
         capture_output=True,
         text=True,
         timeout=300,
         check=False,
     )
     assert killed.returncode == -signal.SIGKILL, killed.stderr
+    recorded = int(recorded_file.read_text())
+    assert recorded == 5 + 16
 
     # What was whole is there; the half-copied image is not visible.
     assert repositories_with_manifests(data) == {"multi"}
@@ -153,7 +160,7 @@ def test_interrupted_import_is_finished_by_running_it_again(
     assert resumed.code == 1
     total = len(store.blob_digests())
     # Nothing stored before the crash is copied again.
-    assert resumed.blobs["copied"] == total - 10
+    assert resumed.blobs["copied"] == total - recorded
     assert resumed.items()["multi:latest"]["outcome"] == "present"
     assert set(resumed.items("imported")) == set(store.good) - {"multi:latest"}
     assert tags_in(data) == store.digests

@@ -209,16 +209,43 @@ class MetadataSuite:
         assert mounted.digest == digest
         assert await meta.blob("team/target", digest) is not None
 
-    async def test_mount_from_anywhere_links_any_stored_blob(
+    async def test_an_import_adopts_blobs_stored_for_any_repository(
+        self, meta: MetadataStore, database: Database, clock: Clock
+    ) -> None:
+        stored = await self.push_blob(meta, "team/source", b"stored once")
+        never = sha(b"never stored")
+        assert await meta.adopt_blobs("other/target", [never]) == []
+        assert (
+            await self.rows(database, "SELECT name FROM repositories WHERE name = 'other/target'")
+            == []
+        )
+        clock.now += 50
+        adopted = await meta.adopt_blobs("other/target", [never, stored, stored])
+        assert [b.digest for b in adopted] == [stored]
+        assert adopted[0].storage_key.startswith("key-")
+        assert await meta.blob("other/target", stored) is not None
+        assert await meta.blob("other/target", never) is None
+        # Adopting gives a manifest that follows the whole delay, as a mount does.
+        queued = await self.rows(database, "SELECT review_after FROM gc_blob_queue")
+        assert queued == [(clock.now + 100,)]
+        await self.assert_consistent(database)
+
+    async def test_blobs_placed_without_an_upload_are_recorded_together(
         self, meta: MetadataStore, database: Database
     ) -> None:
-        # What an import does with a blob Berth stores already (for whichever repository).
-        digest = await self.push_blob(meta, "team/source", b"stored once")
-        assert await meta.mount_blob("other/target", None, sha(b"never stored")) is None
-        mounted = await meta.mount_blob("other/target", None, digest)
-        assert mounted is not None
-        assert mounted.storage_key.startswith("key-")
-        assert await meta.blob("other/target", digest) is not None
+        first = await self.push_blob(meta, "team/source", b"one")
+        records = await meta.record_blobs(
+            REPO, [(sha(b"two"), 3, "key-two"), (first, 3, "key-another-one")]
+        )
+        assert [(r.digest, r.storage_key) for r in records] == [
+            (sha(b"two"), "key-two"),
+            (first, records[1].storage_key),
+        ]
+        assert records[1].storage_key != "key-another-one"  # the first copy serves
+        assert await meta.blob(REPO, first) is not None
+        assert await meta.blob(REPO, sha(b"two")) is not None
+        queued = {r[0] for r in await self.rows(database, "SELECT digest FROM gc_blob_queue")}
+        assert {first, sha(b"two")} <= queued
         await self.assert_consistent(database)
 
     async def test_unlink_and_its_queue_entry(

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from appliance.errors import Unavailable
 from appliance.oci.digest import Digest
-from appliance.storage import layout
 from appliance.storage.filesystem import FilesystemStore
-from tests.storage.suite import SideDoor, StoreSuite
+from tests.storage.suite import SideDoor, StoreSuite, read_all
 from tests.support.servers import unavailable
 
 # Directories the store may keep while empty: the roots of the key tree (layout.py).
@@ -42,40 +42,76 @@ class TestFilesystemStore(StoreSuite):
         return walk
 
 
-# -- hard-linked uploads (an import from a store on the same file system) --------------------
+# -- files placed by an import: hard-linked on the same file system, copied otherwise -------
 
 
-async def _linked_blob(store: FilesystemStore, source: Path) -> tuple[str, int | None]:
-    upload = layout.new_upload_id()
-    await store.create_upload(upload)
-    return upload, await store.link_upload(upload, source)
-
-
-async def test_a_linked_upload_is_the_same_file_and_commit_never_writes_to_it(
-    tmp_path: Path,
-) -> None:
+async def test_a_linked_file_is_the_same_file_and_nothing_writes_to_it(tmp_path: Path) -> None:
     store = FilesystemStore(tmp_path / "storage")
+    await store.check()
     source = tmp_path / "other-registry" / "data"
     source.parent.mkdir()
     source.write_bytes(b"layer bytes")
     source.chmod(0o444)
     before = source.stat()
-    upload, size = await _linked_blob(store, source)
-    assert size == len(b"layer bytes")
-    digest = await store.hash_upload(upload, size, "sha256")
-    assert digest == Digest.of(b"layer bytes")
-    key = await store.commit(upload, size, digest)
-    committed = (store.root / key).stat()
+    placed = await store.place_file(source, Digest.of(b"layer bytes"), link=True)
+    assert placed.linked
+    assert (placed.digest, placed.size) == (Digest.of(b"layer bytes"), len(b"layer bytes"))
+    committed = (store.root / placed.key).stat()
     assert (committed.st_ino, committed.st_nlink) == (before.st_ino, 2)
+    assert await read_all(store, placed.key, 0, placed.size) == b"layer bytes"
     after = source.stat()
     assert (after.st_mtime_ns, after.st_size, source.read_bytes()) == (
         before.st_mtime_ns,
         before.st_size,
         b"layer bytes",
     )
-    await store.delete(key)  # the collector removes Berth's name only
+    await store.delete(placed.key)  # the collector removes Berth's name only
     assert source.read_bytes() == b"layer bytes"
     assert source.stat().st_nlink == 1
+
+
+async def test_a_copy_when_asked_or_when_a_link_cannot_be(tmp_path: Path) -> None:
+    store = FilesystemStore(tmp_path / "storage")
+    await store.check()
+    source = tmp_path / "data"
+    source.write_bytes(b"copied bytes" * 100_000)  # more than one buffer
+    digest = Digest.of(source.read_bytes())
+    placed = await store.place_file(source, digest, link=False)
+    assert not placed.linked
+    assert placed.digest == digest
+    assert (store.root / placed.key).stat().st_ino != source.stat().st_ino
+    assert await read_all(store, placed.key, 0, placed.size) == source.read_bytes()
+    shm = _other_file_system(tmp_path)
+    if shm is not None:
+        other = shm / f"berth-place-test-{os.getpid()}"
+        other.write_bytes(b"elsewhere")
+        try:
+            placed = await store.place_file(other, Digest.of(b"elsewhere"), link=True)
+            assert not placed.linked  # another file system: copied
+            assert placed.digest == Digest.of(b"elsewhere")
+        finally:
+            other.unlink()
+    # What a file holds is hashed, whatever digest it was placed for: the caller compares.
+    wrong = await store.place_file(source, Digest.of(b"something else"), link=True)
+    assert wrong.digest == digest
+
+
+async def test_placed_files_synced_together(tmp_path: Path) -> None:
+    store = FilesystemStore(tmp_path / "storage")
+    await store.check()
+    keys = []
+    for i in range(5):
+        source = tmp_path / f"layer-{i}"
+        source.write_bytes(b"layer %d" % i)
+        placed = await store.place_file(
+            source, Digest.of(source.read_bytes()), link=bool(i % 2), sync=False
+        )
+        keys.append(placed.key)
+    await store.sync_files(keys)
+    for i, key in enumerate(keys):
+        assert await read_all(store, key, 0, len(b"layer 0")) == b"layer %d" % i
+    with pytest.raises(Unavailable):  # a key that is not there is an error, not a group
+        await store.sync_files([*keys, "blobs/sha256/00/missing/none"])
 
 
 def _other_file_system(here: Path) -> Path | None:
@@ -83,27 +119,25 @@ def _other_file_system(here: Path) -> Path | None:
     return shm if shm.is_dir() and shm.stat().st_dev != here.stat().st_dev else None
 
 
-async def test_what_cannot_be_linked_is_left_to_a_copy(tmp_path: Path) -> None:
+async def test_what_is_not_a_file_is_refused_and_leaves_nothing(
+    tmp_path: Path,
+) -> None:
     store = FilesystemStore(tmp_path / "storage")
     await store.check()
     folder = tmp_path / "folder"
     folder.mkdir()
-    upload, size = await _linked_blob(store, folder)  # not a regular file
-    assert size is None
-    assert await store.upload_size(upload) == 0  # the upload is as it was: empty
-    shm = _other_file_system(tmp_path)
-    if shm is not None:
-        other = shm / f"berth-link-test-{upload}"
-        other.write_bytes(b"elsewhere")
-        try:
-            assert (await _linked_blob(store, other))[1] is None  # another file system
-        finally:
-            other.unlink()
+    with pytest.raises(IsADirectoryError):
+        await store.place_file(folder, Digest.of(b""), link=True)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(IsADirectoryError):  # refused, not waited on
+        await store.place_file(fifo, Digest.of(b""), link=False)
     with pytest.raises(FileNotFoundError):
-        await _linked_blob(store, tmp_path / "missing")
+        await store.place_file(tmp_path / "missing", Digest.of(b""), link=True)
+    assert not [p for p in store.root.rglob("*") if p.is_file()]
 
 
-async def test_a_file_the_store_owner_could_not_read_is_not_linked(tmp_path: Path) -> None:
+async def test_a_file_the_store_owner_could_not_read_is_copied(tmp_path: Path) -> None:
     if os.geteuid() != 0:
         unavailable("needs root, to give the store's root to another user")
     store = FilesystemStore(tmp_path / "storage")
@@ -112,6 +146,8 @@ async def test_a_file_the_store_owner_could_not_read_is_not_linked(tmp_path: Pat
     private = tmp_path / "private"
     private.write_bytes(b"secret layer")
     private.chmod(0o600)  # root's alone: the server could not serve a link to it
-    assert (await _linked_blob(store, private))[1] is None
+    placed = await store.place_file(private, Digest.of(b"secret layer"), link=True)
+    assert not placed.linked
     private.chmod(0o644)
-    assert (await _linked_blob(store, private))[1] == len(b"secret layer")
+    placed = await store.place_file(private, Digest.of(b"secret layer"), link=True)
+    assert placed.linked
