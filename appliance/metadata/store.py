@@ -189,13 +189,20 @@ class MetadataStore:
         return await self.db.write(fn)
 
     async def record_blobs(
-        self, repository: str, blobs: Sequence[tuple[str, int, str]]
+        self, repository: str, blobs: Sequence[tuple[str, int, str]], *, upload_id: str
     ) -> list[BlobRecord]:
-        """Record verified bytes placed without an upload (an import: digest, size, storage
-        key each) as blobs readable by `repository`, all in one transaction: all or none.
-        A digest stored already keeps its record, returned instead (as `commit_blob` does)."""
+        """Record verified bytes of one upload (an import's: digest, size, storage key each)
+        as blobs readable by `repository`, and end the upload, in one transaction: all or
+        none. A digest stored already keeps its record, returned instead (as `commit_blob`
+        does)."""
         now = self.clock()
-        return await self.db.write(lambda tx: self._record_blobs(tx, repository, blobs, now))
+
+        def fn(tx: Tx) -> list[BlobRecord]:
+            records = self._record_blobs(tx, repository, blobs, now)
+            tx.execute("DELETE FROM uploads WHERE id = :id", {"id": upload_id})
+            return records
+
+        return await self.db.write(fn)
 
     def _record_blobs(
         self, tx: Tx, repository: str, blobs: Sequence[tuple[str, int, str]], now: float

@@ -315,26 +315,29 @@ class Registry:
         link: bool = True,
         parallel: int = 4,
     ) -> list[PlacedFile] | None:
-        """Store local files (digest, path) as blobs of `repository`: each placed by the store
-        in one pass (hard-linked where it can and `link` allows, else copied; hashed on the
-        way, up to `parallel` at once), then all recorded in one transaction once every digest
-        is verified. All or nothing; None when the store cannot take local files (S3: the
-        caller streams them instead).
+        """Store local files (digest, path) as blobs of `repository`, in one upload: each
+        placed by the store in one pass (hard-linked where it can and `link` allows, else
+        copied; hashed on the way; up to `parallel` at once), then all made durable together
+        and recorded in one transaction, once every digest is verified. All or nothing; None
+        when the store cannot take local files (S3: the caller streams them instead).
 
         Raises InvalidDigest when a file's content does not match, FileNotFoundError or
         IsADirectoryError when one is missing or not a file, and what recording raises
-        (Denied for a quota); nothing is then stored. A cancellation leaves nothing behind.
+        (Denied for a quota); nothing is then stored. A cancellation, or a crash, leaves an
+        upload at most, removed with the expired ones.
         """
         if not isinstance(self.store, FileImport):
             return None
         store = self.store
-        validate_name(repository)
-        wanted = [(Digest.parse(d), path) for d, path in files]
+        wanted = [(Digest.parse(d), path) for d, path in dict(files).items()]
+        upload = await self.start_upload(repository)
+        self._hashes.pop(upload.id, None)  # nothing is appended to this one
         placed: list[PlacedFile] = []
+        keys: list[str] = []
 
         async def place(item: tuple[Digest, Path]) -> None:
             digest, path = item
-            done = await store.place_file(path, digest, link=link, sync=False)
+            done = await store.place_file(upload.id, path, digest, link=link)
             placed.append(done)
             if done.digest != digest:
                 raise InvalidDigest(
@@ -344,22 +347,27 @@ class Registry:
 
         try:
             await each(wanted, place, parallel)
-            await store.sync_files([f.key for f in placed])
+            keys = await store.commit_files(placed)
             records = await self.meta.record_blobs(
-                repository, [(str(f.digest), f.size, f.key) for f in placed]
+                repository,
+                [(str(f.digest), f.size, k) for f, k in zip(placed, keys, strict=True)],
+                upload_id=upload.id,
             )
         except BaseException:
             with trio.CancelScope(shield=True):
-                await self._delete_keys([f.key for f in placed])
+                await self._delete_keys(keys)
+                await self._discard(upload.id)
             raise
         # Digests stored meanwhile by an upload or another import: their bytes serve.
-        redundant = [f.key for f, r in zip(placed, records, strict=True) if r.storage_key != f.key]
-        if redundant:
-            with trio.CancelScope(shield=True):
-                await self._delete_keys(redundant)
+        redundant = [k for k, r in zip(keys, records, strict=True) if r.storage_key != k]
+        with trio.CancelScope(shield=True):
+            await self._delete_keys(redundant)
+            await store.delete_upload(upload.id)
         return placed
 
     async def _delete_keys(self, keys: list[str]) -> None:
+        if not keys:
+            return
         if isinstance(self.store, BulkDelete):
             await self.store.delete_many(keys)
         else:

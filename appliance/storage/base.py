@@ -121,41 +121,44 @@ class BlobRedirect(Protocol):
 
 @dataclass(frozen=True)
 class PlacedFile:
-    """A local file put at a blob key by `FileImport.place_file`: what its bytes hash to."""
+    """A local file put into an upload by `FileImport.place_file`: what its bytes hash to."""
 
-    key: str
-    digest: Digest
+    key: str  # where it is, inside its upload
+    digest: Digest  # of the bytes placed (the caller compares it with the one it expected)
     size: int
     linked: bool  # a hard link to the file (no byte copied), not a copy
 
 
 @runtime_checkable
 class FileImport(Protocol):
-    """An optional ability: taking a file of this machine as a blob in one step (an import),
-    by a hard link where the file system allows, by a copy otherwise."""
+    """An optional ability: taking files of this machine as blobs (an import), each by a hard
+    link where the file system allows, by a copy otherwise, many made durable together.
+
+    The files go into an upload first (`create_upload`), so that whatever an interruption
+    leaves is an upload, removed with it (the purge of expired uploads, `delete_upload`).
+    """
 
     async def place_file(
-        self, source: Path, digest: Digest, *, link: bool, sync: bool = True
+        self, upload_id: str, source: Path, digest: Digest, *, link: bool
     ) -> PlacedFile:
-        """Put `source` at a fresh key for `digest` and hash what was put there, in one pass.
+        """Put `source` into the upload as the file for `digest`, hashing it on the way.
 
         With `link`, a hard link is made when `source` is on the store's file system and its
         owner and mode let the store's owner read it (a link keeps them); otherwise, and
-        without `link`, the bytes are copied. Either way they are made durable (fsync'ed)
-        before this returns, unless `sync` is false: then `sync_files` must be called on the
-        key before it is recorded (many files synced together cost one journal commit, not
-        one each). `source` is
-        opened once, and what is linked or copied is that open file, so a path swapped for a
-        symbolic link meanwhile places nothing else. Nothing ever writes through a link.
+        without `link`, the bytes are copied. `source` is opened once, and what is linked or
+        copied is that open file, so a path swapped for a symbolic link meanwhile places
+        nothing else. Nothing ever writes through a link. Not yet durable: `commit_files`.
 
-        The key is not visible to anyone until a blobs row names it: the caller compares the
-        returned digest with the one it expected and records the blob, or deletes the key.
-        A failure (or a cancellation, once the work in its thread is done) leaves nothing.
         Raises FileNotFoundError when `source` does not exist, IsADirectoryError when it is
-        not a regular file.
+        not a regular file, UploadNotFound when the upload does not exist, and Conflict when
+        it holds a file for `digest` already.
         """
         ...
 
-    async def sync_files(self, keys: list[str]) -> None:
-        """Make the files `place_file(sync=False)` put at `keys` durable, with their names."""
+    async def commit_files(self, files: list[PlacedFile]) -> list[str]:
+        """Make placed files durable blobs, each at a fresh storage key (returned, in order).
+
+        Atomic as a whole: on failure none of the keys exists (the files stay in their
+        upload). The keys are not visible to anyone until blobs rows name them.
+        """
         ...

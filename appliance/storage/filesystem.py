@@ -19,7 +19,7 @@ from typing import BinaryIO, TypeVar
 
 import trio
 
-from appliance.errors import BlobNotFound, StorageFull, Unavailable, UploadNotFound
+from appliance.errors import BlobNotFound, Conflict, StorageFull, Unavailable, UploadNotFound
 from appliance.oci.digest import Digest, Hasher, new_hasher
 from appliance.storage import layout
 from appliance.storage.base import PlacedFile, Progress, StoredObject
@@ -196,27 +196,29 @@ class FilesystemStore:
             raise UploadNotFound("upload unknown") from None
         return key
 
+    def _placed(self, upload_id: str, digest: Digest) -> Path:
+        return self._upload(upload_id).parent / f"{digest.algorithm}-{digest.hex}"
+
     async def place_file(
-        self, source: Path, digest: Digest, *, link: bool, sync: bool = True
+        self, upload_id: str, source: Path, digest: Digest, *, link: bool
     ) -> PlacedFile:
-        key = layout.blob_key(digest)
-        dst = self._path(key)
+        dst = self._placed(upload_id, digest)
 
         def place() -> PlacedFile:
+            if not dst.parent.is_dir():
+                raise UploadNotFound("upload unknown")
             with open_regular(source) as src:
                 st = os.fstat(src.fileno())
-                dst.parent.mkdir(parents=True, exist_ok=True)
                 try:
                     linked = link and self._link(source, st, dst)
                     hasher = new_hasher(digest.algorithm)
                     size = _pump(src, hasher, None if linked else dst)
-                    if sync:
-                        _sync_placed(dst)
+                except FileExistsError:
+                    raise Conflict(f"upload {upload_id} holds {digest} already") from None
                 except BaseException:
                     dst.unlink(missing_ok=True)
-                    with contextlib.suppress(OSError):
-                        dst.parent.rmdir()
                     raise
+            key = str(dst.relative_to(self.root))
             return PlacedFile(key, Digest(digest.algorithm, hasher.hexdigest()), size, linked)
 
         try:
@@ -226,24 +228,47 @@ class FilesystemStore:
         except OSError as e:
             raise _translate(e, f"blob {digest}") from e
 
-    async def sync_files(self, keys: list[str]) -> None:
-        # Concurrent fsyncs share the file system's journal commits and the disk's cache
-        # flushes: one after the other, each file would wait for its own.
+    async def commit_files(self, files: list[PlacedFile]) -> list[str]:
+        # Files are fsync'ed concurrently: parallel fsyncs share the file system's journal
+        # commits and the disk's cache flushes, where one after the other each would wait for
+        # its own. Then each is renamed to its key and its new folder synced, concurrently too.
+        moves = [(self._path(f.key), layout.blob_key(f.digest)) for f in files]
+        await self._each(lambda src, key: _fsync_file(src), moves)
+        done: list[tuple[Path, str]] = []
+
+        def move(src: Path, key: str) -> None:
+            dst = self._path(key)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            os.rename(src, dst)
+            done.append((src, key))
+            _fsync_dir(dst.parent)
+
+        try:
+            await self._each(move, moves)
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await _run(lambda: _move_back(self.root, done), "placed blobs")
+            raise
+        return [key for _, key in moves]
+
+    async def _each(self, fn: Callable[[Path, str], None], moves: list[tuple[Path, str]]) -> None:
+        """`fn(src, key)` for every move, in threads, SYNC_THREADS at a time; the first error
+        is raised as itself (not in an exception group), after every thread has finished."""
         limiter = trio.CapacityLimiter(SYNC_THREADS)
         failed: list[Exception] = []
 
-        async def sync(path: Path) -> None:
+        async def one(src: Path, key: str) -> None:
             async with limiter:
                 try:
-                    await _run(lambda: _sync_placed(path), f"blob {path.parent.name}")
+                    await _run(lambda: fn(src, key), f"blob {key}")
                 except FileNotFoundError:
-                    failed.append(Unavailable(f"storage error: placed blob {path} vanished"))
-                except Exception as e:  # raised below as itself, not in an exception group
+                    failed.append(Unavailable(f"storage error: placed file {src} vanished"))
+                except Exception as e:
                     failed.append(e)
 
         async with trio.open_nursery() as nursery:
-            for key in keys:
-                nursery.start_soon(sync, self._path(key))
+            for src, key in moves:
+                nursery.start_soon(one, src, key)
         if failed:
             raise failed[0]
 
@@ -375,15 +400,22 @@ def _readable_by(st: os.stat_result, uid: int, gid: int) -> bool:
     return bool(st.st_mode & stat.S_IROTH)
 
 
-def _sync_placed(path: Path) -> None:
-    """fsync a placed file (a link's bytes too: its other writer may never have) and its
-    folder (the new name)."""
+def _fsync_file(path: Path) -> None:
+    """fsync a placed file: a link's bytes too, as its other writer may never have."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
-    _fsync_dir(path.parent)
+
+
+def _move_back(root: Path, done: list[tuple[Path, str]]) -> None:
+    """Undo the renames of a failed `commit_files`: the files go back into their upload."""
+    for src, key in done:
+        with contextlib.suppress(OSError):
+            os.rename(root / key, src)
+            (root / key).parent.rmdir()
+            (root / key).parent.parent.rmdir()
 
 
 def _pump(src: io.RawIOBase, hasher: Hasher, dst: Path | None) -> int:

@@ -234,9 +234,11 @@ class MetadataSuite:
         self, meta: MetadataStore, database: Database
     ) -> None:
         first = await self.push_blob(meta, "team/source", b"one")
+        await meta.create_upload(REPO, "import-1")
         records = await meta.record_blobs(
-            REPO, [(sha(b"two"), 3, "key-two"), (first, 3, "key-another-one")]
+            REPO, [(sha(b"two"), 3, "key-two"), (first, 3, "key-another-one")], upload_id="import-1"
         )
+        assert await self.rows(database, "SELECT id FROM uploads") == []  # ended with it
         assert [(r.digest, r.storage_key) for r in records] == [
             (sha(b"two"), "key-two"),
             (first, records[1].storage_key),
