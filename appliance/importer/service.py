@@ -486,8 +486,9 @@ class RepositoryDestination:
         if len(local) < len(files):
             self.blobs.note_copy("the source is not on this machine's file system")
         if local and isinstance(self.registry.store, FileImport):
-            for group in _groups(local):
-                await self._place(group, on_blob)
+            # Two groups at a time: one is placed (CPU: hashing) while the other is synced
+            # (the disk), so the two overlap.
+            await copy.each(_groups(local), lambda group: self._place(group, on_blob), 2)
             rest = [b for b, path in files if path is None]
 
         async def stream(blob: Descriptor) -> None:
