@@ -207,8 +207,8 @@ def stored_files(data: Path) -> dict[str, tuple[int, float]]:
 def serve(tmp_path: Path) -> Iterator[Any]:
     started: list[Server] = []
 
-    def start(data: Path) -> Server:
-        server = start_berth(data, env={"BERTH_ADMIN_PASSWORD": ADMIN_PASSWORD})
+    def start(data: Path, **env: str) -> Server:
+        server = start_berth(data, env={"BERTH_ADMIN_PASSWORD": ADMIN_PASSWORD, **env})
         started.append(server)
         return server
 

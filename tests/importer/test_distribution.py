@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 from typing import Any
 
@@ -107,23 +108,29 @@ KILLER = textwrap.dedent(
     """
     import os, signal, sys
     from pathlib import Path
-    from appliance.registry import service
+    from appliance.metadata.store import MetadataStore
+    from appliance.storage.filesystem import FilesystemStore
 
-    calls = 0
+    placed = 0
     recorded = 0
-    original = service.Registry.import_files
+    place_file, record_blobs = FilesystemStore.place_file, MetadataStore.record_blobs
 
-    async def import_files(self, *args, **kwargs):
-        global calls, recorded
-        calls += 1
-        if calls == int(os.environ["KILL_AT_CALL"]):
+    async def placing(self, *args, **kwargs):
+        global placed
+        placed += 1
+        if placed == int(os.environ["KILL_AT_FILE"]):
             Path(os.environ["RECORDED_FILE"]).write_text(str(recorded))
             os.kill(os.getpid(), signal.SIGKILL)  # a crash, in the middle of an import
-        placed = await original(self, *args, **kwargs)
-        recorded += len(placed)
-        return placed
+        return await place_file(self, *args, **kwargs)
 
-    service.Registry.import_files = import_files
+    async def recording(self, *args, **kwargs):
+        global recorded
+        records = await record_blobs(self, *args, **kwargs)
+        recorded += len(records)
+        return records
+
+    FilesystemStore.place_file = placing
+    MetadataStore.record_blobs = recording
     from appliance.cli import main
     main(sys.argv[1:])
     """
@@ -131,18 +138,17 @@ KILLER = textwrap.dedent(
 
 
 def test_interrupted_import_is_finished_by_running_it_again(
-    tmp_path: Path, reference_store: ReferenceStore
+    tmp_path: Path, reference_store: ReferenceStore, serve: Any
 ) -> None:
     store = reference_store
     data = tmp_path / "berth"
-    # Repositories go in name order: `multi` (5 blobs, one group of files), `old/schema1`
-    # (skipped), then `team/app/layers` (21 blobs: a group of 16, then one of 5). Killed as
-    # the second group of the layers starts: half-way through an image.
+    # Repositories go in name order: `multi` (5 blobs), `old/schema1` (skipped), then
+    # `team/app/layers` (21 blobs, in groups of 16 and 5): killed as its third file is placed.
     args = ["import", "distribution", str(store.root), "--copy", "--data-dir", str(data)]
     recorded_file = tmp_path / "recorded"
     killed = subprocess.run(
         [sys.executable, "-c", KILLER, *args],
-        env=berth_env(KILL_AT_CALL="3", RECORDED_FILE=str(recorded_file)),
+        env=berth_env(KILL_AT_FILE=str(5 + 3), RECORDED_FILE=str(recorded_file)),
         capture_output=True,
         text=True,
         timeout=300,
@@ -150,11 +156,15 @@ def test_interrupted_import_is_finished_by_running_it_again(
     )
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     recorded = int(recorded_file.read_text())
-    assert recorded == 5 + 16
+    assert recorded == 5
 
-    # What was whole is there; the half-copied image is not visible.
+    # What was whole is there; the half-copied image is not visible. The group being placed
+    # is an upload, which goes with the expired ones.
     assert repositories_with_manifests(data) == {"multi"}
     assert tags_in(data) == {"multi:latest": store.digests["multi:latest"]}
+    with database(data) as db:
+        left = [data / "storage" / "uploads" / r[0] for r in db.execute("SELECT id FROM uploads")]
+    assert any(upload.is_dir() for upload in left)  # the one whose files were being placed
 
     resumed = run_import(data, "distribution", str(store.root), "--copy")
     assert resumed.code == 1
@@ -170,6 +180,19 @@ def test_interrupted_import_is_finished_by_running_it_again(
     run_import(clean, "distribution", str(store.root), "--copy")
     assert tags_in(clean) == tags_in(data)
     assert set(berth_blob_files(clean)) == set(berth_blob_files(data))
+
+    # The interrupted group's upload expires like any other, with what was placed in it.
+    server = serve(data, BERTH_UPLOADS_EXPIRY="0.5", BERTH_UPLOADS_PURGE_INTERVAL="0.2")
+
+    def uploads() -> int:
+        with database(data) as db:
+            return int(db.execute("SELECT COUNT(*) FROM uploads").fetchone()[0])
+
+    deadline = time.monotonic() + 60
+    while (uploads() or any(u.exists() for u in left)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert uploads() == 0, server.log()[-2000:]
+    assert not any(upload.exists() for upload in left)
 
 
 def snapshot(data: Path) -> tuple[dict[str, int], dict[str, tuple[int, float]]]:
