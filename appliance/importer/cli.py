@@ -152,10 +152,12 @@ def import_distribution(  # noqa: PLR0917 (one parameter per option)
     from appliance.importer.distribution import DistributionStore  # noqa: PLC0415
     from appliance.importer.tree import BucketTree, DirectoryTree, Tree  # noqa: PLC0415
 
-    def s3_tree() -> Tree:
+    def s3_tree() -> BucketTree:
         from appliance.storage.s3 import S3Settings, S3Store  # noqa: PLC0415
 
         bucket, _, prefix = source.removeprefix("s3://").partition("/")
+        if not bucket:
+            raise ConfigError("give the S3 source as s3://BUCKET[/PREFIX]")
         secret = os.environ.get("AWS_SECRET_ACCESS_KEY", "")
         if s3_secret_key_file is not None:
             secret = s3_secret_key_file.read_text().strip()
@@ -170,18 +172,20 @@ def import_distribution(  # noqa: PLR0917 (one parameter per option)
             tls_verify=not s3_no_tls_verify,
             ca_file=s3_ca_file,
         )
-        if not bucket:
-            raise ConfigError("give the S3 source as s3://BUCKET[/PREFIX]")
-        return BucketTree(S3Store(settings), "")
+        try:
+            return BucketTree(S3Store(settings), "")
+        except ConfigError as e:  # it speaks of storage.s3.*: say which S3 it is about
+            raise ConfigError(f"the S3 source: {e.message}") from e
 
     async def open_source(config: Config) -> Source:
+        tree: Tree
         if source.startswith("s3://"):
-            tree = s3_tree()
-            assert isinstance(tree, BucketTree)
+            bucket_tree = s3_tree()
             try:
-                await tree.store.check()
+                await bucket_tree.store.check()
             except Unavailable as e:
                 raise Unavailable(f"the S3 source: {e.message}") from e
+            tree = bucket_tree
         else:
             path = await trio.Path(source).expanduser()
             path = await path.resolve()

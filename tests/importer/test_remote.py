@@ -152,3 +152,14 @@ def test_remote_urls_are_checked(tmp_path: Path) -> None:
         assert run.code == 2, url
         assert said in run.stderr, run.stderr
         assert "pw" not in run.stderr
+    creds = tmp_path / "creds"
+    creds.write_text("no-colon-here\n")
+    for args, said in [
+        (["--credentials", "u:p", "--credentials-file", str(creds)], "not both"),
+        (["--credentials-file", str(creds)], "credentials must be USER:PASSWORD"),
+    ]:
+        run = run_import(tmp_path / "y", "remote", "http://127.0.0.1:9", *args)
+        assert run.code == 2
+        assert said in run.stderr
+        assert "no-colon-here" not in run.stderr
+    assert not (tmp_path / "x" / "berth.db").exists()  # refused before Berth is opened
