@@ -154,7 +154,7 @@ async def test_what_is_not_a_file_is_refused_and_leaves_nothing(tmp_path: Path) 
     assert [p.name for p in (store.root / "uploads" / upload).iterdir()] == ["data"]
 
 
-async def test_a_file_the_store_owner_could_not_read_or_does_not_own_is_copied(tmp_path: Path) -> None:
+async def test_a_file_the_store_owner_does_not_own_is_copied(tmp_path: Path) -> None:
     if os.geteuid() != 0:
         unavailable("needs root, to give the store's root to another user")
     store = FilesystemStore(tmp_path / "storage")
