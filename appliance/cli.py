@@ -468,3 +468,8 @@ from appliance.scan.cli import scan, scan_worker, vulndb  # noqa: E402
 main.add_command(scan)
 main.add_command(scan_worker)
 main.add_command(vulndb)
+
+# `berth import distribution|remote` (moving in from another registry) lives in appliance/importer/.
+from appliance.importer.cli import import_group  # noqa: E402
+
+main.add_command(import_group)

@@ -53,13 +53,9 @@ from appliance.ops.metrics import REGISTRY
 from appliance.proxy import settings
 from appliance.proxy.settings import ProxyNamespace
 from appliance.proxy.store import CachedTag, ProxyStore
-from appliance.proxy.upstream import (
-    FetchedManifest,
-    Upstream,
-    UpstreamInvalid,
-    UpstreamNotFound,
-)
+from appliance.proxy.upstream import Upstream, UpstreamInvalid, UpstreamNotFound
 from appliance.registry import Registry
+from appliance.registry.copy import FetchedManifest, read_ahead
 
 log = logging.getLogger("berth.proxy")
 
@@ -434,59 +430,31 @@ class PullThrough:
                     )
                     sink.started = True
 
+                async def relayed() -> AsyncIterator[bytes]:
+                    """The upstream's bytes, sent on to the client as they arrive."""
+                    nonlocal client
+                    async for data in stream.chunks:
+                        bytes_in.inc(len(data))
+                        if client is not None:
+                            try:
+                                await client(
+                                    {"type": "http.response.body", "body": data, "more_body": True}
+                                )
+                            except Exception:  # the client left: keep filling the cache
+                                log.info("proxy: client left during %s", digest)
+                                client = None
+                        yield data
+
                 # Reading upstream (and sending to the client) runs ahead of writing to the
                 # store by up to AHEAD chunks, so the two overlap instead of taking turns.
-                to_store, from_reader = trio.open_memory_channel[bytes](AHEAD)
-                failed: list[Exception] = []
-
-                async def read() -> None:
-                    nonlocal client
-                    async with to_store:
-                        try:
-                            async for data in stream.chunks:
-                                bytes_in.inc(len(data))
-                                if client is not None:
-                                    try:
-                                        await client(
-                                            {
-                                                "type": "http.response.body",
-                                                "body": data,
-                                                "more_body": True,
-                                            }
-                                        )
-                                    except Exception:  # the client left: keep filling the cache
-                                        log.info("proxy: client left during %s", digest)
-                                        client = None
-                                await to_store.send(data)
-                        except Exception as e:  # raised on the storing side, which cleans up
-                            failed.append(e)
-
-                async def chunks() -> AsyncIterator[bytes]:
-                    async with from_reader:
-                        async for data in from_reader:
-                            yield data
-                    if failed:
-                        raise failed[0]
-
-                try:
-                    async with trio.open_nursery() as nursery:
-                        nursery.start_soon(read)
-                        blob = await self.registry.upload_monolithic(target.local, digest, chunks())
-                except BaseExceptionGroup as group:  # one task failed; the other was cancelled
-                    raise _first(group) from None
+                async with read_ahead(relayed(), AHEAD) as chunks:
+                    blob = await self.registry.upload_monolithic(target.local, digest, chunks)
         except UpstreamNotFound as e:
             raise BlobNotFound(e.message, {"digest": digest}) from e
         if sink is not None and sink.send is not None and client is not None:
             await client({"type": "http.response.body", "body": b""})
         await self.promote(target.local)
         return blob
-
-
-def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """The exception that ended a nursery: a real error rather than the Cancelled it caused."""
-    errors = [e for e in group.exceptions if not isinstance(e, trio.Cancelled)]
-    found = (errors or list(group.exceptions))[0]
-    return _first(found) if isinstance(found, BaseExceptionGroup) else found
 
 
 async def open_proxy(
