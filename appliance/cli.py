@@ -132,12 +132,12 @@ def config_show(config_path: Path | None) -> None:
         fail(e.message)
         return
     section = None
-    for setting in settings.SETTINGS:
-        head, _, key = setting.key.rpartition(".")
+    for full_key, setting in cfg.rows():
+        head, _, key = full_key.rpartition(".")
         if head != section:
             click.echo(f"\n[{head}]")
             section = head
-        value = cfg[setting.key]
+        value = cfg[full_key]
         if setting.secret and value:
             value = "********"
         text = str(value).lower() if isinstance(value, bool) else repr(value).replace("'", '"')
