@@ -375,3 +375,8 @@ from appliance.scan.cli import scan, vulndb  # noqa: E402
 
 main.add_command(scan)
 main.add_command(vulndb)
+
+# `berth ci-trust ...` (CI identity tokens as registry credentials) lives in appliance/auth/.
+from appliance.auth.citrust_cli import ci_trust  # noqa: E402
+
+main.add_command(ci_trust)

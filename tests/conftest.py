@@ -7,4 +7,6 @@ pytest_plugins: list[str] = [
     "tests.support.seaweedfs",
     "tests.support.browser",
     "tests.support.simplesamlphp",
+    "tests.support.oidcprovider",
+    "tests.support.ciissuer",
 ]

@@ -22,6 +22,7 @@ from typing import Any
 import trio
 
 from appliance.auth import passwords, policy
+from appliance.auth.citrust import CiTrust, TokenRefused, looks_like_ci_login
 from appliance.auth.ldap import DirectoryUnavailable, DirectoryUser, LdapDirectory
 from appliance.auth.policy import ANONYMOUS, Principal
 from appliance.auth.secrets import ServerSecret, looks_like_token, write_private
@@ -112,6 +113,7 @@ class AccessControl:
             lockout=config["auth.lockout_duration"],
         )
         self.ldap = ldap
+        self.ci = CiTrust(db, config, clock)  # CI identity tokens (`docker login -u oidc`)
         self._basic: dict[str, tuple[float, Principal]] = {}
         self._subjects: dict[tuple[str, frozenset[str] | None], tuple[float, Principal]] = {}
         self._public: tuple[float, frozenset[str]] = (-1e18, frozenset())
@@ -160,6 +162,10 @@ class AccessControl:
         """Check a name and a password (or a PAT or robot token). Raises SignInFailed,
         SignInLocked, or DirectoryUnavailable (LDAP could not be asked)."""
         keys = self.throttle.keys(username, address)
+        if looks_like_ci_login(username, password):
+            # Every CI job signs in as `oidc`: counting failures per account would let anyone
+            # lock all of them out. Their address is counted.
+            keys = self.throttle.keys("", address)
         wait = self.throttle.locked_for(keys)
         if wait > 0:
             raise SignInLocked(wait)
@@ -188,6 +194,12 @@ class AccessControl:
     async def _check(self, username: str, password: str, address: str | None) -> Principal:
         if not password or (not username and not looks_like_token(password)):
             raise SignInFailed
+        if looks_like_ci_login(username, password):
+            try:
+                return await self.ci.authenticate(password)
+            except TokenRefused as e:
+                log.info("CI identity token refused: %s", str(e)[:1000])
+                raise SignInFailed from None
         if looks_like_token(password):
             return await self._token_signin(username, password, address)
         if "+" in username:
@@ -276,7 +288,10 @@ class AccessControl:
         principal = await self.authenticate(username, password, address)
         if len(self._basic) > 10_000:
             self._basic.clear()
-        self._basic[key] = (now + BASIC_TTL, principal)
+        until = now + BASIC_TTL
+        if principal.expires_at is not None:  # a CI job's rights end with its identity token
+            until = min(until, principal.expires_at)
+        self._basic[key] = (until, principal)
         return principal
 
     # -- LDAP ------------------------------------------------------------------------------
@@ -402,7 +417,9 @@ class AccessControl:
         public = await self.public_namespaces()
         granted = policy.grant(principal, policy.parse_scopes(scopes), public)
         access = [{"type": t, "name": n, "actions": sorted(a)} for t, n, a in granted]
-        token, issued, ttl = self.issuer.issue(principal.subject, access, principal.scopes)
+        token, issued, ttl = self.issuer.issue(
+            principal.subject, access, principal.scopes, expires_at=principal.expires_at
+        )
         return {
             "token": token,
             "access_token": token,

@@ -171,12 +171,17 @@ class TokenIssuer:
         subject: str,
         access: list[dict[str, Any]],
         scopes: frozenset[str] | None = None,
+        *,
+        expires_at: float | None = None,
     ) -> tuple[str, int, int]:
-        """A signed token; returns (token, issued_at, expires_in)."""
+        """A signed token; returns (token, issued_at, expires_in). `expires_at` caps its
+        lifetime (a CI job's token never outlives the identity token it was issued for)."""
         self.keys.maybe_reload()
         key = self.keys.active
         now = int(self.clock())
         ttl = int(self.ttl)
+        if expires_at is not None:
+            ttl = max(0, min(ttl, int(expires_at) - now))
         claims: dict[str, Any] = {
             "iss": self.issuer,
             "sub": subject,

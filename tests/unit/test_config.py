@@ -106,7 +106,7 @@ def test_an_instance_table_in_the_file_and_its_defaults(tmp_path: Path) -> None:
     path = write(
         tmp_path,
         '[oidc.corp]\nissuer = "https://login.example.org"\nclient_id = "berth"\n'
-        '[oidc.lab2]\nallow_http = true\n',
+        "[oidc.lab2]\nallow_http = true\n",
     )
     config = load(path, environ={})
     assert config.instances("oidc") == ["corp", "lab2"]
