@@ -330,7 +330,7 @@ class OidcProvider:
             "ok": False,
             "error": None,
             "end_session": False,
-            "keys": 0,
+            "key_count": 0,
             "fetched_at": None,
         }
         try:
@@ -342,7 +342,7 @@ class OidcProvider:
             out["ok"] = True
             out["end_session"] = "end_session_endpoint" in document
         for entry in self.keys.status():
-            out["keys"], out["fetched_at"] = entry.keys, entry.fetched_at
+            out["key_count"], out["fetched_at"] = entry.keys, entry.fetched_at
             out["error"] = out["error"] or entry.error
         return out
 
