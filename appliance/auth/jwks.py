@@ -392,8 +392,11 @@ class IssuerKeys:
 
     async def _fetch_when_due(self, issuer: str, entry: _Entry) -> None:
         """Fetch unless a fetch was tried less than `refresh_interval` ago; concurrent callers
-        wait for one fetch and share its result."""
+        wait for the fetch under way and share its result."""
         seen = entry.attempted_at
+        if entry.lock.locked():
+            async with entry.lock:
+                return  # another task was fetching: its result is in `entry` now
         if self.clock() < seen + self.refresh_interval:
             return
         async with entry.lock:

@@ -460,3 +460,25 @@ async def test_rules_in_the_management_api(
     assert {"get", "post"} <= set(spec["paths"]["/namespaces/{ns}/ci-trust"])
     assert "delete" in spec["paths"]["/namespaces/{ns}/ci-trust/{rule_id}"]
     assert "post" in spec["paths"]["/namespaces/{ns}/ci-trust/test"]
+
+
+async def test_concurrent_first_exchanges_share_one_fetch(
+    services: Services, anon: httpx.AsyncClient, clock: FakeClock, ci_issuer: CiIssuer
+) -> None:
+    """Jobs arriving while the issuer's keys are being fetched wait for that fetch: none is
+    refused for want of keys, and the keys are fetched once."""
+    import trio  # noqa: PLC0415
+
+    await make_team(services, clock)
+    await add_rule(services, clock, issuer=ci_issuer.url)
+    statuses: list[int] = []
+
+    async def one() -> None:
+        token = ci_issuer.sign(ci_issuer.gitlab(clock(), AUDIENCE))
+        statuses.append((await exchange(anon, token)).status_code)
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(8):
+            nursery.start_soon(one)
+    assert statuses == [200] * 8
+    assert ci_issuer.hits["/jwks"] == 1
