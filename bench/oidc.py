@@ -12,6 +12,8 @@
    exchange) against Basic `<user>:<personal access token>`, both for
    `repository:team/app:pull,push`, C keep-alive connections for S seconds, rounds alternating
    the sides; median requests per second and latency.
+3. The same check without HTTP: microseconds per `AccessControl.authenticate()` in one process
+   (SQLite, keys cached), PAT against CI token, 200 calls a round.
 
 Each phase says how much CPU other processes used meanwhile (a busy machine is reported, not
 hidden). Starts its own oidc-provider, test issuer and Berth in a temporary directory.
@@ -115,6 +117,66 @@ def seed(berth: str, issuer: CiIssuer) -> tuple[str, str]:
     return basic("dev", pat), basic("oidc", token)
 
 
+def in_process(issuer: CiIssuer, rounds: int, calls: int) -> dict[str, list[float]]:
+    """Microseconds per `AccessControl.authenticate()` in one process (SQLite on a temporary
+    directory, keys cached): a PAT against a CI identity token, rounds alternating."""
+    import trio  # noqa: PLC0415
+
+    from appliance import config as settings  # noqa: PLC0415
+    from appliance.auth import accounts  # noqa: PLC0415
+    from appliance.auth.citrust import RuleSpec  # noqa: PLC0415
+    from appliance.server import open_services  # noqa: PLC0415
+
+    out: dict[str, list[float]] = {"pat": [], "ci": []}
+
+    async def run(tmp: str) -> None:
+        config = settings.load(
+            None,
+            environ={},
+            overrides={
+                "server.data_dir": tmp,
+                "admin.password": ADMIN_PASSWORD,
+                "ci_trust.allow_http_loopback": True,
+            },
+        )
+        services = await open_services(config)
+        access = services.access
+        try:
+            now = time.time()
+
+            def setup(tx: Any) -> str:
+                accounts.add_user(tx, "bench", "dev", None, now)
+                accounts.create_namespace(tx, "bench", "team", now)
+                accounts.set_member(tx, "bench", "team", "dev", "developer", now)
+                spec = RuleSpec("team", issuer.url, "aud", {"project_path": "team/app"}, "push")
+                access.ci.add(tx, "bench", spec, now, admin=True)
+                _, pat = accounts.create_pat(
+                    tx, "bench", access.secret, "dev", "b", ("write_registry",), now
+                )
+                return pat
+
+            pat = await access.change(setup)
+            claims = issuer.gitlab(now, "aud")
+            claims["exp"] = int(now) + 3600
+            token = issuer.sign(claims)
+            sides = {"pat": ("dev", pat), "ci": ("oidc", token)}
+            for user, secret in sides.values():  # warm: keys fetched, caches filled
+                await access.authenticate(user, secret, "127.0.0.1")
+            for rnd in range(rounds):
+                for side in ["pat", "ci"] if rnd % 2 == 0 else ["ci", "pat"]:
+                    user, secret = sides[side]
+                    start = time.perf_counter()
+                    for _ in range(calls):
+                        await access.authenticate(user, secret, "127.0.0.1")
+                    out[side].append((time.perf_counter() - start) / calls * 1e6)
+        finally:
+            services.close()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        trio.run(run, tmp)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rounds", type=int, default=7)
@@ -187,6 +249,8 @@ def main(argv: list[str] | None = None) -> int:
                         latency[side].append(result.latency_ms.get("p50", 0.0))
                         print(f"round {rnd + 1} {side:3} {result.rps:7.0f} req/s", file=sys.stderr)
             fetches = issuer.hits["/jwks"]
+            with background.phase("in-process"):
+                micro = in_process(issuer, args.rounds, 200)
         finally:
             berth.stop()
             issuer.stop()
@@ -197,6 +261,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, usage in background.phases.items():
         note = " (BUSY: figures are noisy)" if usage.busy else ""
         print(f"- {name} phase: {usage.describe()}{note}")
+    print()
+    print("Ratio: the OIDC or CI-token figure over the local-password or PAT one.")
     print()
     print("| measurement | OIDC / CI token | local password / PAT | ratio |")
     print("|---|---|---|---|")
@@ -212,6 +278,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     ci_p50, pat_p50 = statistics.median(latency["ci"]), statistics.median(latency["pat"])
     print(f"| /token exchange, p50 latency (ms) | {ci_p50:.1f} | {pat_p50:.1f} | |")
+    ci_us, pat_us = statistics.median(micro["ci"]), statistics.median(micro["pat"])
+    print(
+        f"| sign-in check in process, `authenticate()` (µs per call) | {ci_us:,.0f} | "
+        f"{pat_us:,.0f} | {ci_us / pat_us:.2f}x |"
+    )
     print(f"\nJWKS fetched {fetches} time(s) for all the CI exchanges (cached).")
     return 0
 

@@ -290,12 +290,15 @@ class CiTrust:
 
     # -- tokens ----------------------------------------------------------------------------
 
-    async def evaluate(self, token: str, rules: list[TrustRule]) -> Evaluation:
+    async def evaluate(
+        self, token: str, rules: list[TrustRule], peeked: jwks.Verified | None = None
+    ) -> Evaluation:
         """Check `token` against `rules`: which match, and why each other one does not.
-        Fetches keys only for issuers the rules name."""
+        Fetches keys only for issuers the rules name. `peeked`: the token's unverified header
+        and claims, when the caller has read them already."""
         result = Evaluation()
         try:
-            peeked = jwks.peek(token)
+            peeked = peeked or jwks.peek(token)
         except ForeignTokenError as e:
             result.problem = e.message
             return result
@@ -304,7 +307,6 @@ class CiTrust:
         if not isinstance(issuer, str):
             result.problem = "the token names no issuer (iss)"
             return result
-        kid = peeked.header.get("kid")
         verified: dict[str | None, dict[str, Any] | str] = {}  # key source → claims or why not
         for rule in rules:
             if rule.issuer != issuer:
@@ -313,9 +315,7 @@ class CiTrust:
                 )
                 continue
             if rule.jwks not in verified:
-                verified[rule.jwks] = await self._verify(
-                    token, issuer, kid if isinstance(kid, str) else None, rule.jwks
-                )
+                verified[rule.jwks] = await self._verify(token, peeked, issuer, rule.jwks)
             outcome = verified[rule.jwks]
             if isinstance(outcome, str):
                 result.verdicts.append(Verdict(rule, [outcome]))
@@ -325,19 +325,20 @@ class CiTrust:
         return result
 
     async def _verify(
-        self, token: str, issuer: str, kid: str | None, document: str | None
+        self, token: str, peeked: jwks.Verified, issuer: str, document: str | None
     ) -> dict[str, Any] | str:
         """The claims of `token` when its signature and time window check out against the
         issuer's keys (fetched) or `document`; otherwise why not."""
+        kid = peeked.header.get("kid")
         try:
             if document is None:
-                keys = await self.keys.keys(issuer, kid)
+                keys = await self.keys.keys(issuer, kid if isinstance(kid, str) else None)
             else:
                 keys = self._offline.get(document) or jwks.parse_key_set(json.loads(document))
                 if len(self._offline) > 1000:
                     self._offline.clear()
                 self._offline[document] = keys
-            claims = jwks.verify(token, keys).claims
+            claims = jwks.verify(token, keys, peeked.header).claims
         except (ForeignTokenError, KeysUnavailable) as e:
             return e.message
         registry = JWTClaimsRegistry(
@@ -374,15 +375,16 @@ class CiTrust:
     async def authenticate(self, token: str) -> Principal:
         """The principal a CI identity token stands for; audited. Raises TokenRefused."""
         try:
-            issuer = jwks.peek(token).claims.get("iss")
+            peeked = jwks.peek(token)
         except ForeignTokenError as e:
             raise TokenRefused([e.message]) from None
+        issuer = peeked.claims.get("iss")
         if not isinstance(issuer, str) or len(issuer) > 1000:
             raise TokenRefused(["the token names no issuer"])
         rules = await self.db.read(lambda tx: records.for_issuer(tx, issuer))
         if not rules:
             raise TokenRefused([f"no CI trust rule names the issuer {issuer[:200]!r}"])
-        result = await self.evaluate(token, rules)
+        result = await self.evaluate(token, rules, peeked)
         matched = [v.rule for v in result.verdicts if v.matched]
         if not matched or result.verified is None:
             raise TokenRefused([r for v in result.verdicts for r in v.reasons] or ["refused"])

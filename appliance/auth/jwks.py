@@ -217,10 +217,12 @@ def peek(token: str) -> Verified:
     return Verified(header, claims)
 
 
-def verify(token: str, keys: KeySet) -> Verified:
-    """Check the signature of `token` with the issuer's `keys`. Raises UnknownKey when the
-    token names a key id `keys` lacks, ForeignTokenError for anything else wrong."""
-    header = peek(token).header
+def verify(token: str, keys: KeySet, header: dict[str, Any] | None = None) -> Verified:
+    """Check the signature of `token` with the issuer's `keys` (`header`: its header, when the
+    caller has peeked already). Raises UnknownKey when the token names a key id `keys` lacks,
+    ForeignTokenError for anything else wrong."""
+    if header is None:
+        header = peek(token).header
     alg = header.get("alg")
     if not isinstance(alg, str) or alg not in ASYMMETRIC:
         raise ForeignTokenError(

@@ -158,8 +158,11 @@ class OidcProvider:
         pending = Pending(
             secrets.token_urlsafe(32), secrets.token_urlsafe(32), secrets.token_urlsafe(48)
         )
+        endpoint = document.get("authorization_endpoint")
+        if not isinstance(endpoint, str):
+            raise OidcError(f"{self.label} publishes no authorization endpoint")
         url = prepare_grant_uri(
-            document["authorization_endpoint"],
+            endpoint,
             self.settings.client_id,
             "code",
             redirect_uri=redirect_uri,
@@ -209,7 +212,10 @@ class OidcProvider:
         method = "client_secret_basic" if self.settings.client_secret else "none"
         auth = ClientAuth(self.settings.client_id, self.settings.client_secret or "", method)
         headers = {"content-type": "application/x-www-form-urlencoded"}
-        url, headers, body = auth.prepare("POST", document["token_endpoint"], headers, body)
+        endpoint = document.get("token_endpoint")
+        if not isinstance(endpoint, str):
+            raise OidcError(f"{self.label} publishes no token endpoint")
+        url, headers, body = auth.prepare("POST", endpoint, headers, body)
         try:
             async with jwks.new_client() as client:
                 status, answer = await jwks.fetch_json(
