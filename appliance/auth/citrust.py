@@ -296,13 +296,47 @@ class CiTrust:
         """Check `token` against `rules`: which match, and why each other one does not.
         Fetches keys only for issuers the rules name. `peeked`: the token's unverified header
         and claims, when the caller has read them already."""
-        result = Evaluation()
         try:
             peeked = peeked or jwks.peek(token)
         except ForeignTokenError as e:
-            result.problem = e.message
-            return result
-        result.unverified = peeked.claims
+            return Evaluation(problem=e.message)
+        issuer = peeked.claims.get("iss")
+        keys: dict[str | None, KeySet | str] = {}  # key source → keys, or why there are none
+        for rule in rules:
+            if rule.issuer == issuer and rule.jwks not in keys:
+                keys[rule.jwks] = await self._keys(issuer, peeked, rule.jwks)
+        return self._evaluate(token, peeked, rules, keys)
+
+    async def _keys(self, issuer: str, peeked: jwks.Verified, document: str | None) -> KeySet | str:
+        if document is not None:
+            return self._offline_keys(document)
+        kid = peeked.header.get("kid")
+        try:
+            return await self.keys.keys(issuer, kid if isinstance(kid, str) else None)
+        except KeysUnavailable as e:
+            return e.message
+
+    def _offline_keys(self, document: str) -> KeySet | str:
+        keys = self._offline.get(document)
+        if keys is None:
+            try:
+                keys = jwks.parse_key_set(json.loads(document))
+            except (KeysUnavailable, ValueError) as e:
+                return getattr(e, "message", str(e))
+            if len(self._offline) > 1000:
+                self._offline.clear()
+            self._offline[document] = keys
+        return keys
+
+    def _evaluate(
+        self,
+        token: str,
+        peeked: jwks.Verified,
+        rules: list[TrustRule],
+        keys: Mapping[str | None, KeySet | str],
+    ) -> Evaluation:
+        """`evaluate` once each key source's keys are at hand (no I/O)."""
+        result = Evaluation(unverified=peeked.claims)
         issuer = peeked.claims.get("iss")
         if not isinstance(issuer, str):
             result.problem = "the token names no issuer (iss)"
@@ -315,7 +349,7 @@ class CiTrust:
                 )
                 continue
             if rule.jwks not in verified:
-                verified[rule.jwks] = await self._verify(token, peeked, issuer, rule.jwks)
+                verified[rule.jwks] = self._verify(token, peeked, issuer, keys[rule.jwks])
             outcome = verified[rule.jwks]
             if isinstance(outcome, str):
                 result.verdicts.append(Verdict(rule, [outcome]))
@@ -324,22 +358,16 @@ class CiTrust:
             result.verdicts.append(Verdict(rule, self._mismatches(rule, outcome)))
         return result
 
-    async def _verify(
-        self, token: str, peeked: jwks.Verified, issuer: str, document: str | None
+    def _verify(
+        self, token: str, peeked: jwks.Verified, issuer: str, keys: KeySet | str
     ) -> dict[str, Any] | str:
         """The claims of `token` when its signature and time window check out against the
-        issuer's keys (fetched) or `document`; otherwise why not."""
-        kid = peeked.header.get("kid")
+        issuer's `keys`; otherwise why not."""
+        if isinstance(keys, str):
+            return keys
         try:
-            if document is None:
-                keys = await self.keys.keys(issuer, kid if isinstance(kid, str) else None)
-            else:
-                keys = self._offline.get(document) or jwks.parse_key_set(json.loads(document))
-                if len(self._offline) > 1000:
-                    self._offline.clear()
-                self._offline[document] = keys
             claims = jwks.verify(token, keys, peeked.header).claims
-        except (ForeignTokenError, KeysUnavailable) as e:
+        except ForeignTokenError as e:
             return e.message
         registry = JWTClaimsRegistry(
             now=int(self.clock()),
@@ -373,7 +401,12 @@ class CiTrust:
         return reasons
 
     async def authenticate(self, token: str) -> Principal:
-        """The principal a CI identity token stands for; audited. Raises TokenRefused."""
+        """The principal a CI identity token stands for; audited. Raises TokenRefused.
+
+        The token endpoint is a hot path: when the issuer's keys are cached (the usual case),
+        the rules are read, the token checked and the use audited in one transaction, so an
+        exchange costs one trip to the database, like a personal access token's. Otherwise
+        the keys are fetched first (outside any transaction) and the same is done after."""
         try:
             peeked = jwks.peek(token)
         except ForeignTokenError as e:
@@ -381,13 +414,40 @@ class CiTrust:
         issuer = peeked.claims.get("iss")
         if not isinstance(issuer, str) or len(issuer) > 1000:
             raise TokenRefused(["the token names no issuer"])
-        rules = await self.db.read(lambda tx: records.for_issuer(tx, issuer))
-        if not rules:
-            raise TokenRefused([f"no CI trust rule names the issuer {issuer[:200]!r}"])
-        result = await self.evaluate(token, rules, peeked)
+        kid = peeked.header.get("kid")
+        cached = self.keys.cached(issuer, kid if isinstance(kid, str) else None)
+        now = self.clock()
+
+        def fn(tx: Tx) -> Principal | list[TrustRule] | Evaluation:
+            rules = records.for_issuer(tx, issuer)
+            if not rules:
+                return Evaluation(problem=f"no CI trust rule names the issuer {issuer[:200]!r}")
+            if cached is None and any(r.jwks is None for r in rules):
+                return rules  # the keys must be fetched first
+            keys: dict[str | None, KeySet | str] = {}
+            for rule in rules:
+                source = rule.jwks
+                keys[source] = cached or "no keys" if source is None else self._offline_keys(source)
+            return self._admit(tx, issuer, self._evaluate(token, peeked, rules, keys), now)
+
+        outcome = await self.db.write(fn)
+        if isinstance(outcome, list):
+            result = await self.evaluate(token, outcome, peeked)
+            outcome = result
+            if any(v.matched for v in result.verdicts):
+                outcome = await self.db.write(lambda tx: self._admit(tx, issuer, result, now))
+        if isinstance(outcome, Evaluation):
+            reasons = [r for v in outcome.verdicts for r in v.reasons]
+            raise TokenRefused([outcome.problem] if outcome.problem else reasons or ["refused"])
+        return outcome
+
+    @staticmethod
+    def _admit(tx: Tx, issuer: str, result: Evaluation, now: float) -> Principal | Evaluation:
+        """The principal of the rules `result` matched, its use audited in `tx`; `result`
+        itself when none matched."""
         matched = [v.rule for v in result.verdicts if v.matched]
         if not matched or result.verified is None:
-            raise TokenRefused([r for v in result.verdicts for r in v.reasons] or ["refused"])
+            return result
         claims = result.verified
         subject = _printable(str(claims.get("sub") or "unknown"))[:200]
         principal = Principal(
@@ -405,24 +465,19 @@ class CiTrust:
         for rule in matched:
             for key, _ in rule.claims:
                 shown[key] = claims.get(key)
-        now = self.clock()
-
-        def fn(tx: Tx) -> None:
-            audit.record(
-                tx,
-                principal.actor,
-                "signin.success",
-                principal.name,
-                at=now,
-                via="ci",
-                issuer=issuer,
-                rules=[r.id for r in matched],
-                namespaces=sorted({r.namespace for r in matched}),
-                claims=shown,
-                expires_at=principal.expires_at,
-            )
-
-        await self.db.write(fn)
+        audit.record(
+            tx,
+            principal.actor,
+            "signin.success",
+            principal.name,
+            at=now,
+            via="ci",
+            issuer=issuer,
+            rules=[r.id for r in matched],
+            namespaces=sorted({r.namespace for r in matched}),
+            claims=shown,
+            expires_at=principal.expires_at,
+        )
         return principal
 
 

@@ -380,6 +380,15 @@ class IssuerKeys:
             raise KeysUnavailable(entry.error or f"no discovery document for {issuer}")
         return entry.discovery
 
+    def cached(self, issuer: str, kid: str | None = None) -> KeySet | None:
+        """The issuer's keys if they are fresh and hold `kid` (no fetch, no waiting)."""
+        entry = self._entries.get(issuer)
+        if entry is None or entry.keys is None or self.clock() >= entry.fetched_at + self.ttl:
+            return None
+        if kid is not None and not any(k.kid == kid for k in entry.keys):
+            return None
+        return entry.keys
+
     async def keys(self, issuer: str, kid: str | None = None) -> KeySet:
         """The issuer's keys; fetched again when older than `ttl` or lacking `kid`, but at
         most once per `refresh_interval`. Raises KeysUnavailable."""
