@@ -28,6 +28,7 @@ push.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
@@ -61,6 +62,7 @@ ACCESS: dict[str, frozenset[str]] = {
 MAX_CLAIMS = 20
 MAX_VALUE = 500
 MAX_JWKS = 64 * 1024
+SIGNATURE_CACHE = 2000
 RESERVED_CLAIMS = frozenset({"iss", "aud", "exp", "nbf", "iat", "jti"})
 _CLAIM_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,100}")
 _PRINTABLE = re.compile(r"[\x20-\x7e]+")
@@ -170,6 +172,9 @@ class CiTrust:
             allow_http=self.allow_http,
         )
         self._offline: dict[str, KeySet] = {}  # parsed JWKS documents of rules, by their text
+        # sha256 of a token whose signature checked out → (the keys it was checked with, its
+        # claims); only validly signed tokens get in, so nobody can fill it with junk.
+        self._signatures: dict[bytes, tuple[KeySet, dict[str, Any]]] = {}
 
     # -- rules -----------------------------------------------------------------------------
 
@@ -365,10 +370,21 @@ class CiTrust:
         issuer's `keys`; otherwise why not."""
         if isinstance(keys, str):
             return keys
-        try:
-            claims = jwks.verify(token, keys, peeked.header).claims
-        except ForeignTokenError as e:
-            return e.message
+        # A job exchanges the same token several times (login, then each push): the signature
+        # is checked once per token and set of keys; the time window and rules every time.
+        digest = hashlib.sha256(token.encode()).digest()
+        hit = self._signatures.get(digest)
+        if hit is not None and hit[0] is keys:
+            claims = hit[1]
+        else:
+            try:
+                claims = jwks.verify(token, keys, peeked.header).claims
+            except ForeignTokenError as e:
+                return e.message
+            if len(self._signatures) >= SIGNATURE_CACHE:
+                self._signatures.clear()
+            if len(token) <= 4096:
+                self._signatures[digest] = (keys, claims)
         registry = JWTClaimsRegistry(
             now=int(self.clock()),
             leeway=int(self.skew),
