@@ -378,23 +378,50 @@ def remember(  # noqa: PLR0917
     )
 
 
-def take(tx: Tx, provider: str, state: str, binding: str, now: float) -> tuple[Pending, str]:
-    """The pending sign-in `state` answers, and where it was going; it is pending no more.
-    Raises OidcError when there is none (unknown, expired, used already, for another provider,
-    or started in another browser)."""
+@dataclass(frozen=True)
+class Taken:
+    """A pending sign-in as it was stored, just taken out of `oidc_states`."""
+
+    state: str
+    provider: str
+    binding_hash: str
+    nonce: str
+    verifier: str
+    target: str
+    expires_at: float
+
+
+def take(tx: Tx, state: str) -> Taken | None:
+    """Take the pending sign-in `state` names out of the database (in `tx`): whatever is then
+    found wrong with it, it is pending no more. None when there is none."""
     rows = tx.execute(
         "DELETE FROM oidc_states WHERE state_hash = :state RETURNING provider, binding_hash, "
         "nonce, code_verifier, next_path, expires_at",
         {"state": digest(state)},
     )
     if not rows:
+        return None
+    provider, binding_hash, nonce, verifier, target, expires = rows[0]
+    return Taken(
+        state,
+        str(provider),
+        str(binding_hash),
+        str(nonce),
+        str(verifier),
+        str(target),
+        float(expires),
+    )
+
+
+def accept(taken: Taken | None, provider: str, binding: str, now: float) -> tuple[Pending, str]:
+    """The pending sign-in and where it was going, if `taken` is one `provider` may finish in
+    this browser now. Raises OidcError when there is none (unknown, expired, used already, for
+    another provider) or it was started in another browser."""
+    if taken is None or taken.provider != provider or taken.expires_at < now:
         raise OidcError("this sign-in answers no pending request (expired or used already)")
-    found, binding_hash, nonce, verifier, target, expires = rows[0]
-    if found != provider or float(expires) < now:
-        raise OidcError("this sign-in answers no pending request (expired or used already)")
-    if not secrets.compare_digest(str(binding_hash), digest(binding)):
+    if not secrets.compare_digest(taken.binding_hash, digest(binding)):
         raise OidcError("this sign-in was started in another browser; start again here")
-    return Pending(state, str(nonce), str(verifier)), str(target)
+    return Pending(taken.state, taken.nonce, taken.verifier), taken.target
 
 
 # -- accounts ----------------------------------------------------------------------------------

@@ -82,9 +82,8 @@ async def _complete(ctx: PageContext, provider: OidcProvider) -> tuple[int, str]
         raise OidcError("the answer carries no sign-in state: start again")
     binding = request.cookies.get(BINDING_COOKIE, "")
     now = ctx.access.clock()
-    pending, target = await ctx.access.db.write(
-        lambda tx: oidc.take(tx, provider.name, state, binding, now)
-    )
+    taken = await ctx.access.db.write(lambda tx: oidc.take(tx, state))
+    pending, target = oidc.accept(taken, provider.name, binding, now)
     error = ctx.arg("error")
     if error:
         detail = ctx.arg("error_description")[:200]
