@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -23,12 +22,8 @@ PASSWORD = "a-long-console-password"
 
 
 @pytest.fixture(scope="module")
-def issuer() -> Iterator[CiIssuer]:
-    server = CiIssuer()
-    try:
-        yield server
-    finally:
-        server.stop()
+def issuer(module_ci_issuer: CiIssuer) -> CiIssuer:
+    return module_ci_issuer
 
 
 @pytest.fixture(scope="module")

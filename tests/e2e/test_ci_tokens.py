@@ -25,12 +25,8 @@ pytestmark = pytest.mark.skipif(TARGET != "berth", reason="Berth's CI trust rule
 
 
 @pytest.fixture(scope="module")
-def issuer() -> Iterator[CiIssuer]:
-    server = CiIssuer()
-    try:
-        yield server
-    finally:
-        server.stop()
+def issuer(module_ci_issuer: CiIssuer) -> CiIssuer:
+    return module_ci_issuer
 
 
 @pytest.fixture(scope="module")

@@ -184,8 +184,7 @@ class CiIssuer:
         return f"{signing_input}.{_b64(signature)}"
 
 
-@pytest.fixture
-def ci_issuer() -> Iterator[CiIssuer]:
+def _running() -> Iterator[CiIssuer]:
     issuer = CiIssuer()
     try:
         yield issuer
@@ -193,4 +192,16 @@ def ci_issuer() -> Iterator[CiIssuer]:
         issuer.stop()
 
 
-__all__ = ["CiIssuer", "ci_issuer"]
+@pytest.fixture
+def ci_issuer() -> Iterator[CiIssuer]:
+    """A fresh issuer for one test (its request counts start at zero)."""
+    yield from _running()
+
+
+@pytest.fixture(scope="module")
+def module_ci_issuer() -> Iterator[CiIssuer]:
+    """One issuer for a module's tests (a Berth started per module trusts it)."""
+    yield from _running()
+
+
+__all__ = ["CiIssuer", "ci_issuer", "module_ci_issuer"]
