@@ -10,7 +10,7 @@ APT_PACKAGES := skopeo podman umoci docker.io docker-registry busybox-static wrk
                 simplesamlphp php-cli php-xml php-mbstring php-curl chromium apache2-utils
 
 .DEFAULT_GOAL := help
-.PHONY: help run test test-slow lint fmt bench bench-s3 apt-deps clean dist deb rpm
+.PHONY: help run test test-slow lint fmt bench bench-s3 bench-azure apt-deps clean dist deb rpm
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -61,6 +61,9 @@ bench: apt-deps $(VENV)/.test-installed ## Berth against the reference registry,
 
 bench-s3: apt-deps $(VENV)/.test-installed ## Berth on S3 against the reference registry on S3 (SeaweedFS)
 	$(BIN)/python -m bench.s3
+
+bench-azure: $(VENV)/.test-installed ## Berth on Azure Blob Storage against the Azure SDK, both on Azurite
+	$(BIN)/python -m bench.azure
 
 dist: $(VENV)/.test-installed ## Build the single executable dist/berth (PyInstaller; kept while up to date)
 	$(BIN)/python packaging/build.py

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from quart_trio import QuartTrio
 
-from appliance.api.asgi import ASGIApp, Receive, Scope, Send
+from appliance.api.asgi import ASGIApp, Pace, Receive, Scope, Send
 from appliance.api.guard import Guard
 from appliance.api.token import TokenEndpoint
 from appliance.api.v2 import RegistryAPI
@@ -40,15 +40,21 @@ def create_app(
     """The whole ASGI app for one registry, behind `access` (with the pull-through cache of
     proxy namespaces, `proxy`, when any are configured). The web console at `/` follows
     `config` (its defaults when None)."""
+    if config is None:
+        config = load_config(environ={}, overrides={"server.public_url": public_url})
+    pace = Pace(config["server.read_timeout"], config["server.min_body_rate"])
     api = RegistryAPI(
         registry,
         public_url,
         guard=Guard(access, public_url),
         proxy=proxy,
         admit=ops.admit if ops is not None else None,
+        pace=pace,
     )
-    token = TokenEndpoint(access)
+    token = TokenEndpoint(access, pace)
     web = create_web_app()
+    # Quart's routes (console, /api/v1) take small bodies: the same read timeout, in total.
+    web.config["BODY_TIMEOUT"] = config["server.read_timeout"]
     from appliance.api.manage import register_management_api  # noqa: PLC0415
 
     route = register_management_api(web, access)
@@ -64,8 +70,6 @@ def create_app(
         register_lifecycle(route, lifecycle)
     from appliance.console import register_console  # noqa: PLC0415
 
-    if config is None:
-        config = load_config(environ={}, overrides={"server.public_url": public_url})
     console = register_console(web, registry, access, config, access.clock)
     if lifecycle is not None:  # the console's storage pages (appliance/console/pages/storage.py)
         console.extras["lifecycle"] = lifecycle

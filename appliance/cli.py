@@ -104,6 +104,9 @@ def serve(  # noqa: PLR0917 (one parameter per option)
             config.data_dir,
             config.source,
         )
+        from appliance import filemodes  # noqa: PLC0415
+
+        filemodes.prepare(config)  # before anything is created: no data readable by others
         if config["server.workers"] > 1 and listen_fd is None:
             from appliance import supervisor  # noqa: PLC0415
 
@@ -203,6 +206,18 @@ def _user_change(config_path: Path | None, data_dir: Path | None, fn: Any, done:
     click.echo(done)
 
 
+def _read(config_path: Path | None, data_dir: Path | None, fn: Any) -> Any:
+    """Run `fn(tx)` in a read transaction of the configured database; fail on BerthError."""
+    try:
+        _, db = _open(config_path, data_dir)
+        try:
+            return db.run_sync_read(fn)
+        finally:
+            db.close()
+    except BerthError as e:
+        fail(e.message)
+
+
 @main.group()
 def user() -> None:
     """Manage local user accounts."""
@@ -298,18 +313,77 @@ def user_list(config_path: Path | None, data_dir: Path | None) -> None:
     """List users: name, source, admin, disabled."""
     from appliance.metadata import identity  # noqa: PLC0415
 
-    try:
-        _, db = _open(config_path, data_dir)
-        try:
-            users = db.run_sync_read(identity.list_users)
-        finally:
-            db.close()
-    except BerthError as e:
-        fail(e.message)
-        return
+    users = _read(config_path, data_dir, identity.list_users)
     for u in users:
         flags = [f for f, on in (("admin", u.is_admin), ("disabled", u.disabled)) if on]
         click.echo(f"{u.name}\t{u.source}\t{','.join(flags) or '-'}")
+
+
+@main.group()
+def token() -> None:
+    """List and revoke users' personal access tokens and refresh tokens."""
+
+
+@token.command("list")
+@click.argument("name")
+@click.option(
+    "--kind",
+    type=click.Choice(["pat", "refresh", "all"]),
+    default="all",
+    show_default=True,
+    help="Which tokens to list.",
+)
+@_config_option
+@_data_dir_option
+def token_list(name: str, kind: str, config_path: Path | None, data_dir: Path | None) -> None:
+    """List a user's tokens: id, kind, name, scopes, expiry, what made it, state."""
+    import time  # noqa: PLC0415
+
+    from appliance.auth import credentials  # noqa: PLC0415
+    from appliance.metadata import identity  # noqa: PLC0415
+
+    now = time.time()
+
+    def read(tx: Any) -> list[dict[str, Any]]:
+        user = identity.require_user(tx, name)
+        found = identity.tokens_of_user(tx, user.id, None if kind == "all" else kind)
+        return [credentials.token_json(tx, t, now) for t in found]
+
+    for row in _read(config_path, data_dir, read):
+        expires = row["expires_at"]
+        minted = row["minted_by"] or {"kind": "sign-in"}
+        made = f"token {minted['id']}" if minted["kind"] == "token" else str(minted["kind"])
+        state = "active" if row["usable"] else ("revoked" if row["revoked_at"] else "ended")
+        click.echo(
+            f"{row['id']}\t{row['kind']}\t{row['name'] or '-'}\t"
+            f"{','.join(row['scopes']) or 'all'}\t"
+            f"{'never' if expires is None else time.strftime('%Y-%m-%d', time.gmtime(expires))}"
+            f"\t{made}\t{state}"
+        )
+
+
+@token.command("revoke")
+@click.argument("name")
+@click.argument("token_id", type=int)
+@_config_option
+@_data_dir_option
+def token_revoke(name: str, token_id: int, config_path: Path | None, data_dir: Path | None) -> None:
+    """Revoke one of a user's tokens (personal access or refresh token) by its id; what it
+    minted stops working with it."""
+    import time  # noqa: PLC0415
+
+    from appliance.auth import accounts  # noqa: PLC0415
+    from appliance.metadata import identity  # noqa: PLC0415
+    from appliance.metadata.identity import TokenNotFound  # noqa: PLC0415
+
+    def fn(tx: Any) -> None:
+        user = identity.require_user(tx, name)
+        record = identity.token_by_id(tx, token_id)
+        if record is None or record.user_id != user.id or record.kind not in ("pat", "refresh"):
+            raise TokenNotFound(f"{name} has no token {token_id}")
+        accounts.revoke_token(tx, "cli", record, time.time())
+
+    _user_change(config_path, data_dir, fn, f"revoked token {token_id} of {name}")
 
 
 @main.group()
@@ -371,9 +445,10 @@ for _command in LIFECYCLE_COMMANDS:
     main.add_command(_command)
 
 # `berth scan IMAGE` and `berth vulndb ...` (vulnerability scanning) live in appliance/scan/.
-from appliance.scan.cli import scan, vulndb  # noqa: E402
+from appliance.scan.cli import scan, scan_worker, vulndb  # noqa: E402
 
 main.add_command(scan)
+main.add_command(scan_worker)
 main.add_command(vulndb)
 
 # `berth ci-trust ...` (CI identity tokens as registry credentials) lives in appliance/auth/.

@@ -78,6 +78,34 @@ SETTINGS: tuple[Setting, ...] = (
         "Seconds to let in-flight requests finish after SIGTERM/SIGINT.",
     ),
     Setting(
+        "server.idle_timeout",
+        float,
+        60.0,
+        "Seconds a connection may stay open with no request, or take to send a request's "
+        "headers, before it is closed.",
+    ),
+    Setting(
+        "server.read_timeout",
+        float,
+        60.0,
+        "Seconds a request may send no byte of its body before it is cut off (408); a slow "
+        "upload that keeps sending is never cut.",
+    ),
+    Setting(
+        "server.min_body_rate",
+        float,
+        256.0,
+        "Bytes a second a request body must average over each server.read_timeout window, "
+        "or it is cut off (408; 0: no minimum).",
+    ),
+    Setting(
+        "server.max_connections",
+        int,
+        1000,
+        "Open connections one process accepts; beyond that a connection is answered 503 "
+        "UNAVAILABLE and closed (0: no limit).",
+    ),
+    Setting(
         "server.workers",
         int,
         1,
@@ -100,7 +128,7 @@ SETTINGS: tuple[Setting, ...] = (
         "storage.backend",
         str,
         "filesystem",
-        "Blob store backend: 'filesystem' or 's3'.",
+        "Blob store backend: 'filesystem', 's3' or 'azure'.",
     ),
     Setting(
         "storage.root",
@@ -173,6 +201,74 @@ SETTINGS: tuple[Setting, ...] = (
         "backoff and jitter.",
     ),
     Setting(
+        "storage.s3.batch_delete",
+        bool,
+        True,
+        "Delete many objects per request (DeleteObjects); off for services without it, such "
+        "as Google Cloud Storage (a NotImplemented answer also turns it off by itself).",
+    ),
+    Setting(
+        "storage.azure.account_name",
+        str,
+        "",
+        "Azure storage account name (required for azure).",
+    ),
+    Setting("storage.azure.account_key", str, "", "Azure storage account key (shared key)."),
+    Setting(
+        "storage.azure.account_key_file",
+        str,
+        "",
+        "File holding the Azure account key instead (keeps it out of the config).",
+    ),
+    Setting(
+        "storage.azure.sas_token_file",
+        str,
+        "",
+        "File holding a SAS token (read, add, create, write, delete, list on the container) "
+        "to use instead of the account key.",
+    ),
+    Setting(
+        "storage.azure.container",
+        str,
+        "",
+        "Azure container holding the blobs (required for azure).",
+    ),
+    Setting("storage.azure.prefix", str, "", "Blob name prefix inside the container."),
+    Setting(
+        "storage.azure.endpoint",
+        str,
+        "",
+        "Blob service URL of the account, e.g. http://127.0.0.1:10000/devstoreaccount1 for "
+        "Azurite, or an Azure Stack or sovereign cloud's (empty: "
+        "https://<account_name>.blob.core.windows.net).",
+    ),
+    Setting(
+        "storage.azure.create_container",
+        bool,
+        False,
+        "Create the container at start-up when it does not exist.",
+    ),
+    Setting(
+        "storage.azure.redirect",
+        bool,
+        False,
+        "Answer blob downloads with a redirect to a short-lived read-only SAS URL instead of "
+        "relaying the bytes (needs the account key).",
+    ),
+    Setting(
+        "storage.azure.block_size",
+        int,
+        16 * 1024 * 1024,
+        "Bytes per staged block (1 MiB to 4000 MiB); up to 4 blocks per upload are held in memory.",
+    ),
+    Setting(
+        "storage.azure.max_attempts",
+        int,
+        5,
+        "Attempts per Azure request: 5xx, ServerBusy and connection errors are retried with "
+        "backoff and jitter.",
+    ),
+    Setting(
         "metadata.url",
         str,
         "",
@@ -221,6 +317,13 @@ SETTINGS: tuple[Setting, ...] = (
         float,
         86400.0,
         "Seconds an upload session may stay idle before it and its bytes are removed.",
+    ),
+    Setting(
+        "uploads.max_open_per_account",
+        int,
+        64,
+        "Upload sessions one user or robot may hold open at once; more get 429 "
+        "TOOMANYREQUESTS until some complete, are cancelled or expire (0: no limit).",
     ),
     Setting(
         "uploads.purge_interval",
@@ -501,7 +604,8 @@ SETTINGS: tuple[Setting, ...] = (
         "backup.target",
         str,
         "",
-        "Where backups go: a directory or s3://BUCKET/PREFIX (default: <data_dir>/backups).",
+        "Where backups go: a directory, s3://BUCKET/PREFIX or azure://CONTAINER/PREFIX "
+        "(default: <data_dir>/backups).",
     ),
     Setting(
         "backup.schedule",
@@ -547,6 +651,32 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("backup.s3.access_key_file", str, "", "File holding that access key id instead."),
     Setting("backup.s3.secret_key", str, "", "S3 secret key for an s3:// backup target."),
     Setting("backup.s3.secret_key_file", str, "", "File holding that S3 secret key instead."),
+    Setting(
+        "backup.azure.endpoint",
+        str,
+        "",
+        "Blob service URL for an azure:// backup target (empty: storage.azure.endpoint, else "
+        "the public cloud's).",
+    ),
+    Setting(
+        "backup.azure.account_name",
+        str,
+        "",
+        "Storage account of an azure:// backup target (empty: storage.azure.account_name).",
+    ),
+    Setting(
+        "backup.azure.account_key",
+        str,
+        "",
+        "Account key for an azure:// backup target (empty: storage.azure's credentials).",
+    ),
+    Setting("backup.azure.account_key_file", str, "", "File holding that account key instead."),
+    Setting(
+        "backup.azure.sas_token_file",
+        str,
+        "",
+        "File holding a SAS token for an azure:// backup target instead of an account key.",
+    ),
     Setting(
         "console.session_idle",
         float,
@@ -699,6 +829,47 @@ SETTINGS: tuple[Setting, ...] = (
         "Seconds a serving process trusts its cached pull verdicts before checking for "
         "policy, advisory or scan changes made elsewhere.",
     ),
+    Setting(
+        "scan.max_layer_bytes",
+        int,
+        8 << 30,
+        "Bytes one layer may decompress to; the scan stops reading the layer there and the "
+        "report says the scan is incomplete.",
+    ),
+    Setting(
+        "scan.max_layer_files",
+        int,
+        1_000_000,
+        "Files (tar entries) read of one layer before the scan stops reading it (an "
+        "incomplete scan).",
+    ),
+    Setting(
+        "scan.max_db_bytes",
+        int,
+        256 << 20,
+        "Largest package database file (dpkg status, apk installed, rpmdb.sqlite) the scan "
+        "reads; a larger one is skipped and the scan is incomplete.",
+    ),
+    Setting(
+        "scan.max_packages",
+        int,
+        10_000,
+        "Packages one image may list; the scan stops reading at the next one (an incomplete scan).",
+    ),
+    Setting(
+        "scan.max_memory",
+        int,
+        1 << 30,
+        "Address space in bytes of the process that reads an image's layers (0: no limit); "
+        "an allocation past it cuts the layer being read.",
+    ),
+    Setting(
+        "scan.timeout",
+        float,
+        600.0,
+        "Seconds the scan of one image may take; the layer being read is cut then (an "
+        "incomplete scan), and the process reading it is killed 10 s later.",
+    ),
 )
 
 SECRET_KEYS = frozenset(
@@ -710,6 +881,8 @@ SECRET_KEYS = frozenset(
         "webhooks.secret",
         "storage.s3.access_key",
         "storage.s3.secret_key",
+        "storage.azure.account_key",
+        "backup.azure.account_key",
         "admin.password",
         "ldap.bind_password",
         "proxy.credentials",
@@ -924,7 +1097,7 @@ def load(
         proxy_networks(values["server.trusted_proxies"])
     except ValueError as e:
         raise ConfigError(f"server.trusted_proxies: {e}") from None
-    if values["storage.backend"] not in ("filesystem", "s3"):
+    if values["storage.backend"] not in ("filesystem", "s3", "azure"):
         raise ConfigError(f"storage.backend: unknown backend {values['storage.backend']!r}")
     if values["nginx.enabled"] and not values["server.public_url"]:
         raise ConfigError(
@@ -933,4 +1106,10 @@ def load(
         )
     if values["storage.backend"] == "s3" and not values["storage.s3.bucket"]:
         raise ConfigError("storage.s3.bucket must be set when storage.backend is 's3'")
+    if values["storage.backend"] == "azure":
+        for key in ("account_name", "container"):
+            if not values[f"storage.azure.{key}"]:
+                raise ConfigError(
+                    f"storage.azure.{key} must be set when storage.backend is 'azure'"
+                )
     return Config(values, source)

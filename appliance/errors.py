@@ -3,6 +3,7 @@
 BerthError
 ├── ConfigError                 a setting is missing, unknown or of the wrong type
 ├── InvalidName                 a repository name or tag breaks the grammar
+│   └── InvalidPattern          a user's tag pattern is too long or not for the bounded engine
 ├── InvalidDigest               a digest is malformed, of an unknown algorithm, or wrong
 ├── SizeInvalid                 a length does not match what was declared
 ├── RangeInvalid                a chunk does not start where the upload ends
@@ -14,9 +15,15 @@ BerthError
 ├── ManifestInvalid             malformed JSON, schema or media type
 ├── ManifestBlobUnknown         a manifest names a blob or child the repository lacks
 ├── ManifestTooLarge
+├── InvalidInput                a management request's value is malformed, mistyped or too big
+│   ├── BodyTooLarge            a management request body is over its limit
+│   └── UnsupportedMediaType    a management request body is not sent as JSON
 ├── Conflict                    the change would break something that depends on it
+│   └── BlobInUse               a manifest of the repository still needs the blob
 ├── Denied                      a rule refuses the change (immutable tag, quota)
 ├── Unsupported                 a valid request this registry does not do
+├── TooMany                     a per-account limit on open resources is reached (uploads)
+├── TooSlow                     a client sent its request body too slowly
 ├── StorageFull                 the blob store has no space left
 └── Unavailable                 a backend cannot be reached right now
 """
@@ -39,6 +46,11 @@ class ConfigError(BerthError):
 
 class InvalidName(BerthError):
     pass
+
+
+class InvalidPattern(InvalidName):
+    """A user-supplied pattern (immutable tag rule, cleanup-policy regex) is empty, too long,
+    or uses syntax the linear-time engine does not have; the message says which."""
 
 
 class InvalidDigest(BerthError):
@@ -89,8 +101,26 @@ class ManifestTooLarge(BerthError):
     pass
 
 
+class InvalidInput(BerthError):
+    """A value of a management request (a JSON body, a field of it, a query parameter) is
+    malformed, of the wrong type or out of range; the message names it."""
+
+
+class BodyTooLarge(InvalidInput):
+    pass
+
+
+class UnsupportedMediaType(InvalidInput):
+    pass
+
+
 class Conflict(BerthError):
     pass
+
+
+class BlobInUse(Conflict):
+    """A blob cannot leave a repository while one of its manifests needs it; `detail` names
+    one such manifest (`{"manifest": digest}`)."""
 
 
 class Denied(BerthError):
@@ -99,6 +129,15 @@ class Denied(BerthError):
 
 class Unsupported(BerthError):
     pass
+
+
+class TooMany(BerthError):
+    """A per-account limit on things held open at once (upload sessions) is reached; it frees
+    itself as they complete or expire."""
+
+
+class TooSlow(BerthError):
+    """The client sent its request body more slowly than the server accepts."""
 
 
 class StorageFull(BerthError):

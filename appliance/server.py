@@ -3,6 +3,13 @@
 `serve(config, task_status=...)` reports the bound URLs through `task_status` once listening,
 so tests and supervisors never guess. SIGTERM and SIGINT stop accepting connections, let
 in-flight requests finish (up to `server.shutdown_timeout`), and return.
+
+Slow and idle clients are bounded: a connection that sends no complete request for
+`server.idle_timeout` seconds is closed (hypercorn's keep-alive timer also runs while a
+request's headers arrive), request bodies are paced by `api/asgi.py` (`server.read_timeout`,
+`server.min_body_rate`), and a process holds at most `server.max_connections` connections: one
+more is answered `503` with the OCI error JSON and closed at once, rather than queued, so a
+flood cannot hold memory and clients retry with back-off.
 """
 
 from __future__ import annotations
@@ -14,11 +21,13 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+import hypercorn.trio.run
 import hypercorn.trio.tcp_server
 import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
 
+from appliance.api.codes import error_body
 from appliance.app import create_app
 from appliance.auth.service import AccessControl, open_access_control
 from appliance.backup.service import BackupService
@@ -38,6 +47,55 @@ log = logging.getLogger("berth")
 
 # Hypercorn reads 64 KiB per receive; 1 MiB lets blob uploads run at disk speed (DESIGN.md).
 hypercorn.trio.tcp_server.MAX_RECV = 1 << 20
+
+_BUSY = error_body("UNAVAILABLE", "too many connections to this server; try again shortly")
+BUSY_RESPONSE = (
+    b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
+    b"retry-after: 1\r\nconnection: close\r\ncontent-length: "
+    + str(len(_BUSY)).encode()
+    + b"\r\n\r\n"
+    + _BUSY
+)
+
+
+class LimitedTCPServer(hypercorn.trio.tcp_server.TCPServer):
+    """hypercorn's per-connection handler, holding one of `server.max_connections` places
+    (`config.berth_connections`, a CapacityLimiter) while the connection lives. Hypercorn has
+    no such limit, and builds this class by name in `hypercorn.trio.run`, hence the swap."""
+
+    async def run(self) -> None:
+        places: trio.CapacityLimiter | None = getattr(self.config, "berth_connections", None)
+        if places is None:
+            await super().run()
+            return
+        try:
+            places.acquire_nowait()
+        except trio.WouldBlock:
+            await self._refuse()
+            return
+        try:
+            await super().run()
+        finally:
+            places.release()
+
+    async def _read_data(self) -> None:
+        await super()._read_data()
+        # The client closed (or timed out): hypercorn would keep this connection's task, and
+        # so its place, until the keep-alive timer runs out; stop the timer instead.
+        await self.idle_task.stop()
+
+    async def _refuse(self) -> None:
+        with trio.move_on_after(1):
+            try:
+                if not hasattr(self.stream, "do_handshake"):  # TLS: no time for a handshake
+                    await self.stream.send_all(BUSY_RESPONSE)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                pass
+        with trio.CancelScope(shield=True):
+            await self.stream.aclose()
+
+
+hypercorn.trio.run.TCPServer = LimitedTCPServer  # type: ignore[attr-defined]
 
 
 @dataclass
@@ -73,6 +131,7 @@ async def open_services(config: Config, clock: Callable[[], float] = time.time) 
             clock=clock,
             max_manifest_size=config["manifests.max_size"],
             upload_expiry=config["uploads.expiry"],
+            max_open_uploads=config["uploads.max_open_per_account"],
         )
         access = await open_access_control(db, config, clock)
         proxy = await open_proxy(config, db, registry, clock)
@@ -147,7 +206,7 @@ def hypercorn_config(config: Config, listen_fd: int | None = None) -> HypercornC
     hc.graceful_timeout = config["server.shutdown_timeout"]
     hc.accesslog = None
     hc.errorlog = logging.getLogger("berth.http")
-    hc.keep_alive_timeout = 75
+    hc.keep_alive_timeout = config["server.idle_timeout"]
     hc.h11_max_incomplete_size = 64 * 1024
     hc.include_server_header = False
     return hc
@@ -183,6 +242,8 @@ async def serve(
             backups=services.backups,
         )
         async with trio.open_nursery() as nursery:
+            # Other hosts' writes reach this process's caches (metadata/changes.py).
+            await nursery.start(services.db.watch_changes)
             await nursery.start(background_jobs, config, services)
             if services.ops is not None:
                 await nursery.start(services.ops.run)
@@ -192,9 +253,12 @@ async def serve(
                 await nursery.start(services.backups.run)
 
             async def http(task_status: trio.TaskStatus[list[str]]) -> None:
+                hc = hypercorn_config(config, listen_fd)
+                if config["server.max_connections"] > 0:
+                    hc.berth_connections = trio.CapacityLimiter(config["server.max_connections"])  # type: ignore[attr-defined]
                 await hypercorn_serve(
                     app,  # type: ignore[arg-type]
-                    hypercorn_config(config, listen_fd),
+                    hc,
                     shutdown_trigger=trigger,
                     task_status=task_status,
                 )

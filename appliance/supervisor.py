@@ -166,12 +166,17 @@ def forget_metrics_of(pid: int) -> None:
         multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
 
 
+def program_command() -> list[str]:
+    """How this program starts itself again (a serving worker, a scan worker): the single
+    executable is its own interpreter; otherwise this Python runs the package."""
+    frozen = getattr(sys, "frozen", False)
+    return [sys.executable] if frozen else [sys.executable, "-m", "appliance"]
+
+
 def child_command(config_path: str | None, data_dir: str | None, listen: str | None) -> list[str]:
     """How a worker is started: this program again, as one single-worker `serve`. (The
     environment, `BERTH_*` variables included, is inherited.)"""
-    frozen = getattr(sys, "frozen", False)  # the single executable is its own interpreter
-    cmd = [sys.executable] if frozen else [sys.executable, "-m", "appliance"]
-    cmd += ["serve", "--workers", "1"]
+    cmd = [*program_command(), "serve", "--workers", "1"]
     if config_path:
         cmd += ["--config", config_path]
     if data_dir:

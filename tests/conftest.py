@@ -5,6 +5,7 @@ pytest_plugins: list[str] = [
     "tests.support.postgres",
     "tests.support.slapd",
     "tests.support.seaweedfs",
+    "tests.support.azurite",
     "tests.support.browser",
     "tests.support.simplesamlphp",
     "tests.support.oidcprovider",

@@ -3,15 +3,24 @@
 Blob bytes and the small hot requests go through here rather than Quart's wrappers: request
 bodies are streamed in batches of about 1 MiB (one thread hop per batch for writing and
 hashing), and responses are sent without buffering.
+
+A body is read at a `Pace`: a client that sends no byte for `read_timeout` seconds, or less
+than `min_rate` bytes a second on average over any such window, is cut off with TooSlow (the
+route answers 408 and closes the connection). A slow upload that keeps sending is never cut,
+however long it takes: there is no total timeout. (Slow headers and idle connections are the
+server's: `server.idle_timeout`.)
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs
 
-from appliance.errors import SizeInvalid
+import trio
+
+from appliance.errors import SizeInvalid, TooSlow
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -26,18 +35,59 @@ class ClientDisconnected(Exception):
     """The client went away before sending its whole request body."""
 
 
+@dataclass(frozen=True)
+class Pace:
+    """How slowly a request body may arrive (`server.read_timeout`, `server.min_body_rate`)."""
+
+    read_timeout: float = 60.0
+    min_rate: float = 0.0
+
+
 class Request:
     """What a handler needs of an ASGI HTTP request."""
 
-    __slots__ = ("_body_done", "_headers", "_query", "method", "receive", "scope")
+    __slots__ = (
+        "_body_done",
+        "_headers",
+        "_query",
+        "_window",
+        "method",
+        "pace",
+        "receive",
+        "scope",
+    )
 
-    def __init__(self, scope: Scope, receive: Receive) -> None:
+    def __init__(self, scope: Scope, receive: Receive, pace: Pace | None = None) -> None:
         self.scope = scope
         self.receive = receive
+        self.pace = pace
         self.method: str = scope["method"]
         self._headers: dict[str, str] | None = None
         self._query: dict[str, list[str]] | None = None
         self._body_done = False
+        self._window: tuple[float, int] | None = None  # (started, bytes) of the rate window
+
+    async def _next(self) -> Message:
+        """The next body message, within the pace. Raises TooSlow."""
+        pace = self.pace
+        if pace is None:
+            return await self.receive()
+        message: Message | None = None
+        with trio.move_on_after(pace.read_timeout):
+            message = await self.receive()
+        if message is None:
+            raise TooSlow(f"no byte of the request body for {pace.read_timeout:g} s")
+        now = trio.current_time()
+        started, seen = self._window or (now, 0)
+        seen += len(message.get("body", b""))
+        if now - started >= pace.read_timeout:
+            if seen < pace.min_rate * (now - started):
+                raise TooSlow(
+                    f"the request body arrives slower than {pace.min_rate:g} bytes a second"
+                )
+            started, seen = now, 0
+        self._window = (started, seen)
+        return message
 
     @property
     def headers(self) -> dict[str, str]:
@@ -76,7 +126,12 @@ class Request:
         held = 0
         total = 0
         while not self._body_done:
-            message = await self.receive()
+            try:
+                message = await self._next()
+            except TooSlow:
+                if held:  # what arrived is kept: the client may resume from there
+                    yield b"".join(parts)
+                raise
             if message["type"] == "http.disconnect":
                 raise ClientDisconnected("client disconnected during the request body")
             data = message.get("body", b"")
@@ -105,7 +160,7 @@ class Request:
         parts: list[bytes] = []
         held = 0
         while not self._body_done and held <= limit:
-            message = await self.receive()
+            message = await self._next()
             if message["type"] == "http.disconnect":
                 raise ClientDisconnected("client disconnected during the request body")
             data = message.get("body", b"")

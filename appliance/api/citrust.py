@@ -1,21 +1,24 @@
 """CI trust rules in the management API (`/api/v1`): list, add, remove, and test a token.
 
 Registered through `api.manage`'s `route` decorator (its sign-in, error answers and OpenAPI
-entries). Instance admins and a namespace's maintainers manage its rules; maintainers may name
-only the issuers of `ci_trust.issuers` unless they bring the issuer's keys (`auth/citrust.py`).
+entries); bodies are read by `api.manage.json_body` and their fields taken with the typed
+getters of `api/inputs.py`, rule ids with `inputs.path_id`. Instance admins and a namespace's
+maintainers manage its rules; maintainers may name only the issuers of `ci_trust.issuers`
+unless they bring the issuer's keys (`auth/citrust.py`).
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any
 
-from quart import Response, request
+from quart import Response
 
-from appliance.api.manage import RouteDecorator, _error, _json
+from appliance.api import inputs
+from appliance.api.manage import RouteDecorator, _error, _json, json_body
 from appliance.auth.citrust import TEMPLATES, RuleSpec
 from appliance.auth.policy import Principal, may_manage
 from appliance.auth.service import AccessControl
+from appliance.errors import InvalidInput
 from appliance.metadata import citrust as records
 from appliance.metadata.db import Tx
 
@@ -25,12 +28,6 @@ MAX_TOKEN = 16 * 1024
 
 def register(route: RouteDecorator, access: AccessControl) -> None:
     trust = access.ci
-
-    async def body() -> dict[str, Any]:
-        data = await request.get_json(force=True, silent=True)
-        if not isinstance(data, dict):
-            raise ValueError("the body must be a JSON object")  # noqa: TRY004 (a 400)
-        return data
 
     @route("/ci-trust/templates", "GET", "Ready-made claim names of CI systems for trust rules")
     async def templates(who: Principal) -> Response:
@@ -73,23 +70,18 @@ def register(route: RouteDecorator, access: AccessControl) -> None:
     async def add_rule(who: Principal, ns: str) -> Response:
         if not may_manage(who, ns, "maintainer"):
             return _error(403, "you may not do this")
-        data = await body()
-        claims = data.get("claims", {})
-        if not isinstance(claims, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in claims.items()
-        ):
-            return _error(400, "claims must be an object of strings")
-        document = data.get("jwks")
+        data = await json_body()
+        document = inputs.mapping(data, "jwks")
         spec = RuleSpec(
             namespace=ns,
-            issuer=str(data.get("issuer", "")),
-            audience=str(data.get("audience", "")),
-            claims=claims,
-            access=str(data.get("access", "")),
-            repository=str(data.get("repository", "**")),
+            issuer=inputs.text(data, "issuer", "") or "",
+            audience=inputs.text(data, "audience", "") or "",
+            claims=inputs.string_map(data, "claims"),
+            access=inputs.text(data, "access", "") or "",
+            repository=inputs.text(data, "repository", "**") or "**",
             jwks=None if document is None else json.dumps(document),
-            template=str(data["template"]) if data.get("template") else None,
-            description=str(data.get("description", "")),
+            template=inputs.text(data, "template"),
+            description=inputs.text(data, "description", "") or "",
         )
         now = access.clock()
         rule = await access.change(lambda tx: trust.add(tx, who.actor, spec, now, admin=who.admin))
@@ -99,12 +91,13 @@ def register(route: RouteDecorator, access: AccessControl) -> None:
     async def remove_rule(who: Principal, ns: str, rule_id: str) -> Response:
         if not may_manage(who, ns, "maintainer"):
             return _error(403, "you may not do this")
-        if not rule_id.isdigit():
+        number = inputs.path_id(rule_id)
+        if number is None:
             return _error(404, "no such rule")
         now = access.clock()
 
         def fn(tx: Tx) -> bool:
-            rule = records.get(tx, int(rule_id))
+            rule = records.get(tx, number)
             if rule is None or rule.namespace != ns:
                 return False
             trust.remove(tx, who.actor, rule, now)
@@ -124,8 +117,8 @@ def register(route: RouteDecorator, access: AccessControl) -> None:
     async def test_token(who: Principal, ns: str) -> Response:
         if not may_manage(who, ns, "maintainer"):
             return _error(403, "you may not do this")
-        token = str((await body()).get("token", "")).strip()
+        token = (inputs.text(await json_body(), "token", "") or "").strip()
         if len(token) > MAX_TOKEN:
-            return _error(400, "that is too long for an identity token")
+            raise InvalidInput("that is too long for an identity token", {"field": "token"})
         rules = await access.db.read(lambda tx: records.listed(tx, ns))
         return _json((await trust.evaluate(token, rules)).as_json())

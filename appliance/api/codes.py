@@ -116,9 +116,13 @@ _MAPPING: tuple[tuple[type[errors.BerthError], str, int | None], ...] = (
     (errors.ManifestInvalid, "MANIFEST_INVALID", None),
     (errors.ManifestBlobUnknown, "MANIFEST_BLOB_UNKNOWN", None),
     (errors.ManifestTooLarge, "SIZE_INVALID", 413),
+    # The spec's answers to a blob DELETE are 202, 404 and 405 ("deletion is not allowed").
+    (errors.BlobInUse, "UNSUPPORTED", 405),
     (errors.Conflict, "DENIED", 409),
     (errors.Denied, "DENIED", None),
     (errors.Unsupported, "UNSUPPORTED", None),
+    (errors.TooMany, "TOOMANYREQUESTS", None),
+    (errors.TooSlow, "BLOB_UPLOAD_INVALID", 408),
     (errors.StorageFull, "UNKNOWN", 507),
     (errors.Unavailable, "UNAVAILABLE", None),
 )

@@ -4,12 +4,17 @@ Every request names what it needs: `repository:<name>:pull|push|delete` for repo
 `registry:catalog:*` for `_catalog`, nothing beyond being signed in for `/v2/` itself.
 
 - `Authorization: Bearer <jwt>`: the token's signature, issuer, audience and time window are
-  checked (cached per token, so the hot path is a dictionary lookup), then its `access` claim.
-  A token without the needed scope gets 401 with a challenge naming that scope, which is how
-  clients ask for more; if the token's subject could never have it, 403 DENIED.
+  checked (cached per token, so the hot path is a dictionary lookup); then, on every request,
+  the credential the token was minted with must still work (401 `invalid_token` once it is
+  revoked, expired, its robot deleted or its user disabled), and the grant is what its
+  `access` claim says *and* what the holder may do now (a demotion counts at once). Both
+  answers come from caches validated by the `auth` change stamp (auth/service.py). A token
+  without the needed scope gets 401 with a challenge naming that scope, which is how clients
+  ask for more; if the holder could never have it, 403 DENIED.
 - `Authorization: Basic`: accepted directly too (curl and simple clients), with the same
-  throttling as the token endpoint; a success is remembered for a few seconds, so argon2 does
-  not run per request. Rights are checked live: 403 DENIED when signed in but not allowed.
+  throttling as the token endpoint; a success is remembered until identity facts change, so
+  argon2 does not run per request. Rights are checked live: 403 DENIED when signed in but not
+  allowed.
 - No credentials: anonymous pull of a public namespace is served; anything else gets 401 with
   `WWW-Authenticate: Bearer realm="<base>/token",service="<service>",scope="<needed>"`.
 """
@@ -137,13 +142,24 @@ class Guard:
             raise self.challenge(request, need, "the token has expired", "invalid_token") from None
         except InvalidToken:
             raise self.challenge(request, need, "invalid token", "invalid_token") from None
-        request.scope["berth.caller"] = Caller(claims, None)
-        if need is None or claims.allows(*need):
+        principal = await self.access.principal_for_claims(claims)
+        if principal is None:
+            raise self.challenge(
+                request, need, "the token's credential no longer works", "invalid_token"
+            )
+        request.scope["berth.caller"] = Caller(claims, principal)
+        if need is None or await self._granted(claims, principal, need):
             return
-        principal = await self.access.principal_for_subject(claims.subject, claims.scopes)
         if principal.anonymous or await self._allowed(principal, need):
             raise self.challenge(request, need, "insufficient scope", "insufficient_scope")
         raise self.denied(need)
+
+    async def _granted(self, claims: Claims, principal: Principal, need: Need) -> bool:
+        """What the token grants, intersected with what its holder may do now. The catalog's
+        grant needs no second look: it lists only what the caller may see."""
+        if not claims.allows(*need):
+            return False
+        return need[0] != "repository" or await self._allowed(principal, need)
 
     async def _basic(self, request: Request, need: Need | None, credentials: str) -> None:
         pair = parse_basic(credentials)
@@ -182,17 +198,16 @@ class Guard:
         caller: Caller | None = request.scope.get("berth.caller")
         if caller is None:
             return ANONYMOUS
-        if caller.principal is not None:
-            return caller.principal
-        assert caller.claims is not None
-        return await self.access.principal_for_subject(caller.claims.subject, caller.claims.scopes)
+        return caller.principal or ANONYMOUS
 
     async def may(self, request: Request, name: str, action: str) -> bool:
         """Whether the caller may take `action` on another repository (a mount's source)."""
         caller: Caller | None = request.scope.get("berth.caller")
+        principal = await self.principal(request)
+        need: Need = ("repository", name, action)
         if caller is not None and caller.claims is not None:
-            return caller.claims.allows("repository", name, action)
-        return await self._allowed(await self.principal(request), ("repository", name, action))
+            return await self._granted(caller.claims, principal, need)
+        return await self._allowed(principal, need)
 
     async def visible(self, request: Request) -> Callable[[str], bool]:
         """A test of which repositories the caller may see (for `_catalog`)."""

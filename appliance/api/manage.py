@@ -3,27 +3,44 @@
 Authenticated per request by `Authorization: Bearer <personal access token>` (scope `api`) or
 HTTP Basic (name and password, or name and token). Session cookies arrive with the console.
 Rights: instance admins manage users and create namespaces; a namespace's owners manage its
-members, robots and visibility; everyone signed in manages their own tokens.
+members, robots and visibility; everyone signed in manages their own tokens (personal access
+and refresh tokens), and admins anyone's. A token or robot created with a token gets at most
+that token's scopes and expiry, and is revoked with it (`auth/credentials.py`).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from functools import wraps
 from typing import Any
 
 from quart import Response, request
 from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException
 
 from appliance import __version__
+from appliance.api import inputs
 from appliance.api.guard import parse_basic
-from appliance.auth import accounts
+from appliance.auth import accounts, credentials
+from appliance.auth.credentials import MintLimits
 from appliance.auth.ldap import DirectoryUnavailable
 from appliance.auth.passwords import WeakPassword
 from appliance.auth.policy import Principal, may_manage
 from appliance.auth.service import AccessControl, SignInFailed, SignInLocked
-from appliance.errors import BerthError, Conflict, InvalidName, NotFound
+from appliance.errors import (
+    BerthError,
+    BodyTooLarge,
+    Conflict,
+    Denied,
+    InvalidName,
+    NotFound,
+    Unavailable,
+    UnsupportedMediaType,
+)
 from appliance.metadata import identity
+
+log = logging.getLogger("berth.api")
 
 Handler = Callable[..., Awaitable[Any]]
 
@@ -34,6 +51,42 @@ def _error(status: int, message: str) -> Response:
         status=status,
         content_type="application/json",
     )
+
+
+# Domain errors → /api/v1 status, first match wins (BerthError last).
+_STATUS: tuple[tuple[type[BerthError], int], ...] = (
+    (NotFound, 404),
+    (Conflict, 409),
+    (Denied, 403),
+    (BodyTooLarge, 413),
+    (UnsupportedMediaType, 415),
+    (Unavailable, 503),
+    (BerthError, 400),
+)
+
+
+_UNSAFE = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+def _has_body() -> bool:
+    length = request.content_length
+    return bool(length) or "chunked" in request.headers.get("transfer-encoding", "").lower()
+
+
+async def json_body(required: bool = True) -> dict[str, Any]:
+    """The request's JSON object, read through `inputs.decode_object` (sent as JSON, at most
+    `inputs.MAX_BODY` bytes, bounded depth); without a body, {} unless `required`."""
+    length = request.content_length
+    if length is not None and length > inputs.MAX_BODY:
+        raise BodyTooLarge(f"the body is larger than {inputs.MAX_BODY} bytes")
+    raw = bytearray()
+    async for chunk in request.body:
+        raw += chunk
+        if len(raw) > inputs.MAX_BODY:
+            raise BodyTooLarge(f"the body is larger than {inputs.MAX_BODY} bytes")
+    if not raw and not required:
+        return {}
+    return inputs.decode_object(bytes(raw))
 
 
 def _json(value: Any, status: int = 200) -> Response:
@@ -122,26 +175,33 @@ def register_management_api(web: QuartTrio, access: AccessControl) -> RouteDecor
                 if who.kind != "user" or not who.has_scope("api"):
                     return _error(403, "robots and tokens without the api scope cannot use this")
                 try:
+                    if request.method in _UNSAFE:  # what a cross-site form could send
+                        inputs.check_content_type(request.headers.get("content-type"), _has_body())
                     return await fn(who, **kwargs)
-                except NotFound as e:
-                    return _error(404, e.message)
-                except Conflict as e:
-                    return _error(409, e.message)
-                except (InvalidName, WeakPassword, ValueError) as e:
-                    return _error(400, getattr(e, "message", str(e)))
+                except WeakPassword as e:
+                    return _error(400, str(e))  # its own words: what the password lacks
                 except BerthError as e:
-                    return _error(400, e.message)
+                    status = next(code for kind, code in _STATUS if isinstance(e, kind))
+                    if status >= 500:
+                        log.error("%s %s: %s", request.method, request.path, e.message)  # noqa: TRY400 (expected: no traceback)
+                        return _error(status, "a backend cannot be reached; try again")
+                    return _error(status, e.message)
+                except ValueError:
+                    # Every value a client sends is checked and refused with a message of its
+                    # own (api/inputs.py); a ValueError still reaching here is a slip in that,
+                    # and its Python text is no answer to give.
+                    log.exception("%s %s: unexpected bad value", request.method, request.path)
+                    return _error(400, "a value in the request is not valid")
+                except HTTPException:
+                    raise  # Quart's own answers (a body over MAX_CONTENT_LENGTH, say)
+                except Exception:
+                    log.exception("%s %s: unexpected error", request.method, request.path)
+                    return _error(500, "unexpected error (it is logged)")
 
             web.add_url_rule(flask_path, f"{method} {path}", view, methods=[method])
             return view
 
         return decorate
-
-    async def body() -> dict[str, Any]:
-        data = await request.get_json(force=True, silent=True)
-        if not isinstance(data, dict):
-            raise ValueError("the body must be a JSON object")  # noqa: TRY004 (a 400)
-        return data
 
     def forbidden() -> Response:
         return _error(403, "you may not do this")
@@ -174,18 +234,18 @@ def register_management_api(web: QuartTrio, access: AccessControl) -> RouteDecor
     async def create_user(who: Principal) -> Response:
         if not who.admin:
             return forbidden()
-        data = await body()
-        digest = await access.hash_password(str(data.get("password", "")))
+        data = await json_body()
+        digest = await access.hash_password(inputs.text(data, "password", "") or "")
         now = access.clock()
         user = await access.change(
             lambda tx: accounts.add_user(
                 tx,
                 who.actor,
-                str(data.get("name", "")),
+                inputs.text(data, "name", "") or "",
                 digest,
                 now,
-                admin=bool(data.get("admin", False)),
-                email=data.get("email"),
+                admin=inputs.flag(data, "admin"),
+                email=inputs.text(data, "email"),
             )
         )
         return _json(user.public(), 201)
@@ -199,19 +259,21 @@ def register_management_api(web: QuartTrio, access: AccessControl) -> RouteDecor
     async def patch_user(who: Principal, name: str) -> Response:
         if not who.admin:
             return forbidden()
-        data = await body()
+        data = await json_body()
+        # Every field is checked before anything changes: a bad one changes nothing.
+        password = inputs.required_text(data, "password") if "password" in data else None
+        disabled = inputs.flag(data, "disabled") if "disabled" in data else None
+        admin = inputs.flag(data, "admin") if "admin" in data else None
         now = access.clock()
-        if "password" in data:
-            digest = await access.hash_password(str(data["password"]))
+        if password is not None:
+            digest = await access.hash_password(password)
             await access.change(lambda tx: accounts.set_password(tx, who.actor, name, digest, now))
-        if "disabled" in data:
+        if disabled is not None:
             await access.change(
-                lambda tx: accounts.set_disabled(tx, who.actor, name, bool(data["disabled"]), now)
+                lambda tx: accounts.set_disabled(tx, who.actor, name, disabled, now)
             )
-        if "admin" in data:
-            await access.change(
-                lambda tx: accounts.set_admin(tx, who.actor, name, bool(data["admin"]), now)
-            )
+        if admin is not None:
+            await access.change(lambda tx: accounts.set_admin(tx, who.actor, name, admin, now))
         user = await access.db.read(lambda tx: identity.require_user(tx, name))
         return _json(user.public())
 
@@ -231,16 +293,16 @@ def register_management_api(web: QuartTrio, access: AccessControl) -> RouteDecor
     async def create_namespace(who: Principal) -> Response:
         if not who.admin:
             return forbidden()
-        data = await body()
+        data = await json_body()
         now = access.clock()
         owner = who.name if who.kind == "user" else None
         ns = await access.change(
             lambda tx: accounts.create_namespace(
                 tx,
                 who.actor,
-                str(data.get("name", "")),
+                inputs.text(data, "name", "") or "",
                 now,
-                public=bool(data.get("public", False)),
+                public=inputs.flag(data, "public"),
                 owner=owner,
             )
         )
@@ -259,10 +321,10 @@ def register_management_api(web: QuartTrio, access: AccessControl) -> RouteDecor
     async def patch_namespace(who: Principal, ns: str) -> Response:
         if not may_manage(who, ns, "owner"):
             return forbidden()
-        data = await body()
+        data = await json_body()
         now = access.clock()
         await access.change(
-            lambda tx: accounts.set_public(tx, who.actor, ns, bool(data.get("public")), now)
+            lambda tx: accounts.set_public(tx, who.actor, ns, inputs.flag(data, "public"), now)
         )
         found = await access.db.read(lambda tx: identity.require_namespace(tx, ns))
         return _json(found.as_json())
@@ -287,7 +349,7 @@ def register_management_api(web: QuartTrio, access: AccessControl) -> RouteDecor
     async def put_member(who: Principal, ns: str, user: str) -> Response:
         if not may_manage(who, ns, "owner"):
             return forbidden()
-        role = str((await body()).get("role", ""))
+        role = inputs.text(await json_body(), "role", "") or ""
         now = access.clock()
         await access.change(lambda tx: accounts.set_member(tx, who.actor, ns, user, role, now))
         return _json({"user": user, "role": role})
@@ -318,19 +380,20 @@ def register_management_api(web: QuartTrio, access: AccessControl) -> RouteDecor
     async def create_robot(who: Principal, ns: str) -> Response:
         if not may_manage(who, ns, "owner"):
             return forbidden()
-        data = await body()
+        data = await json_body()
         now = access.clock()
-        expires = data.get("expires_at")
+        expires = inputs.number(data, "expires_at")
         robot, token = await access.change(
             lambda tx: accounts.create_robot(
                 tx,
                 who.actor,
                 access.secret,
                 ns,
-                str(data.get("name", "")),
-                str(data.get("role", "developer")),
+                inputs.text(data, "name", "") or "",
+                inputs.text(data, "role", "developer") or "developer",
                 now,
-                expires_at=None if expires is None else float(expires),
+                expires_at=expires,
+                limits=MintLimits.of(who),
             )
         )
         return _json({**robot.as_json(), "token": token}, 201)
@@ -343,52 +406,32 @@ def register_management_api(web: QuartTrio, access: AccessControl) -> RouteDecor
         await access.change(lambda tx: accounts.delete_robot(tx, who.actor, ns, name, now))
         return _json({})
 
-    # -- personal access tokens -------------------------------------------------------------
+    # -- personal access tokens and refresh tokens -------------------------------------------
 
-    @route("/tokens", "GET", "The caller's personal access tokens (never their values)")
-    async def list_tokens(who: Principal) -> Response:
-        if who.user_id is None:
-            return forbidden()
-        uid = who.user_id
-        found = await access.db.read(lambda tx: identity.tokens_of_user(tx, uid))
-        return _json([t.as_json() for t in found])
+    def _kind() -> str | None:
+        kind = request.args.get("kind", "pat")
+        if kind not in ("pat", "refresh", "all"):
+            raise InvalidName("kind must be pat, refresh or all")
+        return None if kind == "all" else kind
 
-    @route(
-        "/tokens",
-        "POST",
-        "Create a personal access token; shown once",
-        {"name": S, "scopes": {"type": "array", "items": S}, "expires_at": N},
-    )
-    async def create_token(who: Principal) -> Response:
-        if who.user_id is None:
-            return forbidden()
-        data = await body()
-        scopes = tuple(str(s) for s in data.get("scopes", []))
+    async def _list(user_id: int, kind: str | None) -> Response:
         now = access.clock()
-        expires = data.get("expires_at")
-        record, token = await access.change(
-            lambda tx: accounts.create_pat(
-                tx,
-                who.actor,
-                access.secret,
-                who.name,
-                str(data.get("name", "")),
-                scopes,
-                now,
-                expires_at=None if expires is None else float(expires),
-            )
-        )
-        return _json({**record.as_json(), "token": token}, 201)
 
-    @route("/tokens/{token_id}", "DELETE", "Revoke one of the caller's tokens")
-    async def revoke_token(who: Principal, token_id: str) -> Response:
-        if who.user_id is None or not token_id.isdigit():
-            return forbidden()
+        def fn(tx: Any) -> list[dict[str, object]]:
+            found = identity.tokens_of_user(tx, user_id, kind)
+            return [credentials.token_json(tx, t, now) for t in found]
+
+        return _json(await access.db.read(fn))
+
+    async def _revoke(who: Principal, user_id: int, token_id: str) -> Response:
+        number = inputs.path_id(token_id)
+        if number is None:
+            return _error(404, "no such token")
         now = access.clock()
 
         def fn(tx: Any) -> bool:
-            record = identity.token_by_id(tx, int(token_id))
-            if record is None or record.user_id != who.user_id or record.kind != "pat":
+            record = identity.token_by_id(tx, number)
+            if record is None or record.user_id != user_id or record.kind not in ("pat", "refresh"):
                 return False
             accounts.revoke_token(tx, who.actor, record, now)
             return True
@@ -396,5 +439,68 @@ def register_management_api(web: QuartTrio, access: AccessControl) -> RouteDecor
         if not await access.change(fn):
             return _error(404, "no such token")
         return _json({})
+
+    @route(
+        "/tokens",
+        "GET",
+        "The caller's tokens, never their values: ?kind=pat (default), refresh or all",
+    )
+    async def list_tokens(who: Principal) -> Response:
+        if who.user_id is None:
+            return forbidden()
+        return await _list(who.user_id, _kind())
+
+    @route(
+        "/tokens",
+        "POST",
+        "Create a personal access token; shown once. Made with a token, it gets at most that "
+        "token's scopes and expiry and is revoked with it",
+        {"name": S, "scopes": {"type": "array", "items": S}, "expires_at": N},
+    )
+    async def create_token(who: Principal) -> Response:
+        if who.user_id is None:
+            return forbidden()
+        data = await json_body()
+        scopes = tuple(inputs.strings(data, "scopes"))
+        now = access.clock()
+        expires = inputs.number(data, "expires_at")
+        record, token = await access.change(
+            lambda tx: accounts.create_pat(
+                tx,
+                who.actor,
+                access.secret,
+                who.name,
+                inputs.text(data, "name", "") or "",
+                scopes,
+                now,
+                expires_at=expires,
+                limits=MintLimits.of(who),
+            )
+        )
+        return _json({**record.as_json(), "token": token}, 201)
+
+    @route("/tokens/{token_id}", "DELETE", "Revoke one of the caller's tokens (PAT or refresh)")
+    async def revoke_token(who: Principal, token_id: str) -> Response:
+        if who.user_id is None:
+            return forbidden()
+        return await _revoke(who, who.user_id, token_id)
+
+    @route(
+        "/users/{name}/tokens",
+        "GET",
+        "A user's tokens, never their values: ?kind=pat (default), refresh or all (admins)",
+    )
+    async def user_tokens(who: Principal, name: str) -> Response:
+        if not who.admin:
+            return forbidden()
+        user = await access.db.read(lambda tx: identity.require_user(tx, name))
+        return await _list(user.id, _kind())
+
+    @route("/users/{name}/tokens/{token_id}", "DELETE", "Revoke a user's token (admins)")
+    async def revoke_user_token(who: Principal, name: str, token_id: str) -> Response:
+        if not who.admin:
+            return forbidden()
+        user = await access.db.read(lambda tx: identity.require_user(tx, name))
+        return await _revoke(who, user.id, token_id)
 
     return route

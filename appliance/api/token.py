@@ -17,12 +17,13 @@ import json
 import logging
 from urllib.parse import parse_qs
 
-from appliance.api.asgi import Receive, Request, Scope, Send, respond
+from appliance.api.asgi import Pace, Receive, Request, Scope, Send, respond
 from appliance.api.codes import error_body
 from appliance.api.guard import client_address, parse_basic
 from appliance.auth.ldap import DirectoryUnavailable
 from appliance.auth.policy import ANONYMOUS, Principal
 from appliance.auth.service import AccessControl, SignInFailed, SignInLocked
+from appliance.errors import TooSlow, Unavailable
 
 log = logging.getLogger("berth.auth")
 MAX_FORM = 64 * 1024
@@ -32,11 +33,12 @@ JSON = "application/json"
 class TokenEndpoint:
     """ASGI app for `/token`."""
 
-    def __init__(self, access: AccessControl) -> None:
+    def __init__(self, access: AccessControl, pace: Pace | None = None) -> None:
         self.access = access
+        self.pace = pace
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        request = Request(scope, receive)
+        request = Request(scope, receive, self.pace)
         headers = {"content-type": JSON, "cache-control": "no-store"}
         try:
             if request.method == "GET":
@@ -64,6 +66,14 @@ class TokenEndpoint:
                 error_body("TOOMANYREQUESTS", e.message),
             )
             return
+        except TooSlow as e:
+            await respond(
+                send,
+                408,
+                {**headers, "connection": "close"},
+                error_body("BLOB_UPLOAD_INVALID", e.message),
+            )
+            return
         except DirectoryUnavailable as e:
             log.warning("sign-in: %s", e.message)
             await respond(
@@ -72,6 +82,10 @@ class TokenEndpoint:
                 headers,
                 error_body("UNAVAILABLE", "the LDAP directory cannot be reached; try again later"),
             )
+            return
+        except Unavailable as e:  # the database, while signing in: an answer, not a crash
+            log.warning("token: %s", e.message)
+            await respond(send, 503, headers, error_body("UNAVAILABLE"))
             return
         await respond(send, 200, headers, json.dumps(body).encode())
 

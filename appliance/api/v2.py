@@ -18,6 +18,7 @@ from urllib.parse import urlencode
 from appliance.api.asgi import (
     ClientDisconnected,
     Message,
+    Pace,
     Receive,
     Request,
     Scope,
@@ -176,8 +177,10 @@ class RegistryAPI:
         guard: Guard,
         proxy: PullThrough | None = None,
         admit: Callable[[Scope, str, str], Awaitable[None]] | None = None,
+        pace: Pace | None = None,
     ) -> None:
         self.registry = registry
+        self.pace = pace  # how slowly request bodies may arrive (api/asgi.py)
         # After sign-in, before the handler: names the actor, applies rate limits (ops).
         self.admit = admit
         self.proxy = proxy  # the pull-through cache of proxy namespaces, if any are configured
@@ -208,7 +211,7 @@ class RegistryAPI:
         return self.public_url + path
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        request = Request(scope, receive)
+        request = Request(scope, receive, self.pace)
         request_id = scope.setdefault("berth.request_id", uuid.uuid4().hex[:16])
         started = False
 
@@ -500,12 +503,13 @@ class RegistryAPI:
             "docker-content-digest": digest,
         }
 
-    def _chunk(self, request: Request) -> tuple[int | None, AsyncIterator[bytes]]:
-        """Where a chunk starts by its Content-Range (checked against its Content-Length), and
-        its body, held to the range's length when that is all the client declared."""
+    def _chunk(self, request: Request) -> tuple[int | None, int | None, AsyncIterator[bytes]]:
+        """Where a chunk starts by its Content-Range (checked against its Content-Length), its
+        declared length if any, and its body, held to the range's length when that is all the
+        client declared."""
         header = request.headers.get("content-range")
         if header is None:
-            return None, request.chunks()
+            return None, request.content_length, request.chunks()
         start, end = _parse_range(header)
         length = request.content_length
         if length is not None and length != end - start + 1:
@@ -514,7 +518,7 @@ class RegistryAPI:
                 f"Content-Length says {length}"
             )
         exact = None if length is not None else end - start + 1
-        return start, request.chunks(exact_length=exact)
+        return start, end - start + 1, request.chunks(exact_length=exact)
 
     async def start_upload(self, request: Request, send: Send, route: Route) -> None:
         mount, source = request.arg("mount"), request.arg("from")
@@ -529,10 +533,12 @@ class RegistryAPI:
                 await respond(send, 201, self._blob_created(route.name, blob.digest))
                 return
         if digest is not None:
-            blob = await self.registry.upload_monolithic(route.name, digest, request.chunks())
+            blob = await self.registry.upload_monolithic(
+                route.name, digest, request.chunks(), pushed_by(request), request.content_length
+            )
             await respond(send, 201, self._blob_created(route.name, blob.digest))
             return
-        record = await self.registry.start_upload(route.name)
+        record = await self.registry.start_upload(route.name, pushed_by(request))
         await respond(send, 202, self._upload_headers(route.name, record.id, 0))
 
     async def upload_status(self, request: Request, send: Send, route: Route) -> None:
@@ -540,20 +546,20 @@ class RegistryAPI:
         await respond(send, 204, self._upload_headers(route.name, record.id, record.size))
 
     async def patch_upload(self, request: Request, send: Send, route: Route) -> None:
-        start, body = self._chunk(request)
-        size = await self.registry.append(route.name, route.ref, body, start)
+        start, length, body = self._chunk(request)
+        size = await self.registry.append(route.name, route.ref, body, start, length)
         await respond(send, 202, self._upload_headers(route.name, route.ref, size))
 
     async def put_upload(self, request: Request, send: Send, route: Route) -> None:
         digest = request.arg("digest")
         if digest is None:
             raise _error(400, "DIGEST_INVALID", "the digest query parameter is required")
-        start, body = self._chunk(request)
+        start, length, body = self._chunk(request)
         has_body = (request.content_length or 0) > 0 or "chunked" in request.headers.get(
             "transfer-encoding", ""
         )
         blob = await self.registry.complete(
-            route.name, route.ref, digest, body if has_body else None, start
+            route.name, route.ref, digest, body if has_body else None, start, length
         )
         await respond(send, 201, self._blob_created(route.name, blob.digest))
 

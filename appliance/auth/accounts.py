@@ -3,11 +3,15 @@
 Every function here is a synchronous piece of a unit of work (`fn(tx)`), shared by the CLI
 (`db.run_sync_write`) and the management API (`await db.write(...)`). Password hashes are made
 by the caller, outside the transaction (argon2 is slow); tokens are made here, and returned
-once, in clear, to be shown to the user: only their HMAC is stored.
+once, in clear, to be shown to the user: only their HMAC is stored. A token or robot created
+with a token is held to `credentials.MintLimits` (the creator's scopes and expiry at most, and
+bound to it). What each change does to caches and console sessions is said in
+`metadata/identity.py`.
 """
 
 from __future__ import annotations
 
+from appliance.auth.credentials import MintLimits
 from appliance.auth.policy import ROBOT_ROLES, ROLES, TOKEN_SCOPES
 from appliance.auth.secrets import ServerSecret
 from appliance.errors import Conflict, InvalidName
@@ -51,8 +55,18 @@ def set_password(tx: Tx, actor: str, name: str, password_hash: str, now: float) 
 
 
 def set_disabled(tx: Tx, actor: str, name: str, disabled: bool, now: float) -> None:
-    identity.update_user(tx, name, disabled=disabled)
-    audit.record(tx, actor, "user.disable" if disabled else "user.enable", name, at=now)
+    """Disabling also revokes the user's refresh tokens, so that enabling them again does
+    not bring back what their earlier sign-ins minted (their console sessions end too)."""
+    user = identity.update_user(tx, name, disabled=disabled)
+    revoked = identity.revoke_refresh_tokens(tx, user.id, now) if disabled else 0
+    audit.record(
+        tx,
+        actor,
+        "user.disable" if disabled else "user.enable",
+        name,
+        at=now,
+        **({"refresh_tokens_revoked": revoked} if revoked else {}),
+    )
 
 
 def set_admin(tx: Tx, actor: str, name: str, admin: bool, now: float) -> None:
@@ -109,14 +123,24 @@ def create_robot(  # noqa: PLR0917
     *,
     expires_at: float | None = None,
     description: str = "",
+    limits: MintLimits | None = None,
 ) -> tuple[RobotRecord, str]:
-    """A robot account and its secret (shown once)."""
+    """A robot account and its secret (shown once). `limits`: those of the creator's
+    credential (`MintLimits.of(principal)`); Denied when the robot would exceed them."""
     validate_component(name)
-    robot = identity.create_robot(
-        tx, namespace, name, _check_role(role, ROBOT_ROLES), actor, now, description
-    )
+    limits = limits or MintLimits()
+    limits.check_role(_check_role(role, ROBOT_ROLES))
+    robot = identity.create_robot(tx, namespace, name, role, actor, now, description)
     token, digest = secret.new_token("robot")
-    identity.create_token(tx, "robot", digest, now, robot_id=robot.id, expires_at=expires_at)
+    identity.create_token(
+        tx,
+        "robot",
+        digest,
+        now,
+        robot_id=robot.id,
+        expires_at=limits.expiry(expires_at),
+        minted_by=limits.minted_by,
+    )
     audit.record(tx, actor, "robot.create", robot.account, at=now, role=role)
     return robot, token
 
@@ -136,15 +160,27 @@ def create_pat(  # noqa: PLR0917
     now: float,
     *,
     expires_at: float | None = None,
+    limits: MintLimits | None = None,
 ) -> tuple[TokenRecord, str]:
-    """A personal access token for `user` and its value (shown once)."""
+    """A personal access token for `user` and its value (shown once). `limits`: those of the
+    creator's credential; Denied for a scope it lacks, and the expiry is capped at its own."""
     unknown = [s for s in scopes if s not in TOKEN_SCOPES]
     if unknown or not scopes:
         raise InvalidName(f"token scopes must be some of {', '.join(TOKEN_SCOPES)}")
+    limits = limits or MintLimits()
+    limits.check_scopes(scopes)
     owner = identity.require_user(tx, user)
     token, digest = secret.new_token("pat")
     record = identity.create_token(
-        tx, "pat", digest, now, user_id=owner.id, name=name, scopes=scopes, expires_at=expires_at
+        tx,
+        "pat",
+        digest,
+        now,
+        user_id=owner.id,
+        name=name,
+        scopes=scopes,
+        expires_at=limits.expiry(expires_at),
+        minted_by=limits.minted_by,
     )
     audit.record(tx, actor, "token.create", f"{user}/{record.id}", at=now, scopes=list(scopes))
     return record, token

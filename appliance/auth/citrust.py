@@ -14,8 +14,13 @@ system, naming the project, the branch and more. `docker login -u oidc -p "$ID_T
    holds (exact match; booleans and numbers compare as their JSON text: `ref_protected=true`).
 
 Each matching rule grants pull (or pull and push) on the namespace's repositories whose path
-matches the rule's glob. The registry token issued lasts no longer than the identity token.
-Every use is audited with the rules and the claims that matched. A token whose issuer no rule
+matches the rule's glob. The job's credential (`auth/credentials.py`) is
+`ci:<expiry>:<rule ids>:<subject>`: registry tokens issued to it name it, and the registry
+re-checks it on every request (`holder`): it works while it has not expired and any of the
+rules that matched still exists, and grants only what those rules grant now. Removing a rule
+touches the `auth` change topic, so the next request on any worker sees it. The registry token
+issued lasts no longer than the identity token. Every use is audited with the rules and the
+claims that matched. A token whose issuer no rule
 names is refused without any fetch, so an unknown caller cannot make Berth reach anywhere.
 
 Rules are managed by instance admins and by the namespace's maintainers. Maintainers may name
@@ -31,9 +36,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,6 +61,8 @@ from appliance.ops import audit
 log = logging.getLogger("berth.auth")
 
 USERNAME = "oidc"  # the user name CI jobs sign in with
+CREDENTIAL = "ci"  # the kind of a CI job's credential (`ci:<expiry>:<rule ids>:<subject>`)
+MAX_RULES_NAMED = 1000  # rule ids a credential may name (more is no credential of ours)
 ACCESS: dict[str, frozenset[str]] = {
     "pull": frozenset({"pull"}),
     "push": frozenset({"pull", "push"}),
@@ -395,7 +403,8 @@ class CiTrust:
             registry.validate(claims)
         except JoseError as e:
             return f"the token is not valid now: {e.description}"
-        if not isinstance(claims.get("exp"), int | float):
+        exp = claims.get("exp")
+        if not isinstance(exp, int | float) or isinstance(exp, bool) or not math.isfinite(exp):
             return "the token has no expiry"
         return claims
 
@@ -466,17 +475,9 @@ class CiTrust:
             return result
         claims = result.verified
         subject = _printable(str(claims.get("sub") or "unknown"))[:200]
-        principal = Principal(
-            "ci",
-            subject,
-            None,
-            False,
-            {},
-            None,
-            "ci",
-            tuple(RepositoryGrant(r.namespace, r.repository, ACCESS[r.access]) for r in matched),
-            float(claims["exp"]),
-        )
+        expires = int(claims["exp"])
+        credential = credential_of(matched, subject, expires)
+        principal = principal_of(matched, subject, expires, credential)
         shown = {"sub": subject, "aud": claims.get("aud"), "jti": claims.get("jti")}
         for rule in matched:
             for key, _ in rule.claims:
@@ -495,6 +496,45 @@ class CiTrust:
             expires_at=principal.expires_at,
         )
         return principal
+
+
+def credential_of(rules: Iterable[TrustRule], subject: str, expires_at: int) -> str:
+    """The credential of a CI job whose identity token (subject `subject`, expiring at
+    `expires_at`) matched `rules`."""
+    ids = ",".join(str(i) for i in sorted({r.id for r in rules}))
+    return f"{CREDENTIAL}:{expires_at}:{ids}:{subject}"
+
+
+def principal_of(
+    rules: Iterable[TrustRule], subject: str, expires_at: int, credential: str
+) -> Principal:
+    """A CI job holding the grants of `rules` until `expires_at`."""
+    return Principal(
+        "ci",
+        subject,
+        via=CREDENTIAL,
+        credential=credential,
+        expires_at=float(expires_at),
+        grants=tuple(RepositoryGrant(r.namespace, r.repository, ACCESS[r.access]) for r in rules),
+    )
+
+
+def holder(tx: Tx, credential: str, now: float) -> Principal | None:
+    """The CI job `credential` (`credential_of`) stands for now: the grants of the rules it
+    names that still exist (a rule is never edited, and its id never reused); None once it
+    has expired or none of them is left."""
+    kind, _, rest = credential.partition(":")
+    expiry, _, rest = rest.partition(":")
+    listed, _, subject = rest.partition(":")
+    if kind != CREDENTIAL or not expiry.isdigit() or not subject or int(expiry) <= now:
+        return None
+    ids = listed.split(",")
+    if len(ids) > MAX_RULES_NAMED or not all(i.isdigit() and len(i) <= 19 for i in ids):
+        return None
+    rules = records.by_ids(tx, (int(i) for i in ids))
+    if not rules:
+        return None
+    return principal_of(rules, subject, int(expiry), credential)
 
 
 class TokenRefused(Exception):

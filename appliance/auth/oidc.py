@@ -38,9 +38,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
-from appliance.auth import jwks
+from appliance.auth import credentials, jwks
 from appliance.auth.jwks import ForeignTokenError, IssuerKeys, KeysUnavailable
 from appliance.auth.ldap import GroupRole, mapped_roles, parse_group_roles
+from appliance.auth.policy import Principal
 from appliance.config import Config
 from appliance.errors import BerthError, ConfigError, Conflict
 from appliance.metadata import identity
@@ -435,9 +436,12 @@ def _user_by_subject(tx: Tx, source: str, subject: str) -> UserRecord | None:
     return None if row is None else identity.user_by_name(tx, str(row[0]))
 
 
-def sign_in_user(tx: Tx, provider: OidcProvider, who: OidcIdentity, now: float) -> UserRecord:
-    """Create or update the account of `who` and apply their group roles (in `tx`). Raises
-    OidcError when the name belongs to someone else or the account is disabled."""
+def sign_in_user(tx: Tx, provider: OidcProvider, who: OidcIdentity, now: float) -> Principal:
+    """Create or update the account of `who`, apply their group roles (in `tx`, through
+    `metadata.identity`: a lost role or admin flag touches the `auth` topic and ends the
+    user's other console sessions, as for LDAP and SAML), and return the signed-in user with
+    a credential of this provider's own kind (`oidc:<provider>:<user id>:<generation>`).
+    Raises OidcError when the name belongs to someone else or the account is disabled."""
     from appliance.auth.service import apply_ldap_roles  # noqa: PLC0415
 
     roles, admin = provider.roles_for(who)
@@ -478,9 +482,9 @@ def sign_in_user(tx: Tx, provider: OidcProvider, who: OidcIdentity, now: float) 
     if user.disabled:
         raise OidcError(f"the account {user.name!r} is disabled")
     apply_ldap_roles(tx, user, roles, now, source=source)
-    identity.update_user(tx, user.name, last_login_at=now)
+    user = identity.update_user(tx, user.name, last_login_at=now)
     audit.record(tx, user.name, "signin.success", user.name, at=now, via=source)
-    return user
+    return credentials.user_principal(tx, user, source, credentials.of_sign_in(source, user))
 
 
 # -- settings ----------------------------------------------------------------------------------

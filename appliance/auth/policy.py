@@ -17,9 +17,12 @@ from dataclasses import dataclass, field
 
 from appliance.auth.globs import glob_match
 from appliance.errors import InvalidName
+from appliance.metadata import identity
 from appliance.oci.names import namespace_of, validate_name
 
-ROLES = ("reader", "developer", "maintainer", "owner")
+ROLES = identity.ROLES
+role_rank = identity.role_rank
+
 ROLE_ACTIONS: dict[str, frozenset[str]] = {
     "reader": frozenset({"pull"}),
     "developer": frozenset({"pull", "push"}),
@@ -34,10 +37,6 @@ SCOPE_ACTIONS: dict[str, frozenset[str]] = {
     "api": frozenset(),
 }
 ROBOT_ROLES = ("reader", "developer", "maintainer")
-
-
-def role_rank(role: str | None) -> int:
-    return ROLES.index(role) + 1 if role in ROLES else 0
 
 
 @dataclass(frozen=True)
@@ -59,10 +58,12 @@ class Principal:
     """Someone (or no one) making a request.
 
     `kind` is anonymous, user, robot or ci; `name` the user name, the robot account
-    (`<namespace>+<robot>`) or the CI token's subject; `roles` maps namespace → role; `scopes`
-    limits the rights when the caller signed in with a personal access token (None: not
-    limited); `grants` are a CI job's rights; `expires_at` ends them (the identity token's
-    expiry: no registry token outlives it).
+    (`<namespace>+<robot>`) or the CI identity token's subject; `roles` maps namespace → role;
+    `scopes` limits the rights when the caller signed in with a personal access token (None:
+    not limited); `grants` are a CI job's rights (the trust rules its token matched).
+    `credential` names what the caller signed in with (`auth/credentials.py`), and
+    `expires_at` when that stops working (for a CI job, the identity token's expiry); a token
+    the caller mints is bound by both (`credentials.MintLimits`).
     """
 
     kind: str
@@ -72,8 +73,9 @@ class Principal:
     roles: Mapping[str, str] = field(default_factory=dict)
     scopes: frozenset[str] | None = None
     via: str = "anonymous"
-    grants: tuple[RepositoryGrant, ...] = ()
+    credential: str | None = None
     expires_at: float | None = None
+    grants: tuple[RepositoryGrant, ...] = ()
 
     @property
     def anonymous(self) -> bool:

@@ -1,12 +1,21 @@
 """Access control for a running Berth: sign-in, tokens, and who may do what right now.
 
 `AccessControl` ties together the stores (`metadata.identity`), passwords (argon2id), hashed
-tokens (HMAC), the JWT signer and verifier, LDAP and the sign-in throttle. The HTTP layers
+tokens (HMAC), the JWT signer and verifier, LDAP, CI identity tokens (`auth/citrust.py`:
+`docker login -u oidc -p "$ID_TOKEN"`) and the sign-in throttle. The HTTP layers
 (`api/guard.py`, `api/token.py`, `api/manage.py`) call it; it knows nothing of HTTP.
 
-Caches, all short-lived and per process: verified bearer tokens (until they expire),
-successful Basic credentials (`BASIC_TTL`), principals by token subject (`PRINCIPAL_TTL`) and
-the set of public namespaces (`PUBLIC_TTL`). A change made through this process clears them.
+Every registry JWT names the credential that minted it (`auth/credentials.py`), and every
+request re-checks that credential and intersects the token's grant with the holder's rights
+*now*, so revoking a token, deleting a robot, disabling or demoting a user, or removing a CI
+trust rule takes effect on the next request. To keep that cheap, the answers are cached per
+process in `StampedCache`s validated by the `auth` change stamp (metadata/changes.py), which
+every change to identity facts touches in its transaction: a cache hit costs one read of
+shared memory, and a change made by any process of the host is seen by the next request (by
+other hosts, on PostgreSQL, within milliseconds). The caches: successful Basic credentials,
+credentials by reference, and the set of public namespaces. Entries also end when their
+credential expires; a Basic sign-in checked against LDAP is re-checked after `DIRECTORY_TTL`
+(the directory's changes touch no stamp).
 """
 
 from __future__ import annotations
@@ -21,26 +30,26 @@ from typing import Any
 
 import trio
 
-from appliance.auth import passwords, policy
+from appliance.auth import credentials, passwords, policy
 from appliance.auth.citrust import CiTrust, TokenRefused, looks_like_ci_login
 from appliance.auth.ldap import DirectoryUnavailable, DirectoryUser, LdapDirectory
 from appliance.auth.policy import ANONYMOUS, Principal
 from appliance.auth.secrets import ServerSecret, looks_like_token, write_private
 from appliance.auth.throttle import SignInThrottle
-from appliance.auth.tokens import KeyRing, TokenIssuer, TokenVerifier, random_password
+from appliance.auth.tokens import Claims, KeyRing, TokenIssuer, TokenVerifier, random_password
 from appliance.config import Config
 from appliance.errors import BerthError, Conflict, InvalidName
 from appliance.metadata import identity
+from appliance.metadata.changes import StampedCache
 from appliance.metadata.db import Database, Tx
-from appliance.metadata.identity import TokenRecord, UserRecord
+from appliance.metadata.identity import AUTH, UserRecord
 from appliance.oci.names import normalize_component
 from appliance.ops import audit
 
 log = logging.getLogger("berth.auth")
 
-BASIC_TTL = 30.0
-PRINCIPAL_TTL = 10.0
-PUBLIC_TTL = 5.0
+DIRECTORY_TTL = 30.0  # a Basic sign-in checked against LDAP is asked again after this
+NEVER = float("inf")
 INITIAL_PASSWORD_FILE = "initial-admin-password"  # noqa: S105 (a file name)
 
 
@@ -57,27 +66,6 @@ class SignInLocked(BerthError):
     def __init__(self, retry_after: float) -> None:
         super().__init__("too many failed sign-ins; try again later")
         self.retry_after = retry_after
-
-
-def _principal(user: UserRecord, roles: dict[str, str], via: str, scopes: Any = None) -> Principal:
-    return Principal(
-        "user",
-        user.name,
-        user.id,
-        user.is_admin,
-        roles,
-        None if scopes is None else frozenset(scopes),
-        via,
-    )
-
-
-def _robot_principal(tx: Tx, robot_id: int) -> Principal | None:
-    robot = identity.robot_by_id(tx, robot_id)
-    if robot is None:
-        return None
-    return Principal(
-        "robot", robot.account, None, False, {robot.namespace: robot.role}, None, "robot"
-    )
 
 
 def rfc3339(ts: float) -> str:
@@ -114,15 +102,16 @@ class AccessControl:
         )
         self.ldap = ldap
         self.ci = CiTrust(db, config, clock)  # CI identity tokens (`docker login -u oidc`)
-        self._basic: dict[str, tuple[float, Principal]] = {}
-        self._subjects: dict[tuple[str, frozenset[str] | None], tuple[float, Principal]] = {}
-        self._public: tuple[float, frozenset[str]] = (-1e18, frozenset())
+        # Each entry: (good until, value), valid while the `auth` stamp is unchanged.
+        self._basic: StampedCache[str, tuple[float, Principal]] = StampedCache()
+        self._credentials: StampedCache[str, tuple[float, Principal | None]] = StampedCache()
+        self._public: StampedCache[str, frozenset[str]] = StampedCache(1)
 
     def invalidate(self) -> None:
-        """Forget cached principals (after a change to users, roles or tokens)."""
+        """Forget every cached answer (tests; a change needs no call: it touches the stamp)."""
         self._basic.clear()
-        self._subjects.clear()
-        self._public = (-1e18, frozenset())
+        self._credentials.clear()
+        self._public.clear()
 
     # -- first start -----------------------------------------------------------------------
 
@@ -228,15 +217,15 @@ class AccessControl:
     async def _signed_in(self, user: UserRecord, via: str, address: str | None) -> Principal:
         now = self.clock()
 
-        def fn(tx: Tx) -> dict[str, str]:
+        def fn(tx: Tx) -> Principal:
             identity.update_user(tx, user.name, last_login_at=now)
             audit.record(
                 tx, user.name, "signin.success", user.name, at=now, via=via, address=address
             )
-            return identity.roles_of(tx, user.id)
+            return credentials.user_principal(tx, user, via, credentials.of_sign_in(via, user))
 
-        roles = await self.db.write(fn)
-        return _principal(user, roles, via)
+        principal: Principal = await self.db.write(fn)
+        return principal
 
     async def _token_signin(self, username: str, token: str, address: str | None) -> Principal:
         digest = self.secret.digest(token)
@@ -244,19 +233,13 @@ class AccessControl:
 
         def fn(tx: Tx) -> Principal | None:
             record = identity.token_by_hash(tx, digest)
-            if record is None or not record.usable(now):
+            if record is None or record.kind not in ("pat", "robot"):
+                return None  # refresh tokens are only for the token endpoint's refresh grant
+            found = credentials.resolve_token(tx, record, now)
+            if found is None:
                 return None
-            principal: Principal | None = None
-            if record.kind == "pat" and record.user_id is not None:
-                user = identity.user_by_id(tx, record.user_id)
-                if user is None or user.disabled or (username and user.name != username.lower()):
-                    return None
-                principal = _principal(user, identity.roles_of(tx, user.id), "pat", record.scopes)
-            elif record.kind == "robot" and record.robot_id is not None:
-                principal = _robot_principal(tx, record.robot_id)
-                if principal is None or (username and principal.name != username.lower()):
-                    return None
-            if principal is None:
+            principal = found.principal
+            if username and principal.name != username.lower():
                 return None
             identity.touch_token(tx, record.id, now)
             audit.record(
@@ -279,19 +262,18 @@ class AccessControl:
     async def basic(
         self, header: str, username: str, password: str, address: str | None
     ) -> Principal:
-        """`authenticate`, remembering a success for `BASIC_TTL` seconds (Basic on /v2)."""
+        """`authenticate`, remembering a success (Basic on /v2 and /api/v1) until a change to
+        identity facts, the credential's expiry, or `DIRECTORY_TTL` for LDAP."""
         key = self.secret.digest(header)
-        now = self.clock()
-        hit = self._basic.get(key)
-        if hit is not None and hit[0] > now:
+        stamp = self.db.changes.stamp(AUTH)
+        hit = self._basic.get(key, stamp)
+        if hit is not None and hit[0] > self.clock():
             return hit[1]
         principal = await self.authenticate(username, password, address)
-        if len(self._basic) > 10_000:
-            self._basic.clear()
-        until = now + BASIC_TTL
-        if principal.expires_at is not None:  # a CI job's rights end with its identity token
-            until = min(until, principal.expires_at)
-        self._basic[key] = (until, principal)
+        until = principal.expires_at if principal.expires_at is not None else NEVER
+        if principal.via == "ldap":
+            until = min(until, self.clock() + DIRECTORY_TTL)
+        self._basic.put(key, (until, principal), stamp)
         return principal
 
     # -- LDAP ------------------------------------------------------------------------------
@@ -335,8 +317,7 @@ class AccessControl:
             apply_ldap_roles(tx, user, roles, now)
             return user
 
-        user = await self.db.write(fn)
-        self.invalidate()
+        user: UserRecord = await self.db.write(fn)
         return user
 
     async def sync_ldap(self) -> int:
@@ -366,6 +347,7 @@ class AccessControl:
             ) -> None:
                 if gone and not user.disabled:
                     identity.update_user(tx, user.name, disabled=True)
+                    identity.revoke_refresh_tokens(tx, user.id, now)
                     audit.record(tx, "system", "user.disable", user.name, at=now, reason="ldap")
                 if has_admin_rule and user.is_admin != admin:
                     identity.update_user(tx, user.name, is_admin=admin)
@@ -373,52 +355,60 @@ class AccessControl:
                 apply_ldap_roles(tx, user, roles, now)
 
             await self.db.write(fn)
-        self.invalidate()
         return len(users)
 
     # -- principals and grants ---------------------------------------------------------------
 
     async def public_namespaces(self) -> frozenset[str]:
-        until, names = self._public
-        now = self.clock()
-        if until > now:
-            return names
-        names = await self.db.read(identity.public_namespaces)
-        self._public = (now + PUBLIC_TTL, names)
+        stamp = self.db.changes.stamp(AUTH)
+        names = self._public.get("", stamp)
+        if names is None:
+            names = await self.db.read(identity.public_namespaces)
+            self._public.put("", names, stamp)
         return names
 
-    async def principal_for_subject(self, subject: str, scopes: frozenset[str] | None) -> Principal:
-        """The current rights of a token's subject (`user:alice`, `robot:ns+ci`)."""
-        key = (subject, scopes)
+    async def holder(self, credential: str) -> Principal | None:
+        """Who `credential` stands for now, with their current rights; None once it no
+        longer works (`credentials.resolve`). Cached until a change to identity facts or the
+        credential's expiry."""
+        stamp = self.db.changes.stamp(AUTH)
+        hit = self._credentials.get(credential, stamp)
         now = self.clock()
-        hit = self._subjects.get(key)
         if hit is not None and hit[0] > now:
             return hit[1]
-        kind, _, name = subject.partition(":")
+        found = await self.db.read(lambda tx: credentials.resolve(tx, credential, now))
+        if found is None:
+            self._credentials.put(credential, (NEVER, None), stamp)
+            return None
+        until = found.until if found.until is not None else NEVER
+        self._credentials.put(credential, (until, found.principal), stamp)
+        return found.principal if until > now else None
 
-        def fn(tx: Tx) -> Principal:
-            if kind == "user":
-                user = identity.user_by_name(tx, name)
-                if user is not None and not user.disabled:
-                    return _principal(user, identity.roles_of(tx, user.id), "token", scopes)
-            elif kind == "robot":
-                namespace, _, robot_name = name.partition("+")
-                robot = identity.robot(tx, namespace, robot_name)
-                if robot is not None:
-                    return _robot_principal(tx, robot.id) or ANONYMOUS
+    async def principal_for_claims(self, claims: Claims) -> Principal | None:
+        """The caller a verified registry token stands for now, or None when the credential
+        that minted it no longer works (or the token names none: minted before Berth bound
+        tokens to credentials; its client asks for a new one)."""
+        if claims.subject == "anonymous":
             return ANONYMOUS
-
-        principal = await self.db.read(fn)
-        self._subjects[key] = (now + PRINCIPAL_TTL, principal)
+        if claims.credential is None:
+            return None
+        principal = await self.holder(claims.credential)
+        if principal is None or principal.subject != claims.subject:
+            return None
         return principal
 
     async def issue(self, principal: Principal, scopes: list[str]) -> dict[str, Any]:
-        """A bearer token granting the requested scopes the principal may have."""
+        """A bearer token granting the requested scopes the principal may have, naming the
+        credential it was minted with, and expiring no later than that credential."""
         public = await self.public_namespaces()
         granted = policy.grant(principal, policy.parse_scopes(scopes), public)
         access = [{"type": t, "name": n, "actions": sorted(a)} for t, n, a in granted]
         token, issued, ttl = self.issuer.issue(
-            principal.subject, access, principal.scopes, expires_at=principal.expires_at
+            principal.subject,
+            access,
+            principal.scopes,
+            credential=principal.credential,
+            not_after=principal.expires_at,
         )
         return {
             "token": token,
@@ -428,12 +418,15 @@ class AccessControl:
         }
 
     async def new_refresh_token(self, principal: Principal) -> str | None:
-        """A refresh token (`offline_token=true`) for a user; robots get none."""
-        if principal.kind != "user" or principal.user_id is None:
+        """A refresh token (`offline_token=true`) for a user; robots get none. It is bound to
+        the credential the user signed in with (revoked with it), holds at most its scopes,
+        and expires no later than it."""
+        if principal.kind != "user" or principal.user_id is None or principal.credential is None:
             return None
         token, digest = self.secret.new_token("refresh")
         now = self.clock()
         scopes = tuple(sorted(principal.scopes)) if principal.scopes is not None else ()
+        expires = credentials.earliest(now + self.refresh_ttl, principal.expires_at)
 
         def fn(tx: Tx) -> None:
             assert principal.user_id is not None
@@ -445,42 +438,48 @@ class AccessControl:
                 user_id=principal.user_id,
                 name="refresh",
                 scopes=scopes,
-                expires_at=now + self.refresh_ttl,
+                expires_at=expires,
+                minted_by=principal.credential,
             )
-            audit.record(tx, principal.actor, "token.refresh.create", str(record.id), at=now)
+            audit.record(
+                tx,
+                principal.actor,
+                "token.refresh.create",
+                str(record.id),
+                at=now,
+                minted_by=credentials.describe(principal.credential),
+            )
 
         await self.db.write(fn)
         return token
 
     async def refresh(self, token: str, address: str | None) -> Principal:
-        """The user a refresh token stands for; SignInFailed when it is not a valid one."""
+        """The user a refresh token stands for; SignInFailed when it is not a valid one (or
+        the credential it was minted with no longer works)."""
         digest = self.secret.digest(token)
         now = self.clock()
 
-        def fn(tx: Tx) -> tuple[TokenRecord, UserRecord, dict[str, str]] | None:
+        def fn(tx: Tx) -> Principal | None:
             record = identity.token_by_hash(tx, digest)
-            if record is None or record.kind != "refresh" or not record.usable(now):
+            if record is None or record.kind != "refresh":
                 return None
-            user = identity.user_by_id(tx, record.user_id or -1)
-            if user is None or user.disabled:
+            found = credentials.resolve_token(tx, record, now)
+            if found is None:
                 return None
             identity.touch_token(tx, record.id, now)
-            return record, user, identity.roles_of(tx, user.id)
+            return found.principal
 
-        found = await self.db.write(fn)
-        if found is None:
+        principal = await self.db.write(fn)
+        if principal is None:
             raise SignInFailed
-        record, user, roles = found
-        return _principal(user, roles, "refresh", record.scopes or None)
+        return principal
 
     # -- changes through this process ---------------------------------------------------------
 
     async def change(self, fn: Callable[[Tx], Any]) -> Any:
-        """Run a change (`auth.accounts`) in a write transaction and clear the caches."""
-        try:
-            return await self.db.write(fn)
-        finally:
-            self.invalidate()
+        """Run a change (`auth.accounts`) in a write transaction. The functions it calls
+        touch the `auth` stamp themselves, so every process's caches see it."""
+        return await self.db.write(fn)
 
     async def hash_password(self, password: str) -> str:
         passwords.check_strength(password)

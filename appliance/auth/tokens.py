@@ -8,7 +8,9 @@ by the directory's modification time.
 
 `TokenVerifier.verify()` is on the hot path of every registry request: the signature is checked
 once per distinct token and the decoded claims cached; each call after that is a dictionary
-lookup plus a time-window check against the injected clock.
+lookup plus a time-window check against the injected clock. A token also names, in the
+private claim `crd`, the credential it was minted with (`auth/credentials.py`); the registry's
+guard checks on every request that it still works.
 """
 
 from __future__ import annotations
@@ -146,6 +148,7 @@ class Claims:
     not_before: float
     expires: float
     scopes: frozenset[str] | None  # the PAT scopes the grant was limited by, if any
+    credential: str | None = None  # what it was minted with (`crd`); None only for anonymous
 
     def allows(self, kind: str, name: str, action: str) -> bool:
         actions = self.access.get((kind, name))
@@ -172,16 +175,18 @@ class TokenIssuer:
         access: list[dict[str, Any]],
         scopes: frozenset[str] | None = None,
         *,
-        expires_at: float | None = None,
+        credential: str | None = None,
+        not_after: float | None = None,
     ) -> tuple[str, int, int]:
-        """A signed token; returns (token, issued_at, expires_in). `expires_at` caps its
-        lifetime (a CI job's token never outlives the identity token it was issued for)."""
+        """A signed token naming `credential`, expiring after the configured lifetime or at
+        `not_after` (the credential's own expiry), whichever is first; returns (token,
+        issued_at, expires_in)."""
         self.keys.maybe_reload()
         key = self.keys.active
         now = int(self.clock())
         ttl = int(self.ttl)
-        if expires_at is not None:
-            ttl = max(0, min(ttl, int(expires_at) - now))
+        if not_after is not None:
+            ttl = max(0, min(ttl, int(not_after) - now))
         claims: dict[str, Any] = {
             "iss": self.issuer,
             "sub": subject,
@@ -194,6 +199,8 @@ class TokenIssuer:
         }
         if scopes is not None:
             claims["scp"] = sorted(scopes)
+        if credential is not None:
+            claims["crd"] = credential
         token = jwt.encode(claims, key.private, algorithm=ALGORITHM, headers={"kid": key.kid})
         return token, now, ttl
 
@@ -272,6 +279,7 @@ class TokenVerifier:
         except jwt.PyJWTError as e:
             raise InvalidToken(f"invalid token: {e}") from e
         scp = raw.get("scp")
+        crd = raw.get("crd")
         try:
             return Claims(
                 subject=str(raw["sub"]),
@@ -279,6 +287,7 @@ class TokenVerifier:
                 not_before=float(raw["nbf"]),
                 expires=float(raw["exp"]),
                 scopes=None if scp is None else frozenset(map(str, scp)),
+                credential=None if crd is None else str(crd),
             )
         except (TypeError, ValueError) as e:
             raise InvalidToken("malformed claims") from e

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from quart import Response, request
 
-from appliance.api.manage import RouteDecorator, _error, _json
+from appliance.api import inputs
+from appliance.api.manage import RouteDecorator, _error, _json, json_body
 from appliance.auth.policy import Principal
 from appliance.backup import layout
 from appliance.backup.service import BackupService
@@ -79,7 +80,6 @@ def register(route: RouteDecorator, backups: BackupService) -> None:
     async def prune_backups(who: Principal) -> Response:
         if not who.admin:
             return _forbidden()
-        data = await request.get_json(force=True, silent=True)
-        dry_run = bool(data.get("dry_run")) if isinstance(data, dict) else False
+        dry_run = inputs.flag(await json_body(required=False), "dry_run")
         result = await backups.prune(who.actor, dry_run=dry_run)
         return _json(result.as_json())

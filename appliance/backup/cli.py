@@ -32,7 +32,7 @@ _json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON 
 _target_option = click.option(
     "--from",
     "target_url",
-    metavar="DIR|s3://BUCKET/PREFIX",
+    metavar="DIR|s3://BUCKET/PREFIX|azure://CONTAINER/PREFIX",
     help="The backup target (default: backup.target, else <data_dir>/backups).",
 )
 
@@ -97,7 +97,7 @@ backup: click.Group = click.Group("backup", help="Take, list, verify and prune b
 @click.option(
     "--to",
     "target_url",
-    metavar="DIR|s3://BUCKET/PREFIX",
+    metavar="DIR|s3://BUCKET/PREFIX|azure://CONTAINER/PREFIX",
     help="Where to write it (default: backup.target, else <data_dir>/backups).",
 )
 @click.option(

@@ -41,7 +41,7 @@ from appliance.backup import (
 )
 from appliance.backup.create import clear_records
 from appliance.backup.layout import FileEntry, Manifest
-from appliance.backup.target import DirTarget, Target, s3_target
+from appliance.backup.target import DirTarget, Target, azure_target, s3_target
 from appliance.backup.verify import fetch_file, load_manifest, verify_backup
 from appliance.config import Config
 from appliance.metadata.copy import NOT_COPIED, copy_database, tables
@@ -59,6 +59,13 @@ PARALLEL = 4
 
 def store_view(config: Config) -> Target:
     """The blob store's own files, seen as a target (to tell whether it is empty, to wipe it)."""
+    if config["storage.backend"] == "azure":
+        return azure_target(
+            config,
+            config["storage.azure.container"],
+            config["storage.azure.prefix"],
+            section="storage.azure",
+        )
     if config["storage.backend"] == "s3":
         return s3_target(
             config, config["storage.s3.bucket"], config["storage.s3.prefix"], section="storage.s3"

@@ -1,15 +1,19 @@
-"""Where backups are written: a local directory or an S3 bucket (under a key prefix).
+"""Where backups are written: a local directory, an S3 bucket or an Azure Blob Storage container
+(under a key prefix).
 
-The methods are blocking (file I/O, boto3): call them in a worker thread. Paths are
-'/'-separated and relative to the target's root (`layout.py`). A writer makes its file visible
-only on `commit` (a rename on disk, the completion of a multipart upload on S3), so a reader
-never sees half a file and an interrupted backup leaves no file that looks whole. Errors from
-the filesystem and botocore are translated to BackupError here and never leak.
+The methods are blocking (file I/O, boto3, the Azure SDK): call them in a worker thread. Paths
+are '/'-separated and relative to the target's root (`layout.py`). A writer makes its file
+visible only on `commit` (a rename on disk, the completion of a multipart upload on S3, a block
+list on Azure), so a reader never sees half a file and an interrupted backup leaves no file that
+looks whole. Errors from the filesystem, botocore and the Azure SDK are translated to
+BackupError here and never leak.
 
     open_target("/var/backups/berth", config)        DirTarget
     open_target("s3://bucket/some/prefix", config)   S3Target ([backup.s3] settings, falling
                                                      back to [storage.s3] for the endpoint,
                                                      region and credentials)
+    open_target("azure://container/prefix", config)  AzureTarget ([backup.azure], falling back
+                                                     to [storage.azure] likewise)
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from appliance.config import Config
 from appliance.errors import ConfigError
 
 if TYPE_CHECKING:
+    from azure.storage.blob import ContainerClient
     from mypy_boto3_s3 import S3Client
 
 T = TypeVar("T")
@@ -202,6 +207,31 @@ class DirTarget:
                 folder = folder.parent
 
 
+# -- object storage ----------------------------------------------------------------------------
+
+
+def _retrying(
+    attempts: int,
+    translated: Callable[[], contextlib.AbstractContextManager[None]],
+    retryable: Callable[[Exception], bool],
+    fn: Callable[[], T],
+) -> T:
+    """`fn()`, its transient failures (as `retryable` judges the dependency's error) retried
+    with jittered exponential backoff up to `attempts` times; `translated()` turns the
+    dependency's errors into BackupError."""
+    for attempt in range(1, attempts + 1):
+        try:
+            with translated():
+                return fn()
+        except BackupError as e:
+            cause = e.__cause__
+            if attempt == attempts or not isinstance(cause, Exception) or not retryable(cause):
+                raise
+            jitter = random.uniform(0.5, 1.0)  # noqa: S311 (not a secret)
+            time.sleep(jitter * min(8.0, 0.2 * 2**attempt))
+    raise AssertionError("unreachable")
+
+
 # -- S3 --------------------------------------------------------------------------------------
 
 
@@ -285,14 +315,24 @@ class S3Target:
     """Backups in an S3 bucket, under a key prefix."""
 
     def __init__(
-        self, client: S3Client, bucket: str, prefix: str, endpoint: str, attempts: int = 5
+        self,
+        client: S3Client,
+        bucket: str,
+        prefix: str,
+        endpoint: str,
+        attempts: int = 5,
+        *,
+        batch_delete: bool = True,
     ) -> None:
+        from appliance.storage.s3 import Deleter  # noqa: PLC0415
+
         self.client = client
         self.attempts = max(1, attempts)
         self.bucket = bucket
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
         self.url = f"s3://{bucket}/{self.prefix}".rstrip("/")
         self.endpoint = endpoint
+        self.deleter = Deleter(client, bucket, self.url, batch_delete)
 
     @contextlib.contextmanager
     def translated(self, what: str) -> Iterator[None]:
@@ -316,19 +356,7 @@ class S3Target:
         with jittered exponential backoff, up to `attempts` times; errors translated."""
         from appliance.storage.s3 import _retryable  # noqa: PLC0415
 
-        for attempt in range(1, self.attempts + 1):
-            try:
-                with self.translated(what):
-                    return fn()
-            except BackupError as e:
-                cause = e.__cause__
-                if attempt == self.attempts or not isinstance(cause, Exception):
-                    raise
-                if not _retryable(cause):
-                    raise
-                jitter = random.uniform(0.5, 1.0)  # noqa: S311 (not a secret)
-                time.sleep(jitter * min(8.0, 0.2 * 2**attempt))
-        raise AssertionError("unreachable")
+        return _retrying(self.attempts, lambda: self.translated(what), _retryable, fn)
 
     def files(self, prefix: str) -> dict[str, Stat]:
         def listing() -> dict[str, Stat]:
@@ -384,14 +412,199 @@ class S3Target:
 
     def delete(self, paths: list[str]) -> None:
         for i in range(0, len(paths), 1000):
-            batch = [{"Key": self._k(p)} for p in paths[i : i + 1000]]
-            self.call(
-                "deleting files",
-                lambda batch=batch: self.client.delete_objects(  # type: ignore[misc]
-                    Bucket=self.bucket,
-                    Delete={"Objects": batch, "Quiet": True},
-                ),
-            )
+            keys = [self._k(p) for p in paths[i : i + 1000]]
+            self.call("deleting files", lambda keys=keys: self.deleter.delete(keys))  # type: ignore[misc]
+
+
+# -- Azure Blob Storage ------------------------------------------------------------------------
+
+
+class _AzureWriter:
+    def __init__(self, target: AzureTarget, name: str) -> None:
+        self.target = target
+        self.name = name
+        self.blob = target.client.get_blob_client(name)
+        self.buffer = bytearray()
+        self.blocks: list[str] = []
+
+    def _flush_block(self) -> None:
+        block, body = uuid.uuid4().hex, bytes(self.buffer[:PART])
+        self.target.call(
+            f"writing {self.name}", lambda: self.blob.stage_block(block, body, length=len(body))
+        )
+        self.blocks.append(block)
+        del self.buffer[:PART]
+
+    def write(self, data: bytes) -> None:
+        self.buffer += data
+        try:
+            while len(self.buffer) >= PART:
+                self._flush_block()
+        except BaseException:
+            self.abort()
+            raise
+
+    def commit(self) -> None:
+        from azure.storage.blob import BlobBlock  # noqa: PLC0415
+
+        what = f"writing {self.name}"
+        try:
+            if not self.blocks:
+                body = bytes(self.buffer)
+                self.target.call(
+                    what, lambda: self.blob.upload_blob(body, overwrite=True, length=len(body))
+                )
+                return
+            if self.buffer:
+                self._flush_block()
+            blocks = [BlobBlock(b) for b in self.blocks]
+            self.target.call(what, lambda: self.blob.commit_block_list(blocks))
+            self.blocks = []
+        except BaseException:
+            self.abort()
+            raise
+
+    def abort(self) -> None:
+        # Staged blocks are invisible and Azure discards them after a week; committing an
+        # empty list to drop them now would replace a file of that name that already exists.
+        self.buffer = bytearray()
+        self.blocks = []
+
+
+class AzureTarget:
+    """Backups in an Azure Blob Storage container, under a name prefix."""
+
+    def __init__(self, client: ContainerClient, container: str, prefix: str, attempts: int = 5):
+        self.client = client
+        self.attempts = max(1, attempts)
+        self.container = container
+        self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+        self.url = f"azure://{container}/{self.prefix}".rstrip("/")
+
+    @contextlib.contextmanager
+    def translated(self, what: str) -> Iterator[None]:
+        from azure.core.exceptions import AzureError, HttpResponseError  # noqa: PLC0415
+
+        try:
+            yield
+        except HttpResponseError as e:
+            code = getattr(e, "error_code", None) or e.status_code or "?"
+            message = (str(e.message or "").splitlines() or [""])[0]
+            raise BackupError(f"{self.url}: {what}: {code} {message}".rstrip()) from e
+        except (AzureError, OSError) as e:
+            raise BackupError(f"{self.url}: {what}: {e}") from e
+
+    def _k(self, path: str) -> str:
+        return self.prefix + path
+
+    def call(self, what: str, fn: Callable[[], T]) -> T:
+        """`fn()` with Azure's transient failures (5xx, ServerBusy, dropped connections)
+        retried with jittered exponential backoff, up to `attempts` times; errors translated."""
+        from appliance.storage.azure import _retryable  # noqa: PLC0415
+
+        return _retrying(self.attempts, lambda: self.translated(what), _retryable, fn)
+
+    def files(self, prefix: str) -> dict[str, Stat]:
+        def listing() -> dict[str, Stat]:
+            blobs = self.client.list_blobs(name_starts_with=self._k(prefix))
+            return {
+                b.name[len(self.prefix) :]: Stat(int(b.size), b.last_modified.timestamp())
+                for b in blobs
+            }
+
+        return self.call(f"listing {prefix}", listing)
+
+    def stat(self, path: str) -> Stat | None:
+        from azure.core.exceptions import ResourceNotFoundError  # noqa: PLC0415
+
+        blob = self.client.get_blob_client(self._k(path))
+        try:
+            props = self.call(f"reading {path}", blob.get_blob_properties)
+        except BackupError as e:
+            if isinstance(e.__cause__, ResourceNotFoundError):
+                return None
+            raise
+        return Stat(int(props.size), props.last_modified.timestamp())
+
+    def read(self, path: str) -> Iterator[bytes]:
+        from azure.core.exceptions import ResourceNotFoundError  # noqa: PLC0415
+
+        blob = self.client.get_blob_client(self._k(path))
+        with self.translated(f"reading {path}"):
+            try:
+                downloader = blob.download_blob()
+            except ResourceNotFoundError as e:
+                raise BackupError(f"{self.url}/{path} is missing") from e
+            for chunk in downloader.chunks():
+                for i in range(0, len(chunk), CHUNK):
+                    yield chunk[i : i + CHUNK]
+
+    def read_all(self, path: str) -> bytes:
+        return b"".join(self.read(path))
+
+    def writer(self, path: str) -> Writer:
+        return _AzureWriter(self, self._k(path))
+
+    def write_all(self, path: str, data: bytes) -> None:
+        blob = self.client.get_blob_client(self._k(path))
+        self.call(
+            f"writing {path}", lambda: blob.upload_blob(data, overwrite=True, length=len(data))
+        )
+
+    def delete(self, paths: list[str]) -> None:
+        for i in range(0, len(paths), 256):  # the most one blob batch takes
+            names = [self._k(p) for p in paths[i : i + 256]]
+
+            def batch(names: list[str] = names) -> None:
+                from azure.core.exceptions import HttpResponseError  # noqa: PLC0415
+
+                for r in self.client.delete_blobs(*names, raise_on_any_failure=False):
+                    if r.status_code not in (200, 202, 404):
+                        raise HttpResponseError(response=r)
+
+            self.call("deleting files", batch)
+
+
+def azure_target(
+    config: Config, container: str, prefix: str, *, section: str = "backup.azure"
+) -> AzureTarget:
+    """An AzureTarget for `container`/`prefix`: with `[backup.azure]` settings (each empty one
+    taken from `[storage.azure]`, the credentials as a pair) or, with section "storage.azure",
+    the blob store's own."""
+    from appliance.storage.azure import AzureSettings, make_client, read_secret  # noqa: PLC0415
+
+    def credentials(section: str) -> tuple[str, str]:
+        key = read_secret(config, section, "account_key", "account_key_file")
+        sas = read_secret(config, section, "", "sas_token_file").lstrip("?")
+        return key, sas
+
+    key, sas = credentials(section)
+    if not (key or sas) and section != "storage.azure":
+        key, sas = credentials("storage.azure")
+
+    def pick(name: str) -> str:
+        own: str = config[f"{section}.{name}"]
+        return own or str(config[f"storage.azure.{name}"])
+
+    account = pick("account_name")
+    where = f"backup target azure://{container}/{prefix}".rstrip("/")
+    if not account:
+        raise ConfigError(f"{where}: set {section}.account_name (or storage.azure.account_name)")
+    if bool(key) == bool(sas):
+        raise ConfigError(
+            f"{where}: set one of {section}.account_key (or account_key_file) and "
+            f"{section}.sas_token_file"
+        )
+    settings = AzureSettings(
+        container=container,
+        account_name=account,
+        account_key=key,
+        sas_token=sas,
+        endpoint=pick("endpoint"),
+        max_attempts=config["storage.azure.max_attempts"],
+    )
+    settings.validate()
+    return AzureTarget(make_client(settings), container, prefix, settings.max_attempts)
 
 
 def s3_target(config: Config, bucket: str, prefix: str, *, section: str = "backup.s3") -> S3Target:
@@ -415,7 +628,14 @@ def s3_target(config: Config, bucket: str, prefix: str, *, section: str = "backu
         )
     base = replace(base, bucket=bucket, prefix="")
     base.validate()
-    return S3Target(make_client(base), bucket, prefix, base.endpoint, base.max_attempts)
+    return S3Target(
+        make_client(base),
+        bucket,
+        prefix,
+        base.endpoint,
+        base.max_attempts,
+        batch_delete=base.batch_delete,
+    )
 
 
 def _with_bucket(config: Config, bucket: str) -> Config:
@@ -447,12 +667,21 @@ def default_target_url(config: Config) -> str:
 
 
 def open_target(url: str, config: Config) -> Target:
-    """The target at `url`: a directory, or `s3://bucket/prefix`. Raises ConfigError."""
+    """The target at `url`: a directory, `s3://bucket/prefix` or `azure://container/prefix`.
+    Raises ConfigError."""
+    if url.startswith("azure://"):
+        container, _, prefix = url.removeprefix("azure://").partition("/")
+        if not container:
+            raise ConfigError(f"backup target {url!r}: expected azure://CONTAINER/PREFIX")
+        return azure_target(config, container, prefix)
     if url.startswith("s3://"):
         bucket, _, prefix = url.removeprefix("s3://").partition("/")
         if not bucket:
             raise ConfigError(f"backup target {url!r}: expected s3://BUCKET/PREFIX")
         return s3_target(config, bucket, prefix)
     if "://" in url:
-        raise ConfigError(f"backup target {url!r}: expected a directory or s3://BUCKET/PREFIX")
+        raise ConfigError(
+            f"backup target {url!r}: expected a directory, s3://BUCKET/PREFIX or "
+            "azure://CONTAINER/PREFIX"
+        )
     return DirTarget(Path(url))

@@ -18,6 +18,7 @@ Templates live in `web/templates` and extend `base.html`; Jinja autoescapes ever
 from __future__ import annotations
 
 import hmac
+import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -33,11 +34,21 @@ from appliance.auth import policy
 from appliance.auth.policy import Principal
 from appliance.auth.service import AccessControl
 from appliance.config import Config
+from appliance.console.redirects import same_origin_path
 from appliance.console.sessions import Session, SessionStore
-from appliance.errors import BerthError, Conflict, InvalidName, NotFound
+from appliance.errors import (
+    BerthError,
+    Conflict,
+    InvalidInput,
+    InvalidName,
+    NotFound,
+    Unavailable,
+)
 from appliance.metadata.db import Tx
 from appliance.oci.names import namespace_of
 from appliance.registry import Registry
+
+log = logging.getLogger("berth.console")
 
 SESSION_COOKIE = "berth_session"
 SIGNIN_CSRF_COOKIE = "berth_signin_csrf"
@@ -226,10 +237,11 @@ class PageContext:
         return Response(body, status=status, content_type="text/html; charset=utf-8")
 
     async def redirect(self, location: str, notice: str | None = None) -> Response:
-        """303 to a path of the console, with an optional one-line notice for the next page."""
+        """303 to a path of the console (anything else goes to `/`, see
+        `redirects.same_origin_path`), with an optional one-line notice for the next page."""
         if notice is not None and self.session is not None:
             await self.services.sessions.set_notice(self.session.id_hash, notice)
-        return see_other(location)
+        return see_other(same_origin_path(location))
 
     def set_cookie(self, name: str, value: str, **options: Any) -> None:
         self.new_cookies.append((name, value, options))
@@ -324,8 +336,16 @@ async def _run(ctx: PageContext, entry: Page, kwargs: dict[str, str]) -> Respons
         return await _error_page(ctx, 404, e.message)
     except Conflict as e:
         return await _error_page(ctx, 409, e.message)
-    except (BadRequest, InvalidName, ValueError) as e:
-        return await _error_page(ctx, 400, getattr(e, "message", str(e)))
+    except Unavailable as e:
+        log.error("%s %s: %s", request.method, request.path, e.message)  # noqa: TRY400 (expected)
+        return await _error_page(ctx, 503, "a backend cannot be reached; try again")
+    except (BadRequest, InvalidName, InvalidInput) as e:
+        return await _error_page(ctx, 400, e.message)
+    except ValueError:
+        # Forms are checked with messages of their own; the text of a ValueError that still
+        # slips through is Python's, not an answer to give.
+        log.exception("%s %s: unexpected bad value", request.method, request.path)
+        return await _error_page(ctx, 400, "a value in the form or address is not valid")
     if isinstance(result, Response):
         return result
     return Response(str(result), content_type="text/html; charset=utf-8")

@@ -4,7 +4,9 @@ The browser holds a random session id in an HttpOnly cookie; the database holds 
 HMAC (`ServerSecret.digest`), so reading the database gives no one a session. Each session has
 its own CSRF token, an absolute expiry (`console.session_lifetime`) and an idle expiry
 (`console.session_idle`), checked on every request. Signing in always creates a new session
-(the id is rotated) and deletes the one the browser had.
+(the id is rotated) and deletes the one the browser had. Disabling a user, changing their
+password, removing their admin flag or lowering a role of theirs deletes their sessions in the
+transaction of the change (`metadata/identity.py`).
 
 `last_seen_at` is written at most once a minute per session, so browsing is not one write per
 page; the idle expiry is accurate to that minute.
@@ -166,11 +168,3 @@ class SessionStore:
             audit.record(tx, row[0], "signout", row[0], via=row[1])
 
         await self.db.write(fn)
-
-    async def end_all_of(self, user_id: int) -> None:
-        """Sign a user out everywhere (after they are disabled, say)."""
-        await self.db.write(
-            lambda tx: tx.execute(
-                "DELETE FROM console_sessions WHERE user_id = :uid", {"uid": user_id}
-            )
-        )

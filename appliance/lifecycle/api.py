@@ -11,11 +11,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from quart import Response, request
+from quart import Response
 
-from appliance.api.manage import RouteDecorator, _error, _json
+from appliance.api import inputs
+from appliance.api.manage import RouteDecorator, _error, _json, json_body
 from appliance.auth.policy import Principal, may_manage
-from appliance.errors import Denied, InvalidName
+from appliance.errors import Denied, InvalidInput, InvalidName, NotFound
 from appliance.lifecycle import Lifecycle
 from appliance.lifecycle.policies import scope_namespace
 from appliance.oci.names import namespace_of, validate_component, validate_name
@@ -35,21 +36,15 @@ POLICY_FIELDS = {
 SETTING_NAMES = ("keep_recent", "keep_regex", "remove_regex", "older_than_days", "time_basis")
 
 
-async def _body() -> dict[str, Any]:
-    data = await request.get_json(force=True, silent=True)
-    if not isinstance(data, dict):
-        raise ValueError("the body must be a JSON object")  # noqa: TRY004 (a 400)
-    return data
-
-
 def _may_read(who: Principal, ns: str) -> bool:
     return may_manage(who, ns, "reader")
 
 
 def _policy_id(text: str) -> int:
-    if not text.isdigit():
-        raise InvalidName(f"not a policy id: {text[:20]!r}")
-    return int(text)
+    number = inputs.path_id(text)
+    if number is None:
+        raise NotFound(f"no cleanup policy {text[:20]!r}")
+    return number
 
 
 def register(route: RouteDecorator, lifecycle: Lifecycle) -> None:
@@ -87,9 +82,9 @@ def register(route: RouteDecorator, lifecycle: Lifecycle) -> None:
     async def put_quota(who: Principal, ns: str) -> Response:
         if not who.admin:
             return _error(403, "only admins manage quotas")
-        limit = (await _body()).get("limit_bytes")
-        if isinstance(limit, bool) or not isinstance(limit, int):
-            raise ValueError("limit_bytes must be a whole number of bytes")  # noqa: TRY004 (a 400)
+        limit = inputs.whole(await json_body(), "limit_bytes")
+        if limit is None:
+            raise InvalidInput("limit_bytes is required: a whole number of bytes")
         quota = await rules.set_quota(who.actor, ns, limit)
         return _json(quota.as_json())
 
@@ -120,9 +115,7 @@ def register(route: RouteDecorator, lifecycle: Lifecycle) -> None:
     async def add_rule(who: Principal, ns: str) -> Response:
         if not may_manage(who, ns, "maintainer"):
             return _error(403, "you may not do this")
-        pattern = (await _body()).get("pattern")
-        if not isinstance(pattern, str):
-            raise ValueError("pattern must be a string (a regular expression)")  # noqa: TRY004
+        pattern = inputs.required_text(await json_body(), "pattern")
         rule = await rules.add_immutable_rule(who.actor, ns, pattern)
         return _json(rule.as_json(), 201)
 
@@ -134,9 +127,10 @@ def register(route: RouteDecorator, lifecycle: Lifecycle) -> None:
     async def delete_rule(who: Principal, ns: str, rule_id: str) -> Response:
         if not may_manage(who, ns, "maintainer"):
             return _error(403, "you may not do this")
-        if not rule_id.isdigit():
-            raise ValueError("not a rule id")
-        await rules.remove_immutable_rule(who.actor, ns, int(rule_id))
+        number = inputs.path_id(rule_id)
+        if number is None:
+            raise NotFound(f"no immutable tag rule {rule_id[:20]!r} in namespace {ns}")
+        await rules.remove_immutable_rule(who.actor, ns, number)
         return _json({})
 
     # -- cleanup policies ---------------------------------------------------------------------
@@ -159,8 +153,8 @@ def register(route: RouteDecorator, lifecycle: Lifecycle) -> None:
         if not may_manage(who, ns, "maintainer"):
             return _error(403, "you may not do this")
         validate_component(ns)
-        data = await _body()
-        scope = str(data.get("repository") or ns)
+        data = await json_body()
+        scope = inputs.text(data, "repository") or ns
         validate_name(scope)
         if namespace_of(scope) != ns:
             raise InvalidName(f"repository {scope} is not in namespace {ns}")
@@ -168,7 +162,8 @@ def register(route: RouteDecorator, lifecycle: Lifecycle) -> None:
         if unknown:
             raise InvalidName(f"unknown field(s): {', '.join(sorted(unknown))}")
         settings = {k: data[k] for k in SETTING_NAMES if k in data}
-        policy = await policies.create(who.actor, scope, settings, bool(data.get("enabled", True)))
+        enabled = inputs.flag(data, "enabled", default=True)
+        policy = await policies.create(who.actor, scope, settings, enabled)
         return _json(policy.as_json(), 201)
 
     async def _owned(who: Principal, policy_id: str) -> Any:
@@ -176,8 +171,6 @@ def register(route: RouteDecorator, lifecycle: Lifecycle) -> None:
         if not may_manage(who, scope_namespace(policy.scope), "maintainer"):
             if _may_read(who, scope_namespace(policy.scope)):
                 return None
-            from appliance.errors import NotFound  # noqa: PLC0415
-
             raise NotFound(f"no cleanup policy {policy_id}")
         return policy
 
@@ -198,15 +191,13 @@ def register(route: RouteDecorator, lifecycle: Lifecycle) -> None:
         policy = await _owned(who, policy_id)
         if policy is None:
             return _error(403, "you may not do this")
-        data = await _body()
+        data = await json_body()
         changed = {k: data[k] for k in SETTING_NAMES if k in data}
         settings = {**policy.settings.as_json(), **changed} if changed else None
         if settings is not None:
             settings = {k: v for k, v in settings.items() if v is not None}
-        enabled = data.get("enabled")
-        updated = await policies.update(
-            who.actor, policy.id, settings, None if enabled is None else bool(enabled)
-        )
+        enabled = inputs.flag(data, "enabled") if data.get("enabled") is not None else None
+        updated = await policies.update(who.actor, policy.id, settings, enabled)
         return _json(updated.as_json())
 
     @route("/policies/{policy_id}", "DELETE", "Delete a cleanup policy (maintainers)")

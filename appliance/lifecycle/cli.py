@@ -330,7 +330,8 @@ def immutable_list(namespace: str | None, config_path: Path | None, data_dir: Pa
         return await db.read(lambda tx: list_immutable_rules(tx, namespace))
 
     for rule in _run(config_path, data_dir, work):
-        click.echo(f"{rule.id}\t{rule.namespace}\t{rule.pattern}")
+        problem = f"\tprotects no tag: {rule.problem}" if rule.problem else ""
+        click.echo(f"{rule.id}\t{rule.namespace}\t{rule.pattern}{problem}")
 
 
 # -- cleanup policies -------------------------------------------------------------------------
@@ -403,10 +404,14 @@ def policy_list(config_path: Path | None, data_dir: Path | None) -> None:
     for p in _run(config_path, data_dir, work):
         state = "enabled" if p.enabled else "disabled"
         previewed = "previewed" if p.previewed_at is not None else "not previewed"
-        click.echo(f"{p.id}\t{p.scope}\t{state}, {previewed}\t{json.dumps(p.settings.as_json())}")
+        problem = f"\tremoves nothing: {p.settings.problem}" if p.settings.problem else ""
+        settings = json.dumps(p.settings.as_json())
+        click.echo(f"{p.id}\t{p.scope}\t{state}, {previewed}\t{settings}{problem}")
 
 
 def _show_plan(result: dict[str, Any], verb: str) -> None:
+    if result.get("problem"):
+        click.echo(f"warning: {result['problem']}", err=True)
     for t in result["tags"]:
         click.echo(f"{verb}: {t['repository']}:{t['tag']} ({t['digest']})")
     for t in result["protected"]:

@@ -36,7 +36,7 @@ from prometheus_client import Counter, Gauge
 
 from appliance.metadata.db import Database, Tx
 from appliance.metadata.leader import Fence, check_fence
-from appliance.metadata.store import enqueue_blobs, enqueue_manifests
+from appliance.metadata.store import drop_manifest
 from appliance.ops import audit, webhooks
 from appliance.ops.metrics import REGISTRY
 from appliance.storage.base import BlobStore, BulkDelete
@@ -129,35 +129,6 @@ def held(tx: Tx, now: float) -> bool:
         tx.scalar("SELECT 1 FROM gc_holds WHERE expires_at > :now LIMIT 1", {"now": now})
         is not None
     )
-
-
-def drop_manifest(tx: Tx, manifest_id: int, review_after: float) -> None:
-    """Delete a manifest the caller has checked is unreferenced (no tag, no index lists it);
-    queue its blobs, children and referrers for review at `review_after`."""
-    blobs = [
-        r[0]
-        for r in tx.execute(
-            "SELECT digest FROM manifest_layers WHERE manifest_id = :id", {"id": manifest_id}
-        )
-    ]
-    children = [
-        int(r[0])
-        for r in tx.execute(
-            "SELECT child_id FROM manifest_references WHERE parent_id = :id", {"id": manifest_id}
-        )
-    ]
-    referrers = [
-        int(r[0])
-        for r in tx.execute(
-            "SELECT m.id FROM manifests m JOIN manifests s ON s.repository_id = m.repository_id "
-            "AND s.digest = m.subject_digest WHERE s.id = :id",
-            {"id": manifest_id},
-        )
-    ]
-    tx.execute("DELETE FROM gc_manifest_queue WHERE manifest_id = :id", {"id": manifest_id})
-    tx.execute("DELETE FROM manifests WHERE id = :id", {"id": manifest_id})
-    enqueue_blobs(tx, blobs, review_after)
-    enqueue_manifests(tx, [*children, *referrers], review_after)
 
 
 def manifest_needed(tx: Tx, manifest_id: int, referrers: bool) -> bool:
@@ -275,12 +246,13 @@ class Collector:
                 "ON r.id = m.repository_id WHERE m.id = :id",
                 {"id": manifest_id},
             )
-            drop_manifest(tx, manifest_id, later)
+            generated = drop_manifest(tx, manifest_id, later)
             if row is not None:  # subscribers hear of it as of any other delete
-                webhooks.emit(
-                    tx, "delete", repository=row[0], digest=row[1], actor=self.actor, gc=True
-                )
-            out.manifests += 1
+                for gone in [row[1], *generated]:
+                    webhooks.emit(
+                        tx, "delete", repository=row[0], digest=gone, actor=self.actor, gc=True
+                    )
+            out.manifests += 1 + len(generated)
         return out
 
     def _blob_batch(self, tx: Tx, fence: Fence | None, now: float) -> _Batch:

@@ -22,19 +22,25 @@ any change clears that mark. Every tag and manifest a run removes is in the audi
 
 from __future__ import annotations
 
+import functools
 import json
-import re
+import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from appliance.errors import Denied, InvalidName, NotFound
-from appliance.lifecycle.gc import drop_manifest, manifest_needed
+from appliance.lifecycle.gc import manifest_needed
 from appliance.lifecycle.rules import Rules, _in_namespace
 from appliance.metadata.db import Database, Tx
 from appliance.metadata.leader import Fence, check_fence
+from appliance.metadata.store import drop_manifest
+from appliance.oci import patterns
 from appliance.oci.names import validate_name
+from appliance.oci.patterns import TagPattern
 from appliance.ops import audit, webhooks
+
+log = logging.getLogger("berth.lifecycle")
 
 DAY = 86400.0
 TIME_BASES = ("push", "pull")
@@ -61,19 +67,15 @@ class PolicySettings:
             raise InvalidName("keep_recent must be a whole number, 0 or more")
         older = data.get("older_than_days")
         if older is not None and (
-            isinstance(older, bool) or not isinstance(older, int | float) or older < 0
+            isinstance(older, bool)
+            or not isinstance(older, int | float)
+            or not 0 <= older < float("inf")  # also refuses NaN
         ):
             raise InvalidName("older_than_days must be a number of days, 0 or more")
         for name in ("keep_regex", "remove_regex"):
             value = data.get(name)
-            if value is None:
-                continue
-            if not isinstance(value, str) or not value or len(value) > 256:
-                raise InvalidName(f"{name} must be a regular expression of 1 to 256 characters")
-            try:
-                re.compile(value)
-            except re.error as e:
-                raise InvalidName(f"{name} {value!r} is not a regular expression: {e}") from None
+            if value is not None:
+                patterns.compile_pattern(value, name)
         basis = data.get("time_basis", "push")
         if basis not in TIME_BASES:
             raise InvalidName("time_basis must be 'push' or 'pull'")
@@ -89,6 +91,25 @@ class PolicySettings:
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
+
+    @functools.cached_property
+    def keep(self) -> TagPattern | None:
+        return None if self.keep_regex is None else patterns.stored(self.keep_regex, "keep_regex")
+
+    @functools.cached_property
+    def remove(self) -> TagPattern | None:
+        if self.remove_regex is None:
+            return None
+        return patterns.stored(self.remove_regex, "remove_regex")
+
+    @property
+    def problem(self) -> str | None:
+        """Why a stored pattern cannot be used, or None. Such a policy removes nothing: a
+        `keep_regex` that matched nothing would remove the very tags it was meant to keep."""
+        for found in (self.keep, self.remove):
+            if found is not None and found.error is not None:
+                return found.error
+        return None
 
 
 @dataclass(frozen=True)
@@ -107,6 +128,8 @@ class Policy:
     def as_json(self) -> dict[str, Any]:
         out = asdict(self)
         out["settings"] = self.settings.as_json()
+        if self.settings.problem is not None:
+            out["problem"] = self.settings.problem
         return out
 
 
@@ -120,6 +143,7 @@ class PlanResult:
     manifests: int = 0
     blobs: int = 0
     unique_bytes: int = 0
+    problem: str | None = None  # why the policy removed nothing (a stored pattern RE2 refuses)
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -384,9 +408,9 @@ class Policies:
             name = tags[i][0]
             if s.keep_recent is not None and rank < s.keep_recent:
                 continue
-            if s.keep_regex is not None and re.fullmatch(s.keep_regex, name):
+            if s.keep is not None and s.keep.fullmatch(name):
                 continue
-            if s.remove_regex is not None and not re.fullmatch(s.remove_regex, name):
+            if s.remove is not None and not s.remove.fullmatch(name):
                 continue
             if cutoff is not None and when(tags[i]) >= cutoff:
                 continue
@@ -395,6 +419,12 @@ class Policies:
 
     def _apply(self, tx: Tx, policy: Policy, now: float, actor: str) -> PlanResult:
         result = PlanResult(policy.id)
+        if policy.settings.problem is not None:
+            log.warning("cleanup policy %d removes nothing: %s", policy.id, policy.settings.problem)
+            result.problem = (
+                f"{policy.settings.problem}; the policy removes nothing until it is changed"
+            )
+            return result
         if "/" in policy.scope:
             repos = tx.execute(
                 "SELECT id, name FROM repositories WHERE name = :n", {"n": policy.scope}
@@ -479,14 +509,15 @@ class Policies:
                     {"id": manifest_id},
                 )
             ]
-            drop_manifest(tx, manifest_id, now + self.delay)
-            audit.record(
-                tx, actor, "manifest.delete", f"{row[0]}@{row[1]}", at=now, policy=policy.id
-            )
-            webhooks.emit(
-                tx, "delete", repository=row[0], digest=row[1], actor=actor, policy=policy.id
-            )
-            result.manifests += 1
+            generated = drop_manifest(tx, manifest_id, now + self.delay)
+            for gone in [row[1], *generated]:
+                audit.record(
+                    tx, actor, "manifest.delete", f"{row[0]}@{gone}", at=now, policy=policy.id
+                )
+                webhooks.emit(
+                    tx, "delete", repository=row[0], digest=gone, actor=actor, policy=policy.id
+                )
+            result.manifests += 1 + len(generated)
             pending.extend(follow)
         for digest in sorted(layers):
             if (

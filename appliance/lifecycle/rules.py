@@ -16,7 +16,8 @@ deleting the namespace would free).
 
 from __future__ import annotations
 
-import re
+import functools
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -25,8 +26,12 @@ from typing import Any
 
 from appliance.errors import Denied, InvalidName, NotFound
 from appliance.metadata.db import Database, Tx
+from appliance.oci import patterns
 from appliance.oci.names import namespace_of, validate_component, validate_name
+from appliance.oci.patterns import TagPattern
 from appliance.ops import audit
+
+log = logging.getLogger("berth.lifecycle")
 
 
 @dataclass(frozen=True)
@@ -37,11 +42,24 @@ class ImmutableRule:
     created_by: str
     created_at: float
 
+    @functools.cached_property
+    def compiled(self) -> TagPattern:
+        """The pattern on RE2; a stored one RE2 refuses matches nothing (see `problem`)."""
+        return patterns.stored(self.pattern, "the rule's pattern")
+
+    @property
+    def problem(self) -> str | None:
+        """Why a stored pattern cannot be used (the rule then protects no tag), or None."""
+        return self.compiled.error
+
     def matches(self, tag: str) -> bool:
-        return re.fullmatch(self.pattern, tag) is not None
+        return self.compiled.fullmatch(tag)
 
     def as_json(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        if self.problem is not None:
+            out["problem"] = self.problem
+        return out
 
 
 @dataclass(frozen=True)
@@ -123,16 +141,6 @@ def namespaces_in_use(tx: Tx) -> list[str]:
     return sorted(names)
 
 
-def _check_pattern(pattern: str) -> str:
-    if not pattern or len(pattern) > 256:
-        raise InvalidName("a rule's pattern must be 1 to 256 characters")
-    try:
-        re.compile(pattern)
-    except re.error as e:
-        raise InvalidName(f"invalid regular expression {pattern!r}: {e}") from None
-    return pattern
-
-
 class Rules:
     """The cached immutable-tag rules and quotas, and the changes to them.
 
@@ -148,6 +156,7 @@ class Rules:
         self._loaded_at = -float("inf")
         self._immutable: dict[str, tuple[ImmutableRule, ...]] = {}
         self._quotas: dict[str, int] = {}
+        self._warned: set[int] = set()
 
     # -- the cache ------------------------------------------------------------------------
 
@@ -161,6 +170,14 @@ class Rules:
         quotas = list_quotas(tx)
         by_ns: dict[str, list[ImmutableRule]] = {}
         for rule in rules:
+            if rule.problem is not None and rule.id not in self._warned:
+                self._warned.add(rule.id)  # once per process, not at every reload
+                log.warning(
+                    "immutable tag rule %d of %s protects no tag: %s",
+                    rule.id,
+                    rule.namespace,
+                    rule.problem,
+                )
             by_ns.setdefault(rule.namespace, []).append(rule)
         with self._lock:
             self._immutable = {ns: tuple(found) for ns, found in by_ns.items()}
@@ -200,6 +217,45 @@ class Rules:
                 {"namespace": ns, "usage": usage, "size": size, "limit": limit},
             )
 
+    def quota_limited(self, tx: Tx, repository: str) -> bool:
+        self._fresh(tx)
+        return namespace_of(repository) in self._quotas
+
+    def held_size(self, tx: Tx, repository: str, digest: str) -> int:
+        inside, params = _in_namespace("r.name", namespace_of(repository))
+        size = tx.scalar(
+            "SELECT b.size FROM blobs b WHERE b.digest = :d AND EXISTS (SELECT 1 "  # noqa: S608
+            "FROM repository_blobs rb JOIN repositories r ON r.id = rb.repository_id "
+            f"WHERE rb.digest = b.digest AND {inside})",
+            {**params, "d": digest},
+        )
+        return 0 if size is None else int(size)
+
+    def upload_growing(self, tx: Tx, repository: str, upload_id: str, total: int) -> None:
+        """Open uploads count against the quota while they are written: committed bytes, plus
+        what the namespace's other open uploads hold or reserved, plus `total` must fit."""
+        self._fresh(tx)
+        ns = namespace_of(repository)
+        limit = self._quotas.get(ns)
+        if limit is None:
+            return
+        usage = namespace_usage(tx, ns).total
+        inside, params = _in_namespace("r.name", ns)
+        held = int(
+            tx.scalar(
+                "SELECT COALESCE(SUM(CASE WHEN u.reserved > u.size THEN u.reserved "  # noqa: S608
+                "ELSE u.size END), 0) FROM uploads u JOIN repositories r "
+                f"ON r.id = u.repository_id WHERE {inside} AND u.id <> :id",
+                {**params, "id": upload_id},
+            )
+        )
+        if usage + held + total > limit:
+            raise Denied(
+                f"quota of namespace {ns} exceeded: it holds {usage} bytes and its other open "
+                f"uploads {held}, this upload needs {total}, the limit is {limit} bytes",
+                {"namespace": ns, "usage": usage, "uploads": held, "size": total, "limit": limit},
+            )
+
     def tag_moving(self, tx: Tx, repository: str, tag: str, previous: int | None, new: int) -> None:
         if previous is None or previous == new:
             return
@@ -233,7 +289,7 @@ class Rules:
 
     async def add_immutable_rule(self, actor: str, namespace: str, pattern: str) -> ImmutableRule:
         validate_component(namespace)
-        _check_pattern(pattern)
+        patterns.compile_pattern(pattern, "the rule's pattern")
         now = self.clock()
 
         def fn(tx: Tx) -> ImmutableRule:

@@ -2,11 +2,18 @@
 
 The rules' meaning and their checks live in `auth/citrust.py`; here they are rows. The lookup
 on the hot path is by issuer (indexed), joined to the namespace's name.
+
+A rule is never edited, only added or removed, and its id is never given to another rule: a
+registry token issued from a CI identity token names the rules that matched by id, and works
+only while they exist (`auth/credentials.py`). So removing a rule touches the `AUTH` change
+topic, like revoking a token, and every process's credential caches reload on their next
+request; adding one touches nothing (no cached credential can name a rule that did not exist).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -128,6 +135,16 @@ def require(tx: Tx, rule_id: int) -> TrustRule:
     return found
 
 
+def by_ids(tx: Tx, rule_ids: Iterable[int]) -> list[TrustRule]:
+    """The rules of `rule_ids` that exist, by id (one query)."""
+    params = {f"id{i}": int(rule_id) for i, rule_id in enumerate(sorted(set(rule_ids)))}
+    if not params:
+        return []
+    names = ", ".join(f":{name}" for name in params)
+    rows = tx.execute(_SELECT + f"WHERE r.id IN ({names}) ORDER BY r.id", params)
+    return [_rule(r) for r in rows]
+
+
 def for_issuer(tx: Tx, issuer: str) -> list[TrustRule]:
     rows = tx.execute(_SELECT + "WHERE r.issuer = :issuer ORDER BY r.id", {"issuer": issuer})
     return [_rule(r) for r in rows]
@@ -144,4 +161,6 @@ def listed(tx: Tx, namespace: str | None = None) -> list[TrustRule]:
 
 
 def delete(tx: Tx, rule_id: int) -> None:
+    """Remove a rule; what was signed in with it stops working on its next request."""
     tx.execute("DELETE FROM ci_trust_rules WHERE id = :id", {"id": rule_id})
+    tx.touch(identity.AUTH)

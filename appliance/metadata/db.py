@@ -33,10 +33,14 @@ import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar, Protocol, TypeVar
+
+import trio
 
 from appliance.config import Config
 from appliance.errors import BerthError, ConfigError, Unavailable
+from appliance.metadata.changes import ChangeBoard
 
 T = TypeVar("T")
 Row = tuple[Any, ...]
@@ -80,6 +84,11 @@ class Tx(Protocol):
         """Stream the rows of a query without holding them all in memory."""
         ...
 
+    def touch(self, *topics: str) -> None:
+        """Say that this transaction changes cached facts of `topics` (metadata/changes.py):
+        once it commits, every process's caches of them reload."""
+        ...
+
 
 @dataclass(frozen=True)
 class Migration:
@@ -109,6 +118,9 @@ class Options:
     pool_size: int = 8
     pool_timeout: float = 10.0
     statement_timeout: float = 30.0
+    #: PostgreSQL: the change-stamp file the processes of this host share (None: this
+    #: process's own). SQLite keeps it next to the database file.
+    changes_path: Path | None = None
 
 
 def migrations(dialect: str) -> tuple[Migration, ...]:
@@ -142,6 +154,16 @@ class Database(ABC):
 
     #: Where the database is, for messages (never with a password).
     where: str
+
+    #: The change stamps caches of this database's facts check (metadata/changes.py).
+    changes: ChangeBoard
+
+    async def watch_changes(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Keep `changes` current with writes made by other hosts, until cancelled. Nothing to
+        do where every writer shares this host's stamp file (SQLite)."""
+        task_status.started()
 
     @abstractmethod
     async def read(self, fn: Callable[[Tx], T]) -> T:
@@ -276,6 +298,7 @@ def open_metadata(config: Config, *, migrate: bool | None = None) -> Database:
         pool_size=config["metadata.pool_size"],
         pool_timeout=config["metadata.pool_timeout"],
         statement_timeout=config["metadata.statement_timeout"],
+        changes_path=config.data_dir / "changes",
     )
     if migrate is None:
         migrate = auto_migrate_flag(config["metadata.auto_migrate"], dialect_of(url))

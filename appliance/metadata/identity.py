@@ -4,6 +4,14 @@ Every function is a piece of a unit of work: it takes the caller's `Tx` and runs
 `:name` SQL, so the API, the CLI and the LDAP sync compose them into one transaction together
 with the audit row that describes the change (`ops.audit.record`). Nothing here hashes or
 checks a secret: callers pass hashes in (see `auth.passwords`, `auth.secrets`).
+
+Every change to a fact a credential check rests on (a user's password, admin flag or
+disabled flag, memberships, public namespaces, robots, revoked tokens) touches the `AUTH`
+topic in its transaction (metadata/changes.py), so every process's access caches reload on
+their next request; and a change that takes rights away (disabled, password changed, admin
+flag or a role lowered) ends the user's console sessions in that same transaction. Creating
+a credential touches nothing (no cache can hold what did not exist), nor does bookkeeping
+(`touch_token`, `last_login_at`), which runs on every sign-in.
 """
 
 from __future__ import annotations
@@ -12,6 +20,13 @@ from dataclasses import dataclass
 
 from appliance.errors import Conflict, NotFound
 from appliance.metadata.db import Tx
+
+AUTH = "auth"  # the change topic of identity facts (metadata/changes.py)
+ROLES = ("reader", "developer", "maintainer", "owner")  # each includes the one before
+
+
+def role_rank(role: str | None) -> int:
+    return ROLES.index(role) + 1 if role in ROLES else 0
 
 
 class UserNotFound(NotFound):
@@ -43,6 +58,7 @@ class UserRecord:
     disabled: bool
     created_at: float
     last_login_at: float | None
+    generation: int = 0  # bumped when the password changes or the user is disabled
 
     def public(self) -> dict[str, object]:
         return {
@@ -113,6 +129,7 @@ class TokenRecord:
     expires_at: float | None
     last_used_at: float | None
     revoked_at: float | None
+    minted_by: str | None = None  # the credential this token dies with (auth/credentials.py)
 
     def usable(self, now: float) -> bool:
         return self.revoked_at is None and (self.expires_at is None or now < self.expires_at)
@@ -132,10 +149,11 @@ class TokenRecord:
 
 _USER_COLUMNS = (
     "id, name, email, display_name, password_hash, source, external_id, is_admin, disabled, "
-    "created_at, last_login_at"
+    "created_at, last_login_at, credential_generation"
 )
 _TOKEN_COLUMNS = (
-    "id, kind, user_id, robot_id, name, scopes, created_at, expires_at, last_used_at, revoked_at"  # noqa: S105 (column names)
+    "id, kind, user_id, robot_id, name, scopes, created_at, expires_at, last_used_at, revoked_at, "  # noqa: S105 (column names)
+    "minted_by"
 )
 
 
@@ -143,6 +161,7 @@ def _user(row: tuple[object, ...]) -> UserRecord:
     r = list(row)
     r[7] = bool(r[7])
     r[8] = bool(r[8])
+    r[11] = r[11] or 0
     return UserRecord(*r)  # type: ignore[arg-type]
 
 
@@ -257,6 +276,7 @@ def create_user(
         "VALUES (:ns, :uid, 'owner', 'personal', :now)",
         {"ns": ns_id, "uid": user_id, "now": now},
     )
+    tx.touch(AUTH)
     user = user_by_id(tx, user_id)
     assert user is not None
     return user
@@ -264,7 +284,12 @@ def create_user(
 
 def update_user(tx: Tx, name: str, **fields: object) -> UserRecord:
     """Set some of: password_hash, is_admin, disabled, email, display_name, external_id,
-    last_login_at."""
+    last_login_at.
+
+    A new password or disabling moves the user's credential generation on (what their
+    sign-ins minted stops working); either, or losing the admin flag, ends their console
+    sessions. Only a change to a fact access checks rest on touches the `AUTH` topic.
+    """
     allowed = {
         "password_hash",
         "is_admin",
@@ -278,14 +303,28 @@ def update_user(tx: Tx, name: str, **fields: object) -> UserRecord:
     if unknown:
         raise ValueError(f"unknown user fields {sorted(unknown)}")
     user = require_user(tx, name)
-    if fields:
-        assignments = ", ".join(f"{k} = :{k}" for k in sorted(fields))
-        params = {k: int(v) if isinstance(v, bool) else v for k, v in fields.items()}
-        tx.execute(
-            f"UPDATE users SET {assignments} WHERE id = :id",  # noqa: S608 (keys are checked)
-            {**params, "id": user.id},
-        )
+    changed = {k: v for k, v in fields.items() if getattr(user, k) != v}
+    if not changed:
+        return user
+    assignments = ", ".join(f"{k} = :{k}" for k in sorted(changed))
+    params = {k: int(v) if isinstance(v, bool) else v for k, v in changed.items()}
+    new_generation = "password_hash" in changed or changed.get("disabled") is True
+    if new_generation:
+        assignments += ", credential_generation = credential_generation + 1"
+    tx.execute(
+        f"UPDATE users SET {assignments} WHERE id = :id",  # noqa: S608 (keys are checked)
+        {**params, "id": user.id},
+    )
+    if changed.keys() - {"last_login_at", "email", "display_name", "external_id"}:
+        tx.touch(AUTH)
+    if new_generation or changed.get("is_admin") is False:
+        end_sessions(tx, user.id)
     return require_user(tx, name)
+
+
+def end_sessions(tx: Tx, user_id: int) -> None:
+    """Sign the user out of the console everywhere (their rights were just narrowed)."""
+    tx.execute("DELETE FROM console_sessions WHERE user_id = :uid", {"uid": user_id})
 
 
 def roles_of(tx: Tx, user_id: int) -> dict[str, str]:
@@ -307,12 +346,14 @@ def create_namespace(tx: Tx, name: str, now: float, *, public: bool = False) -> 
         "INSERT INTO namespaces (name, public, created_at) VALUES (:name, :public, :now)",
         {"name": name, "public": int(public), "now": now},
     )
+    tx.touch(AUTH)
     return require_namespace(tx, name)
 
 
 def set_namespace_public(tx: Tx, name: str, public: bool) -> NamespaceRecord:
     ns = require_namespace(tx, name)
     tx.execute("UPDATE namespaces SET public = :p WHERE id = :id", {"p": int(public), "id": ns.id})
+    tx.touch(AUTH)
     return require_namespace(tx, name)
 
 
@@ -321,6 +362,7 @@ def delete_namespace(tx: Tx, name: str) -> None:
     if ns.personal_of is not None:
         raise Conflict(f"{name!r} is the personal namespace of a user; it goes with the user")
     tx.execute("DELETE FROM namespaces WHERE id = :id", {"id": ns.id})
+    tx.touch(AUTH)
 
 
 def list_namespaces(tx: Tx) -> list[NamespaceRecord]:
@@ -348,14 +390,25 @@ def members(tx: Tx, namespace: str) -> list[dict[str, object]]:
 def set_member(  # noqa: PLR0917
     tx: Tx, namespace: str, user: str, role: str, now: float, source: str = "manual"
 ) -> None:
+    """Give `user` `role` in `namespace`; a lower role than before ends their console
+    sessions."""
     ns = require_namespace(tx, namespace)
     u = require_user(tx, user)
+    before = tx.one(
+        "SELECT role, source FROM memberships WHERE namespace_id = :ns AND user_id = :uid",
+        {"ns": ns.id, "uid": u.id},
+    )
+    if before is not None and (before[0], before[1]) == (role, source):
+        return
     tx.execute(
         "INSERT INTO memberships (namespace_id, user_id, role, source, created_at) "
         "VALUES (:ns, :uid, :role, :source, :now) ON CONFLICT (namespace_id, user_id) "
         "DO UPDATE SET role = excluded.role, source = excluded.source",
         {"ns": ns.id, "uid": u.id, "role": role, "source": source, "now": now},
     )
+    tx.touch(AUTH)
+    if before is not None and role_rank(role) < role_rank(str(before[0])):
+        end_sessions(tx, u.id)
 
 
 def remove_member(tx: Tx, namespace: str, user: str) -> bool:
@@ -365,6 +418,9 @@ def remove_member(tx: Tx, namespace: str, user: str) -> bool:
         "DELETE FROM memberships WHERE namespace_id = :ns AND user_id = :uid RETURNING role",
         {"ns": ns.id, "uid": u.id},
     )
+    if gone:
+        tx.touch(AUTH)
+        end_sessions(tx, u.id)
     return bool(gone)
 
 
@@ -436,6 +492,7 @@ def delete_robot(tx: Tx, namespace: str, name: str) -> None:
     if found is None:
         raise RobotNotFound(f"no robot {name!r} in namespace {namespace!r}")
     tx.execute("DELETE FROM robots WHERE id = :id", {"id": found.id})
+    tx.touch(AUTH)
 
 
 # -- tokens --------------------------------------------------------------------------------
@@ -452,12 +509,13 @@ def create_token(
     name: str = "",
     scopes: tuple[str, ...] = (),
     expires_at: float | None = None,
+    minted_by: str | None = None,
 ) -> TokenRecord:
     token_id = int(
         tx.scalar(
             "INSERT INTO tokens (kind, user_id, robot_id, name, scopes, secret_hash, created_at, "
-            "expires_at) VALUES (:kind, :uid, :rid, :name, :scopes, :hash, :now, :exp) "
-            "RETURNING id",
+            "expires_at, minted_by) VALUES (:kind, :uid, :rid, :name, :scopes, :hash, :now, "
+            ":exp, :minted) RETURNING id",
             {
                 "kind": kind,
                 "uid": user_id,
@@ -467,6 +525,7 @@ def create_token(
                 "hash": secret_hash,
                 "now": now,
                 "exp": expires_at,
+                "minted": minted_by,
             },
         )
     )
@@ -491,11 +550,19 @@ def token_by_id(tx: Tx, token_id: int) -> TokenRecord | None:
     return None if row is None else _token(row)
 
 
-def tokens_of_user(tx: Tx, user_id: int, kind: str = "pat") -> list[TokenRecord]:
+def tokens_of_user(tx: Tx, user_id: int, kind: str | None = "pat") -> list[TokenRecord]:
+    """The user's tokens of `kind` (pat, refresh; None: both), oldest first."""
+    which, params = (
+        ("", {"uid": user_id})
+        if kind is None
+        else (
+            "AND kind = :kind ",
+            {"uid": user_id, "kind": kind},
+        )
+    )
     rows = tx.execute(
-        f"SELECT {_TOKEN_COLUMNS} FROM tokens WHERE user_id = :uid AND kind = :kind "  # noqa: S608
-        "ORDER BY id",
-        {"uid": user_id, "kind": kind},
+        f"SELECT {_TOKEN_COLUMNS} FROM tokens WHERE user_id = :uid {which}ORDER BY id",  # noqa: S608
+        params,
     )
     return [_token(r) for r in rows]
 
@@ -513,7 +580,22 @@ def revoke_token(tx: Tx, token_id: int, now: float) -> None:
         "UPDATE tokens SET revoked_at = :now WHERE id = :id AND revoked_at IS NULL",
         {"id": token_id, "now": now},
     )
+    tx.touch(AUTH)
+
+
+def revoke_refresh_tokens(tx: Tx, user_id: int, now: float) -> int:
+    """Revoke every refresh token of the user (they were disabled); returns how many."""
+    gone = tx.execute(
+        "UPDATE tokens SET revoked_at = :now WHERE user_id = :uid AND kind = 'refresh' "
+        "AND revoked_at IS NULL RETURNING id",
+        {"uid": user_id, "now": now},
+    )
+    if gone:
+        tx.touch(AUTH)
+    return len(gone)
 
 
 def touch_token(tx: Tx, token_id: int, now: float) -> None:
+    """Last-used bookkeeping, on every sign-in: deliberately touches no change topic, which
+    would make every process reload its access caches after each sign-in."""
     tx.execute("UPDATE tokens SET last_used_at = :now WHERE id = :id", {"id": token_id, "now": now})

@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import logging
 import random
 import re
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -33,6 +35,7 @@ from psycopg.pq import TransactionStatus
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from appliance.errors import ConfigError, Unavailable
+from appliance.metadata.changes import CHANNEL, ChangeBoard
 from appliance.metadata.db import (
     Database,
     MetadataError,
@@ -48,6 +51,7 @@ from appliance.metadata.db import (
 )
 
 T = TypeVar("T")
+log = logging.getLogger("berth.metadata")
 
 BEGIN_WRITE = "BEGIN ISOLATION LEVEL SERIALIZABLE"
 BEGIN_READ = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
@@ -91,6 +95,10 @@ class PostgresTx:
 
     def __init__(self, conn: psycopg.Connection[Any]) -> None:
         self._conn = conn
+        self.touched: set[str] = set()
+
+    def touch(self, *topics: str) -> None:
+        self.touched.update(topics)
 
     def execute(self, sql: str, params: Params | None = None) -> list[Row]:
         cur = self._conn.execute(to_pyformat(sql), dict(params or {}))
@@ -169,6 +177,45 @@ class PostgresDatabase(Database):
             self._pool.close()
             raise Unavailable(f"cannot connect to the metadata database {self.where}") from e
         self._limit = trio.CapacityLimiter(max(1, options.pool_size))
+        # Untrusted until `watch_changes` listens: other hosts' writes would go unseen.
+        self.changes = ChangeBoard(options.changes_path, trusted=False)
+
+    async def watch_changes(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """LISTEN for other processes' commits and bump their topics, until cancelled; the
+        stamps are trusted only while listening (metadata/changes.py)."""
+        stop = threading.Event()
+        task_status.started()
+        try:
+            await trio.to_thread.run_sync(self._listen, stop, abandon_on_cancel=True)
+        finally:
+            stop.set()
+
+    def _listen(self, stop: threading.Event) -> None:
+        pause = 0.1
+        while not stop.is_set():
+            try:
+                conn = psycopg.connect(self.url, **self._kwargs)
+            except psycopg.Error as e:
+                log.warning("cannot listen for changes on %s: %s", self.where, first_line(e))
+                stop.wait(pause)
+                pause = min(5.0, pause * 2)
+                continue
+            try:
+                conn.execute(f"LISTEN {CHANNEL}")
+                self.changes.trust()  # bumps every stamp: what happened meanwhile is unknown
+                pause = 0.1
+                while not stop.is_set():
+                    topics = {n.payload for n in conn.notifies(timeout=0.5)}
+                    if topics:
+                        self.changes.bump(topics)
+            except psycopg.Error as e:
+                if not stop.is_set():
+                    log.warning("lost the change listener on %s: %s", self.where, first_line(e))
+            finally:
+                self.changes.trust(False)
+                conn.close()
 
     def connect(self) -> psycopg.Connection[Any]:
         """A new connection of its own (not from the pool), autocommit. Raises Unavailable."""
@@ -198,8 +245,14 @@ class PostgresDatabase(Database):
     def _attempt(self, begin: str, fn: Callable[[Tx], T]) -> T:
         with self._pool.connection() as conn:
             conn.execute(begin)
+            tx = PostgresTx(conn)
             try:
-                result = fn(PostgresTx(conn))
+                result = fn(tx)
+                if tx.touched:  # delivered to every listener when (and only if) this commits
+                    conn.execute(
+                        "SELECT pg_notify(%s, topic) FROM unnest(%s::text[]) AS topic",
+                        (CHANNEL, sorted(tx.touched)),
+                    )
                 conn.execute("COMMIT")
             except BaseException:
                 if not conn.closed and conn.info.transaction_status != TransactionStatus.IDLE:
@@ -208,7 +261,9 @@ class PostgresDatabase(Database):
                     except psycopg.Error:
                         conn.close()  # the pool discards it
                 raise
-            return result
+        if tx.touched:
+            self.changes.bump(tx.touched)
+        return result
 
     def _run(self, begin: str, fn: Callable[[Tx], T]) -> T:
         with self.translated():
@@ -282,3 +337,4 @@ class PostgresDatabase(Database):
 
     def close(self) -> None:
         self._pool.close()
+        self.changes.close()

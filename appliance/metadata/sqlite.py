@@ -9,6 +9,7 @@ another process's write transaction. sqlite3 errors are translated here and neve
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -18,6 +19,7 @@ from typing import ClassVar, TypeVar
 import trio
 
 from appliance.errors import ConfigError, Unavailable
+from appliance.metadata.changes import ChangeBoard
 from appliance.metadata.db import (
     Database,
     MetadataError,
@@ -41,6 +43,10 @@ class SqliteTx:
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
+        self.touched: set[str] = set()
+
+    def touch(self, *topics: str) -> None:
+        self.touched.update(topics)
 
     def execute(self, sql: str, params: Params | None = None) -> list[Row]:
         return self._conn.execute(sql, params or {}).fetchall()
@@ -112,9 +118,21 @@ class SqliteDatabase(Database):
             self._writer = _connect(str(path))
             self._writer.execute("PRAGMA journal_mode = WAL")
             self._readers = [_connect(str(path)) for _ in range(max(1, readers))]
+            # For units of work run from plain threads (`run_sync_read`): a read there must
+            # not wait for, or be mixed into, a write on the writer connection.
+            self._sync_reader = _connect(str(path))
+        # Every process that opens this file shares these stamps (metadata/changes.py).
+        self.changes = ChangeBoard(path.with_name(path.name + ".changes"))
         self._free = list(self._readers)
         self._read_limit = trio.CapacityLimiter(len(self._readers))
         self._write_lock = trio.Lock()
+        # A connection runs one transaction at a time, whichever thread asks: `write` (from
+        # trio) and `run_sync_write` (from any thread: the scanner's re-matching, backups,
+        # operations' figures) meet on the writer connection, so it is held by a thread lock.
+        # Without it a background job's BEGIN landed inside a request's transaction
+        # ("cannot start a transaction within a transaction").
+        self._writer_lock = threading.Lock()
+        self._sync_reader_lock = threading.Lock()
 
     @classmethod
     def from_url(cls, url: str, options: Options | None = None) -> SqliteDatabase:
@@ -135,13 +153,13 @@ class SqliteDatabase(Database):
         )
 
     def schema_status(self) -> SchemaStatus:
-        with _translated(self.where):
+        with self._writer_lock, _translated(self.where):
             return status_of(self.dialect, self._current_version(self._writer))
 
     def migrate(self) -> list[Migration]:
         conn = self._writer
         applied: list[Migration] = []
-        with _translated(self.where):
+        with self._writer_lock, _translated(self.where):
             status = status_of(self.dialect, self._current_version(conn))
             if status.too_new:
                 raise too_new_error(self.where, status)
@@ -173,13 +191,16 @@ class SqliteDatabase(Database):
     def _run(self, conn: sqlite3.Connection, begin: str, fn: Callable[[Tx], T]) -> T:
         with _translated(self.where):
             conn.execute(begin)
+            tx = SqliteTx(conn)
             try:
-                result = fn(SqliteTx(conn))
+                result = fn(tx)
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
             conn.execute("COMMIT")
-            return result
+        if tx.touched:
+            self.changes.bump(tx.touched)
+        return result
 
     async def read(self, fn: Callable[[Tx], T]) -> T:
         async with self._read_limit:
@@ -190,15 +211,19 @@ class SqliteDatabase(Database):
                 self._free.append(conn)
 
     async def write(self, fn: Callable[[Tx], T]) -> T:
+        # The trio lock queues this process's writers without tying up worker threads.
         async with self._write_lock:
-            return await trio.to_thread.run_sync(self._run, self._writer, "BEGIN IMMEDIATE", fn)
+            return await trio.to_thread.run_sync(self.run_sync_write, fn)
 
     def run_sync_read(self, fn: Callable[[Tx], T]) -> T:
-        return self._run(self._writer, "BEGIN", fn)
+        with self._sync_reader_lock:
+            return self._run(self._sync_reader, "BEGIN", fn)
 
     def run_sync_write(self, fn: Callable[[Tx], T]) -> T:
-        return self._run(self._writer, "BEGIN IMMEDIATE", fn)
+        with self._writer_lock:
+            return self._run(self._writer, "BEGIN IMMEDIATE", fn)
 
     def close(self) -> None:
-        for conn in [self._writer, *self._readers]:
+        for conn in [self._writer, self._sync_reader, *self._readers]:
             conn.close()
+        self.changes.close()

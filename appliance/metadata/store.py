@@ -5,7 +5,7 @@ PostgreSQL (write transactions are serializable on both, see db.py). Rules that 
 concurrency are enforced inside the transaction that makes the change: a manifest is only
 inserted if every blob it needs is linked to its repository in that same transaction, and a
 blob is only unlinked if no manifest of the repository needs it, so of a manifest PUT racing a
-blob delete either the PUT fails with MANIFEST_BLOB_UNKNOWN or the delete fails with Conflict;
+blob delete either the PUT fails with MANIFEST_BLOB_UNKNOWN or the delete fails with BlobInUse;
 never does a manifest point at a blob its repository cannot read.
 """
 
@@ -17,15 +17,19 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from appliance.errors import (
+    BlobInUse,
     Conflict,
+    Denied,
     ManifestBlobUnknown,
     ManifestNotFound,
     RangeInvalid,
     RepositoryNotFound,
+    TooMany,
     UploadNotFound,
 )
 from appliance.metadata.db import Database, Tx
 from appliance.metadata.leader import Fence, check_fence
+from appliance.oci import mediatypes as mt
 from appliance.oci.digest import Digest
 from appliance.oci.manifest import Manifest
 from appliance.ops import events
@@ -46,6 +50,8 @@ class UploadRecord:
     size: int
     started_at: float
     updated_at: float
+    reserved: int = 0  # bytes granted under the namespace's quota (reserve_upload)
+    limited: bool = False  # the namespace has a quota: writes must reserve first
 
 
 @dataclass(frozen=True)
@@ -119,6 +125,61 @@ def _enqueue_manifest(tx: Tx, manifest_id: int, review_after: float) -> None:
     enqueue_manifests(tx, [manifest_id], review_after)
 
 
+def _generated(manifest: Manifest) -> bool:
+    """Whether Berth itself made this artifact (see `mediatypes.GENERATED_BY`)."""
+    return (manifest.annotations or {}).get(mt.GENERATED_BY) == "berth"
+
+
+def _generated_referrers(tx: Tx, manifest_id: int) -> list[tuple[int, str]]:
+    """(id, digest) of the artifacts Berth attached to a manifest itself (the scanner's SBOMs,
+    marked with `mediatypes.GENERATED_BY`): they go with their subject."""
+    rows = tx.execute(
+        "SELECT m.id, m.digest, m.annotations FROM manifests m JOIN manifests s ON "
+        "s.repository_id = m.repository_id AND s.digest = m.subject_digest "
+        "WHERE s.id = :id AND m.annotations IS NOT NULL",
+        {"id": manifest_id},
+    )
+    return [
+        (int(r[0]), str(r[1])) for r in rows if json.loads(r[2]).get(mt.GENERATED_BY) == "berth"
+    ]
+
+
+def drop_manifest(tx: Tx, manifest_id: int, review_after: float) -> list[str]:
+    """Delete a manifest the caller has checked may go (no index lists it; its tags are
+    gone), with the artifacts Berth generated for it; queue its blobs, children and other
+    referrers for review at `review_after`. Returns the digests of those generated artifacts
+    (the caller announces their deletion as it does the manifest's)."""
+    generated = _generated_referrers(tx, manifest_id)
+    dropped: list[str] = []
+    for artifact_id, artifact_digest in generated:
+        dropped += [artifact_digest, *drop_manifest(tx, artifact_id, review_after)]
+    blobs = [
+        r[0]
+        for r in tx.execute(
+            "SELECT digest FROM manifest_layers WHERE manifest_id = :id", {"id": manifest_id}
+        )
+    ]
+    children = [
+        int(r[0])
+        for r in tx.execute(
+            "SELECT child_id FROM manifest_references WHERE parent_id = :id", {"id": manifest_id}
+        )
+    ]
+    referrers = [
+        int(r[0])
+        for r in tx.execute(
+            "SELECT m.id FROM manifests m JOIN manifests s ON s.repository_id = m.repository_id "
+            "AND s.digest = m.subject_digest WHERE s.id = :id",
+            {"id": manifest_id},
+        )
+    ]
+    tx.execute("DELETE FROM gc_manifest_queue WHERE manifest_id = :id", {"id": manifest_id})
+    tx.execute("DELETE FROM manifests WHERE id = :id", {"id": manifest_id})
+    enqueue_blobs(tx, blobs, review_after)
+    enqueue_manifests(tx, [*children, *referrers], review_after)
+    return dropped
+
+
 class WriteChecks(Protocol):
     """Rules a write must pass, checked inside its transaction (lifecycle/rules.py: quotas
     and immutable tags). Each method raises Denied to refuse the change; they run in the
@@ -135,6 +196,16 @@ class WriteChecks(Protocol):
 
     def manifest_deleting(self, tx: Tx, repository: str, manifest_id: int) -> None:
         """The manifest and every tag pointing at it are about to be removed."""
+
+    def quota_limited(self, tx: Tx, repository: str) -> bool:
+        """Whether `repository`'s namespace has a quota (uploads then reserve bytes)."""
+
+    def upload_growing(self, tx: Tx, repository: str, upload_id: str, total: int) -> None:
+        """Upload `upload_id` of `repository` is about to hold up to `total` bytes."""
+
+    def held_size(self, tx: Tx, repository: str, digest: str) -> int:
+        """The size of blob `digest` if `repository`'s namespace holds it already (linking it
+        again costs no quota), else 0."""
 
 
 class MetadataStore:
@@ -242,8 +313,8 @@ class MetadataStore:
     async def unlink_blob(self, repository: str, digest: str) -> bool:
         """Remove `repository`'s access to a blob; False if it had none.
 
-        Raises Conflict while a manifest of the repository needs the blob: a manifest never
-        points at a blob its repository cannot read (delete the manifest first).
+        Raises BlobInUse, naming a manifest of the repository that needs the blob: a manifest
+        never points at a blob its repository cannot read (delete the manifest first).
         """
         now = self.clock()
 
@@ -257,8 +328,9 @@ class MetadataStore:
                 {"repo": repo_id, "digest": digest},
             )
             if user is not None:
-                raise Conflict(
-                    f"blob {digest} is used by manifest {user}; delete the manifest first",
+                raise BlobInUse(
+                    f"blob {digest} is used by manifest {user} of {repository}; delete the "
+                    "manifest first",
                     {"manifest": user},
                 )
             gone = tx.execute(
@@ -288,17 +360,31 @@ class MetadataStore:
 
     # -- uploads -------------------------------------------------------------------------
 
-    async def create_upload(self, repository: str, upload_id: str) -> UploadRecord:
+    async def create_upload(
+        self, repository: str, upload_id: str, owner: str | None = None, max_open: int = 0
+    ) -> UploadRecord:
+        """A new upload session of `owner`. Raises TooMany when `owner` already holds
+        `max_open` open sessions (0: no limit); counted in the same transaction, so racing
+        starts cannot pass the cap together."""
         now = self.clock()
 
         def fn(tx: Tx) -> UploadRecord:
+            if owner is not None and max_open > 0:
+                held = int(tx.scalar("SELECT COUNT(*) FROM uploads WHERE owner = :o", {"o": owner}))
+                if held >= max_open:
+                    raise TooMany(
+                        f"{owner} has {held} upload sessions open, the most allowed at once; "
+                        "complete or cancel some, or wait for idle ones to expire",
+                        {"open": held, "limit": max_open},
+                    )
             repo_id = ensure_repository(tx, repository, now)
             tx.execute(
-                "INSERT INTO uploads (id, repository_id, size, started_at, updated_at) "
-                "VALUES (:id, :repo, 0, :now, :now)",
-                {"id": upload_id, "repo": repo_id, "now": now},
+                "INSERT INTO uploads (id, repository_id, size, started_at, updated_at, owner) "
+                "VALUES (:id, :repo, 0, :now, :now, :owner)",
+                {"id": upload_id, "repo": repo_id, "now": now, "owner": owner},
             )
-            return UploadRecord(upload_id, repository, 0, now, now)
+            limited = self.checks is not None and self.checks.quota_limited(tx, repository)
+            return UploadRecord(upload_id, repository, 0, now, now, 0, limited)
 
         return await self.db.write(fn)
 
@@ -307,16 +393,59 @@ class MetadataStore:
 
         def fn(tx: Tx) -> UploadRecord:
             row = tx.one(
-                "SELECT u.id, r.name, u.size, u.started_at, u.updated_at FROM uploads u "
-                "JOIN repositories r ON r.id = u.repository_id "
+                "SELECT u.id, r.name, u.size, u.started_at, u.updated_at, u.reserved "
+                "FROM uploads u JOIN repositories r ON r.id = u.repository_id "
                 "WHERE u.id = :id AND r.name = :name",
                 {"id": upload_id, "name": repository},
             )
             if row is None:
                 raise UploadNotFound("upload unknown", {"uuid": upload_id})
-            return UploadRecord(*row)
+            limited = self.checks is not None and self.checks.quota_limited(tx, repository)
+            upload_id_, name, size, started, updated, reserved = row
+            return UploadRecord(
+                upload_id_, name, int(size), started, updated, int(reserved), limited
+            )
 
         return await self.db.read(fn)
+
+    async def quota_free(self, repository: str, digest: str) -> int:
+        """Bytes an upload declared to be blob `digest` may hold without reserving quota:
+        the blob's size when the namespace holds it already (it will cost nothing), else 0."""
+        if self.checks is None:
+            return 0
+        checks = self.checks
+        return await self.db.read(lambda tx: checks.held_size(tx, repository, digest))
+
+    async def reserve_upload(
+        self, repository: str, upload_id: str, needed: int, ahead: int = 0
+    ) -> int:
+        """Let the upload hold at least `needed` bytes under its namespace's quota, and up to
+        `ahead` more if the quota has room (fewer writes for a long streamed body). Returns
+        the bytes now reserved. Raises Denied (the quota's message) when even `needed` does
+        not fit, UploadNotFound when the session is gone."""
+
+        def fn(tx: Tx) -> int:
+            reserved = tx.scalar("SELECT reserved FROM uploads WHERE id = :id", {"id": upload_id})
+            if reserved is None:
+                raise UploadNotFound("upload unknown", {"uuid": upload_id})
+            if int(reserved) >= needed:
+                return int(reserved)
+            total = needed + ahead
+            if self.checks is not None:
+                try:
+                    self.checks.upload_growing(tx, repository, upload_id, total)
+                except Denied:
+                    if not ahead:
+                        raise
+                    total = needed
+                    self.checks.upload_growing(tx, repository, upload_id, total)
+            tx.execute(
+                "UPDATE uploads SET reserved = :total WHERE id = :id",
+                {"total": total, "id": upload_id},
+            )
+            return total
+
+        return await self.db.write(fn)
 
     async def set_upload_size(self, upload_id: str, size: int, expected: int) -> None:
         """Record that the upload now holds `size` bytes, if it still holds `expected`.
@@ -443,6 +572,22 @@ class MetadataStore:
                 if row[0] not in child_ids:
                     child_ids.append(int(row[0]))
                     total += int(row[1])
+            if _generated(manifest) and manifest.subject is not None:
+                # Checked here, in the transaction that stores it, so that an artifact Berth
+                # generates can never outlive a subject deleted meanwhile.
+                subject = str(manifest.subject.digest)
+                if (
+                    tx.scalar(
+                        "SELECT 1 FROM manifests WHERE repository_id = :repo AND digest = :d",
+                        {"repo": repo_id, "d": subject},
+                    )
+                    is None
+                ):
+                    raise ManifestBlobUnknown(
+                        f"subject {subject} is not in repository {repository}: an artifact "
+                        "Berth generates exists only with its subject",
+                        {"digest": subject},
+                    )
             inserted = tx.execute(
                 "INSERT INTO manifests (repository_id, digest, media_type, artifact_type, "
                 "annotations, payload, subject_digest, config_digest, total_size, created_at, "
@@ -594,43 +739,19 @@ class MetadataStore:
                     f"manifest {digest} is listed by index {parent}; delete the index first",
                     {"index": parent},
                 )
-            blobs = [
-                r[0]
-                for r in tx.execute(
-                    "SELECT digest FROM manifest_layers WHERE manifest_id = :id",
-                    {"id": manifest_id},
-                )
-            ]
-            children = [
-                int(r[0])
-                for r in tx.execute(
-                    "SELECT child_id FROM manifest_references WHERE parent_id = :id",
-                    {"id": manifest_id},
-                )
-            ]
             if self.checks is not None:
                 self.checks.manifest_deleting(tx, repository, manifest_id)
-            # Referrers (signatures, SBOMs) of this manifest: the collector decides whether
-            # they go with their subject (gc.referrers).
-            referrers = [
-                int(r[0])
-                for r in tx.execute(
-                    "SELECT m.id FROM manifests m JOIN manifests s ON s.repository_id = "
-                    "m.repository_id AND s.digest = m.subject_digest WHERE s.id = :id",
-                    {"id": manifest_id},
-                )
-            ]
             tags = [
                 r[0]
                 for r in tx.execute(
                     "DELETE FROM tags WHERE manifest_id = :id RETURNING name", {"id": manifest_id}
                 )
             ]
-            tx.execute("DELETE FROM gc_manifest_queue WHERE manifest_id = :id", {"id": manifest_id})
-            tx.execute("DELETE FROM manifests WHERE id = :id", {"id": manifest_id})
-            enqueue_blobs(tx, blobs, now + self.gc_delay)
-            for child in [*children, *referrers]:
-                _enqueue_manifest(tx, child, now + self.gc_delay)
+            # Referrers (signatures, SBOMs) pushed by clients are queued: the collector decides
+            # whether they go with their subject (gc.referrers). Berth's own go now.
+            generated = drop_manifest(tx, manifest_id, now + self.gc_delay)
+            for artifact in generated:
+                events.manifest_deleted(tx, repository, artifact, [])
             events.manifest_deleted(tx, repository, digest, sorted(tags))
 
         await self.db.write(fn)

@@ -136,8 +136,13 @@ def parse(payload: bytes, content_type: str | None) -> Manifest:
     """
     try:
         doc = json.loads(payload)
-    except (UnicodeDecodeError, ValueError) as e:
-        raise _invalid(f"not JSON ({e})") from None
+    except UnicodeDecodeError:
+        raise _invalid("not JSON (not UTF-8 text)") from None
+    except json.JSONDecodeError as e:
+        # Where, in our words: the decoder's own message is Python's, not the client's.
+        raise _invalid(f"not JSON (at line {e.lineno}, column {e.colno})") from None
+    except ValueError:
+        raise _invalid("not JSON (a number too long to read)") from None
     except RecursionError:
         # A few hundred KiB of "[[[[..." exhaust the decoder's stack: refuse, never a 500.
         raise _invalid("JSON nested too deeply") from None

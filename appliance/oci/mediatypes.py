@@ -10,6 +10,10 @@ DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+jso
 DOCKER_SCHEMA1 = "application/vnd.docker.distribution.manifest.v1+json"
 DOCKER_SCHEMA1_SIGNED = "application/vnd.docker.distribution.manifest.v1+prettyjws"
 
+# The annotation (value "berth") on artifacts Berth attaches to images itself: the scanner's
+# SBOMs. They are derived from their subject, exist only while it does, and go with it.
+GENERATED_BY = "dev.berth.sbom.generator"
+
 IMAGE_MANIFESTS = frozenset({OCI_MANIFEST, DOCKER_MANIFEST})
 INDEXES = frozenset({OCI_INDEX, DOCKER_MANIFEST_LIST})
 MANIFESTS = IMAGE_MANIFESTS | INDEXES

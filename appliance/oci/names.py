@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import re
 
-from appliance.errors import InvalidName
+from appliance.errors import InvalidDigest, InvalidName, ManifestNotFound
+from appliance.oci.digest import Digest, is_digest
 
 MAX_NAME_LENGTH = 255
 _COMPONENT = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*"
@@ -31,6 +32,24 @@ def validate_tag(tag: str) -> str:
     if not _TAG.fullmatch(tag):
         raise InvalidName(f"invalid tag {tag[:150]!r}")
     return tag
+
+
+def readable_reference(reference: str) -> str:
+    """The tag, or the canonical digest, that a manifest read (GET, HEAD) looks up.
+
+    A reference that is neither a valid tag nor a valid digest names no manifest, so a read
+    of it is ManifestNotFound (a 404 `MANIFEST_UNKNOWN`) whatever its spelling, as clients
+    probing for a tag expect; a write (PUT) with such a reference stays a 400.
+    """
+    try:
+        if is_digest(reference):
+            return str(Digest.parse(reference))
+        return validate_tag(reference)
+    except (InvalidDigest, InvalidName):
+        raise ManifestNotFound(
+            f"no manifest {reference[:150]!r}: not a valid tag or digest",
+            {"reference": reference[:150]},
+        ) from None
 
 
 def namespace_of(name: str) -> str:

@@ -166,6 +166,22 @@ def check_permissions(config: Config) -> Iterator[Finding]:
         yield Finding("ok", "permissions", f"{path} is writable by the service")
 
 
+def check_private(config: Config) -> Iterator[Finding]:
+    """Other users must not reach the data: the places that govern access (filemodes.py)."""
+    from appliance import filemodes  # noqa: PLC0415
+
+    found = filemodes.loose(filemodes.private_paths(config))
+    for change in found:
+        yield Finding(
+            "warn",
+            "privacy",
+            f"{change.path} is open to other users ({change.before:04o})",
+            "`berth ctl doctor --fix` (as the service user or root), or restart `berth serve`",
+        )
+    if not found:
+        yield Finding("ok", "privacy", "the data, keys and logs are closed to other users")
+
+
 def check_database(config: Config) -> Iterator[Finding]:
     from appliance.metadata.db import Options, open_database, redact  # noqa: PLC0415
 
@@ -221,7 +237,11 @@ def check_storage(config: Config) -> Iterator[Finding]:
     except BerthError as e:
         yield Finding("fail", "storage", e.message, "check the [storage] settings and access")
         return
-    where = config.storage_root if config["storage.backend"] == "filesystem" else "s3"
+    where = {
+        "filesystem": str(config.storage_root),
+        "s3": f"bucket {config['storage.s3.bucket']}",
+        "azure": f"container {config['storage.azure.container']}",
+    }.get(config["storage.backend"], "")
     yield Finding("ok", "storage", f"{config['storage.backend']} store at {where} usable")
 
 
@@ -297,6 +317,7 @@ def check_certificates(config: Config, now: float | None = None) -> Iterator[Fin
 DOCTOR_CHECKS: tuple[Callable[[Config], Iterator[Finding]], ...] = (
     check_disk,
     check_permissions,
+    check_private,
     check_database,
     check_storage,
     check_clock,

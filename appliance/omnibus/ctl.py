@@ -405,13 +405,29 @@ def tail(config_path: Path, lines: int) -> None:
 
 @ctl.command()
 @_config_option
-def doctor(config_path: Path) -> None:
-    """Check disk, permissions, database, storage, clock and certificates, with fix hints."""
+@click.option(
+    "--fix",
+    is_flag=True,
+    help="First close the data directory, storage, database, keys and logs (and everything "
+    "below them) to other users; prints each mode it changes.",
+)
+def doctor(config_path: Path, fix: bool) -> None:
+    """Check disk, permissions, privacy, database, storage, clock and certificates, with fix
+    hints."""
     try:
         config = load_config(config_path if config_path.exists() else None)
     except BerthError as e:
         fail(e.message)
         return
+    if fix:
+        from appliance import filemodes  # noqa: PLC0415
+
+        changed, failed = filemodes.tighten(filemodes.private_paths(config), deep=True)
+        for change in changed:
+            click.echo(f"tightened {change.line()}")
+        for problem in failed:
+            click.echo(f"cannot tighten {problem}", err=True)
+        click.echo(f"doctor --fix: {len(changed)} mode(s) changed, {len(failed)} failed")
     worst = "ok"
     for finding in [
         *(checks.Finding("fail", "config", p) for p in checks.validate_files(config)),

@@ -7,14 +7,17 @@ manage its webhook endpoints (each change audited) and read their delivery log.
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime
 from typing import Any
 
 import trio
 from quart import Response, request
 
-from appliance.api.manage import RouteDecorator, _error, _json
+from appliance.api import inputs
+from appliance.api.manage import RouteDecorator, _error, _json, json_body
 from appliance.auth.policy import Principal, may_manage
+from appliance.errors import InvalidInput
 from appliance.metadata.db import Database, Tx
 from appliance.ops import audit, webhooks
 
@@ -27,13 +30,17 @@ def parse_time(text: str | None) -> float | None:
     if text is None or text == "":
         return None
     try:
-        return float(text)
+        seconds = float(text)
     except ValueError:
         pass
+    else:
+        if not math.isfinite(seconds):
+            raise InvalidInput(f"not a time: {text[:50]!r}")
+        return seconds
     try:
         moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
-        raise ValueError(
+        raise InvalidInput(
             f"not a time: {text[:50]!r} (use seconds since the epoch or ISO 8601)"
         ) from None
     if moment.tzinfo is None:
@@ -47,8 +54,11 @@ def register(route: RouteDecorator, db: Database, *, allow_private: bool = False
         if not who.admin:
             return _error(403, "only admins read the audit log")
         args = request.args
-        limit = min(int(args.get("limit", "100") or 100), MAX_PAGE)
-        before = args.get("before")
+        limit_text = args.get("limit") or "100"
+        if not (limit_text.isascii() and limit_text.isdigit()) or len(limit_text) > 6:
+            raise InvalidInput(f"limit must be a whole number from 1 to {MAX_PAGE}")
+        limit = max(1, min(int(limit_text), MAX_PAGE))
+        before = inputs.path_id(args.get("before") or "")
         filters: dict[str, Any] = {
             "since": parse_time(args.get("since")),
             "until": parse_time(args.get("until")),
@@ -60,7 +70,7 @@ def register(route: RouteDecorator, db: Database, *, allow_private: bool = False
             lambda tx: audit.query(
                 tx,
                 limit=limit,
-                before_id=int(before) if before and before.isdigit() else None,
+                before_id=before,
                 **filters,
             )
         )
@@ -86,11 +96,10 @@ def register(route: RouteDecorator, db: Database, *, allow_private: bool = False
     async def create_webhook(who: Principal, ns: str) -> Response:
         if not may_manage(who, ns, "maintainer"):
             return _error(403, "you may not do this")
-        data = await request.get_json(force=True, silent=True)
-        if not isinstance(data, dict) or not isinstance(data.get("url"), str):
-            return _error(400, "the body must be a JSON object with a url")
-        actions = str(data.get("actions") or ",".join(webhooks.ACTIONS))
-        secret = data.get("secret")
+        data = await json_body()
+        inputs.required_text(data, "url")
+        actions = inputs.text(data, "actions") or ",".join(webhooks.ACTIONS)
+        secret = inputs.text(data, "secret")
         webhooks.check_url(data["url"])
         if not allow_private:
             refused = await trio.to_thread.run_sync(webhooks.private_target, data["url"])
@@ -114,9 +123,10 @@ def register(route: RouteDecorator, db: Database, *, allow_private: bool = False
     async def delete_webhook(who: Principal, ns: str, webhook_id: str) -> Response:
         if not may_manage(who, ns, "maintainer"):
             return _error(403, "you may not do this")
-        if not webhook_id.isdigit():
+        number = inputs.path_id(webhook_id)
+        if number is None:
             return _error(404, "no such webhook")
-        await db.write(lambda tx: webhooks.remove_endpoint(tx, who.actor, ns, int(webhook_id)))
+        await db.write(lambda tx: webhooks.remove_endpoint(tx, who.actor, ns, number))
         return _json({})
 
     @route(
@@ -127,11 +137,12 @@ def register(route: RouteDecorator, db: Database, *, allow_private: bool = False
     async def webhook_deliveries(who: Principal, ns: str, webhook_id: str) -> Response:
         if not may_manage(who, ns, "maintainer"):
             return _error(403, "you may not do this")
-        if not webhook_id.isdigit():
+        number = inputs.path_id(webhook_id)
+        if number is None:
             return _error(404, "no such webhook")
 
         def fn(tx: Tx) -> list[dict[str, Any]] | None:
-            if not any(e.id == int(webhook_id) for e in webhooks.namespace_endpoints(tx, ns)):
+            if not any(e.id == number for e in webhooks.namespace_endpoints(tx, ns)):
                 return None
             return webhooks.deliveries(tx, f"ns:{webhook_id}")
 

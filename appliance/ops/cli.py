@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from appliance.cli import _open, fail
-from appliance.errors import BerthError
+from appliance.errors import BerthError, InvalidInput
 from appliance.ops import audit as audit_log
 
 _config_option = click.option(
@@ -36,8 +36,8 @@ def since_value(text: str | None, now: float) -> float | None:
 
     try:
         return parse_time(text)
-    except ValueError as e:
-        raise click.BadParameter(str(e)) from None
+    except InvalidInput as e:
+        raise click.BadParameter(e.message) from None
 
 
 audit_group: click.Group = click.Group("audit", help="Read the audit log.")

@@ -21,23 +21,41 @@ from appliance.ops import context
 
 FORMATS = ("auto", "text", "json")
 
+# Every pattern here runs on text a client controls (request paths, query strings, user
+# agents), so each must fail in linear time: quantifiers whose class cannot contain what
+# follows are possessive (`++`, `{8,}+`), so a near miss is never retried by backtracking.
 _SECRETS = [
     # Authorization header values and their like.
-    (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{8,}"), r"\1 [redacted]"),
+    (re.compile(r"(?i)\b(bearer|basic)\s++[A-Za-z0-9._~+/=-]{8,}+"), r"\1 [redacted]"),
     # Berth's own high-entropy tokens (PATs, robot and refresh tokens).
-    (re.compile(r"berth_[a-z]+_[A-Za-z0-9_-]{20,}"), "[redacted-token]"),
+    (re.compile(r"berth_[a-z]++_[A-Za-z0-9_-]{20,}+"), "[redacted-token]"),
     # JWTs (registry bearer tokens).
-    (re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*"), "[redacted-jwt]"),
-    # key=value pairs whose key names a secret (query strings, form bodies, config dumps).
     (
-        re.compile(
-            r"(?i)\b([\w.-]*(?:password|passwd|secret|token|signature|credential|"
-            r"x-amz-security-token|x-amz-credential|authorization)[\w.-]*)"
-            r"(\s*[=:]\s*)(\"?)[^\s&\"',;]+"
-        ),
-        r"\1\2\3[redacted]",
+        re.compile(r"(?<![A-Za-z0-9_-])eyJ[A-Za-z0-9_-]{8,}+\.[A-Za-z0-9_-]{8,}+\.[A-Za-z0-9_-]*+"),
+        "[redacted-jwt]",
     ),
 ]
+# key=value pairs whose key names a secret (query strings, form bodies, config dumps). A key is
+# a whole run of word characters, dots and dashes (never a part of one, so each run is looked
+# at once); whether it names a secret is decided in Python; the value after it is redacted.
+_KEY = re.compile(r"(?<![\w.-])([\w.-]++)\s*+[=:]\s*+\"?")
+_VALUE = re.compile(r"[^\s&\"',;]++")
+_SECRET_KEYS = (
+    "password", "passwd", "secret", "token", "signature", "credential", "authorization",
+)  # fmt: skip
+
+
+def _redact_pairs(text: str) -> str:
+    out: list[str] = []
+    done = 0  # text[:done] is copied (or redacted) already
+    for key in _KEY.finditer(text):
+        if key.start() < done or not any(w in key.group(1).lower() for w in _SECRET_KEYS):
+            continue
+        value = _VALUE.match(text, key.end())
+        if value is not None:
+            out += [text[done : key.end()], "[redacted]"]
+            done = value.end()
+    return "".join([*out, text[done:]])
 
 
 # Words one of the patterns above needs: a line without any of them (most access-log lines)
@@ -55,7 +73,7 @@ def scrub(text: str) -> str:
         return text
     for pattern, replacement in _SECRETS:
         text = pattern.sub(replacement, text)
-    return text
+    return _redact_pairs(text)
 
 
 class ContextFilter(logging.Filter):

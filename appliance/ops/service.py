@@ -117,10 +117,6 @@ class Operations:
         kind = limit_kind(handler, method)
         if kind is None:
             return
-        claims = caller.claims if caller is not None else None
-        if principal is None and claims is not None and self.access is not None:
-            # Cached by the access control: a dictionary lookup, not a query.
-            principal = await self.access.principal_for_subject(claims.subject, claims.scopes)
         if principal is not None and self.limiter.exempt(
             admin=principal.admin, robot=principal.kind == "robot"
         ):

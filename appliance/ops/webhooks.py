@@ -257,27 +257,130 @@ def check_url(url: str) -> str:
     return url
 
 
-def private_target(url: str) -> str | None:
-    """Why `url` may not be a namespace's webhook target (it resolves to a loopback, private,
+# -- where namespace endpoints may point ----------------------------------------------------
+
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+Resolver = Callable[[str, int], list[str]]
+"""Resolves a host name (and port) to its addresses, blocking; raises OSError when it cannot.
+Delivery takes it as a parameter, so tests can answer what DNS would (a rebinding name)."""
+
+# Ranges `ipaddress`'s `is_global` calls global (in the Python versions Berth runs on) that a
+# webhook must not reach: what they lead to is not a public host, or is decided by routing
+# the host may have (a 6to4 tunnel turns 2002:7f00:1:: into 127.0.0.1).
+_ALSO_INTERNAL = (
+    (ipaddress.ip_network("192.0.0.0/24"), "IETF protocol assignments (192.0.0.0/24)"),
+    (ipaddress.ip_network("192.88.99.0/24"), "the 6to4 relay range (192.88.99.0/24)"),
+    (ipaddress.ip_network("2002::/16"), "a 6to4 address (2002::/16)"),
+    (ipaddress.ip_network("64:ff9b:1::/48"), "local-use NAT64 (64:ff9b:1::/48)"),
+    (ipaddress.ip_network("fec0::/10"), "site-local (fec0::/10)"),
+)
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")  # well-known NAT64: an IPv4 address inside
+_SHARED = ipaddress.ip_network("100.64.0.0/10")
+
+
+def internal_reason(address: Address) -> str | None:
+    """Why a namespace's webhook may not call `address`, or None when it is a public address.
+    IPv4 inside IPv6 (mapped `::ffff:a.b.c.d`, NAT64 `64:ff9b::a.b.c.d`) is judged by the
+    IPv4 address it reaches; everything else must be `is_global` and in none of the ranges
+    `is_global` misses (6to4, multicast, ...)."""
+    if isinstance(address, ipaddress.IPv6Address):
+        inner = address.ipv4_mapped
+        if inner is None and address in _NAT64:
+            inner = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+        if inner is not None:
+            why = internal_reason(inner)
+            return None if why is None else f"{why}, as {inner}"
+    for network, name in _ALSO_INTERNAL:
+        if address in network:
+            return name
+    if address.is_multicast:
+        return "multicast"
+    if address.is_reserved:  # IPv4-compatible IPv6 (::a.b.c.d) among them
+        return "reserved"
+    if address.is_global:
+        return None
+    if address.is_loopback:
+        return "loopback"
+    if address.is_link_local:
+        return "link-local (where cloud metadata services answer)"
+    if address.is_unspecified:
+        return "unspecified"
+    if isinstance(address, ipaddress.IPv4Address) and address in _SHARED:
+        return "shared address space (100.64.0.0/10: carrier-grade NAT, some cloud metadata)"
+    if address.is_private:
+        return "private"
+    return "not globally reachable"
+
+
+class TargetRefused(BerthError):
+    """A namespace's webhook URL leads to an address it may not call (`internal`), or its
+    host cannot be resolved."""
+
+    def __init__(self, message: str, *, internal: bool = False) -> None:
+        super().__init__(message)
+        self.internal = internal
+
+
+def system_resolver(host: str, port: int) -> list[str]:
+    """The host's addresses from the system resolver, each once, in its order."""
+    infos = socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+
+def resolve(url: str, resolver: Resolver = system_resolver) -> list[Address]:
+    """The addresses of `url`'s host: itself when it is one, else what `resolver` answers.
+    Raises TargetRefused when it cannot be resolved. Blocking."""
+    parts = httpx.URL(url)
+    try:
+        return [ipaddress.ip_address(parts.host)]
+    except ValueError:
+        pass
+    try:
+        found = resolver(parts.host, parts.port or (443 if parts.scheme == "https" else 80))
+        addresses = [ipaddress.ip_address(a) for a in found]
+    except (OSError, UnicodeError, ValueError) as e:
+        raise TargetRefused(f"cannot resolve {parts.host[:100]!r}: {e}") from None
+    if not addresses:
+        raise TargetRefused(f"{parts.host[:100]!r} has no address")
+    return addresses
+
+
+def check_target(url: str, resolver: Resolver = system_resolver) -> str:
+    """The address to connect to for `url`: its host resolved once and every address it has
+    checked (one internal address refuses the name: DNS may answer either). Raises
+    TargetRefused naming the address and why. Blocking (resolves)."""
+    addresses = resolve(url, resolver)
+    for address in addresses:
+        why = internal_reason(address)
+        if why is not None:
+            host = httpx.URL(url).host
+            shown = "the URL" if host == str(address) else host[:100]
+            raise TargetRefused(
+                f"{shown} leads to {address}, an internal address ({why})", internal=True
+            )
+    return str(addresses[0])
+
+
+def private_target(url: str, resolver: Resolver = system_resolver) -> str | None:
+    """Why `url` may not be a namespace's webhook target (it leads to a loopback, private,
     link-local or otherwise internal address: a maintainer must not make Berth call into the
     network it runs in, or a cloud metadata service), or None. Blocking: resolves the host."""
-    host = urlsplit(url).hostname or ""
     try:
-        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
-    except (OSError, UnicodeError) as e:
-        return f"cannot resolve {host[:100]!r}: {e}"
-    for info in infos:
-        address = ipaddress.ip_address(info[4][0])
-        if (
-            address.is_private
-            or address.is_loopback
-            or address.is_link_local
-            or address.is_multicast
-            or address.is_reserved
-            or address.is_unspecified
-        ):
-            return f"{host[:100]} resolves to {address}, an internal address"
+        check_target(url, resolver)
+    except TargetRefused as e:
+        return e.message
     return None
+
+
+def pinned_request(url: str, address: str) -> tuple[httpx.URL, dict[str, str], dict[str, Any]]:
+    """The request for `url` sent to `address` (checked), not to whatever the name resolves
+    to when the connection is made: the URL with the address as its host, the `Host` header
+    of the original name, and (https) the name for TLS SNI and certificate checking."""
+    parts = httpx.URL(url)
+    extensions: dict[str, Any] = {}
+    if parts.scheme == "https":
+        extensions["sni_hostname"] = parts.host
+    return parts.copy_with(host=address), {"host": parts.netloc.decode("ascii")}, extensions
 
 
 def namespace_endpoints(tx: Tx, namespace: str | None = None) -> list[Endpoint]:
@@ -404,6 +507,12 @@ class Deliverer:
     others; a 2xx answer moves the cursor, anything else keeps it and waits
     `backoff(failures)` before trying the same batch again, so a receiver that was down gets
     every event, in order, once it is back. Requests run here, never on the request path.
+
+    A namespace's endpoint is resolved once per attempt (`resolver`), every address checked
+    (unless `webhooks.allow_private_targets`), and the request sent to the address checked,
+    with the name in the Host header and TLS SNI: a name whose DNS answer changes between the
+    check and the connection (DNS rebinding) cannot lead the request inward. Redirects are
+    never followed (an answer is a 2xx or a failure).
     """
 
     def __init__(
@@ -413,6 +522,7 @@ class Deliverer:
         *,
         clock: Callable[[], float] = time.time,
         transport: httpx.AsyncBaseTransport | None = None,
+        resolver: Resolver = system_resolver,
     ) -> None:
         self.db = db
         self.config_endpoints = config_endpoints(config)
@@ -423,6 +533,7 @@ class Deliverer:
         self.source = {"addr": socket.gethostname(), "instanceID": socket.gethostname()}
         self.clock = clock
         self.transport = transport
+        self.resolver = resolver
         self.max_backoff = 300.0
         self.allow_private = config["webhooks.allow_private_targets"]
         self._known: frozenset[str] = frozenset()
@@ -455,7 +566,10 @@ class Deliverer:
 
                 async def one(endpoint: Endpoint) -> None:
                     nonlocal done
-                    done += await self._deliver(client, endpoint)
+                    # Not `done += await ...`: that reads `done` before the await, and an
+                    # endpoint finishing meanwhile would have its count overwritten.
+                    delivered = await self._deliver(client, endpoint)
+                    done += delivered
 
                 async with trio.open_nursery() as nursery:
                     for endpoint in endpoints:
@@ -486,16 +600,28 @@ class Deliverer:
         started = time.monotonic()
         status: int | None = None
         error: str | None = None
-        if endpoint.namespace is not None and not self.allow_private:
-            # Checked at every delivery, not only at registration: DNS may change.
-            refused = await trio.to_thread.run_sync(private_target, endpoint.url)
-            if refused is not None:
-                error = f"refused: {refused} (webhooks.allow_private_targets)"
+        url: str | httpx.URL = endpoint.url
+        extensions: dict[str, Any] = {}
+        if endpoint.namespace is not None:
+            # Resolved and checked at every delivery, not only at registration (DNS changes),
+            # and the connection made to the address checked.
+            try:
+                address = await trio.to_thread.run_sync(self._address, endpoint.url)
+            except TargetRefused as e:
+                hint = " (webhooks.allow_private_targets)" if e.internal else ""
+                error = f"refused: {e.message}{hint}"
+            else:
+                url, host, extensions = pinned_request(endpoint.url, address)
+                headers.update(host)
         if error is None:
             try:
-                response = await client.post(endpoint.url, content=body, headers=headers)
+                response = await client.post(
+                    url, content=body, headers=headers, extensions=extensions
+                )
                 status = response.status_code
-                if not 200 <= status < 300:
+                if 300 <= status < 400:
+                    error = f"HTTP {status} (redirects are not followed)"
+                elif not 200 <= status < 300:
                     error = f"HTTP {status}"
             except httpx.HTTPError as e:
                 error = f"{type(e).__name__}: {e}"[:500]
@@ -542,6 +668,14 @@ class Deliverer:
             )
         return len(wanted) if ok else 0
 
+    def _address(self, url: str) -> str:
+        """The address a namespace endpoint's request goes to (blocking: resolves). With
+        `webhooks.allow_private_targets` any address is allowed, but still resolved once and
+        the connection pinned to it."""
+        if self.allow_private:
+            return str(resolve(url, self.resolver)[0])
+        return check_target(url, self.resolver)
+
     def _complete(self, payload: dict[str, Any]) -> dict[str, Any]:
         target = payload.get("target", {})
         reference = target.get("digest") or target.get("tag")
@@ -554,8 +688,8 @@ class Deliverer:
         return payload
 
     async def prune(self, fence: Fence | None = None) -> None:
-        """Forget events every endpoint has (or that passed the retention), old delivery log
-        rows, and the cursors of configured endpoints no longer in the configuration (a
+        """Forget events every endpoint has (or that passed the retention) but the newest, old
+        delivery log rows, and the cursors of configured endpoints no longer in the configuration (a
         namespace endpoint's cursor goes with it, in `remove_endpoint`)."""
         configured = [e.key for e in self.config_endpoints]
         cutoff = self.clock() - self.retention
@@ -572,8 +706,12 @@ class Deliverer:
             low = tx.scalar("SELECT MIN(last_event_id) FROM webhook_cursors")
             if low is None:  # nobody listens: nothing to keep
                 low = tx.scalar("SELECT MAX(id) FROM webhook_events")
+            # The newest event is kept, delivered or not: SQLite numbers a new row
+            # MAX(id) + 1, so an emptied table would number the next events from 1 again,
+            # below every cursor, and they would never be sent.
             tx.execute(
-                "DELETE FROM webhook_events WHERE id <= :low OR at < :cutoff",
+                "DELETE FROM webhook_events WHERE (id <= :low OR at < :cutoff) "
+                "AND id < (SELECT MAX(id) FROM webhook_events)",
                 {"low": int(low or 0), "cutoff": cutoff},
             )
             tx.execute("DELETE FROM webhook_deliveries WHERE at < :cutoff", {"cutoff": cutoff})

@@ -47,7 +47,7 @@ from appliance.metadata.db import Database
 from appliance.metadata.store import BlobRecord, ManifestRecord
 from appliance.oci import manifest as manifests
 from appliance.oci.digest import Digest, is_digest
-from appliance.oci.names import namespace_of, validate_name, validate_tag
+from appliance.oci.names import namespace_of, readable_reference, validate_name
 from appliance.ops.metrics import REGISTRY
 from appliance.proxy import settings
 from appliance.proxy.settings import ProxyNamespace
@@ -217,10 +217,11 @@ class PullThrough:
         Unavailable (not cached, and the upstream cannot be reached).
         """
         target = self.target(name)
+        reference = readable_reference(reference)
         try:
             if is_digest(reference):
-                return await self._by_digest(target, str(Digest.parse(reference)))
-            record = await self._by_tag(target, validate_tag(reference))
+                return await self._by_digest(target, reference)
+            record = await self._by_tag(target, reference)
         except UpstreamNotFound as e:
             raise ManifestNotFound(e.message, {"name": name, "reference": reference}) from e
         if self.registry.on_tag_resolved is not None:  # last-pull times, as for any tag

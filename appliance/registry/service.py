@@ -11,6 +11,12 @@ cancellation at any point leaves nothing visible that is incomplete:
 Python cannot save a hash object's state, so the running digest of an upload lives in the memory
 of this process, next to the offset it has seen; a chunk or commit arriving without that state
 (after a restart, or at another process) falls back to reading the stored bytes once at commit.
+
+Uploads are bounded: one account holds at most `max_open_uploads` sessions at once, and in a
+namespace with a quota the bytes of open uploads count against it while they are written
+(reserved ahead of the writes, `RESERVE_AHEAD` at a time for a body of unknown length; a chunk
+that does not fit is refused with the quota's Denied). Committing, cancelling or expiring the
+session releases them.
 """
 
 from __future__ import annotations
@@ -40,11 +46,13 @@ from appliance.metadata.store import (
 )
 from appliance.oci import manifest as manifests
 from appliance.oci.digest import Digest, Hasher, is_digest, new_hasher
-from appliance.oci.names import validate_name, validate_tag
+from appliance.oci.names import readable_reference, validate_name, validate_tag
 from appliance.storage import layout
 from appliance.storage.base import BlobRedirect, BlobStore, Progress
 
 log = logging.getLogger(__name__)
+
+RESERVE_AHEAD = 64 << 20  # quota reserved ahead of a streamed body, to write less often
 
 
 @dataclass
@@ -71,12 +79,14 @@ class Registry:
         clock: Callable[[], float],
         max_manifest_size: int = 4 << 20,
         upload_expiry: float = 86400.0,
+        max_open_uploads: int = 0,
     ) -> None:
         self.meta = meta
         self.store = store
         self.clock = clock
         self.max_manifest_size = max_manifest_size
         self.upload_expiry = upload_expiry
+        self.max_open_uploads = max_open_uploads
         self._hashes: dict[str, _HashState] = {}
         self._locks: dict[str, trio.Lock] = {}
         self._lock_users: dict[str, int] = {}
@@ -102,10 +112,12 @@ class Registry:
                 del self._lock_users[upload_id]
                 del self._locks[upload_id]
 
-    async def start_upload(self, repository: str) -> UploadRecord:
+    async def start_upload(self, repository: str, owner: str | None = None) -> UploadRecord:
+        """A new session of `owner` (who the audit log names; None: not capped). Raises
+        TooMany when `owner` holds `max_open_uploads` sessions already."""
         validate_name(repository)
         upload_id = layout.new_upload_id()
-        record = await self.meta.create_upload(repository, upload_id)
+        record = await self.meta.create_upload(repository, upload_id, owner, self.max_open_uploads)
         try:
             await self.store.create_upload(upload_id)
         except BaseException:
@@ -125,14 +137,29 @@ class Registry:
         chunks: AsyncIterator[bytes],
         start: int | None,
         expected: Digest | None = None,
+        length: int | None = None,
     ) -> int:
         """Append to an upload whose lock is held; return its new size. `expected`: the digest
-        the whole blob should have, when these chunks are all of it (a hint for the store)."""
+        the whole blob should have, when these chunks are all of it (a hint for the store).
+        `length`: the chunk's declared length, if known (reserved under a quota up front)."""
         offset = record.size
         if start is not None and start != offset:
             raise RangeInvalid(
                 f"chunk starts at {start} but the upload holds {offset} bytes", offset
             )
+        if record.limited:
+            reserved = record.reserved
+            if expected is not None and offset == 0:
+                # A blob the namespace holds already costs nothing once committed: up to its
+                # size needs no reservation (a body that is not that blob is discarded).
+                reserved = max(
+                    reserved, await self.meta.quota_free(record.repository, str(expected))
+                )
+            if length is not None and offset + length > reserved:
+                reserved = await self.meta.reserve_upload(
+                    record.repository, record.id, offset + length
+                )
+            chunks = self._within_quota(record, chunks, offset, reserved)
         state = self._hashes.pop(record.id, None)
         hasher = state.hasher if state is not None and state.offset == offset else None
         progress = Progress()
@@ -164,26 +191,48 @@ class Registry:
                 self._hashes[record.id] = _HashState(0, new_hasher("sha256"))
         return size
 
+    async def _within_quota(
+        self, record: UploadRecord, chunks: AsyncIterator[bytes], offset: int, reserved: int
+    ) -> AsyncIterator[bytes]:
+        """`chunks`, reserving quota before each piece goes beyond what is reserved; raises
+        Denied (nothing of the refused piece is written) when the quota has no room."""
+        total = offset
+        try:
+            async for data in chunks:
+                total += len(data)
+                if total > reserved:
+                    reserved = await self.meta.reserve_upload(
+                        record.repository, record.id, total, RESERVE_AHEAD
+                    )
+                yield data
+        finally:
+            close = getattr(chunks, "aclose", None)  # at once, when the quota refuses
+            if close is not None:
+                await close()
+
     async def append(
         self,
         repository: str,
         upload_id: str,
         chunks: AsyncIterator[bytes],
         start: int | None = None,
+        length: int | None = None,
     ) -> int:
-        """PATCH: append a chunk (at `start`, when the client says where). Returns the size."""
+        """PATCH: append a chunk (at `start`, when the client says where; `length` when the
+        request declares it). Returns the size."""
         validate_name(repository)
         async with self._upload_lock(upload_id):
             record = await self.meta.upload(repository, upload_id)
-            return await self._append(record, chunks, start)
+            return await self._append(record, chunks, start, length=length)
 
-    async def complete(
+    async def complete(  # noqa: PLR0917 (the PUT's parts, in the order the protocol names them)
         self,
         repository: str,
         upload_id: str,
         digest_text: str,
         chunks: AsyncIterator[bytes] | None = None,
         start: int | None = None,
+        length: int | None = None,
     ) -> BlobRecord:
         """PUT: append an optional last chunk, verify the digest, and commit the blob.
 
@@ -195,7 +244,7 @@ class Registry:
             record = await self.meta.upload(repository, upload_id)
             size = record.size
             if chunks is not None:
-                size = await self._append(record, chunks, start, digest)
+                size = await self._append(record, chunks, start, digest, length=length)
             state = self._hashes.get(upload_id)
             if state is not None and state.offset == size and digest.algorithm == "sha256":
                 actual = Digest("sha256", state.hasher.hexdigest())
@@ -229,13 +278,18 @@ class Registry:
             await self.store.delete_upload(upload_id)
 
     async def upload_monolithic(
-        self, repository: str, digest_text: str, chunks: AsyncIterator[bytes]
+        self,
+        repository: str,
+        digest_text: str,
+        chunks: AsyncIterator[bytes],
+        owner: str | None = None,
+        length: int | None = None,
     ) -> BlobRecord:
         """POST with `?digest=`: a whole blob in one request."""
         Digest.parse(digest_text)
-        record = await self.start_upload(repository)
+        record = await self.start_upload(repository, owner)
         try:
-            return await self.complete(repository, record.id, digest_text, chunks, 0)
+            return await self.complete(repository, record.id, digest_text, chunks, 0, length)
         except BaseException:
             await self._discard(record.id)
             raise
@@ -348,9 +402,10 @@ class Registry:
 
     async def manifest(self, repository: str, reference: str) -> ManifestRecord:
         validate_name(repository)
+        reference = readable_reference(reference)
         if is_digest(reference):
-            return await self.meta.manifest(repository, str(Digest.parse(reference)), True)
-        record = await self.meta.manifest(repository, validate_tag(reference), False)
+            return await self.meta.manifest(repository, reference, True)
+        record = await self.meta.manifest(repository, reference, False)
         if self.on_tag_resolved is not None:
             self.on_tag_resolved(repository, reference)
         return record

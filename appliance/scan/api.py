@@ -8,18 +8,19 @@ from typing import Any
 
 from quart import Response, request
 
-from appliance.api.manage import RouteDecorator
+from appliance.api import inputs
+from appliance.api.manage import RouteDecorator, json_body
 from appliance.auth.policy import Principal, may_manage
 from appliance.auth.service import AccessControl
-from appliance.errors import InvalidName
+from appliance.errors import InvalidInput, InvalidName
 from appliance.metadata import identity
 from appliance.metadata.db import Tx
 from appliance.oci.names import namespace_of, validate_name
 from appliance.ops import audit
 from appliance.scan import vulndb
-from appliance.scan.matching import severity_rank
+from appliance.scan.matching import SEVERITIES
 from appliance.scan.policy import UNSCANNED, Policy, invalidate, load_policies
-from appliance.scan.service import read_report
+from appliance.scan.service import Report, read_report
 
 S = {"type": "string"}
 N = {"type": "number"}
@@ -33,20 +34,14 @@ def _error(status: int, message: str) -> Response:
     return _json({"error": message}, status)
 
 
-async def _body() -> dict[str, Any]:
-    data = await request.get_json(force=True, silent=True)
-    if not isinstance(data, dict):
-        raise ValueError("the body must be a JSON object")  # noqa: TRY004 (a 400)
-    return data
-
-
 def set_policy(  # noqa: PLR0917 (one per field)
     tx: Tx, actor: str, namespace: str, block_severity: str, unscanned: str, now: float
 ) -> None:
-    """Create or change a namespace's policy (audited). Raises ValueError for bad values."""
-    severity_rank(block_severity)
+    """Create or change a namespace's policy (audited). Raises InvalidInput for bad values."""
+    if block_severity.lower() not in SEVERITIES:
+        raise InvalidInput(f"block_severity must be one of {', '.join(SEVERITIES)}")
     if unscanned not in UNSCANNED:
-        raise ValueError(f"unscanned must be one of {', '.join(UNSCANNED)}")
+        raise InvalidInput(f"unscanned must be one of {', '.join(UNSCANNED)}")
     identity.require_namespace(tx, namespace)
     tx.execute(
         "INSERT INTO scan_policies (namespace, block_severity, unscanned, updated_at) "
@@ -88,11 +83,11 @@ def set_exception(  # noqa: PLR0917 (one per field)
 ) -> None:
     """Accept `advisory_id` in `namespace` until `expires_at` (audited)."""
     if not advisory_id or len(advisory_id) > 200:
-        raise ValueError("an advisory id is required (at most 200 characters)")
+        raise InvalidInput("an advisory id is required (at most 200 characters)")
     if expires_at is not None and expires_at <= now:
-        raise ValueError("expires_at is in the past")
+        raise InvalidInput("expires_at is in the past")
     if tx.scalar("SELECT 1 FROM scan_policies WHERE namespace = :ns", {"ns": namespace}) is None:
-        raise ValueError(f"namespace {namespace} has no vulnerability policy")
+        raise InvalidInput(f"namespace {namespace} has no vulnerability policy")
     tx.execute(
         "INSERT INTO scan_exceptions (namespace, advisory_id, expires_at, reason, created_at, "
         "created_by) VALUES (:ns, :a, :e, :r, :now, :by) ON CONFLICT (namespace, advisory_id) "
@@ -131,6 +126,20 @@ def delete_exception(tx: Tx, actor: str, namespace: str, advisory_id: str, now: 
     return bool(gone)
 
 
+def report_in(tx: Tx, repository: str, digest: str) -> tuple[bool, Report | None]:
+    """(whether `repository` holds manifest `digest`, its report if scanned). Reports are kept
+    per digest: without the first check a caller could read any namespace's report by naming
+    a repository of their own."""
+    held = tx.scalar(
+        "SELECT 1 FROM manifests m JOIN repositories r ON r.id = m.repository_id "
+        "WHERE r.name = :name AND m.digest = :digest",
+        {"name": repository, "digest": digest},
+    )
+    if held is None:
+        return False, None
+    return True, read_report(tx, digest)
+
+
 def policy_of(tx: Tx, namespace: str) -> Policy | None:
     return load_policies(tx).get(namespace)
 
@@ -159,7 +168,9 @@ def register_scan_api(route: RouteDecorator, access: AccessControl) -> None:
         public = await db.read(identity.public_namespaces)
         if not (who.admin or ns in who.roles or ns in public):
             return _error(404, f"no repository {repository!r}")
-        found = await db.read(lambda tx: read_report(tx, digest))
+        held, found = await db.read(lambda tx: report_in(tx, repository, digest))
+        if not held:
+            return _error(404, f"no manifest {digest[:80]!r} in {repository}")
         if found is None:
             return _error(404, f"{repository}@{digest} has no vulnerability report yet")
         return _json(found.as_json())
@@ -182,9 +193,9 @@ def register_scan_api(route: RouteDecorator, access: AccessControl) -> None:
     async def put_policy(who: Principal, ns: str) -> Response:
         if not may_manage(who, ns, "maintainer"):
             return _error(403, "you may not do this")
-        data = await _body()
-        severity = str(data.get("block_severity", "critical"))
-        unscanned = str(data.get("unscanned", "default"))
+        data = await json_body()
+        severity = inputs.text(data, "block_severity", "critical") or "critical"
+        unscanned = inputs.text(data, "unscanned", "default") or "default"
         now = access.clock()
         await db.write(lambda tx: set_policy(tx, who.actor, ns, severity, unscanned, now))
         invalidate(db)
@@ -211,10 +222,9 @@ def register_scan_api(route: RouteDecorator, access: AccessControl) -> None:
     async def put_exception(who: Principal, ns: str, advisory: str) -> Response:
         if not may_manage(who, ns, "maintainer"):
             return _error(403, "you may not do this")
-        data = await _body()
-        raw = data.get("expires_at")
-        expires = None if raw is None else float(raw)
-        reason = str(data.get("reason", ""))
+        data = await json_body()
+        expires = inputs.number(data, "expires_at")
+        reason = inputs.text(data, "reason", "") or ""
         now = access.clock()
         await db.write(lambda tx: set_exception(tx, who.actor, ns, advisory, expires, reason, now))
         invalidate(db)

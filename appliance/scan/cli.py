@@ -1,4 +1,5 @@
-"""`berth scan IMAGE` and `berth vulndb import|status`: scanning from the command line."""
+"""`berth scan IMAGE` and `berth vulndb import|status`: scanning from the command line; and
+`berth scan-worker`, the process the scanner starts to read an image's layers."""
 
 from __future__ import annotations
 
@@ -105,9 +106,11 @@ def _scan(  # noqa: PLR0917 (one per option)
                 click.echo(f"{repository}@{digest}: not scanned yet (try without --cached)")
                 continue
             head = f"{repository}@{report.digest}: {report.packages} packages"
-            if report.status != "ok":
+            if report.status == "error":
                 click.echo(f"{head}; scan failed: {report.error}")
                 continue
+            if report.status == "incomplete":
+                click.echo(f"{repository}@{report.digest}: {report.error}")
             counts = ", ".join(f"{n} {sev}" for sev, n in report.counts().items() if n)
             click.echo(f"{head}, {len(report.findings)} vulnerabilities ({counts or 'none'})")
             if report.findings:
@@ -209,6 +212,16 @@ def vulndb_status(as_json: bool, config_path: Path | None, data_dir: Path | None
         )
 
 
+@click.command("scan-worker", hidden=True)
+def _scan_worker() -> None:
+    """Read one image's layers on stdin and answer its SBOM on stdout (started by the scanner
+    for every image it reads; not for people)."""
+    from appliance.scan.worker import run_worker  # noqa: PLC0415
+
+    run_worker(sys.stdin.buffer, sys.stdout.buffer)
+
+
 # Annotated, so that type checkers need not follow the import cycle with appliance.cli.
 scan: click.Command = _scan
+scan_worker: click.Command = _scan_worker
 vulndb: click.Group = _vulndb

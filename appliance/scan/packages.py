@@ -1,23 +1,34 @@
 """Installed-package databases found in an image's files, read into `Package` records.
 
-Each reader takes the bytes of one file (or, for the SQLite rpmdb, a path on disk) and returns
-what it lists; none does I/O of its own. A file that cannot be parsed raises `PackageDbError`
-naming what is wrong, which the layer walker turns into an error of the scan.
+Each reader takes one file as a stream (or, for the SQLite rpmdb, a path on disk) and yields
+what it lists, one package at a time: a database is never held whole, so its size costs time,
+not memory, and the caller can stop reading after as many packages as it allows. Line-based
+databases are read a line at a time (each at most `MAX_LINE` bytes) and keep only the fields
+Berth uses. Files that must be parsed whole (a package.json, os-release) are read by the
+caller up to a size it checked first. No reader does I/O of its own. A file that cannot be
+parsed raises `PackageDbError` naming what is wrong, which the layer walker turns into an error
+of the scan.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import sqlite3
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from email.parser import BytesHeaderParser
 from pathlib import Path
+from typing import IO
 
 from packageurl import PackageURL
 
 from appliance.errors import BerthError
+
+MAX_LINE = 1 << 20  # a longer line is cut here (no field Berth reads comes near it)
+MAX_HEADERS = 1 << 20  # bytes of core-metadata headers read (the body is never read)
 
 
 class PackageDbError(BerthError):
@@ -69,6 +80,21 @@ class Package:
         ).to_string()
 
 
+def lines(stream: IO[bytes], path: str, *, strict: bool = True) -> Iterator[str]:
+    """The lines of a text file as UTF-8 strings (without their line ending), one at a time. A
+    line longer than `MAX_LINE` bytes is cut there and the rest of it skipped. `strict`: bytes
+    that are not UTF-8 raise PackageDbError (else they are replaced)."""
+    while line := stream.readline(MAX_LINE):
+        if not line.endswith(b"\n"):
+            while (more := stream.readline(MAX_LINE)) and not more.endswith(b"\n"):
+                pass
+        try:
+            text = line.decode("utf-8", "strict" if strict else "replace")
+        except UnicodeDecodeError as e:
+            raise PackageDbError(f"{path}: not UTF-8 text ({e.reason})") from None
+        yield text.rstrip("\r\n")
+
+
 # -- /etc/os-release ------------------------------------------------------------------------
 
 
@@ -89,95 +115,94 @@ def read_os_release(data: bytes) -> OsRelease:
 # -- dpkg -------------------------------------------------------------------------------------
 
 
-def _paragraphs(text: str) -> list[dict[str, str]]:
-    """RFC 822-style stanzas (dpkg status): `Field: value`, continuation lines indented."""
-    out: list[dict[str, str]] = []
+def _dpkg_source(field: str) -> tuple[str, str]:
+    """A dpkg `Source:` field, `name` or `name (version)`, as (name, version or ""). String
+    operations, not a backtracking pattern: the field comes from an image (a crafted one took
+    a regular expression quadratic time, holding the process)."""
+    name, paren, rest = field.partition("(")
+    name = name.strip()
+    if paren and len(rest) > 1 and rest.endswith(")") and name and len(name.split()) == 1:
+        return name, rest[:-1]
+    return field, ""
+
+
+_DPKG_FIELDS = frozenset({"Package", "Version", "Status", "Source", "Architecture"})
+
+
+def _stanzas(stream: IO[bytes], path: str, fields: frozenset[str]) -> Iterator[dict[str, str]]:
+    """RFC 822-style stanzas (dpkg status), one at a time, with only `fields` kept:
+    `Field: value` lines; indented continuation lines belong to fields Berth does not read."""
     current: dict[str, str] = {}
-    last = ""
-    for line in text.splitlines():
+    for line in lines(stream, path):
         if not line.strip():
             if current:
-                out.append(current)
-            current, last = {}, ""
+                yield current
+            current = {}
             continue
         if line[0] in " \t":
-            if last:
-                current[last] += "\n" + line.strip()
             continue
         key, sep, value = line.partition(":")
         if not sep:
             raise PackageDbError(f"not a control-file line: {line[:80]!r}")
-        last = key.strip()
-        current[last] = value.strip()
+        key = key.strip()
+        if key in fields:
+            current[key] = value.strip()
     if current:
-        out.append(current)
-    return out
+        yield current
 
 
-def read_dpkg_status(data: bytes, path: str, distro_id: str = "debian") -> list[Package]:
+def read_dpkg_status(stream: IO[bytes], path: str, distro_id: str = "debian") -> Iterator[Package]:
     """Packages dpkg lists as installed (`Status: install ok installed`), from
     /var/lib/dpkg/status or one file of status.d/ (distroless images)."""
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise PackageDbError(f"{path}: not UTF-8 text ({e.reason})") from None
-    out = []
-    for stanza in _paragraphs(text):
+    for stanza in _stanzas(stream, path, _DPKG_FIELDS):
         name, version = stanza.get("Package"), stanza.get("Version")
         if not name or not version:
             continue
         status = stanza.get("Status", "install ok installed").split()
         if status[-1:] != ["installed"]:
             continue
-        source, source_version = stanza.get("Source", ""), ""
-        m = re.match(r"^(\S+)\s*\((.+)\)$", source)
-        if m:
-            source, source_version = m.group(1), m.group(2)
-        out.append(
-            Package(
-                "deb",
-                name,
-                version,
-                path,
-                namespace=distro_id or "debian",
-                source=source or name,
-                source_version=source_version or version,
-                arch=stanza.get("Architecture", ""),
-            )
+        source, source_version = _dpkg_source(stanza.get("Source", ""))
+        yield Package(
+            "deb",
+            name,
+            version,
+            path,
+            namespace=distro_id or "debian",
+            source=source or name,
+            source_version=source_version or version,
+            arch=stanza.get("Architecture", ""),
         )
-    return out
 
 
 # -- apk --------------------------------------------------------------------------------------
 
 
-def read_apk_installed(data: bytes, path: str) -> list[Package]:
+_APK_FIELDS = frozenset("PVAo")
+
+
+def read_apk_installed(stream: IO[bytes], path: str) -> Iterator[Package]:
     """/lib/apk/db/installed: stanzas of `X:value` lines (P name, V version, A arch,
     o origin)."""
-    out = []
     current: dict[str, str] = {}
-    for raw in [*data.decode("utf-8", "replace").splitlines(), ""]:
-        line = raw.rstrip("\r")
+    for line in itertools.chain(lines(stream, path, strict=False), [""]):
         if not line:
             if current.get("P") and current.get("V"):
-                out.append(
-                    Package(
-                        "apk",
-                        current["P"],
-                        current["V"],
-                        path,
-                        namespace="alpine",
-                        source=current.get("o", current["P"]),
-                        source_version=current["V"],
-                        arch=current.get("A", ""),
-                    )
+                yield Package(
+                    "apk",
+                    current["P"],
+                    current["V"],
+                    path,
+                    namespace="alpine",
+                    source=current.get("o", current["P"]),
+                    source_version=current["V"],
+                    arch=current.get("A", ""),
                 )
             current = {}
             continue
         if len(line) < 2 or line[1] != ":":
             raise PackageDbError(f"{path}: not an apk database line: {line[:80]!r}")
-        current.setdefault(line[0], line[2:])
-    return out
+        if line[0] in _APK_FIELDS:
+            current.setdefault(line[0], line[2:])
 
 
 # -- rpm (SQLite rpmdb) -----------------------------------------------------------------------
@@ -220,16 +245,15 @@ def parse_rpm_header(blob: bytes) -> dict[int, str | int]:
     return out
 
 
-def read_rpmdb_sqlite(db_path: Path, path: str) -> list[Package]:
-    """Packages of an rpmdb.sqlite (rpm 4.16+): table Packages(hnum, blob)."""
+def read_rpmdb_sqlite(db_path: Path, path: str) -> Iterator[Package]:
+    """Packages of an rpmdb.sqlite (rpm 4.16+): table Packages(hnum, blob), one row at a
+    time."""
     try:
         conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
     except sqlite3.Error as e:
         raise PackageDbError(f"{path}: {e}") from None
-    out = []
     try:
-        rows = conn.execute("SELECT blob FROM Packages").fetchall()
-        for (blob,) in rows:
+        for (blob,) in conn.execute("SELECT blob FROM Packages"):
             tags = parse_rpm_header(bytes(blob))
             name, version = tags.get(_RPMTAG_NAME), tags.get(_RPMTAG_VERSION)
             if not isinstance(name, str) or not isinstance(version, str):
@@ -246,30 +270,33 @@ def read_rpmdb_sqlite(db_path: Path, path: str) -> list[Package]:
                 m = re.match(r"^(.+)-[^-]+-[^-]+\.(?:no)?src\.rpm$", source_rpm)
                 source = m.group(1) if m else ""
             arch = tags.get(_RPMTAG_ARCH)
-            out.append(
-                Package(
-                    "rpm",
-                    name,
-                    full,
-                    path,
-                    source=source or name,
-                    arch=arch if isinstance(arch, str) else "",
-                    qualifiers=qualifiers,
-                )
+            yield Package(
+                "rpm",
+                name,
+                full,
+                path,
+                source=source or name,
+                arch=arch if isinstance(arch, str) else "",
+                qualifiers=qualifiers,
             )
     except sqlite3.Error as e:
         raise PackageDbError(f"{path}: not an rpm SQLite database ({e})") from None
     finally:
         conn.close()
-    return out
 
 
 # -- Python, npm --------------------------------------------------------------------------------
 
 
-def read_python_metadata(data: bytes, path: str) -> list[Package]:
-    """`*.dist-info/METADATA` or `*.egg-info/PKG-INFO` (core metadata: email headers)."""
-    headers = BytesHeaderParser().parsebytes(data)
+def read_python_metadata(stream: IO[bytes], path: str) -> list[Package]:
+    """`*.dist-info/METADATA` or `*.egg-info/PKG-INFO` (core metadata: email headers; only
+    the headers are read, at most `MAX_HEADERS` bytes of them, not the description after)."""
+    head = bytearray()
+    while len(head) < MAX_HEADERS and (line := stream.readline(MAX_LINE)):
+        head += line
+        if not line.strip():
+            break
+    headers = BytesHeaderParser().parsebytes(bytes(head))
     name, version = headers.get("Name"), headers.get("Version")
     if not name or not version:
         raise PackageDbError(f"{path}: no Name or Version header")
@@ -283,6 +310,8 @@ def read_npm_package(data: bytes, path: str) -> list[Package]:
         doc = json.loads(data)
     except (ValueError, UnicodeDecodeError) as e:
         raise PackageDbError(f"{path}: not JSON ({e})") from None
+    except RecursionError:
+        raise PackageDbError(f"{path}: JSON nested too deeply") from None
     if not isinstance(doc, dict):
         raise PackageDbError(f"{path}: not a JSON object")
     name, version = doc.get("name"), doc.get("version")

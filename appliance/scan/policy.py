@@ -3,7 +3,8 @@
 A namespace's policy refuses pulls of images with a finding at or above `block_severity`,
 except for advisories on its allow-list, each until its own expiry. Images without a report
 (not scanned yet, or the scan failed) follow `unscanned`: `allow`, `deny`, or `default` (the
-`scan.unscanned` setting).
+`scan.unscanned` setting). An image whose scan was cut by a bound (`incomplete`) is refused
+for what was found, and otherwise follows `unscanned` too: what was not read may hide more.
 
 The manifest GET path is hot, so the gate keeps everything it needs in memory: the policies
 (all of them: they are few), and per manifest digest the worst-first list of its findings.
@@ -89,13 +90,24 @@ def generation(tx: Tx) -> int:
     return int(tx.scalar("SELECT generation FROM scan_generation WHERE id = 1") or 0)
 
 
-def findings_for(tx: Tx, digests: list[str]) -> list[Worst] | None:
-    """The findings of these image digests, worst first; None when any has no good report."""
+@dataclass(frozen=True)
+class Scanned:
+    """What the gate knows of a manifest: its findings, worst first, and whether every image
+    of it was read whole (False: a scan was cut by a bound)."""
+
+    findings: list[Worst]
+    complete: bool
+
+
+def findings_for(tx: Tx, digests: list[str]) -> Scanned | None:
+    """The findings of these image digests; None when any has no report with findings."""
     out: list[Worst] = []
+    complete = True
     for digest in digests:
         status = tx.scalar("SELECT status FROM scan_reports WHERE digest = :d", {"d": digest})
-        if status != "ok":
+        if status not in ("ok", "incomplete"):
             return None
+        complete = complete and status == "ok"
         out.extend(
             Worst(int(r[0]), r[1], r[2], r[3], r[4], r[5])
             for r in tx.execute(
@@ -105,7 +117,7 @@ def findings_for(tx: Tx, digests: list[str]) -> list[Worst] | None:
             )
         )
     out.sort(key=lambda w: (-w.rank, w.advisory_id, w.package))
-    return out
+    return Scanned(out, complete)
 
 
 _GATES: weakref.WeakKeyDictionary[Database, list[PullGate]] = weakref.WeakKeyDictionary()
@@ -135,7 +147,7 @@ class PullGate:
         self._policies: dict[str, Policy] | None = None
         self._generation = -1
         self._checked_at = float("-inf")
-        self._findings: OrderedDict[str, list[Worst] | None] = OrderedDict()
+        self._findings: OrderedDict[str, Scanned | None] = OrderedDict()
         _GATES.setdefault(db, []).append(self)
 
     def invalidate(self) -> None:
@@ -170,19 +182,10 @@ class PullGate:
             return
         if media_type not in mt.MANIFESTS:
             return  # an artifact (a signature, an SBOM): nothing to scan
-        findings = await self._findings_of(digest, media_type, payload)
-        if findings is None:
-            mode = policy.unscanned if policy.unscanned != "default" else self.unscanned_default
-            if mode == "deny":
-                raise PullDenied(
-                    f"{repository}@{digest} has not been scanned for vulnerabilities, and "
-                    f"namespace {policy.namespace} refuses unscanned images",
-                    {"policy": policy.namespace},
-                )
-            return
+        scanned = await self._findings_of(digest, media_type, payload)
         threshold = RANK[policy.block_severity]
         now = self.clock()
-        for worst in findings:
+        for worst in scanned.findings if scanned is not None else []:
             if worst.rank < threshold:
                 break
             if policy.excepted(worst.advisory_id, now):
@@ -200,10 +203,17 @@ class PullGate:
                     "fixed": worst.fixed,
                 },
             )
+        if scanned is None or not scanned.complete:
+            mode = policy.unscanned if policy.unscanned != "default" else self.unscanned_default
+            if mode == "deny":
+                what = "been scanned" if scanned is None else "been scanned whole (a bound cut it)"
+                raise PullDenied(
+                    f"{repository}@{digest} has not {what} for vulnerabilities, and "
+                    f"namespace {policy.namespace} refuses unscanned images",
+                    {"policy": policy.namespace},
+                )
 
-    async def _findings_of(
-        self, digest: str, media_type: str, payload: bytes
-    ) -> list[Worst] | None:
+    async def _findings_of(self, digest: str, media_type: str, payload: bytes) -> Scanned | None:
         if digest in self._findings:
             self._findings.move_to_end(digest)
             return self._findings[digest]

@@ -3,7 +3,9 @@
 The document is deterministic for an image (no timestamp, a serial number derived from the
 image digest), so scanning the same image again attaches the same referrer, not another one.
 Berth's own facts ride in `properties` named `berth:*`: the source package a binary package
-was built from, the file that listed it, and the image's distribution release.
+was built from, the file that listed it, and the image's distribution release. A scan cut
+short by a bound says so the CycloneDX way (a composition whose aggregate is `incomplete`) and
+names the bounds in `berth:incomplete`.
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ def build(image_digest: str, repository: str, contents: ImageContents) -> bytes:
         )
         if value
     ]
+    image_props += [{"name": "berth:incomplete", "value": cut} for cut in contents.cuts]
     if os.id:
         components.insert(
             0,
@@ -93,6 +96,8 @@ def build(image_digest: str, repository: str, contents: ImageContents) -> bytes:
         },
         "components": components,
     }
+    if contents.cuts:
+        doc["compositions"] = [{"aggregate": "incomplete", "assemblies": [image_digest]}]
     return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
 
 

@@ -2,16 +2,18 @@
 
 A push queues its image manifest (`scan_queue`, in the push's own transaction). The jobs
 leader takes due rows every `scan.interval` seconds: it streams the image's layers once each
-(`layers.read_image`, in a worker thread fed chunk by chunk from the blob store), stores the
-CycloneDX SBOM as the image's report, pushes it into the repository as an OCI artifact whose
-`subject` is the image (so the referrers API and `oras discover` list it) and matches it
-against the advisory data. Reports are kept per manifest digest, so the same image in another
-repository only gets its referrer. When advisory data is imported, every stored SBOM is matched
-again; no layer is read twice.
+from the blob store into a scan worker, a process of its own with bounded memory and time
+(`worker.py`), which answers the CycloneDX SBOM; the leader stores it as the image's report,
+pushes it into the repository as an OCI artifact whose `subject` is the image (so the
+referrers API and `oras discover` list it) and matches it against the advisory data. Reports
+are kept per manifest digest, so the same image in another repository only gets its referrer.
+When advisory data is imported, every stored SBOM is matched again; no layer is read twice.
 
 A layer that cannot be read makes that image's report an error (shown with the message) and
-the scanner moves on to the next image. Storage or database faults leave the row queued, retried
-later with a growing delay.
+the scanner moves on to the next image. A layer over one of the bounds (`scan.max_*`,
+`scan.timeout`) is read up to the bound: the report is `incomplete`, says which bound cut
+what, and holds the findings of what was read. Storage or database faults leave the row
+queued, retried later with a growing delay.
 """
 
 from __future__ import annotations
@@ -20,8 +22,8 @@ import functools
 import json
 import logging
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
-from typing import Any, BinaryIO
+from dataclasses import dataclass, replace
+from typing import Any
 
 import trio
 from prometheus_client import Counter, Gauge
@@ -45,10 +47,13 @@ from appliance.ops.metrics import REGISTRY
 from appliance.registry import Registry
 from appliance.scan import sbom as sboms
 from appliance.scan import vulndb
-from appliance.scan.layers import ImageContents, LayerError, read_image
+from appliance.scan.layers import LayerError, Limits
 from appliance.scan.matching import RANK, SEVERITIES, Affected, affected_by, distro_matches
+from appliance.scan.packages import OsRelease
 from appliance.scan.policy import PullGate
 from appliance.scan.vulndb import AdvisoryIndex, bump_generation
+from appliance.scan.worker import Extraction, Layer, WorkerSettings, extract
+from appliance.supervisor import program_command
 
 log = logging.getLogger("berth.scan")
 
@@ -57,6 +62,8 @@ IMAGE_CONFIGS = frozenset(
 )
 MAX_ATTEMPTS = 5
 BATCH = 20
+STATUSES = ("ok", "incomplete", "error")  # a report's status; incomplete: cut by a bound
+SCANNED = ("ok", "incomplete")  # statuses with an SBOM and findings
 
 SCANS = Counter(
     "berth_scan_scans", "Image SBOM extractions, by result.", ["result"], registry=REGISTRY
@@ -165,7 +172,16 @@ def _hits(
 def match(index: AdvisoryIndex, document: str | bytes, memo: Memo | None = None) -> list[Finding]:
     """The findings of one SBOM against `index`, worst first. `memo` carries results between
     calls on the same index (images share base layers, so packages recur)."""
-    os, packages = sboms.read(document)
+    return match_packages(index, *sboms.read(document), memo)
+
+
+def match_packages(
+    index: AdvisoryIndex,
+    os: OsRelease,
+    packages: list[sboms.SbomPackage],
+    memo: Memo | None = None,
+) -> list[Finding]:
+    """`match` of an SBOM already read (`sbom.read`)."""
     release = (os.version_id, os.codename)
     found: dict[tuple[str, str], Finding] = {}
     for p in packages:
@@ -283,7 +299,7 @@ def rematch_all(
 
     def load(tx: Tx) -> tuple[int, AdvisoryIndex, list[str]]:
         version = vulndb.current_version(tx)
-        sql = "SELECT digest FROM scan_reports WHERE status = 'ok'"
+        sql = "SELECT digest FROM scan_reports WHERE status IN ('ok', 'incomplete')"
         if only_stale:
             sql += " AND vulndb_version < :v"
         digests = [r[0] for r in tx.execute(sql + " ORDER BY digest", {"v": version})]
@@ -322,50 +338,11 @@ def refresh_metrics(tx: Tx) -> None:
         counts[str(severity)] = int(n)
     for severity, n in counts.items():
         FINDINGS.labels(severity).set(n)
-    statuses = {"ok": 0, "error": 0}
+    statuses = dict.fromkeys(STATUSES, 0)
     for status, n in tx.execute("SELECT status, COUNT(*) FROM scan_reports GROUP BY status"):
         statuses[str(status)] = int(n)
     for status, n in statuses.items():
         IMAGES.labels(status).set(n)
-
-
-# -- reading layers ------------------------------------------------------------------------------
-
-
-class _ThreadReader:
-    """A blocking file-like view, for a worker thread, of an async byte stream in trio."""
-
-    def __init__(self, chunks: AsyncIterator[bytes]) -> None:
-        self._chunks = chunks
-        self._buffer = memoryview(b"")
-        self._done = False
-
-    async def _next(self) -> bytes | None:
-        try:
-            return await anext(self._chunks)
-        except StopAsyncIteration:
-            return None
-
-    def read(self, n: int = -1) -> bytes:
-        out = bytearray()
-        while n < 0 or len(out) < n:
-            if not self._buffer:
-                if self._done:
-                    break
-                chunk = trio.from_thread.run(self._next)
-                if chunk is None:
-                    self._done = True
-                    break
-                self._buffer = memoryview(chunk)
-            take = len(self._buffer) if n < 0 else min(n - len(out), len(self._buffer))
-            out += self._buffer[:take]
-            self._buffer = self._buffer[take:]
-            if n > 0 and out:
-                break  # a short read is fine for a stream; it keeps copies small
-        return bytes(out)
-
-    def close(self) -> None:
-        pass
 
 
 class Scanner:
@@ -377,6 +354,7 @@ class Scanner:
         self.clock = clock
         self.enabled = True
         self.interval = 10.0
+        self.worker = WorkerSettings(program_command())
 
     def jobs(self) -> list[Job]:
         """The leader's scan job (none when `scan.enabled` is off)."""
@@ -407,7 +385,7 @@ class Scanner:
         report with status `error` (and raises nothing); other faults raise."""
         now = self.clock()
         try:
-            contents = await self._read_layers(repository, parsed)
+            extraction = await self._extract(repository, digest, parsed)
         except LayerError as e:
             SCANS.labels("error").inc()
             message = e.message
@@ -422,8 +400,12 @@ class Scanner:
             report = await self.db.read(lambda tx: read_report(tx, digest))
             assert report is not None
             return report
-        LAYER_BYTES.inc(contents.layer_bytes)
-        document = sboms.build(digest, repository, contents)
+        LAYER_BYTES.inc(extraction.layer_bytes)
+        document = extraction.document
+        status, error = "ok", None
+        if extraction.cuts:
+            status, error = "incomplete", incomplete_message(extraction.cuts)
+            log.warning("scan of %s@%s: %s", repository, digest, error)
         try:
             sbom_digest = await self._attach(repository, digest, parsed.media_type, size, document)
         except (Denied, ManifestBlobUnknown, ManifestInvalid) as e:
@@ -431,53 +413,59 @@ class Scanner:
             # without its referrer.
             log.warning("SBOM of %s@%s not attached: %s", repository, digest, e.message)
             sbom_digest = str(Digest.of(document))
-        count = len(contents.packages())
+        count = extraction.packages
+
+        os, pkgs = await trio.to_thread.run_sync(sboms.read, document)  # read once
+        wanted = {(p.ecosystem, name) for p in pkgs for name, _ in p.candidates}
 
         def index_for(tx: Tx) -> tuple[int, AdvisoryIndex]:
-            _, pkgs = sboms.read(document)
-            wanted = {(p.ecosystem, name) for p in pkgs for name, _ in p.candidates}
             return vulndb.current_version(tx), vulndb.load_index(tx, wanted)
 
         version, index = await self.db.read(index_for)
-        findings = await trio.to_thread.run_sync(match, index, document)
+        findings = await trio.to_thread.run_sync(match_packages, index, os, pkgs)
 
         def save(tx: Tx) -> None:
-            _save_report(tx, digest, "ok", None, document.decode(), sbom_digest, count, now)
+            _save_report(tx, digest, status, error, document.decode(), sbom_digest, count, now)
             save_findings(tx, digest, findings, version, now)
             bump_generation(tx)
 
         await self.db.write(save)
-        SCANS.labels("ok").inc()
+        SCANS.labels(status).inc()
         report = await self.db.read(lambda tx: read_report(tx, digest))
         assert report is not None
         return report
 
-    async def _read_layers(self, repository: str, parsed: manifests.Manifest) -> ImageContents:
-        """Stream every layer once, in a worker thread. Raises LayerError. A cancellation
-        waits for the layer being read to finish (the thread is not abandoned)."""
-        streams: list[tuple[str, AsyncIterator[bytes]]] = []
-        for layer in parsed.layers:
-            if layer.media_type in mt.NON_DISTRIBUTABLE:
-                continue
-            blob = await self.registry.blob(repository, str(layer.digest))
-            streams.append((str(layer.digest), self.registry.read_blob(blob, 0, blob.size)))
+    async def _extract(
+        self, repository: str, digest: str, parsed: manifests.Manifest
+    ) -> Extraction:
+        """Stream every layer once into a scan worker (worker.py). Raises LayerError; a
+        storage fault propagates. A cancellation kills the worker."""
+        layers: list[Layer] = []
         try:
-            openers: list[tuple[str, Callable[[], BinaryIO]]] = [
-                (label, functools.partial(_reader, it)) for label, it in streams
-            ]
-            return await trio.to_thread.run_sync(read_image, openers)
+            for descriptor in parsed.layers:
+                if descriptor.media_type in mt.NON_DISTRIBUTABLE:
+                    continue
+                blob = await self.registry.blob(repository, str(descriptor.digest))
+                chunks = self.registry.read_blob(blob, 0, blob.size)
+                layers.append(Layer(str(descriptor.digest), blob.size, chunks))
+            return await extract(self.worker, digest, repository, layers)
         finally:
             with trio.CancelScope(shield=True):
-                for _, it in streams:
-                    aclose = getattr(it, "aclose", None)
+                for layer in layers:
+                    aclose = getattr(layer.chunks, "aclose", None)
                     if aclose is not None:
                         await aclose()
 
     async def _attach(
         self, repository: str, subject: str, subject_type: str, subject_size: int, document: bytes
     ) -> str:
-        """Push the SBOM into `repository` as an artifact referring to the image."""
+        """Push the SBOM into `repository` as an artifact referring to the image; an SBOM that
+        lists nothing (no package, no operating system) is not pushed: as a referrer it would
+        say nothing the report does not, and only change what clients list. Raises
+        ManifestBlobUnknown when the image was deleted meanwhile (the artifact needs it)."""
         sbom_digest = str(Digest.of(document))
+        if not json.loads(document).get("components"):
+            return sbom_digest
         empty = b"{}"
         for data in (document, empty):
             digest = str(Digest.of(data))
@@ -504,7 +492,7 @@ class Scanner:
                     }
                 ],
                 "subject": {"mediaType": subject_type, "digest": subject, "size": subject_size},
-                "annotations": {"dev.berth.sbom.generator": "berth"},
+                "annotations": {mt.GENERATED_BY: "berth"},
             },
             sort_keys=True,
             separators=(",", ":"),
@@ -568,7 +556,7 @@ class Scanner:
                 "SELECT status, sbom FROM scan_reports WHERE digest = :d", {"d": digest}
             )
         )
-        if existing is not None and existing[0] == "ok" and existing[1]:
+        if existing is not None and existing[0] in SCANNED and existing[1]:
             # Scanned in another repository: this one gets the referrer too.
             await self._attach(repository, digest, media_type, len(payload), existing[1].encode())
             return
@@ -641,8 +629,12 @@ def _dequeue(tx: Tx, *, manifest_id: int) -> None:
     tx.execute("DELETE FROM scan_queue WHERE manifest_id = :m", {"m": manifest_id})
 
 
-def _reader(chunks: AsyncIterator[bytes]) -> BinaryIO:
-    return _ThreadReader(chunks)  # type: ignore[return-value]  # read() is all tarfile needs
+def incomplete_message(cuts: list[str], shown: int = 5) -> str:
+    """The report's message for a scan cut by bounds: the first few, and how many more."""
+    text = "scan incomplete: " + "; ".join(cuts[:shown])
+    if len(cuts) > shown:
+        text += f"; and {len(cuts) - shown} more"
+    return text
 
 
 async def _once(data: bytes) -> AsyncIterator[bytes]:
@@ -662,6 +654,24 @@ def open_scanner(
     scanner = Scanner(registry, db, clock)
     scanner.enabled = bool(config["scan.enabled"])
     scanner.interval = float(config["scan.interval"])
+    scanner.worker = replace(
+        scanner.worker,
+        limits=Limits(
+            layer_bytes=_positive(config, "scan.max_layer_bytes"),
+            layer_files=_positive(config, "scan.max_layer_files"),
+            db_bytes=_positive(config, "scan.max_db_bytes"),
+            packages=_positive(config, "scan.max_packages"),
+        ),
+        memory=max(0, int(config["scan.max_memory"])),
+        timeout=float(_positive(config, "scan.timeout")),
+    )
     gate = PullGate(db, clock, unscanned_default=unscanned, refresh=config["scan.policy_refresh"])
     registry.pull_gate = gate.check
     return scanner
+
+
+def _positive(config: Config, key: str) -> Any:
+    value = config[key]
+    if value <= 0:
+        raise ConfigError(f"{key} must be more than 0, not {value}")
+    return value

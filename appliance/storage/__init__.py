@@ -22,9 +22,17 @@ def _open_s3(config: Config) -> BlobStore:
     return S3Store(S3Settings.from_config(config))
 
 
+def _open_azure(config: Config) -> BlobStore:
+    # Imported here for the same reason: the Azure SDK is only paid for by those who use it.
+    from appliance.storage.azure import AzureSettings, AzureStore  # noqa: PLC0415
+
+    return AzureStore(AzureSettings.from_config(config))
+
+
 BACKENDS: dict[str, Callable[[Config], BlobStore]] = {
     "filesystem": lambda config: FilesystemStore(config.storage_root),
     "s3": _open_s3,
+    "azure": _open_azure,
 }
 
 

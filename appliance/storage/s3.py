@@ -65,11 +65,10 @@ import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
 import boto3
 import botocore.exceptions
-import outcome
 import trio
 import urllib3.exceptions
 from botocore.config import Config as BotoConfig
@@ -85,6 +84,8 @@ from appliance.errors import (
 from appliance.oci.digest import Digest, Hasher, new_hasher
 from appliance.storage import layout
 from appliance.storage.base import Progress, StoredObject
+from appliance.storage.pending import Pending
+from appliance.storage.pieces import PieceCutter
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -117,6 +118,7 @@ _RETRYABLE_CODES = {
     "ServerBusy",
 }
 _FULL_CODES = {"XMinioStorageFull", "QuotaExceeded", "InsufficientStorage", "StorageFull"}
+_UNSUPPORTED_CODES = {"NotImplemented"}
 _MISSING_CODES = {"NoSuchKey", "NoSuchUpload", "NotFound", "404"}
 _CREDENTIAL_CODES = {
     "InvalidAccessKeyId",
@@ -141,6 +143,8 @@ def _error_code(e: botocore.exceptions.ClientError) -> tuple[str, int]:
 def _retryable(e: Exception) -> bool:
     if isinstance(e, botocore.exceptions.ClientError):
         code, status = _error_code(e)
+        if code in _UNSUPPORTED_CODES or status == 501:
+            return False  # asking again will not make the service implement it
         return code in _RETRYABLE_CODES or (status >= 500 and code not in _FULL_CODES)
     if isinstance(e, botocore.exceptions.SSLError):
         return False  # a certificate that does not verify will not verify next time either
@@ -174,6 +178,7 @@ class S3Settings:
     redirect: bool = False
     part_size: int = 16 * MIB
     max_attempts: int = 5
+    batch_delete: bool = True
 
     @classmethod
     def from_config(cls, config: Config) -> S3Settings:
@@ -205,6 +210,7 @@ class S3Settings:
             redirect=config["storage.s3.redirect"],
             part_size=config["storage.s3.part_size"],
             max_attempts=config["storage.s3.max_attempts"],
+            batch_delete=config["storage.s3.batch_delete"],
         )
         settings.validate()
         return settings
@@ -359,6 +365,57 @@ def _upload_prefix(upload_id: str) -> str:
     return layout.upload_key(upload_id).rsplit("/", 1)[0] + "/"
 
 
+class Deleter:
+    """Deletes objects many per request (DeleteObjects), or one per request where the
+    service lacks DeleteObjects: when `batch` is off (`storage.s3.batch_delete`), or from the
+    first NotImplemented answer on (Google Cloud Storage answers so). Blocking; raises
+    botocore's errors for the caller to retry and translate."""
+
+    def __init__(self, client: S3Client, bucket: str, where: str, batch: bool = True) -> None:
+        self.client = client
+        self.bucket = bucket
+        self.where = where
+        self.batch = batch
+
+    def delete(self, keys: list[str]) -> None:
+        """Delete up to 1,000 objects (full keys); missing ones are fine."""
+        if len(keys) > 1 and self.batch:
+            objects: list[ObjectIdentifierTypeDef] = [{"Key": k} for k in keys]
+            try:
+                result = self.client.delete_objects(
+                    Bucket=self.bucket, Delete={"Objects": objects, "Quiet": True}
+                )
+            except botocore.exceptions.ClientError as e:
+                if _error_code(e)[0] not in _UNSUPPORTED_CODES:
+                    raise
+                self.batch = False
+                log.warning(
+                    "S3 %s does not implement DeleteObjects: deleting one object per request "
+                    "(set storage.s3.batch_delete = false to skip the attempt)",
+                    self.where,
+                )
+            else:
+                failed = result.get("Errors", [])
+                if failed:
+                    raise botocore.exceptions.ClientError(
+                        {
+                            "Error": {
+                                "Code": failed[0].get("Code", "InternalError"),
+                                "Message": failed[0].get("Message", ""),
+                            }
+                        },
+                        "DeleteObjects",
+                    )
+                return
+        for key in keys:
+            try:
+                self.client.delete_object(Bucket=self.bucket, Key=key)
+            except botocore.exceptions.ClientError as e:
+                # S3 answers 204 for a missing object, Google Cloud Storage 404.
+                if _error_code(e)[0] not in _MISSING_CODES:
+                    raise
+
+
 class S3Store:
     """A BlobStore in one S3 bucket, under an optional key prefix (see the module docstring).
 
@@ -382,6 +439,7 @@ class S3Store:
         self.part_size = settings.part_size
         self.max_attempts = settings.max_attempts
         self.client = client if client is not None else make_client(settings)
+        self.deleter = Deleter(self.client, self.bucket, settings.where, settings.batch_delete)
         self._sleep = sleep
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
         # S3 calls get threads of their own: a slow S3 must not hold up database calls.
@@ -467,28 +525,8 @@ class S3Store:
     async def _delete_keys(self, keys: list[str]) -> None:
         """Delete objects (full keys, prefix included); missing ones are fine."""
         for i in range(0, len(keys), 1000):
-            batch: list[ObjectIdentifierTypeDef] = [{"Key": k} for k in keys[i : i + 1000]]
-
-            def delete(batch: list[ObjectIdentifierTypeDef] = batch) -> None:
-                if len(batch) == 1:
-                    self.client.delete_object(Bucket=self.bucket, Key=batch[0]["Key"])
-                    return
-                result = self.client.delete_objects(
-                    Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True}
-                )
-                failed = result.get("Errors", [])
-                if failed:
-                    raise botocore.exceptions.ClientError(
-                        {
-                            "Error": {
-                                "Code": failed[0].get("Code", "InternalError"),
-                                "Message": failed[0].get("Message", ""),
-                            }
-                        },
-                        "DeleteObjects",
-                    )
-
-            await self._call("deleting objects", delete)
+            batch = keys[i : i + 1000]
+            await self._call("deleting objects", functools.partial(self.deleter.delete, batch))
 
     async def _list_keys(self, prefix: str) -> list[str]:
         """Full keys of the objects under `prefix` (prefix included)."""
@@ -907,9 +945,9 @@ class S3Store:
                 return self.client.get_object(Bucket=self.bucket, Key=self._k(key), Range=span)
 
             body = (await self._call(f"reading {key}", get))["Body"]
-            ahead: _Pending[bytes] | None = None
+            ahead: Pending[bytes] | None = None
             try:
-                ahead = await _Pending.start(
+                ahead = await Pending.start(
                     functools.partial(body.read, min(chunk, length - pos)), self._threads
                 )
                 while ahead is not None:
@@ -932,7 +970,7 @@ class S3Store:
                         raise Unavailable(f"S3 object {key} is shorter than recorded")
                     pos += len(data)
                     if pos < length:
-                        ahead = await _Pending.start(
+                        ahead = await Pending.start(
                             functools.partial(body.read, min(chunk, length - pos)),
                             self._threads,
                         )
@@ -1023,146 +1061,43 @@ class S3Store:
         )
 
 
-class _Pending(Generic[T]):
-    """A blocking call started in a worker thread now and awaited later: read-ahead without a
-    nursery (which an async generator may not hold across a `yield`)."""
-
-    def __init__(self) -> None:
-        self._done = trio.Event()
-        self._outcome: outcome.Outcome[T] | None = None
-
-    @classmethod
-    async def start(cls, fn: Callable[[], T], limiter: trio.CapacityLimiter) -> _Pending[T]:
-        self = cls()
-        await limiter.acquire_on_behalf_of(self)
-        token = trio.lowlevel.current_trio_token()
-
-        def deliver(result: outcome.Outcome[T]) -> None:
-            def finish() -> None:
-                limiter.release_on_behalf_of(self)
-                self._outcome = result
-                self._done.set()
-
-            with contextlib.suppress(trio.RunFinishedError):
-                token.run_sync_soon(finish)
-
-        trio.lowlevel.start_thread_soon(fn, deliver)
-        return self
-
-    async def result(self) -> T:
-        """The call's return value (or its exception). Cancelling this wait does not stop
-        the call."""
-        await self._done.wait()
-        assert self._outcome is not None
-        return self._outcome.unwrap()
-
-
-class _Appender:
+class _Appender(PieceCutter):
     """One append: receive chunks, cut them into parts sent a few at a time, and record each
     part in the state object as soon as every part before it is recorded too."""
 
     def __init__(
         self, store: S3Store, upload_id: str, state: _State, offset: int, progress: Progress
     ) -> None:
+        super().__init__(progress, PARTS_IN_FLIGHT)
         self.store = store
         self.upload_id = upload_id
         self.state = state
         self.offset = offset
-        self.progress = progress
-        self.hashed = 0
-        self.buffer: list[bytes] = []
-        self.buffered = 0
         self.next_number = len(state.parts) + 1
         self.finished: dict[int, tuple[str, int, bool]] = {}  # number → (etag, size, had tail)
-        self.failures: list[Exception] = []
-        self.slots = trio.Semaphore(PARTS_IN_FLIGHT)
-        self.record_lock = trio.Lock()
         self.tail_pending = bool(state.tail)  # the next part starts with the tail segments
 
     def _target(self) -> int:
         return _part_size(self.store.part_size, self.next_number)
 
+    def piece_ready(self) -> int:
+        tail = self.state.tail_size * self.tail_pending
+        return self._target() - tail if tail + self.buffered >= self._target() else 0
+
     async def run(self, chunks: AsyncIterator[bytes], hasher: Hasher | None) -> None:
         """Raises the first failure of S3, or else the source's own error (after keeping
         everything the source gave). Never an ExceptionGroup: failures inside the nurseries
         are collected in `failures` and raised alone."""
-        source_error: Exception | None = None
-        async with trio.open_nursery() as nursery:
-            self.nursery = nursery
-            to_hasher, hashing = trio.open_memory_channel[bytes](2)
-            if hasher is not None:
-                nursery.start_soon(self._hash, hasher, hashing)
-            async with to_hasher:
-                try:
-                    source_error = await self._receive(chunks, to_hasher, hasher is not None)
-                except (Unavailable, StorageFull, UploadNotFound) as e:
-                    self._fail(e)
-        if self.failures:
-            raise self.failures[0]
+        source_error = await self.receive_all(chunks, hasher)
         # What is left: a last part if S3 would take one, otherwise a tail segment.
         if self.state.tail_size * self.tail_pending + self.buffered >= MIN_PART:
-            async with trio.open_nursery() as nursery:
-                self.nursery = nursery
-                try:
-                    await self._launch(self.buffered)
-                except (Unavailable, StorageFull, UploadNotFound) as e:
-                    self._fail(e)
-            if self.failures:
-                raise self.failures[0]
+            await self.launch_last(self.buffered)
         elif self.buffered:
             await self._write_segment()
         if source_error is not None:
             raise source_error
 
-    async def _receive(
-        self,
-        chunks: AsyncIterator[bytes],
-        to_hasher: trio.MemorySendChannel[bytes],
-        hashing: bool,
-    ) -> Exception | None:
-        """Take chunks from the source, hand them to the hasher, and launch parts as they
-        fill. Returns the source's error (a disconnect) instead of raising it."""
-        iterator = chunks.__aiter__()
-        while True:
-            try:
-                data = await iterator.__anext__()
-            except StopAsyncIteration:
-                return None
-            except Exception as e:  # the source failed (a disconnect): keep what came
-                return e
-            if hashing:  # hashed in a thread while the next chunk arrives
-                await to_hasher.send(data)
-            self.buffer.append(data)
-            self.buffered += len(data)
-            while self.state.tail_size * self.tail_pending + self.buffered >= self._target():
-                await self._launch(self._target() - self.state.tail_size * self.tail_pending)
-
-    async def _hash(self, hasher: Hasher, chunks: trio.MemoryReceiveChannel[bytes]) -> None:
-        async with chunks:
-            async for data in chunks:
-                await trio.to_thread.run_sync(hasher.update, data)
-                self.hashed += len(data)
-
-    def _fail(self, e: Exception) -> None:
-        self.failures.append(e)
-        self.nursery.cancel_scope.cancel()
-
-    def _take(self, n: int) -> bytes:
-        """The first `n` buffered bytes (one copy; only the last chunk is split)."""
-        taken: list[bytes] = []
-        size = 0
-        while size < n:
-            chunk = self.buffer.pop(0)
-            if size + len(chunk) > n:
-                cut = n - size
-                self.buffer.insert(0, chunk[cut:])
-                chunk = chunk[:cut]
-            taken.append(chunk)
-            size += len(chunk)
-        self.buffered -= n
-        return taken[0] if len(taken) == 1 else b"".join(taken)
-
-    async def _launch(self, n: int) -> None:
+    async def launch(self, n: int) -> None:
         """Start uploading the next part: the pending tail segments plus `n` buffered bytes."""
         await self.slots.acquire()
         if self.state.mpu is None:

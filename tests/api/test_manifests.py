@@ -163,12 +163,31 @@ async def test_digest_that_does_not_match_the_body_is_400(
 
 
 @pytest.mark.parametrize("reference", ["sha256:totallywrong", "sha256:" + "0" * 63, "md5:abc"])
-async def test_malformed_digest_reference_is_400(
+async def test_malformed_digest_reference_is_400_to_put_and_unknown_to_read(
     client: httpx.AsyncClient, blobs: None, reference: str
 ) -> None:
     payload = image_manifest(CONFIG, [LAYER])
     assert_error(await put_manifest(client, NAME, reference, payload), 400, "DIGEST_INVALID")
-    assert_error(await client.get(f"/v2/{NAME}/manifests/{reference}"), 400, "DIGEST_INVALID")
+    # A read names something to look up: whatever its spelling, it names no manifest.
+    assert_error(await client.get(f"/v2/{NAME}/manifests/{reference}"), 404, "MANIFEST_UNKNOWN")
+
+
+@pytest.mark.parametrize("reference", [".INVALID_MANIFEST_NAME", "-dash", "a" * 129, "bad!tag"])
+async def test_reading_a_reference_that_is_no_tag_is_404(
+    client: httpx.AsyncClient, blobs: None, reference: str
+) -> None:
+    """The OCI conformance suite (and every client probing for a tag) expects 404
+    MANIFEST_UNKNOWN for a reference that does not exist, whatever its spelling."""
+    payload = image_manifest(CONFIG, [LAYER])
+    assert (await put_manifest(client, NAME, "v1", payload)).status_code == 201
+    got = await client.get(f"/v2/{NAME}/manifests/{reference}")
+    assert_error(got, 404, "MANIFEST_UNKNOWN")
+    head = await client.head(f"/v2/{NAME}/manifests/{reference}")
+    assert head.status_code == 404
+    assert head.content == b""
+    # A write with the same reference is still refused as malformed, and stores nothing.
+    assert_error(await put_manifest(client, NAME, reference, payload), 400, "NAME_INVALID")
+    assert await tags_of(client, NAME) == ["v1"]
 
 
 async def test_stored_byte_for_byte(client: httpx.AsyncClient, blobs: None) -> None:

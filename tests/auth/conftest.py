@@ -49,7 +49,12 @@ async def services(data_dir: Any, clock: FakeClock) -> AsyncIterator[Services]: 
 
 @pytest.fixture
 def app(services: Services) -> Any:
-    return create_app(services.registry, access=services.access, backups=services.backups)
+    return create_app(
+        services.registry,
+        access=services.access,
+        backups=services.backups,
+        lifecycle=services.lifecycle,
+    )
 
 
 @pytest.fixture

@@ -73,3 +73,46 @@ def test_user_commands_and_key_rotation(tmp_path: Path) -> None:
         "user.create",
         "user.create",
     ]
+
+
+def test_token_commands_list_and_revoke_refresh_tokens(tmp_path: Path) -> None:
+    """`berth token list|revoke`: an admin ends a user's refresh token (a docker login)."""
+    import time  # noqa: PLC0415
+
+    from appliance.auth import accounts, credentials  # noqa: PLC0415
+    from appliance.auth.secrets import ServerSecret  # noqa: PLC0415
+    from appliance.metadata import identity  # noqa: PLC0415
+
+    data = str(tmp_path / "d")
+    cfg = settings.load(
+        None, environ={}, overrides={"server.data_dir": data, "admin.password": "first-admin-pw"}
+    )
+    services = trio.run(open_services, cfg)
+    secret = ServerSecret.load_or_create(tmp_path / "d" / "secret")
+
+    def setup(tx: object) -> int:
+        now = time.time()
+        record, _ = accounts.create_pat(tx, "test", secret, "admin", "ci", ("read_registry",), now)  # type: ignore[arg-type]
+        refresh = identity.create_token(
+            tx,  # type: ignore[arg-type]
+            "refresh",
+            secret.new_token("refresh")[1],
+            now,
+            user_id=record.user_id,
+            minted_by=credentials.of_token(record.id),
+        )
+        return refresh.id
+
+    refresh_id = services.db.run_sync_write(setup)
+    services.close()
+    listing = run("token", "list", "admin", "--data-dir", data)
+    assert "\tpat\tci\tread_registry\tnever\tsign-in\tactive" in listing
+    assert f"{refresh_id}\trefresh\t" in listing
+    assert "\ttoken 1\tactive" in listing
+    assert "revoked token" in run("token", "revoke", "admin", str(refresh_id), "--data-dir", data)
+    listing = run("token", "list", "admin", "--kind", "refresh", "--data-dir", data)
+    assert listing.strip().endswith("revoked")
+    assert "\tpat\t" not in listing
+    missing = CliRunner().invoke(main, ["token", "revoke", "admin", "999", "--data-dir", data])
+    assert missing.exit_code != 0
+    assert "no token 999" in missing.output

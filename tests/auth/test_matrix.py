@@ -14,8 +14,13 @@ from typing import Any
 import httpx
 import pytest
 
+from appliance.auth import accounts
+from appliance.metadata.db import Tx
+from appliance.ops import webhooks
+from appliance.scan.service import _save_report
+from appliance.server import Services
 from tests.api.conftest import api_client
-from tests.api.oci import blob_data, digest
+from tests.api.oci import blob_data, digest, image_manifest
 from tests.auth.conftest import Cast
 
 CALLERS = (
@@ -125,6 +130,18 @@ MATRIX: list[tuple[str, str, Any, tuple[int, ...]]] = [
     ("GET", "/api/v1/namespaces", None, (401, 200, 200, 200, 200, 200, 200, 403, 403, 403, 200)),
     ("GET", "/api/v1/users", None, (401, 403, 403, 403, 403, 403, 200, 403, 403, 403, 403)),
     (
+        "GET",
+        "/api/v1/users/developer/tokens?kind=all",
+        None,
+        (401, 403, 403, 403, 403, 403, 200, 403, 403, 403, 403),
+    ),
+    (
+        "DELETE",
+        "/api/v1/users/developer/tokens/999999",
+        None,
+        (401, 403, 403, 403, 403, 403, 404, 403, 403, 403, 403),
+    ),
+    (
         "POST",
         "/api/v1/users",
         {"name": "new-{caller}", "password": "long-enough-pw"},
@@ -185,11 +202,13 @@ MATRIX: list[tuple[str, str, Any, tuple[int, ...]]] = [
         (401, 403, 403, 403, 403, 201, 201, 403, 403, 403, 403),
     ),
     ("GET", "/api/v1/tokens", None, (401, 200, 200, 200, 200, 200, 200, 403, 403, 403, 200)),
+    # A token never grants more than the token that creates it: an api-only PAT may not
+    # make a read_registry one (auth/credentials.py, MintLimits).
     (
         "POST",
         "/api/v1/tokens",
         {"name": "t", "scopes": ["read_registry"]},
-        (401, 201, 201, 201, 201, 201, 201, 403, 403, 403, 201),
+        (401, 201, 201, 201, 201, 201, 201, 403, 403, 403, 403),
     ),
     # backups (appliance/backup/api.py): instance admins only; no backup by that id is a 404
     ("GET", "/api/v1/backups", None, (401, 403, 403, 403, 403, 403, 200, 403, 403, 403, 403)),
@@ -334,6 +353,182 @@ MATRIX: list[tuple[str, str, Any, tuple[int, ...]]] = [
 ]
 
 
+# Another private namespace, `secret`, where nobody of the cast has a role: its image, scan
+# report, immutable rule, cleanup policy, webhook and robot, and the admin's own token. Each
+# row names a repository or namespace the caller may use, with a digest or an id of `secret`'s
+# (`{SECRET_...}`, filled in by `seed_secret`): no management endpoint may act on, or show,
+# another namespace's record through a name of one's own. Every caller of a row runs, in
+# CALLERS order, against one seeded registry (so the rows cost seconds, not minutes); a
+# success that changes something happens only where the row expects it.
+#              anon other read  dev  maint owner admin robot p-rd p-wr p-api
+CROSS_NAMESPACE: list[tuple[str, str, Any, tuple[int, ...]]] = [
+    # a scan report, named by a repository of one's own and another namespace's digest
+    (
+        "GET",
+        "/api/v1/scan/reports?repository=team/app&digest={TEAM_DIGEST}",
+        None,
+        (401, 404, 200, 200, 200, 200, 200, 403, 403, 403, 200),
+    ),
+    (
+        "GET",
+        "/api/v1/scan/reports?repository=team/app&digest={SECRET_DIGEST}",
+        None,
+        (401, 404, 404, 404, 404, 404, 404, 403, 403, 403, 404),
+    ),
+    (
+        "GET",
+        "/api/v1/scan/reports?repository=pub/app&digest={SECRET_DIGEST}",
+        None,
+        (401, 404, 404, 404, 404, 404, 404, 403, 403, 403, 404),
+    ),
+    (
+        "GET",
+        "/api/v1/scan/reports?repository=secret/app&digest={SECRET_DIGEST}",
+        None,
+        (401, 404, 404, 404, 404, 404, 200, 403, 403, 403, 404),
+    ),
+    # the registry: another namespace's manifest, blob and referrers through one's own name
+    (
+        "GET",
+        "/v2/team/app/manifests/{SECRET_DIGEST}",
+        None,
+        (401, 403, 404, 404, 404, 404, 404, 404, 404, 404, 403),
+    ),
+    (
+        "GET",
+        "/v2/team/app/blobs/{SECRET_LAYER}",
+        None,
+        (401, 403, 404, 404, 404, 404, 404, 404, 404, 404, 403),
+    ),
+    (
+        "DELETE",
+        "/v2/team/app/manifests/{SECRET_DIGEST}",
+        None,
+        (401, 403, 403, 403, 404, 404, 404, 403, 403, 403, 403),
+    ),
+    # a mount from a namespace the caller may not pull starts an upload instead (202)
+    (
+        "POST",
+        "/v2/team/app/blobs/uploads/?mount={SECRET_LAYER}&from=secret/app",
+        None,
+        (401, 403, 403, 202, 202, 202, 201, 202, 403, 202, 403),
+    ),
+    # lifecycle: usage, quotas, immutable tag rules, cleanup policies, the collector
+    ("GET", "/api/v1/usage", None, (401, 200, 200, 200, 200, 200, 200, 403, 403, 403, 200)),
+    (
+        "GET",
+        "/api/v1/namespaces/team/usage",
+        None,
+        (401, 403, 200, 200, 200, 200, 200, 403, 403, 403, 200),
+    ),
+    ("GET", "/api/v1/quotas", None, (401, 403, 403, 403, 403, 403, 200, 403, 403, 403, 403)),
+    (
+        "PUT",
+        "/api/v1/namespaces/team/quota",
+        {"limit_bytes": 1 << 30},
+        (401, 403, 403, 403, 403, 403, 200, 403, 403, 403, 403),
+    ),
+    (
+        "DELETE",
+        "/api/v1/namespaces/team/quota",
+        None,
+        (401, 403, 403, 403, 403, 403, 404, 403, 403, 403, 403),
+    ),
+    (
+        "GET",
+        "/api/v1/namespaces/team/immutable-rules",
+        None,
+        (401, 403, 200, 200, 200, 200, 200, 403, 403, 403, 200),
+    ),
+    (
+        "POST",
+        "/api/v1/namespaces/team/immutable-rules",
+        {"pattern": "v-{caller}"},
+        (401, 403, 403, 403, 201, 201, 201, 403, 403, 403, 403),
+    ),
+    (
+        "DELETE",
+        "/api/v1/namespaces/team/immutable-rules/{SECRET_RULE}",
+        None,
+        (401, 403, 403, 403, 404, 404, 404, 403, 403, 403, 403),
+    ),
+    (
+        "GET",
+        "/api/v1/namespaces/team/policies",
+        None,
+        (401, 403, 200, 200, 200, 200, 200, 403, 403, 403, 200),
+    ),
+    (
+        "POST",
+        "/api/v1/namespaces/team/policies",
+        {"keep_recent": 5},
+        (401, 403, 403, 403, 201, 201, 201, 403, 403, 403, 403),
+    ),
+    (
+        "POST",
+        "/api/v1/namespaces/team/policies",
+        {"repository": "secret/app", "keep_recent": 5},
+        (401, 403, 403, 403, 400, 400, 400, 403, 403, 403, 403),
+    ),
+    (
+        "GET",
+        "/api/v1/policies/{SECRET_POLICY}",
+        None,
+        (401, 404, 404, 404, 404, 404, 200, 403, 403, 403, 404),
+    ),
+    (
+        "PATCH",
+        "/api/v1/policies/{SECRET_POLICY}",
+        {"keep_recent": 0},
+        (401, 404, 404, 404, 404, 404, 200, 403, 403, 403, 404),
+    ),
+    (
+        "POST",
+        "/api/v1/policies/{SECRET_POLICY}/preview",
+        None,
+        (401, 404, 404, 404, 404, 404, 200, 403, 403, 403, 404),
+    ),
+    (
+        "POST",
+        "/api/v1/policies/{SECRET_POLICY}/run",
+        None,
+        (401, 404, 404, 404, 404, 404, 409, 403, 403, 403, 404),
+    ),
+    (
+        "DELETE",
+        "/api/v1/policies/{SECRET_POLICY}",
+        None,
+        (401, 404, 404, 404, 404, 404, 200, 403, 403, 403, 404),
+    ),
+    ("GET", "/api/v1/gc", None, (401, 403, 403, 403, 403, 403, 200, 403, 403, 403, 403)),
+    # webhooks, robots and tokens of others, by id or name
+    (
+        "DELETE",
+        "/api/v1/namespaces/team/webhooks/{SECRET_WEBHOOK}",
+        None,
+        (401, 403, 403, 403, 404, 404, 404, 403, 403, 403, 403),
+    ),
+    (
+        "GET",
+        "/api/v1/namespaces/team/webhooks/{SECRET_WEBHOOK}/deliveries",
+        None,
+        (401, 403, 403, 403, 404, 404, 404, 403, 403, 403, 403),
+    ),
+    (
+        "DELETE",
+        "/api/v1/namespaces/team/robots/spy",
+        None,
+        (401, 403, 403, 403, 403, 404, 404, 403, 403, 403, 403),
+    ),
+    (
+        "DELETE",
+        "/api/v1/tokens/{ADMIN_TOKEN}",
+        None,
+        (401, 404, 404, 404, 404, 404, 200, 403, 403, 403, 404),
+    ),
+]
+
+
 async def seed(client: httpx.AsyncClient) -> bytes:
     """As admin: push one image (a layer and a manifest tagged 1) to team/app and pub/app."""
     manifest = json.dumps(
@@ -395,8 +590,95 @@ async def test_matrix(
         assert challenge.startswith('Bearer realm="http://berth.test/token",service="berth"')
 
 
-async def test_the_matrix_names_every_route() -> None:
-    """Each registry route kind and each management route appears in the matrix."""
+SECRET_LAYER = blob_data("secret", 100)
+
+
+async def seed_secret(services: Services, client: httpx.AsyncClient) -> dict[str, str]:
+    """As admin (`client`): everything of namespace `secret` the cross-namespace rows name,
+    and a report for team/app's image too; returns the values of the rows' placeholders."""
+    now = services.access.clock()
+    r = await client.post("/api/v1/namespaces", json={"name": "secret"})
+    assert r.status_code == 201, r.text
+    for repo, data in (("secret/app", SECRET_LAYER), ("team/app", LAYER)):
+        r = await client.post(
+            f"/v2/{repo}/blobs/uploads/", params={"digest": digest(data)}, content=data
+        )
+        assert r.status_code == 201, r.text
+    secret_manifest = image_manifest(SECRET_LAYER, [])
+    r = await client.put(
+        "/v2/secret/app/manifests/1",
+        content=secret_manifest,
+        headers={"content-type": "application/vnd.oci.image.manifest.v1+json"},
+    )
+    assert r.status_code == 201, r.text
+    secret_digest = r.headers["docker-content-digest"]
+    team_digest = (await client.head("/v2/team/app/manifests/1")).headers["docker-content-digest"]
+    rule = await client.post("/api/v1/namespaces/secret/immutable-rules", json={"pattern": "v1"})
+    policy = await client.post("/api/v1/namespaces/secret/policies", json={"keep_recent": 1})
+    token = await client.post("/api/v1/tokens", json={"name": "mine", "scopes": ["api"]})
+    assert (rule.status_code, policy.status_code, token.status_code) == (201, 201, 201)
+
+    def side_door(tx: Tx) -> int:
+        for image in (secret_digest, team_digest):
+            _save_report(tx, image, "ok", None, '{"components": []}', None, 0, now)
+        accounts.create_robot(tx, "test", services.access.secret, "secret", "spy", "reader", now)
+        hook, _ = webhooks.add_endpoint(
+            tx, "test", "secret", "http://93.184.216.34/secret", actions="push"
+        )
+        return int(hook)
+
+    hook = await services.db.write(side_door)
+    return {
+        "SECRET_DIGEST": secret_digest,
+        "SECRET_LAYER": digest(SECRET_LAYER),
+        "TEAM_DIGEST": team_digest,
+        "SECRET_RULE": str(rule.json()["id"]),
+        "SECRET_POLICY": str(policy.json()["id"]),
+        "SECRET_WEBHOOK": str(hook),
+        "ADMIN_TOKEN": str(token.json()["id"]),
+    }
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "expected"),
+    [pytest.param(*row, id=f"{row[0]} {row[1]}") for row in CROSS_NAMESPACE],
+)
+async def test_nothing_leaks_across_namespaces(
+    app: Any,
+    services: Services,
+    cast: Cast,
+    method: str,
+    path: str,
+    body: Any,
+    expected: tuple[int, ...],
+) -> None:
+    async with api_client(app) as admin:
+        await seed(admin)
+        values = await seed_secret(services, admin)
+    for key, value in values.items():
+        path = path.replace("{" + key + "}", value)
+    got = []
+    for caller in CALLERS:
+        async with api_client(app, auth=cast.creds[caller]) as client:
+            kwargs: dict[str, Any] = {}
+            if body is not None:
+                kwargs = {"json": json.loads(json.dumps(body).replace("{caller}", caller))}
+            r = await client.request(method, path, **kwargs)
+        got.append(r.status_code)
+        if r.status_code == 200 and "secret" not in path and caller != "admin":
+            # What a caller without a role in `secret` sees holds nothing of it.
+            assert values["SECRET_DIGEST"] not in r.text, (caller, r.text[:300])
+    wrong = [
+        f"{caller}: {status} (expected {want})"
+        for caller, status, want in zip(CALLERS, got, expected, strict=True)
+        if status != want
+    ]
+    assert not wrong, f"{method} {path}: " + "; ".join(wrong)
+
+
+async def test_the_matrix_names_every_route(app: Any) -> None:
+    """Each registry route kind and each management route appears in the matrix (the `app`
+    fixture registers every route, lifecycle and backups included)."""
     from appliance.api.manage import OPENAPI  # noqa: PLC0415
 
     paths = {p for _, p, _, _ in MATRIX}
@@ -404,7 +686,7 @@ async def test_the_matrix_names_every_route() -> None:
         assert any(kind in p for p in paths), kind
     documented = {(m.upper(), "/api/v1" + p) for p, ops in OPENAPI["paths"].items() for m in ops}
     tested = set()
-    for method, full_path, _, _ in MATRIX:
+    for method, full_path, _, _ in MATRIX + CROSS_NAMESPACE:
         path = full_path.split("?", 1)[0]
         for m, p in documented:
             pattern = p.replace("{", "").replace("}", "")

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from tests.support.azurite import Azurite
 from tests.support.clients import Skopeo, ToolError
 from tests.support.images import BuiltImage, ImageCache, compare_images
 from tests.support.postgres import migrated
@@ -294,4 +295,53 @@ def test_postgres_s3_backed_up_to_s3_and_restored_onto_sqlite_filesystem(
     berth("restore", summary["id"], "--from", target, "--data-dir", str(restored), env=s3_only)
     assert (restored / "berth.db").exists()
     server = serve(restored)
+    pulled_identical(skopeo, server, image, "team/busybox", tmp_path)
+
+
+def test_sqlite_azure_backed_up_to_azure_and_restored_onto_sqlite_filesystem(
+    tmp_path: Path,
+    images: ImageCache,
+    skopeo: Skopeo,
+    serve: Callable[..., Server],
+    azurite: Azurite,
+) -> None:
+    """Berth on Azure Blob Storage (Azurite), backed up to an azure:// target, restored onto
+    SQLite + the filesystem with only [backup.azure] settings, and onto a fresh container."""
+    env = azurite.env(azurite.new_container("source"), prefix="registry")
+    data = tmp_path / "data"
+    server = serve(data, env=env)
+    image = images.busybox()
+    push(skopeo, server, image, "team/busybox")
+    container = azurite.new_container("backups")
+    target = f"azure://{container}/nightly"
+    summary = berth("backup", "create", "--to", target, "--data-dir", str(data), "--json", env=env)
+    assert summary["target"] == target
+    listed = berth("backup", "list", "--from", target, "--json", env=env)
+    assert [b["id"] for b in listed["backups"]] == [summary["id"]]
+    assert berth("backup", "verify", summary["id"], "--from", target, "--json", env=env)["ok"]
+    assert f"nightly/backups/{summary['id']}/manifest.json" in azurite.listing(container)
+    server.stop()
+
+    azure_only = {
+        "BERTH_BACKUP_AZURE_ENDPOINT": azurite.endpoint,
+        "BERTH_BACKUP_AZURE_ACCOUNT_NAME": azurite.account,
+        "BERTH_BACKUP_AZURE_ACCOUNT_KEY": azurite.key,
+    }
+    restored = tmp_path / "restored"
+    berth("restore", summary["id"], "--from", target, "--data-dir", str(restored), env=azure_only)
+    assert (restored / "berth.db").exists()
+    assert any((restored / "storage" / "blobs").rglob("*"))
+    server = serve(restored)
+    pulled_identical(skopeo, server, image, "team/busybox", tmp_path)
+    server.stop()
+
+    fresh = azurite.env(azurite.new_container("restored"))
+    again = tmp_path / "again"
+    result = berth(
+        "restore", summary["id"], "--from", target, "--data-dir", str(again), "--json",
+        env=fresh,
+    )  # fmt: skip
+    assert result["storage"] == f"azure://{fresh['BERTH_STORAGE_AZURE_CONTAINER']}"
+    assert result["blobs"] == summary["blobs"]
+    server = serve(again, env=fresh)
     pulled_identical(skopeo, server, image, "team/busybox", tmp_path)

@@ -10,7 +10,9 @@ import pytest
 from botocore.stub import Stubber
 
 from appliance.backup import BackupError
-from appliance.backup.target import DirTarget, S3Target
+from appliance.backup.target import AzureTarget, DirTarget, S3Target, open_target
+from appliance.config import load
+from appliance.errors import ConfigError
 
 
 def test_a_directory_target_writes_whole_files_only(tmp_path: Path) -> None:
@@ -63,3 +65,26 @@ def test_an_s3_target_does_not_retry_a_refusal(monkeypatch: pytest.MonkeyPatch) 
         target.write_all("backups/x/manifest.json", b"{}")
     stub.assert_no_pending_responses()
     assert target.url == "s3://bucket/prefix"
+
+
+def test_azure_targets_need_a_container_an_account_and_one_credential(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="expected azure://CONTAINER/PREFIX"):
+        open_target("azure://", load(environ={}))
+    with pytest.raises(ConfigError, match=r"set backup.azure.account_name"):
+        open_target("azure://backups/nightly", load(environ={}))
+    account = {"BERTH_BACKUP_AZURE_ACCOUNT_NAME": "acct"}
+    with pytest.raises(ConfigError, match=r"set one of backup.azure.account_key"):
+        open_target("azure://backups/nightly", load(environ=account))
+    (tmp_path / "sas").write_text("?sv=2024&sig=x\n")
+    target = open_target(
+        "azure://backups/nightly/",
+        load(environ=account | {"BERTH_BACKUP_AZURE_SAS_TOKEN_FILE": str(tmp_path / "sas")}),
+    )
+    assert isinstance(target, AzureTarget)
+    assert target.url == "azure://backups/nightly"
+    assert target.client.url.startswith("https://acct.blob.core.windows.net/backups")
+    # Without credentials of its own, [backup.azure] falls back to [storage.azure]'s.
+    target = open_target(
+        "azure://other", load(environ=account | {"BERTH_STORAGE_AZURE_ACCOUNT_KEY": "a2V5"})
+    )
+    assert isinstance(target, AzureTarget)

@@ -58,13 +58,15 @@ async def client(services: Services) -> AsyncIterator[httpx.AsyncClient]:
         yield c
 
 
-async def sign_in(client: httpx.AsyncClient) -> httpx.Response:
+async def sign_in(
+    client: httpx.AsyncClient, username: str = ADMIN, password: str = ADMIN_PASSWORD
+) -> httpx.Response:
     form = await client.get("/signin")
     token = re.search(r'name="csrf_token" value="([^"]+)"', form.text)
     assert token is not None
     response = await client.post(
         "/signin",
-        data={"csrf_token": token.group(1), "username": ADMIN, "password": ADMIN_PASSWORD},
+        data={"csrf_token": token.group(1), "username": username, "password": password},
         headers={"cookie": f"berth_signin_csrf={form.cookies['berth_signin_csrf']}"},
     )
     assert response.status_code == 303, response.text
@@ -181,3 +183,108 @@ async def test_sign_out_ends_the_session_and_is_audited(
     # A second sign-out with the ended cookie changes nothing and records nothing.
     await client.post("/signout", data={"csrf_token": token.group(1)}, headers=cookie)
     assert len(await services.db.read(lambda tx: audit.events(tx, action="signout"))) == 1
+
+
+BOB_PASSWORD = "bob-test-password"
+
+
+async def _bob_signed_in(client: httpx.AsyncClient, services: Services) -> dict[str, str]:
+    """A second admin, `bob`, owner of namespace `team`, signed in to the console."""
+    from appliance.auth import accounts, passwords  # noqa: PLC0415
+
+    digest = passwords.hash_password(BOB_PASSWORD)
+
+    def setup(tx: Tx) -> None:
+        accounts.add_user(tx, "test", "bob", digest, 0.0, admin=True)
+        accounts.create_namespace(tx, "test", "team", 0.0, owner="bob")
+
+    if await services.db.read(lambda tx: tx.one("SELECT 1 FROM users WHERE name = 'bob'")) is None:
+        await services.access.change(setup)
+    response = await sign_in(client, "bob", BOB_PASSWORD)
+    cookie = {"cookie": f"berth_session={response.cookies['berth_session']}"}
+    assert (await client.get("/tokens", headers=cookie)).status_code == 200
+    return cookie
+
+
+def _signed_out(response: httpx.Response) -> bool:
+    return response.status_code == 303 and response.headers["location"].startswith("/signin")
+
+
+@pytest.mark.parametrize(
+    ("change", "undo"),
+    [
+        ({"disabled": True}, {"disabled": False}),
+        ({"password": "a-brand-new-password"}, None),
+        ({"admin": False}, {"admin": True}),
+    ],
+    ids=["disabled", "password", "admin-removed"],
+)
+async def test_a_narrowing_change_ends_the_users_sessions(
+    client: httpx.AsyncClient,
+    services: Services,
+    change: dict[str, Any],
+    undo: dict[str, Any] | None,
+):
+    """Issue 21, item 11: the old cookie stops at once, and does not come back with the
+    right (a re-enabled user signs in again)."""
+    cookie = await _bob_signed_in(client, services)
+    auth = httpx.BasicAuth(ADMIN, ADMIN_PASSWORD)
+    r = await client.patch("/api/v1/users/bob", json=change, auth=auth)
+    assert r.status_code == 200, r.text
+    assert _signed_out(await client.get("/tokens", headers=cookie))
+    if undo is not None:
+        assert (await client.patch("/api/v1/users/bob", json=undo, auth=auth)).status_code == 200
+        assert _signed_out(await client.get("/tokens", headers=cookie))
+    rows = await services.db.read(
+        lambda tx: tx.execute(
+            "SELECT 1 FROM console_sessions s JOIN users u ON u.id = s.user_id WHERE u.name = 'bob'"
+        )
+    )
+    assert rows == [], "deleted in the change's transaction, not merely refused"
+
+
+async def test_a_lowered_role_ends_the_users_sessions(
+    client: httpx.AsyncClient, services: Services
+):
+    cookie = await _bob_signed_in(client, services)
+    auth = httpx.BasicAuth(ADMIN, ADMIN_PASSWORD)
+    r = await client.put("/api/v1/namespaces/team/members/bob", json={"role": "owner"}, auth=auth)
+    assert r.status_code == 200
+    assert (await client.get("/tokens", headers=cookie)).status_code == 200, "no change: kept"
+    r = await client.put(
+        "/api/v1/namespaces/team/members/bob", json={"role": "developer"}, auth=auth
+    )
+    assert r.status_code == 200
+    assert _signed_out(await client.get("/tokens", headers=cookie))
+    cookie = await _bob_signed_in(client, services)
+    r = await client.put(
+        "/api/v1/namespaces/team/members/bob", json={"role": "maintainer"}, auth=auth
+    )
+    assert (await client.get("/tokens", headers=cookie)).status_code == 200, "raised: kept"
+    assert (
+        await client.delete("/api/v1/namespaces/team/members/bob", auth=auth)
+    ).status_code == 200
+    assert _signed_out(await client.get("/tokens", headers=cookie))
+
+
+async def test_disabling_in_the_console_ends_the_sessions_in_the_same_transaction(
+    client: httpx.AsyncClient, services: Services
+):
+    bob = await _bob_signed_in(client, services)
+    admin = {"cookie": f"berth_session={(await sign_in(client)).cookies['berth_session']}"}
+    page = await client.get("/users", headers=admin)
+    token = re.search(r'name="csrf_token" value="([^"]+)"', page.text)
+    assert token is not None
+    r = await client.post(
+        "/users",
+        data={"csrf_token": token.group(1), "action": "disable", "name": "bob"},
+        headers=admin,
+    )
+    assert r.status_code == 303
+    r = await client.post(
+        "/users",
+        data={"csrf_token": token.group(1), "action": "enable", "name": "bob"},
+        headers=admin,
+    )
+    assert r.status_code == 303
+    assert _signed_out(await client.get("/tokens", headers=bob))

@@ -144,3 +144,30 @@ def test_a_replayed_or_altered_saml_response_is_refused(page, berth: Server):
         assert "berth_session" not in {c["name"] for c in fresh.cookies()}
     finally:
         fresh.close()
+
+
+def test_a_hostile_relay_state_lands_on_the_root(page, berth: Server):
+    """Issue 21, item 5: the RelayState the IdP posts back to the assertion consumer is as
+    hostile as any `next`; rewritten in flight to `/<TAB>/evil.example/`, the signed-in browser
+    still lands on this console's root."""
+    from urllib.parse import parse_qs, urlencode  # noqa: PLC0415
+
+    tampered: list[str] = []
+
+    def tamper(route) -> None:
+        form = parse_qs(route.request.post_data or "", keep_blank_values=True)
+        form["RelayState"] = ["/\t/evil.example/"]
+        tampered.append(form["RelayState"][0])
+        route.continue_(post_data=urlencode(form, doseq=True))
+
+    page.route("**/saml/acs", tamper)
+    page.goto(berth.url + "/saml/login?next=" + "/%09/evil.example/")
+    page.wait_for_selector("input[name=username]")
+    page.fill("input[name=username]", SALLY.username)
+    page.fill("input[name=password]", SALLY.password)
+    page.click("button[type=submit], input[type=submit] >> nth=0")
+    page.wait_for_url(berth.url + "/**")
+    page.wait_for_load_state()
+    assert tampered, "the assertion consumer was posted to"
+    assert page.url == berth.url + "/"
+    assert SALLY.username in page.inner_text("header .who")

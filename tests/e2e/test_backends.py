@@ -1,9 +1,9 @@
 """A smoke test with real clients on every backend profile other than the default.
 
 `make test` runs the whole e2e suite on `sqlite-fs` and this smaller test on every other
-profile in tests/support/backends.py (PostgreSQL metadata, S3 storage...): a skopeo round trip
-of an image and of a multi-arch index, and a docker push and pull. `make test-slow` runs the
-whole e2e suite on every profile (`BERTH_E2E_BACKENDS=all`).
+profile in tests/support/backends.py (PostgreSQL metadata, S3 or Azure storage...): a skopeo
+round trip of an image and of a multi-arch index, and a docker push and pull. `make test-slow`
+runs the whole e2e suite on every profile (`BERTH_E2E_BACKENDS=all`).
 """
 
 from __future__ import annotations

@@ -9,12 +9,20 @@ import pytest
 
 from appliance.metadata.db import Database, open_database
 from appliance.storage.filesystem import FilesystemStore
-from tests.lifecycle.world import World, build_world, lifecycle_bucket, s3_store
+from tests.lifecycle.world import (
+    World,
+    azure_store,
+    build_world,
+    lifecycle_bucket,
+    lifecycle_container,
+    s3_store,
+)
 
-__all__ = ["lifecycle_bucket"]
+__all__ = ["lifecycle_bucket", "lifecycle_container"]
 
 # metadata and storage combinations the byte-level tests run on
-BACKENDS = ["sqlite-fs", "postgresql-fs", "sqlite-s3"]
+BACKENDS = ["sqlite-fs", "postgresql-fs", "sqlite-s3", "sqlite-azure"]
+STORES = {"s3": s3_store, "azure": azure_store}
 
 
 def _open(request: pytest.FixtureRequest, tmp_path: Path, dialect: str) -> Database:
@@ -32,7 +40,8 @@ def world(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[World]:
     """A registry on each backend combination."""
     dialect, storage = request.param.split("-")
     db = _open(request, tmp_path, dialect)
-    store = s3_store(request) if storage == "s3" else FilesystemStore(tmp_path / "storage")
+    make = STORES.get(storage)
+    store = make(request) if make else FilesystemStore(tmp_path / "storage")
     try:
         yield build_world(db, store)
     finally:

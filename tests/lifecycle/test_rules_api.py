@@ -128,6 +128,13 @@ async def test_immutable_rules_need_maintainers_and_a_valid_pattern(
     r = await client.post("/api/v1/namespaces/team/immutable-rules", json={"pattern": "(*"})
     assert r.status_code == 400
     assert "regular expression" in r.json()["error"]
+    for pattern, said in ((r"(\d)\1", "backreferences"), (r"(?!latest).*", "lookahead")):
+        r = await client.post("/api/v1/namespaces/team/immutable-rules", json={"pattern": pattern})
+        assert r.status_code == 400
+        assert said in r.json()["error"]
+    r = await client.post("/api/v1/namespaces/team/immutable-rules", json={"pattern": "x" * 257})
+    assert r.status_code == 400
+    assert "longer than 256 characters" in r.json()["error"]
     events = await services.db.read(lambda tx: audit.events(tx, action="immutable_rule.create"))
     assert [(e["actor"], e["target"]) for e in events] == [("maint", "team")]
 
@@ -244,3 +251,43 @@ async def test_policies_through_the_api_need_a_preview_first(
         await client.get("/api/v1/namespaces/team/policies", **as_user(client, "read"))
     ).json()
     assert [p["id"] for p in listed] == [policy["id"]]
+
+
+async def test_a_stored_pattern_re2_refuses_protects_nothing_and_is_reported(
+    client: httpx.AsyncClient, services: Services, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A rule and a policy saved by an older Berth (Python's re took lookarounds) keep the
+    server serving: the rule protects no tag, the policy removes nothing, and both say why."""
+    now = 1_800_000_000.0
+
+    def older_berth(tx: Tx) -> None:
+        tx.execute(
+            "INSERT INTO immutable_tag_rules (namespace, pattern, created_by, created_at) "
+            "VALUES ('team', '(?!latest).*', 'old', :now)",
+            {"now": now},
+        )
+        settings = {"keep_recent": 0, "keep_regex": "(?=v).*", "time_basis": "push"}
+        tx.execute(
+            "INSERT INTO cleanup_policies (scope, settings, enabled, created_by, created_at, "
+            "updated_at) VALUES ('team', :s, 1, 'old', :now, :now)",
+            {"s": json.dumps(settings), "now": now},
+        )
+
+    await services.db.write(older_berth)
+    services.lifecycle.rules.invalidate()
+    with caplog.at_level("WARNING", logger="berth.lifecycle"):
+        assert (await push_image(client, "team/app", "v1", [b"one"])).status_code == 201
+        assert (await push_image(client, "team/app", "v1", [b"two"])).status_code == 201
+    assert any("protects no tag" in r.getMessage() for r in caplog.records)
+    (rule,) = (await client.get("/api/v1/namespaces/team/immutable-rules")).json()
+    assert "lookahead" in rule["problem"]
+    (policy,) = (await client.get("/api/v1/namespaces/team/policies")).json()
+    assert "lookahead" in policy["problem"]
+    r = await client.post(f"/api/v1/policies/{policy['id']}/preview")
+    assert r.status_code == 200, r.text
+    assert r.json()["tags"] == []
+    assert "removes nothing" in r.json()["problem"]
+    r = await client.post(f"/api/v1/policies/{policy['id']}/run")
+    assert r.status_code == 200, r.text
+    assert r.json()["tags"] == []
+    assert (await client.get("/v2/team/app/tags/list")).json()["tags"] == ["v1"]

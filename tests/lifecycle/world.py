@@ -152,6 +152,28 @@ def s3_store(request: pytest.FixtureRequest) -> BlobStore:
     )
 
 
+def azure_store(request: pytest.FixtureRequest) -> BlobStore:
+    from appliance.storage.azure import AzureSettings, AzureStore  # noqa: PLC0415
+
+    azurite = request.getfixturevalue("azurite")
+    return AzureStore(
+        AzureSettings(
+            container=request.getfixturevalue("lifecycle_container"),
+            account_name=azurite.account,
+            account_key=azurite.key,
+            endpoint=azurite.endpoint,
+            prefix=f"lc-{uuid.uuid4().hex[:8]}/",
+            max_attempts=2,
+        )
+    )
+
+
+@pytest.fixture(scope="session")
+def lifecycle_container(request: pytest.FixtureRequest) -> str:
+    container: str = request.getfixturevalue("azurite").new_container("berth-lifecycle")
+    return container
+
+
 @pytest.fixture(scope="session")
 def lifecycle_bucket(request: pytest.FixtureRequest) -> str:
     bucket: str = request.getfixturevalue("seaweedfs").new_bucket("berth-lifecycle")

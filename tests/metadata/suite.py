@@ -20,6 +20,7 @@ import pytest
 import trio
 
 from appliance.errors import (
+    BlobInUse,
     Conflict,
     ManifestBlobUnknown,
     ManifestNotFound,
@@ -225,9 +226,10 @@ class MetadataSuite:
         self, meta: MetadataStore, database: Database
     ) -> None:
         manifest = await self.push_image(meta, REPO, b"{}", [b"needed"], "v1")
-        with pytest.raises(Conflict) as refused:
+        with pytest.raises(BlobInUse) as refused:
             await meta.unlink_blob(REPO, sha(b"needed"))
         assert manifest in refused.value.message
+        assert refused.value.detail == {"manifest": manifest}
         await meta.delete_manifest(REPO, manifest)
         assert await meta.unlink_blob(REPO, sha(b"needed")) is True
         await self.assert_consistent(database)
@@ -413,6 +415,96 @@ class MetadataSuite:
         assert await meta.referrers("team/other", subject, None) == []
         assert await meta.referrers(REPO, sha(b"nothing"), None) == []
 
+    async def test_berths_own_referrers_go_with_their_subject(
+        self, meta: MetadataStore, database: Database
+    ) -> None:
+        """The scanner's SBOMs (marked `GENERATED_BY`) leave with the image they describe, in
+        the delete's own transaction, so the blobs they held are free at once; a client's
+        referrers are only queued for the collector, as before."""
+        subject = await self.push_image(meta, REPO, b"{}", [b"base"], "v1")
+        subject_desc = descriptor(mt.OCI_MANIFEST, image(b"{}", [b"base"]))
+        await self.push_blob(meta, REPO, b"generated sbom")
+        await self.push_blob(meta, REPO, b"client sbom")
+        ours = await self.put(
+            meta,
+            REPO,
+            image(
+                b"{}",
+                [b"generated sbom"],
+                artifactType=ARTIFACT,
+                subject=subject_desc,
+                annotations={mt.GENERATED_BY: "berth"},
+            ),
+        )
+        theirs = await self.put(
+            meta,
+            REPO,
+            image(b"{}", [b"client sbom"], artifactType=ARTIFACT, subject=subject_desc),
+        )
+        await meta.delete_manifest(REPO, subject)
+        left = [r[0] for r in await self.rows(database, "SELECT digest FROM manifests")]
+        assert left == [theirs]
+        assert ours not in left
+        # Nothing the generated artifact held stops the blob from leaving the repository.
+        assert await meta.unlink_blob(REPO, sha(b"generated sbom")) is True
+        queued = [
+            r[0] for r in await self.rows(database, "SELECT manifest_id FROM gc_manifest_queue")
+        ]
+        assert len(queued) == 1  # the client's referrer waits for the collector
+        await self.assert_consistent(database)
+
+    async def test_a_generated_artifact_needs_its_subject(
+        self, meta: MetadataStore, database: Database
+    ) -> None:
+        """Stored only in a transaction that sees its subject: an image deleted while it was
+        being scanned never gets an orphan SBOM."""
+        await self.push_blob(meta, REPO, b"{}")
+        await self.push_blob(meta, REPO, b"generated sbom")
+        gone = descriptor(mt.OCI_MANIFEST, image(b"{}", [b"deleted meanwhile"]))
+        payload = image(
+            b"{}",
+            [b"generated sbom"],
+            artifactType=ARTIFACT,
+            subject=gone,
+            annotations={mt.GENERATED_BY: "berth"},
+        )
+        with pytest.raises(ManifestBlobUnknown) as refused:
+            await self.put(meta, REPO, payload)
+        assert refused.value.detail == {"digest": gone["digest"]}
+        assert await self.rows(database, "SELECT digest FROM manifests") == []
+        # A client's referrer to a subject not pushed (yet) is accepted, as the spec says.
+        await self.put(meta, REPO, image(b"{}", [b"generated sbom"], subject=gone))
+
+    async def test_work_from_plain_threads_and_from_trio_never_shares_a_transaction(
+        self, database: Database
+    ) -> None:
+        """Background jobs run units of work from plain threads (`run_sync_write`,
+        `run_sync_read`: the scanner's re-matching, backups) while requests run theirs through
+        `write`: each is its own transaction, whoever runs at the same time."""
+
+        def insert(name: str) -> Callable[[Tx], None]:
+            return lambda tx: tx.execute(
+                "INSERT INTO repositories (name, created_at) VALUES (:n, 0)", {"n": name}
+            )
+
+        def count(tx: Tx) -> int:
+            return int(tx.scalar("SELECT COUNT(*) FROM repositories") or 0)
+
+        def from_thread(worker: int) -> None:
+            for i in range(25):
+                database.run_sync_write(insert(f"thread/w{worker}-{i}"))
+                assert database.run_sync_read(count) >= 1
+
+        async def from_trio(worker: int) -> None:
+            for i in range(25):
+                await database.write(insert(f"trio/w{worker}-{i}"))
+
+        async with trio.open_nursery() as nursery:
+            for worker in range(3):
+                nursery.start_soon(trio.to_thread.run_sync, from_thread, worker)
+                nursery.start_soon(from_trio, worker)
+        assert await database.read(count) == 150
+
     # -- uploads -------------------------------------------------------------------------
 
     async def test_upload_life_cycle(
@@ -568,7 +660,7 @@ class MetadataSuite:
                     try:
                         assert await b.unlink_blob(REPO, sha(layer)) is True
                         result["delete"] = "ok"
-                    except Conflict:
+                    except BlobInUse:
                         result["delete"] = "conflict"
 
                 async with trio.open_nursery() as nursery:

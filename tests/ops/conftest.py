@@ -8,7 +8,7 @@ import json
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -62,32 +62,39 @@ async def add_user(admin: httpx.AsyncClient, name: str, password: str) -> None:
 
 @dataclass
 class Receiver:
-    """A webhook endpoint on loopback that records what it gets; `failing` answers 503."""
+    """A webhook endpoint on loopback that records what it gets; `failing` answers 503,
+    `answer` another status (with `location`, a redirect), after `delay` seconds."""
 
     url: str
     requests: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
     paths: list[str] = field(default_factory=list)  # the request path of each of `requests`
     failing: bool = False
+    answer: int = 200
+    location: str | None = None
+    delay: float = 0.0
 
     def events(self) -> list[dict[str, Any]]:
         return [e for _, body in self.requests for e in json.loads(body)["events"]]
 
 
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
+@contextmanager
+def start_receiver() -> Iterator[Receiver]:
     holder: list[Receiver] = []
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("content-length", "0")))
             target = holder[0]
+            time.sleep(target.delay)
             if target.failing:
                 self.send_response(503)
                 self.end_headers()
                 return
             target.requests.append(({k.lower(): v for k, v in self.headers.items()}, body))
             target.paths.append(self.path)
-            self.send_response(200)
+            self.send_response(target.answer)
+            if target.location is not None:
+                self.send_header("location", target.location)
             self.send_header("content-length", "0")
             self.end_headers()
 
@@ -103,3 +110,9 @@ def receiver() -> Iterator[Receiver]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    with start_receiver() as started:
+        yield started

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import time
 
 import pytest
 
@@ -72,3 +73,32 @@ def test_format_follows_the_terminal() -> None:
     assert logs.resolve_format("JSON") == "json"
     with pytest.raises(ConfigError, match=r"log\.format"):
         logs.resolve_format("xml")
+
+
+# Text a client controls (a request path and query string, a user agent) that made the old
+# patterns backtrack: cubic in the length for key=value pairs (a 3 KB query string held the
+# process for 35 s), quadratic for JWT-like runs.
+ATTACKS = [
+    "GET /v2/?" + "token." * 20_000 + " HTTP/1.1",
+    "eyJ" * 20_000,
+    "x-token-" * 20_000 + "=1",
+    "Bearer " * 20_000,
+    "berth_" * 20_000,
+]
+GENEROUS = 10.0  # seconds for one line of 160 KB or less (a few milliseconds is usual)
+
+
+@pytest.mark.parametrize("text", ATTACKS, ids=lambda t: t[:12])
+def test_scrub_is_linear_on_hostile_text(text: str) -> None:
+    started = time.perf_counter()
+    clean = logs.scrub(text)
+    assert time.perf_counter() - started < GENEROUS
+    assert len(clean) <= len(text) + 20
+
+
+def test_scrub_still_finds_a_secret_after_a_long_near_miss() -> None:
+    text = "GET /v2/x?" + "token." * 5_000 + "&password=hunter22&x=" + "eyJ" * 5_000
+    clean = logs.scrub(text)
+    assert "hunter22" not in clean
+    assert "password=[redacted]" in clean
+    assert clean.startswith("GET /v2/x?token.token.")

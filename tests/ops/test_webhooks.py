@@ -16,7 +16,7 @@ from appliance.backup.target import DirTarget
 from appliance.ops import webhooks
 from tests.api import oci
 from tests.api.conftest import FakeClock, api_client, make_config
-from tests.ops.conftest import Receiver, add_user, operations
+from tests.ops.conftest import Receiver, add_user, operations, start_receiver
 
 
 async def test_events_arrive_in_order_signed_and_after_an_outage(
@@ -68,11 +68,12 @@ async def test_events_arrive_in_order_signed_and_after_an_outage(
         assert statuses == [503, 200]
         assert any(d["error"] and d["status"] is None for d in log)  # the dead one
         # Acknowledged events are forgotten once every endpoint has them (the dead one has
-        # not: they are kept for it until the retention).
+        # not: they are kept for it until the retention), but for the newest, which keeps
+        # the numbering going.
         clock.advance(8 * 86400)
         await deliverer.run_once()
-        left = await services.db.read(lambda tx: tx.scalar("SELECT COUNT(*) FROM webhook_events"))
-        assert left == 0
+        left = await services.db.read(lambda tx: tx.scalar("SELECT MIN(id) FROM webhook_events"))
+        assert left == 4
 
 
 async def test_namespace_endpoints_get_only_their_namespace(
@@ -187,3 +188,44 @@ async def test_a_failed_backup_reaches_instance_endpoints_only(
     assert event["berth"]["status"] == "failed"
     assert event["berth"]["error"]
     assert event["berth"]["where"] == str(blocked)
+
+
+async def test_a_pass_counts_every_endpoint_whatever_finishes_last(
+    data_dir: Path, clock: FakeClock, receiver: Receiver
+) -> None:
+    """The cause of the ordering test's flake: each endpoint's task added its count with
+    `done += await ...`, which reads `done` before the await; the dead endpoint, finishing
+    after the live one, wrote back 0 + 0 over the live one's 4. A slow failing endpoint next
+    to a quick live one makes that order certain."""
+    with start_receiver() as slow:
+        slow.failing, slow.delay = True, 0.5
+        settings = {"webhooks.endpoints": f"{receiver.url} {slow.url}", "webhooks.timeout": 5.0}
+        async with operations(data_dir, clock, **settings) as (services, app):
+            assert services.ops is not None
+            async with api_client(app) as admin:
+                await oci.push_image(admin, "team/app", "v1", seed="one")
+                await oci.push_image(admin, "team/app", "v2", seed="two")
+            assert await services.ops.deliverer.run_once() == 2
+            log = await services.db.read(webhooks.deliveries)
+    assert len(receiver.events()) == 2
+    assert sorted(d["status"] for d in log) == [200, 503]
+
+
+async def test_events_after_the_queue_was_emptied_are_delivered(
+    data_dir: Path, clock: FakeClock, receiver: Receiver
+) -> None:
+    """Once every endpoint had every event, housekeeping emptied the queue; SQLite then
+    numbered the next event 1 again, behind the endpoint's cursor, and it was never sent."""
+    settings = {"webhooks.endpoints": receiver.url}
+    async with operations(data_dir, clock, **settings) as (services, app):
+        assert services.ops is not None
+        deliverer = services.ops.deliverer
+        async with api_client(app) as admin:
+            for tag in ("1", "2", "3"):
+                await oci.push_image(admin, "team/app", tag, seed=tag)
+            assert await deliverer.run_once() == 3
+            clock.advance(webhooks.PRUNE_INTERVAL + 1)
+            assert await deliverer.run_once() == 0  # housekeeping: the queue is pruned
+            await oci.push_image(admin, "team/app", "4", seed="4")
+            assert await deliverer.run_once() == 1
+    assert [e["target"]["tag"] for e in receiver.events()] == ["1", "2", "3", "4"]

@@ -2,14 +2,38 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import subprocess
+import time
+import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 from tests.packaging.conftest import record
 from tests.packaging.helpers import start_command
 from tests.support.clients import Skopeo
 from tests.support.servers import ADMIN, ADMIN_PASSWORD
+
+
+def _scan_report(url: str, repository: str, digest: str) -> dict[str, Any]:
+    """The image's scan report, once the leader's scan job has written it (up to 60 s)."""
+    query = urllib.parse.urlencode({"repository": repository, "digest": digest})
+    request = urllib.request.Request(f"{url}/api/v1/scan/reports?{query}")
+    token = base64.b64encode(f"{ADMIN}:{ADMIN_PASSWORD}".encode()).decode()
+    request.add_header("authorization", f"Basic {token}")
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with urllib.request.urlopen(request, timeout=10) as r:
+                report: dict[str, Any] = json.loads(r.read())
+                return report
+        except urllib.error.HTTPError as e:
+            if e.code != 404 or time.monotonic() > deadline:
+                raise
+        time.sleep(0.5)
 
 
 def test_version_prints_build_info(berth_exe: Path, tmp_path: Path):
@@ -36,7 +60,9 @@ def test_serves_push_and_pull_with_an_empty_environment(berth_exe: Path, tmp_pat
     work.mkdir()
     data = work / "data"
     cmd = [str(berth_exe), "serve", "--listen", "127.0.0.1:0", "--data-dir", str(data)]
-    env = {"BERTH_ADMIN_PASSWORD": ADMIN_PASSWORD}  # and nothing else: no PATH, no venv
+    # And nothing else: no PATH, no venv. Scans run often, to see the scan worker (the
+    # executable starting itself) read the pushed image.
+    env = {"BERTH_ADMIN_PASSWORD": ADMIN_PASSWORD, "BERTH_SCAN_INTERVAL": "0.5"}
     skopeo = Skopeo(tmp_path / "skopeo")
     creds = f"{ADMIN}:{ADMIN_PASSWORD}"
     image = images.busybox()
@@ -50,6 +76,8 @@ def test_serves_push_and_pull_with_an_empty_environment(berth_exe: Path, tmp_pat
             assert "Sign in to Berth" in r.read().decode()
         with urllib.request.urlopen(server.url + "/static/console.css", timeout=10) as r:
             assert r.status == 200
+        report = _scan_report(server.url, "smoke/busybox", digest)
+        assert report["status"] == "ok", report
     finally:
         assert server.stop() == 0, server.log()[-4000:]
     assert "received SIGTERM" in server.log()

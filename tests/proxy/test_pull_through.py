@@ -1,20 +1,22 @@
 """Pull through the cache with real clients against a real upstream registry (Distribution 2.8
 behind a counting proxy): digests preserved, each blob fetched once, the cache serving when the
-upstream is down, pushes refused."""
+upstream is down (also with its bytes in Azure Blob Storage), pushes refused."""
 
 from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from tests.proxy.conftest import Upstream, push
+from tests.support.azurite import Azurite
 from tests.support.clients import Podman, Skopeo, ToolError
 from tests.support.images import ImageCache, read_layout
-from tests.support.servers import ADMIN, ADMIN_PASSWORD, Server
+from tests.support.servers import ADMIN, ADMIN_PASSWORD, Server, start_berth
 
 CREDS = f"{ADMIN}:{ADMIN_PASSWORD}"
 
@@ -156,3 +158,32 @@ def test_pushes_to_a_proxy_namespace_are_denied(
     # Another namespace of the same Berth takes pushes as usual.
     skopeo.push(images.busybox(), f"docker://{berth.host}/admin/mine:1", creds=CREDS)
     assert json.loads(skopeo.inspect_raw(f"docker://{berth.host}/admin/mine:1", creds=CREDS))
+
+
+def test_the_cache_keeps_its_bytes_in_azure(
+    tmp_path: Path, upstream: Upstream, skopeo: Skopeo, images: ImageCache, azurite: Azurite
+) -> None:
+    """The pull-through cache on Azure Blob Storage (Azurite): blobs fetched once land in the
+    container and are served from there when the upstream is down."""
+    image = images.busybox()
+    digest = push(tmp_path / "push", image, f"docker://{upstream.registry.host}/lib/busybox:az")
+    container = azurite.new_container("proxy")
+    env = azurite.env(container) | {"BERTH_PROXY_UPSTREAMS": f"up={upstream.url}"}
+    berth = start_berth(tmp_path / "cache", env=env)
+    try:
+        ref = f"docker://{berth.host}/up/lib/busybox:az"
+        skopeo.copy(ref, f"oci:{tmp_path / 'first'}:t", creds=CREDS)
+        assert read_layout(tmp_path / "first", "t").top.digest == digest
+        # The client has every byte a moment before the cache has committed the last blob.
+        wanted = {d.split(":")[1] for d in image.blob_digests}
+        deadline = time.monotonic() + 30
+        while not wanted <= {n.split("/")[3] for n in azurite.listing(container, "blobs/")}:
+            assert time.monotonic() < deadline, azurite.listing(container)
+            time.sleep(0.1)
+        fetched = upstream.blob_gets()
+        upstream.front.down = True
+        skopeo.copy(ref, f"oci:{tmp_path / 'offline'}:t", creds=CREDS)
+        assert read_layout(tmp_path / "offline", "t").top.digest == digest
+        assert upstream.blob_gets() == fetched
+    finally:
+        assert berth.stop() == 0, berth.log()[-3000:]

@@ -179,3 +179,36 @@ def osv(
 
 CRITICAL = [{"type": "CVSS_V3", "score": "CVSS:3.1/AV:N/AC:L/PR:N/UI:N/S:U/C:H/I:H/A:H"}]
 MEDIUM = [{"type": "CVSS_V3", "score": "CVSS:3.1/AV:N/AC:H/PR:N/UI:R/S:U/C:L/I:L/A:N"}]
+
+
+# -- hostile layers ------------------------------------------------------------------------
+
+
+def dpkg_flood_status(packages: int = 100_000) -> bytes:
+    """A dpkg status of `packages` installed packages (100k: about 7 MiB)."""
+    return b"".join(
+        b"Package: flood-%06d\nStatus: install ok installed\nVersion: 1.0-%d\n\n" % (i, i)
+        for i in range(packages)
+    )
+
+
+def dpkg_flood_layer(packages: int = 100_000) -> bytes:
+    """A gzip layer of about 540 KiB holding `dpkg_flood_status`."""
+    return gzip_layer(
+        {"etc/os-release": OS_RELEASE_DEBIAN, "var/lib/dpkg/status": dpkg_flood_status(packages)}
+    )
+
+
+def zip_bomb_layer(expanded_mib: int) -> bytes:
+    """A gzip layer whose one file is `expanded_mib` MiB of zeros, about a thousand times the
+    layer's size: one gzip member of a MiB of zeros, repeated (gzip readers read concatenated
+    members as one stream), between the members of the tar header and of its end."""
+    header = tarfile.TarInfo("var/cache/zeros")
+    header.size = expanded_mib << 20
+    header.mtime = 1_700_000_000
+    zeros = gzip.compress(bytes(1 << 20), compresslevel=9, mtime=0)
+    return (
+        gzip.compress(header.tobuf(format=tarfile.PAX_FORMAT), mtime=0)
+        + zeros * expanded_mib
+        + gzip.compress(bytes(1024), mtime=0)  # the end of the archive
+    )

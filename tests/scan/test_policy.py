@@ -10,14 +10,17 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import trio
 
+from appliance.oci import manifest as manifests
 from appliance.ops.metrics import REGISTRY
 from appliance.scan import vulndb
 from appliance.scan.service import rematch_all
 from appliance.server import Services
 from tests.api.conftest import FakeClock
 from tests.api.oci import assert_error, image_manifest, push_blob, put_manifest
+from tests.api.oci import digest as digest_of
 from tests.scan import fixtures as fx
 from tests.scan.test_vulndb import osv_records
 
@@ -174,7 +177,7 @@ async def test_unscanned_images_follow_the_policy(
         "/api/v1/namespaces/team/scan-policy", json={"block_severity": "severe"}
     )
     assert resp.status_code == 400
-    assert "unknown severity" in resp.json()["error"]
+    assert "block_severity must be one of" in resp.json()["error"]
 
 
 async def test_a_malformed_layer_does_not_stop_other_scans(
@@ -219,3 +222,73 @@ async def test_the_pull_gate_reads_the_database_only_on_refresh(
     for _ in range(5):
         assert (await client.get("/v2/team/app/manifests/1")).status_code == 200
     assert len(calls) == 2
+
+
+async def test_the_sbom_goes_with_its_image_and_frees_its_blobs(
+    client: httpx.AsyncClient, services: Services
+) -> None:
+    """Deleting an image deletes the SBOM Berth attached to it in the same transaction, so the
+    client can then delete every blob it pushed: what it sees does not depend on whether the
+    scanner ran first (the OCI conformance suite's teardown)."""
+    assert (await client.post("/api/v1/namespaces", json={"name": "team"})).status_code == 201
+    layer = debian_layer()
+    digest = await push_layers(client, "team/app", "1", [layer])
+    assert services.scanner is not None
+    assert await services.scanner.run_queue() == 1
+    (ref,) = (await client.get(f"/v2/team/app/referrers/{digest}")).json()["manifests"]
+    artifact = (await client.get(f"/v2/team/app/manifests/{ref['digest']}")).json()
+    empty = artifact["config"]["digest"]
+
+    # While the image stands, its blobs (and the SBOM's) are needed: 405, naming a manifest.
+    refused = await client.delete(f"/v2/team/app/blobs/{empty}")
+    assert_error(refused, 405, "UNSUPPORTED")
+    assert refused.json()["errors"][0]["detail"] == {"manifest": ref["digest"]}
+
+    assert (await client.delete(f"/v2/team/app/manifests/{digest}")).status_code == 202
+    assert (await client.get(f"/v2/team/app/manifests/{ref['digest']}")).status_code == 404
+    assert (await client.get(f"/v2/team/app/referrers/{digest}")).json()["manifests"] == []
+    for blob in (empty, artifact["layers"][0]["digest"], digest_of(layer)):
+        assert (await client.delete(f"/v2/team/app/blobs/{blob}")).status_code == 202, blob
+
+
+async def test_a_scan_finishing_after_its_image_was_deleted_attaches_nothing(
+    client: httpx.AsyncClient, services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert (await client.post("/api/v1/namespaces", json={"name": "team"})).status_code == 201
+    digest = await push_layers(client, "team/app", "1", [debian_layer()])
+    scanner = services.scanner
+    assert scanner is not None
+    extract = scanner._extract
+
+    async def image_deleted_meanwhile(*args: Any) -> Any:
+        contents = await extract(*args)  # the layers read (by the scan worker)
+        deleted = await client.delete(f"/v2/team/app/manifests/{digest}")
+        assert deleted.status_code == 202
+        return contents
+
+    monkeypatch.setattr(scanner, "_extract", image_deleted_meanwhile)
+    record = await services.registry.manifest("team/app", digest)
+    parsed = manifests.parse(record.payload, record.media_type)
+    report = await scanner.scan_image("team/app", digest, parsed, len(record.payload))
+    assert report.status == "ok"
+    assert report.packages > 0
+    stored = await services.db.read(
+        lambda tx: tx.execute("SELECT digest, subject_digest FROM manifests")
+    )
+    assert stored == []  # no SBOM left behind for an image that is gone
+
+
+async def test_an_image_without_packages_gets_a_report_and_no_referrer(
+    client: httpx.AsyncClient, services: Services
+) -> None:
+    """An SBOM listing nothing is not attached: as a referrer it would tell a client nothing
+    the report does not."""
+    assert (await client.post("/api/v1/namespaces", json={"name": "team"})).status_code == 201
+    layer = fx.gzip_layer({"test.txt": b"only a text file\n"})
+    digest = await push_layers(client, "team/app", "1", [layer])
+    assert services.scanner is not None
+    assert await services.scanner.run_queue() == 1
+    assert (await client.get(f"/v2/team/app/referrers/{digest}")).json()["manifests"] == []
+    query = {"repository": "team/app", "digest": digest}
+    report = (await client.get("/api/v1/scan/reports", params=query)).json()
+    assert (report["status"], report["packages"], report["findings"]) == ("ok", 0, [])

@@ -1,11 +1,12 @@
 """A real Berth with real clients: skopeo pushes the offline-built Debian image, the leader's
 scan job attaches its SBOM (seen through the referrers API and pulled with the ORAS SDK),
 `berth vulndb import` and `berth scan` work on the live data directory, and skopeo's pull is
-refused by a namespace policy."""
+refused by a namespace policy; with blobs on the filesystem and on Azure Blob Storage."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -55,11 +56,24 @@ def _osv(adv_id: str, name: str, fixed: str) -> dict[str, object]:
     }
 
 
-def test_scan_on_a_real_server(debian_layout: tuple[Path, Path], tmp_path: Path) -> None:
+@pytest.mark.parametrize("storage", ["filesystem", "azure"])
+def test_scan_on_a_real_server(
+    debian_layout: tuple[Path, Path],
+    tmp_path: Path,
+    storage: str,
+    request: pytest.FixtureRequest,
+) -> None:
+    """Scanning reads the layers through the blob store and writes the SBOM through it: on the
+    filesystem and on Azure Blob Storage (Azurite)."""
     layout, root = debian_layout
     installed = _installed(root)
     data = tmp_path / "data"
-    server = start_berth(data, env={"BERTH_SCAN_INTERVAL": "0.2"})
+    store_env: dict[str, str] = {}
+    if storage == "azure":
+        azurite = request.getfixturevalue("azurite")
+        store_env = azurite.env(azurite.new_container("scan"))
+    cli_env = {k: v for k, v in os.environ.items() if not k.startswith("BERTH_")} | store_env
+    server = start_berth(data, env={"BERTH_SCAN_INTERVAL": "0.2", **store_env})
     creds = server.credentials
     assert creds is not None
     api = httpx.Client(base_url=f"http://{server.host}", auth=creds, timeout=30)
@@ -107,6 +121,7 @@ def test_scan_on_a_real_server(debian_layout: tuple[Path, Path], tmp_path: Path)
             capture_output=True,
             text=True,
             check=False,
+            env=cli_env,
         )
         assert done.returncode == 0, done.stderr
         assert "2 added" in done.stdout
@@ -116,6 +131,7 @@ def test_scan_on_a_real_server(debian_layout: tuple[Path, Path], tmp_path: Path)
             capture_output=True,
             text=True,
             check=False,
+            env=cli_env,
         )
         assert done.returncode == 0, done.stderr
         (report,) = json.loads(done.stdout)["reports"]
@@ -135,6 +151,7 @@ def test_scan_on_a_real_server(debian_layout: tuple[Path, Path], tmp_path: Path)
             capture_output=True,
             text=True,
             check=False,
+            env=cli_env,
         )
         assert table.returncode == 3
         assert "DEBIAN-CVE-2099-0001" in table.stdout

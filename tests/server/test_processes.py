@@ -47,8 +47,9 @@ def test_two_processes_share_one_postgres_and_one_data_dir(
             assert "team/app" in via_b.get("/v2/_catalog").json()["repositories"]
             # A layer the manifest needs cannot be deleted out from under it.
             refused = via_b.delete(f"/v2/team/app/blobs/{sha(b'layer pushed through a')}")
-            assert refused.status_code == 409
-            assert refused.json()["errors"][0]["code"] == "DENIED"
+            assert refused.status_code == 405
+            assert refused.json()["errors"][0]["code"] == "UNSUPPORTED"
+            assert refused.json()["errors"][0]["detail"] == {"manifest": digest}
 
             # One upload, its chunks through both processes: the second process has no digest
             # state for it and reads the stored bytes once at commit.

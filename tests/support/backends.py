@@ -25,6 +25,7 @@ PROFILES: dict[str, tuple[str, ...]] = {
     "postgres-fs": ("postgres_metadata",),  # tests/support/postgres.py
     "sqlite-s3": ("s3_storage",),  # tests/support/seaweedfs.py
     "postgres-s3": ("postgres_metadata", "s3_storage"),
+    "sqlite-azure": ("azure_storage",),  # tests/support/azurite.py
 }
 
 

@@ -10,8 +10,9 @@ otherwise:
 - `drop(n)`: the next `n` requests are answered by closing the connection;
 - `cut(after)`: the next response body is cut off after `after` bytes (connection closed).
 
-`requests` records (method, path, Range header) of every request that arrived, answered or
-not. Runs in daemon threads of the test process, on a free loopback port; `close()` stops it.
+`requests` records (method, path, Range or x-ms-range header) of every request that arrived,
+answered or not. Runs in daemon threads of the test process, on a free loopback port;
+`close()` stops it.
 """
 
 from __future__ import annotations
@@ -21,7 +22,14 @@ import socket
 import ssl
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 from urllib.parse import urlsplit
+
+
+def _range(headers: Any) -> str:
+    """The request's byte range: `Range`, or Azure's `x-ms-range`."""
+    return str(headers.get("range") or headers.get("x-ms-range") or "")
+
 
 _HOP = {"connection", "keep-alive", "transfer-encoding", "proxy-connection", "upgrade"}
 
@@ -55,7 +63,7 @@ class FaultProxy:
 
             def _any(self) -> None:
                 with proxy._lock:
-                    proxy.requests.append((self.command, self.path, self.headers.get("range", "")))
+                    proxy.requests.append((self.command, self.path, _range(self.headers)))
                     failure = proxy._failures.pop(0) if proxy._failures else None
                     dropped = proxy._drops > 0
                     proxy._drops -= int(dropped)

@@ -23,15 +23,7 @@ from appliance.console.framework import (
     new_signin_csrf,
     page,
 )
-
-
-def safe_next(target: str) -> str:
-    """Where to go after sign-in: a path of this console only (no open redirect)."""
-    if not target.startswith("/") or target.startswith("//") or "\\" in target:
-        return "/"
-    if target.startswith(("/signin", "/signout", "/saml/", "/oidc/")):
-        return "/"
-    return target
+from appliance.console.redirects import after_sign_in
 
 
 async def signin_form(
@@ -48,7 +40,7 @@ async def signin_form(
         signin_csrf=token,
         error=error,
         username=username,
-        next=safe_next(ctx.arg("next", "/")),
+        next=after_sign_in(ctx.arg("next", "/")),
         saml_enabled=saml is not None,
         oidc_providers=list(oidc.values()),
         ldap_enabled=ctx.access.ldap is not None,
@@ -62,7 +54,7 @@ async def start_session(ctx: PageContext, user_id: int, via: str, target: str) -
     lifetime = float(ctx.config["console.session_lifetime"])
     ctx.set_cookie(SESSION_COOKIE, session_id, **cookie_options(ctx.services, lifetime))
     ctx.set_cookie(SIGNIN_CSRF_COOKIE, "")
-    return await ctx.redirect(safe_next(target))
+    return await ctx.redirect(after_sign_in(target))
 
 
 @page("/signin", methods=("GET", "POST"), public=True, csrf=False)

@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 
 from quart import Response, request
 
+from appliance.api.inputs import depth
 from appliance.console.framework import BadRequest, NavEntry, PageContext, PageNotFound, page
 from appliance.errors import BerthError
 from appliance.metadata import browse
@@ -23,6 +24,10 @@ REPOSITORY_PAGE = 50
 TAG_PAGE = 100
 INDEX_TYPES = frozenset({mt.OCI_INDEX, mt.DOCKER_MANIFEST_LIST})
 MAX_CONFIG = 1 << 20
+# Untrusted JSON on a page: how deep it may nest, how many entries and characters are shown.
+MAX_DEPTH = 32
+MAX_ITEMS = 500
+MAX_TEXT = 2000
 # Image configs are content-addressed: what a digest says never changes, so keep a few.
 _configs: OrderedDict[str, dict[str, Any]] = OrderedDict()
 
@@ -69,29 +74,61 @@ async def image_config(ctx: PageContext, repository: str, digest: str) -> dict[s
         return {}  # unreadable bytes: the page shows what the records say
     try:
         parsed = json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):  # "[[[[...": the decoder's stack runs out
         return {}
-    if not isinstance(parsed, dict):
-        return {}
+    if not isinstance(parsed, dict) or depth(parsed) > MAX_DEPTH:
+        return {}  # the page shows what the records say rather than break on it
     _configs[digest] = parsed
     while len(_configs) > 512:
         _configs.popitem(last=False)
     return parsed
 
 
+def _short(value: Any, limit: int = MAX_TEXT) -> str:
+    """An untrusted scalar as page text, at most `limit` characters."""
+    text = value if isinstance(value, str) else json.dumps(value)[: limit + 1]
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
 def _platform(p: Any) -> str:
     if not isinstance(p, dict):
         return ""
-    text = f"{p.get('os', '?')}/{p.get('architecture', '?')}"
+    text = f"{_short(p.get('os', '?'), 40)}/{_short(p.get('architecture', '?'), 40)}"
     if p.get("variant"):
-        text += f"/{p['variant']}"
+        text += f"/{_short(p['variant'], 40)}"
     return text
+
+
+def config_view(config: dict[str, Any]) -> dict[str, Any]:
+    """What the manifest page shows of an image config, shaped and bounded: the config is
+    pushed by anyone who may push, so a value of another type, or a huge one, is shown as
+    text or left out, never handed to the template as it is."""
+    found = config.get("config")
+    inner: dict[str, Any] = found if isinstance(found, dict) else {}
+
+    def words(value: Any) -> list[str]:
+        if isinstance(value, str):
+            return [_short(value)]
+        if isinstance(value, list):
+            return [_short(v) for v in value[:MAX_ITEMS]]
+        return []
+
+    labels = inner.get("Labels")
+    return {
+        "created": _short(config["created"], 64) if config.get("created") else "",
+        "labels": {_short(k, 200): _short(v) for k, v in list(labels.items())[:MAX_ITEMS]}
+        if isinstance(labels, dict)
+        else {},
+        "env": words(inner.get("Env")),
+        "entrypoint": words(inner.get("Entrypoint")),
+        "cmd": words(inner.get("Cmd")),
+    }
 
 
 def index_children(payload: bytes) -> list[dict[str, Any]]:
     try:
         doc = json.loads(payload)
-    except ValueError:
+    except (ValueError, RecursionError):
         return []
     children = doc.get("manifests") if isinstance(doc, dict) else None
     return [c for c in children or [] if isinstance(c, dict)]
@@ -247,7 +284,7 @@ async def manifest_detail(ctx: PageContext, name: str, digest: str) -> Response:
         raise PageNotFound(f"manifest {digest} is not in {name}")
     try:
         doc = json.loads(row.payload)
-    except ValueError:
+    except (ValueError, RecursionError):
         doc = {}
     layers: list[dict[str, Any]] = []
     children: list[dict[str, Any]] = []
@@ -275,7 +312,10 @@ async def manifest_detail(ctx: PageContext, name: str, digest: str) -> Response:
         if row.config_digest:
             config = await image_config(ctx, name, row.config_digest)
     referrers = await ctx.registry.referrers(name, digest, None)
-    inner = config.get("config") if isinstance(config.get("config"), dict) else {}
+    shown = config_view(config)
+    # Re-indented only when shallow: the indenting encoder recurses in Python, and a
+    # manifest nested a few hundred levels deep is valid JSON.
+    pretty = bool(doc) and depth(doc) <= MAX_DEPTH
     return await ctx.render(
         "manifest.html",
         title=f"{name}@{digest[:19]}",
@@ -283,14 +323,14 @@ async def manifest_detail(ctx: PageContext, name: str, digest: str) -> Response:
         row=row,
         layers=layers,
         children=children,
-        config=config,
-        labels=(inner or {}).get("Labels") or {},
-        env=(inner or {}).get("Env") or [],
-        entrypoint=(inner or {}).get("Entrypoint"),
-        cmd=(inner or {}).get("Cmd"),
+        config=shown if config else {},
+        labels=shown["labels"],
+        env=shown["env"],
+        entrypoint=shown["entrypoint"],
+        cmd=shown["cmd"],
         platform=_platform(config) if config else "",
         referrers=[_referrer(r) for r in referrers],
-        payload=json.dumps(doc, indent=2) if doc else row.payload.decode(errors="replace"),
+        payload=json.dumps(doc, indent=2) if pretty else row.payload.decode(errors="replace"),
         host=registry_host(ctx),
     )
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from quart import Response
 
+from appliance.api.inputs import path_id
 from appliance.auth.citrust import TEMPLATES, RuleSpec, parse_claims
 from appliance.console.framework import BadRequest, PageContext, PageNotFound, page
 from appliance.metadata import citrust as records
@@ -45,13 +46,13 @@ async def ci_trust(ctx: PageContext, ns: str) -> Response:
             rule = await ctx.change(lambda tx: trust.add(tx, ctx.actor, spec, now, admin=admin))
             return await ctx.redirect(f"/namespaces/{ns}/ci-trust", f"Rule {rule.id} added.")
         if action == "remove":
-            rule_id = form.get("rule", "")
-            if not rule_id.isdigit():
+            rule_id = path_id(form.get("rule", ""))
+            if rule_id is None:
                 raise BadRequest("which rule?")
 
             def remove(tx: Tx) -> None:
-                rule = records.require(tx, int(rule_id))
-                if rule.namespace != ns:
+                rule = records.get(tx, rule_id)
+                if rule is None or rule.namespace != ns:
                     raise PageNotFound(f"no CI trust rule {rule_id} in {ns}")
                 trust.remove(tx, ctx.actor, rule, now)
 

@@ -9,7 +9,8 @@ from typing import Any
 
 from quart import Response
 
-from appliance.auth import accounts
+from appliance.api.inputs import path_id
+from appliance.auth import accounts, credentials
 from appliance.auth.policy import ROBOT_ROLES, ROLES, TOKEN_SCOPES, role_rank
 from appliance.console.framework import BadRequest, NavEntry, PageContext, PageNotFound, page
 from appliance.metadata import browse, identity
@@ -24,7 +25,7 @@ def _expiry(days: str) -> float | None:
     days = days.strip()
     if not days:
         return None
-    if not days.isdigit() or not 0 < int(days) <= 3650:
+    if not (days.isascii() and days.isdigit()) or len(days) > 4 or not 0 < int(days) <= 3650:
         raise BadRequest("expiry must be a number of days between 1 and 3650, or empty")
     return time.time() + int(days) * 86400
 
@@ -147,25 +148,36 @@ async def _namespace_change(ctx: PageContext, ns: str) -> Response:
 
 @page("/tokens", methods=("GET", "POST"), nav=NavEntry("Access tokens", "/tokens", order=60))
 async def tokens(ctx: PageContext) -> Response:
+    """The signed-in user's personal access tokens and refresh tokens (`docker login`
+    sessions); an admin sees and revokes anyone's with `?user=NAME`."""
     who = ctx.principal
     assert who.user_id is not None
-    uid = who.user_id
+    form = await ctx.form() if ctx.method == "POST" else {}
+    wanted = (form.get("user", "") if ctx.method == "POST" else ctx.arg("user")).strip()
+    uid, owner = who.user_id, who.name
+    if wanted and wanted != who.name:
+        ctx.require_admin()
+        user = await ctx.access.db.read(lambda tx: identity.require_user(tx, wanted))
+        uid, owner = user.id, user.name
+    back = "/tokens" if owner == who.name else f"/tokens?user={owner}"
     if ctx.method == "POST":
-        form = await ctx.form()
         now = ctx.access.clock()
         if form.get("action") == "revoke":
             token_id = form.get("id", "")
 
             def revoke(tx: Tx) -> bool:
-                record = identity.token_by_id(tx, int(token_id)) if token_id.isdigit() else None
-                if record is None or record.user_id != uid or record.kind != "pat":
+                number = path_id(token_id)
+                record = identity.token_by_id(tx, number) if number is not None else None
+                if record is None or record.user_id != uid or record.kind not in ("pat", "refresh"):
                     return False
                 accounts.revoke_token(tx, ctx.actor, record, now)
                 return True
 
             if not await ctx.change(revoke):
                 raise PageNotFound("no such token")
-            return await ctx.redirect("/tokens", "Token revoked.")
+            return await ctx.redirect(back, "Token revoked.")
+        if owner != who.name:
+            raise BadRequest("tokens are created by their owner")
         scopes = tuple(s for s in await ctx.form_list("scope") if s)
         name = form.get("name", "").strip()[:100]
         if not name:
@@ -184,14 +196,34 @@ async def tokens(ctx: PageContext) -> Response:
             secret=token,
             back="/tokens",
         )
-    found = await ctx.access.db.read(lambda tx: identity.tokens_of_user(tx, uid))
     now = ctx.access.clock()
+
+    def read(tx: Tx) -> list[tuple[identity.TokenRecord, str, dict[str, object] | None]]:
+        rows = []
+        for t in identity.tokens_of_user(tx, uid, None):
+            rows.append((t, _token_state(tx, t, now), credentials.describe(t.minted_by)))
+        return rows
+
+    found = await ctx.access.db.read(read)
     return await ctx.render(
         "tokens.html",
         title="Access tokens",
-        tokens=[(t, t.usable(now)) for t in found],
+        tokens=[row for row in found if row[0].kind == "pat"],
+        refresh_tokens=[row for row in found if row[0].kind == "refresh"],
         scopes=TOKEN_SCOPES,
+        owner=owner,
+        own=owner == who.name,
     )
+
+
+def _token_state(tx: Tx, token: identity.TokenRecord, now: float) -> str:
+    if token.revoked_at is not None:
+        return "revoked"
+    if token.expires_at is not None and token.expires_at <= now:
+        return "expired"
+    if credentials.resolve_token(tx, token, now) is None:
+        return "ended with its credential"
+    return "active"
 
 
 # -- users (admins) -------------------------------------------------------------------------
@@ -219,13 +251,8 @@ async def users(ctx: PageContext) -> Response:
                 raise BadRequest("you cannot disable yourself")
             disabled = action == "disable"
 
-            def toggle(tx: Tx) -> identity.UserRecord:
-                accounts.set_disabled(tx, actor, name, disabled, now)
-                return identity.require_user(tx, name)
-
-            user = await ctx.change(toggle)
-            if disabled:
-                await ctx.services.sessions.end_all_of(user.id)
+            # Disabling ends the user's console sessions in the same transaction.
+            await ctx.change(lambda tx: accounts.set_disabled(tx, actor, name, disabled, now))
             return await ctx.redirect("/users", f"User {name} {action}d.")
         if action in ("make-admin", "drop-admin"):
             if name == ctx.principal.name:
@@ -248,7 +275,7 @@ async def audit_log(ctx: PageContext) -> Response:
     action = ctx.arg("action").strip()[:100]
     target = ctx.arg("repository").strip()[:300]
     before_text = ctx.arg("before")
-    before = int(before_text) if before_text.isdigit() else None
+    before = path_id(before_text)
 
     def fn(tx: Tx) -> list[dict[str, Any]]:
         return browse.audit_events(

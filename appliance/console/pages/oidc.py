@@ -18,9 +18,11 @@ from quart import Response, request
 
 from appliance.auth import oidc
 from appliance.auth.oidc import OidcError, OidcProvider
+from appliance.auth.policy import Principal
 from appliance.console.framework import PageContext, PageNotFound, cookie_options, page, see_other
-from appliance.console.pages.auth import safe_next, signin_form, start_session
+from appliance.console.pages.auth import signin_form, start_session
 from appliance.console.pages.saml import base_url
+from appliance.console.redirects import after_sign_in
 from appliance.metadata.db import Tx
 
 log = logging.getLogger("berth.console")
@@ -47,7 +49,7 @@ def redirect_uri(ctx: PageContext, provider: OidcProvider) -> str:
 @page("/oidc/<name>/login", public=True)
 async def login(ctx: PageContext, name: str) -> Response:
     provider = _provider(ctx, name)
-    target = safe_next(ctx.arg("next", "/"))
+    target = after_sign_in(ctx.arg("next", "/"))
     try:
         url, pending = await provider.begin(redirect_uri(ctx, provider))
     except OidcError as e:
@@ -68,15 +70,16 @@ async def login(ctx: PageContext, name: str) -> Response:
 async def callback(ctx: PageContext, name: str) -> Response:
     provider = _provider(ctx, name)
     try:
-        user_id, target = await _complete(ctx, provider)
+        principal, target = await _complete(ctx, provider)
     except OidcError as e:
         log.warning("OpenID Connect sign-in with %s refused: %s", name, e.message)
         return await signin_form(ctx, "Sign-in failed: " + e.message, 401)
-    return await start_session(ctx, user_id, provider.source, target)
+    assert principal.user_id is not None
+    return await start_session(ctx, principal.user_id, principal.via, target)
 
 
-async def _complete(ctx: PageContext, provider: OidcProvider) -> tuple[int, str]:
-    """(the signed-in user's id, where to go) from the provider's answer. Raises OidcError."""
+async def _complete(ctx: PageContext, provider: OidcProvider) -> tuple[Principal, str]:
+    """(the signed-in user, where to go) from the provider's answer. Raises OidcError."""
     state = ctx.arg("state")
     if not state or len(state) > 200:
         raise OidcError("the answer carries no sign-in state: start again")
@@ -93,11 +96,11 @@ async def _complete(ctx: PageContext, provider: OidcProvider) -> tuple[int, str]
         raise OidcError("the answer carries no authorization code")
     who = await provider.finish(redirect_uri(ctx, provider), code, pending, request.args.get("iss"))
 
-    def fn(tx: Tx) -> int:
-        return oidc.sign_in_user(tx, provider, who, ctx.access.clock()).id
+    def fn(tx: Tx) -> Principal:
+        return oidc.sign_in_user(tx, provider, who, ctx.access.clock())
 
-    user_id: int = await ctx.change(fn)
-    return user_id, target
+    principal: Principal = await ctx.change(fn)
+    return principal, target
 
 
 async def signed_out(ctx: PageContext, via: str) -> Response | None:

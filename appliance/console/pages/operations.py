@@ -9,6 +9,7 @@ from typing import Any
 import trio
 from quart import Response
 
+from appliance.api.inputs import path_id
 from appliance.console.framework import BadRequest, NavEntry, PageContext, PageNotFound, page
 from appliance.errors import BerthError
 from appliance.metadata import identity
@@ -126,10 +127,10 @@ async def namespace_webhooks(ctx: PageContext, ns: str) -> Response:
     if ctx.method == "POST":
         form = await ctx.form()
         if form.get("action") == "remove":
-            endpoint_id = form.get("id", "")
-            if not endpoint_id.isdigit():
+            endpoint_id = path_id(form.get("id", ""))
+            if endpoint_id is None:
                 raise BadRequest("no such webhook")
-            await ctx.change(lambda tx: webhooks.remove_endpoint(tx, actor, ns, int(endpoint_id)))
+            await ctx.change(lambda tx: webhooks.remove_endpoint(tx, actor, ns, endpoint_id))
             return await ctx.redirect(f"/namespaces/{ns}/webhooks", "Webhook removed.")
         url = form.get("url", "").strip()
         actions = ",".join(a for a in webhooks.ACTIONS if form.get(f"on_{a}") == "on")

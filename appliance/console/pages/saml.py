@@ -15,7 +15,8 @@ from quart import Response, request
 from appliance.auth import saml as sp
 from appliance.auth.saml import RequestInfo, SamlError, SamlProvider, provider_from_config
 from appliance.console.framework import PageContext, PageNotFound, page, see_other
-from appliance.console.pages.auth import safe_next, signin_form, start_session
+from appliance.console.pages.auth import signin_form, start_session
+from appliance.console.redirects import after_sign_in
 from appliance.metadata.db import Tx
 
 log = logging.getLogger("berth.console")
@@ -60,7 +61,7 @@ async def metadata(ctx: PageContext) -> Response:
 async def login(ctx: PageContext) -> Response:
     provider = _provider(ctx)
     info = await _info(ctx)
-    target = safe_next(ctx.arg("next", "/"))
+    target = after_sign_in(ctx.arg("next", "/"))
     try:
         url, request_id = await trio.to_thread.run_sync(
             provider.login_url, base_url(ctx), info, target
@@ -94,5 +95,7 @@ async def acs(ctx: PageContext) -> Response:
     except SamlError as e:
         log.warning("SAML sign-in refused: %s", e.message)
         return await signin_form(ctx, "Single sign-on failed: " + e.message, 401)
+    # The RelayState comes back from the IdP's page: as hostile as any `next` (start_session
+    # sends the browser only where `after_sign_in` allows).
     target = info.post.get("RelayState", "/")
     return await start_session(ctx, user_id, "saml", target)

@@ -10,7 +10,7 @@ from typing import Any
 from quart import Response
 
 from appliance.console.framework import BadRequest, NavEntry, PageContext, PageNotFound, page
-from appliance.errors import BerthError
+from appliance.errors import BerthError, InvalidInput
 from appliance.metadata.db import Tx
 from appliance.oci import mediatypes as mt
 from appliance.oci.digest import is_digest
@@ -50,7 +50,9 @@ def _expiry(text: str, now: float) -> float | None:
     text = text.strip()
     if not text:
         return None
-    if text.isdigit():
+    if text.isascii() and text.isdigit():
+        if len(text) > 5:
+            raise BadRequest("the expiry is at most 99999 days away")
         return now + int(text) * 86400.0
     try:
         day = dt.datetime.strptime(text, "%Y-%m-%d").replace(tzinfo=dt.UTC)
@@ -99,8 +101,8 @@ async def scan_policy(ctx: PageContext, ns: str) -> Response:
                 notice = f"{advisory} is no longer accepted."
             else:
                 raise BadRequest("unknown action")
-        except ValueError as e:
-            raise BadRequest(str(e)) from None
+        except InvalidInput as e:
+            raise BadRequest(e.message) from None
         invalidate(db)
         return await ctx.redirect(f"/namespaces/{ns}/scan-policy", notice)
 

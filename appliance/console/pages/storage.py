@@ -5,12 +5,14 @@ cleanup policies, with a preview of exactly what a policy removes before it may 
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from quart import Response
 
+from appliance.api.inputs import path_id
 from appliance.console.framework import BadRequest, NavEntry, PageContext, PageNotFound, page
-from appliance.errors import Denied
+from appliance.errors import Denied, InvalidPattern
 from appliance.lifecycle import Lifecycle
 from appliance.lifecycle.policies import PlanResult, scope_namespace
 from appliance.lifecycle.rules import list_immutable_rules
@@ -37,10 +39,11 @@ async def storage(ctx: PageContext) -> Response:
         if form.get("action") == "remove-quota":
             await lifecycle.rules.remove_quota(ctx.actor, ns)
             return await ctx.redirect("/storage", f"Quota of {ns} removed.")
-        if not limit.isdigit():
-            raise BadRequest("the quota is a whole number of bytes")
-        await lifecycle.rules.set_quota(ctx.actor, ns, int(limit))
-        return await ctx.redirect("/storage", f"Quota of {ns} set to {int(limit)} bytes.")
+        limit_bytes = path_id(limit) if limit != "0" else 0
+        if limit_bytes is None:
+            raise BadRequest("the quota is a whole number of bytes (at most 2^63 - 1)")
+        await lifecycle.rules.set_quota(ctx.actor, ns, limit_bytes)
+        return await ctx.redirect("/storage", f"Quota of {ns} set to {limit_bytes} bytes.")
     usage = [
         u
         for u in await lifecycle.rules.usage()
@@ -57,14 +60,17 @@ def _settings(form: dict[str, str]) -> dict[str, Any]:
         if not value:
             continue
         if name == "keep_recent":
-            if not value.isdigit():
+            number = path_id(value) if value != "0" else 0
+            if number is None:
                 raise BadRequest("keep the newest: a whole number")
-            out[name] = int(value)
+            out[name] = number
         elif name == "older_than_days":
             try:
                 out[name] = float(value)
             except ValueError:
                 raise BadRequest("older than: a number of days") from None
+            if not math.isfinite(out[name]):
+                raise BadRequest("older than: a number of days")
         else:
             out[name] = value
     return out
@@ -77,23 +83,34 @@ async def namespace_storage(ctx: PageContext, ns: str) -> Response:
     ctx.require_role(ns, "reader")
     maintainer = ctx.principal.admin or ctx.principal.role_in(ns) in ("maintainer", "owner")
     preview: PlanResult | None = None
+    form_error: dict[str, str] | None = None  # which form, and why its pattern was refused
     if ctx.method == "POST":
         ctx.require_role(ns, "maintainer")
         form = await ctx.form()
         action = form.get("action", "")
         here = f"/storage/{ns}"
-        if action == "add-rule":
-            rule = await lifecycle.rules.add_immutable_rule(ctx.actor, ns, form.get("pattern", ""))
-            return await ctx.redirect(here, f"Rule {rule.id} added.")
+        try:
+            if action == "add-rule":
+                rule = await lifecycle.rules.add_immutable_rule(
+                    ctx.actor, ns, form.get("pattern", "")
+                )
+                return await ctx.redirect(here, f"Rule {rule.id} added.")
+            if action == "add-policy":
+                scope = form.get("repository", "").strip() or ns
+                if namespace_of(scope) != ns:
+                    raise BadRequest(f"{scope} is not in namespace {ns}")
+                policy = await lifecycle.policies.create(ctx.actor, scope, _settings(form))
+                return await ctx.redirect(
+                    here, f"Policy {policy.id} created: preview it to run it."
+                )
+        except InvalidPattern as e:
+            # Shown next to the form it came from, with what was typed, to be corrected.
+            typed = {k: form.get(k, "") for k in ("pattern", "repository", *POLICY_FIELDS)}
+            form_error = {"form": action, "message": e.message, **typed}
+    if ctx.method == "POST" and form_error is None:
         if action == "remove-rule":
             await lifecycle.rules.remove_immutable_rule(ctx.actor, ns, _int(form, "id"))
             return await ctx.redirect(here, "Rule removed.")
-        if action == "add-policy":
-            scope = form.get("repository", "").strip() or ns
-            if namespace_of(scope) != ns:
-                raise BadRequest(f"{scope} is not in namespace {ns}")
-            policy = await lifecycle.policies.create(ctx.actor, scope, _settings(form))
-            return await ctx.redirect(here, f"Policy {policy.id} created: preview it to run it.")
         policy_id = _int(form, "id")
         policy = await lifecycle.policies.get(policy_id)
         if scope_namespace(policy.scope) != ns:
@@ -133,11 +150,13 @@ async def namespace_storage(ctx: PageContext, ns: str) -> Response:
         policies=policies,
         maintainer=maintainer,
         preview=preview,
+        form_error=form_error,
+        status=400 if form_error is not None else 200,
     )
 
 
 def _int(form: dict[str, str], name: str) -> int:
-    value = form.get(name, "")
-    if not value.isdigit():
+    value = path_id(form.get(name, ""))
+    if value is None:
         raise BadRequest(f"{name} must be a number")
-    return int(value)
+    return value

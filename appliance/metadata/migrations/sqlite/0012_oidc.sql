@@ -19,8 +19,11 @@ CREATE INDEX oidc_states_expiry ON oidc_states (expires_at);
 -- (a JSON object, exact string match) may pull (or push) repositories of the namespace whose
 -- path below it matches `repository` (a glob). `jwks` holds the issuer's public keys for
 -- offline sites (NULL: fetched through the issuer's discovery document).
+-- Rules are never edited, only added and removed, and a registry token issued from a CI
+-- token names the rules that matched by id (auth/credentials.py): AUTOINCREMENT, so that the
+-- id of a removed rule is never given to a new one (PostgreSQL's identity never reuses either).
 CREATE TABLE ci_trust_rules (
-    id            INTEGER PRIMARY KEY,
+    id            INTEGER PRIMARY KEY AUTOINCREMENT,
     namespace_id  INTEGER NOT NULL REFERENCES namespaces (id) ON DELETE CASCADE,
     issuer        TEXT NOT NULL,
     audience      TEXT NOT NULL,

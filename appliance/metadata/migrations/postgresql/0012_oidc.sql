@@ -1,5 +1,5 @@
 -- OpenID Connect sign-in and CI identity tokens (appliance/auth/oidc.py, appliance/auth/citrust.py).
--- The PostgreSQL twin of sqlite/0013_oidc.sql.
+-- The PostgreSQL twin of sqlite/0012_oidc.sql.
 
 CREATE TABLE oidc_states (
     state_hash     TEXT PRIMARY KEY,
