@@ -385,6 +385,91 @@ async def test_removing_the_rule_refuses_the_next_exchange(
     assert (await exchange(anon, token)).status_code == 401
 
 
+@pytest.fixture
+async def second_worker(data_dir: Any, clock: FakeClock, services: Services) -> AsyncIterator[Any]:
+    """Another process of the same host: its own caches, the same database and stamp file."""
+    other = await open_services(
+        make_config(data_dir, **{"ci_trust.allow_http_loopback": True}), clock
+    )
+    try:
+        yield create_app(other.registry, access=other.access)
+    finally:
+        other.close()
+
+
+async def test_a_registry_token_from_a_ci_token_stops_when_its_rule_is_removed(
+    services: Services,
+    app: Any,
+    second_worker: Any,
+    clock: FakeClock,
+    ci_issuer: CiIssuer,
+) -> None:
+    """The attack: a job (or whoever copied its registry token out of a CI log) keeps pushing
+    with a registry token issued before its trust rule was removed. The removal, made on one
+    worker, refuses the next request on another, both with that registry token and with the
+    identity token itself as Basic credentials, although each worker had it cached."""
+    await make_team(services, clock)
+    await add_rule(services, clock, issuer=ci_issuer.url, repository="**")
+    token = ci_issuer.sign(ci_issuer.gitlab(clock(), AUDIENCE))
+    async with api_client(second_worker, None) as there:
+        r = await exchange(there, token)
+        assert r.status_code == 200, r.text
+        registry = r.json()["token"]
+        crd = jwt.decode(registry, options={"verify_signature": False})["crd"]
+        assert crd.startswith("ci:"), "the registry token names the CI job's credential"
+        there.headers["authorization"] = f"Bearer {registry}"
+        await push_image(there, "team/app")
+        assert (await there.get("/v2/team/app/manifests/1")).status_code == 200
+        basic = {"authorization": "Basic " + _basic("oidc", token)}
+        assert (await there.get("/v2/team/app/manifests/1", headers=basic)).status_code == 200
+
+        async with api_client(app, ("maint", PASSWORD)) as maint:  # the first worker
+            (rule,) = (await maint.get("/api/v1/namespaces/team/ci-trust")).json()
+            r = await maint.delete(f"/api/v1/namespaces/team/ci-trust/{rule['id']}")
+            assert r.status_code == 200, r.text
+
+        r = await there.get("/v2/team/app/manifests/1")
+        assert r.status_code == 401, r.text
+        assert 'error="invalid_token"' in r.headers["www-authenticate"]
+        r = await there.put(
+            "/v2/team/app/manifests/2",
+            content=b"{}",
+            headers={"content-type": "application/vnd.oci.image.manifest.v1+json"},
+        )
+        assert r.status_code == 401, "no push either"
+        assert (await there.get("/v2/team/app/manifests/1", headers=basic)).status_code == 401
+        assert (await exchange(there, token)).status_code == 401
+
+
+async def test_a_registry_token_from_a_ci_token_holds_only_what_its_rules_still_grant(
+    services: Services, app: Any, clock: FakeClock, ci_issuer: CiIssuer
+) -> None:
+    """Two rules matched (push on team/app, pull everywhere in team); the push rule removed,
+    the registry token already issued may still pull but no longer push."""
+    await make_team(services, clock)
+    push_rule = await add_rule(services, clock, issuer=ci_issuer.url)
+    await add_rule(services, clock, issuer=ci_issuer.url, access="pull", repository="**")
+    token = ci_issuer.sign(ci_issuer.gitlab(clock(), AUDIENCE))
+    async with api_client(app, None) as anon:
+        registry = (await exchange(anon, token)).json()["token"]
+        anon.headers["authorization"] = f"Bearer {registry}"
+        await push_image(anon, "team/app")
+        await services.access.change(
+            lambda tx: services.access.ci.remove(
+                tx, "test", records.require(tx, push_rule), clock()
+            )
+        )
+        assert (await anon.get("/v2/team/app/manifests/1")).status_code == 200
+        r = await anon.post("/v2/team/app/blobs/uploads/")
+        assert r.status_code == 403, r.text
+
+
+def _basic(user: str, password: str) -> str:
+    import base64  # noqa: PLC0415
+
+    return base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
 async def test_failed_ci_sign_ins_do_not_lock_out_every_job(
     services: Services, anon: httpx.AsyncClient, clock: FakeClock, ci_issuer: CiIssuer
 ) -> None:
