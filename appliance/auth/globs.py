@@ -4,12 +4,13 @@ A glob is matched against a repository's path below its namespace (`app/web` of 
 `*` is any run of characters within one path segment, `**` any run of characters across
 segments, `?` one character other than `/`; everything else matches itself. Globs are at most
 `MAX_LENGTH` characters of the repository-name alphabet, and matching is a dynamic programme
-over (pattern, path) positions: its cost is bounded by their product, whatever the pattern
-(no backtracking blow-up).
+over (pattern, path) positions: its cost is bounded by their product (at most 128 by 255, the
+longest repository name), whatever the pattern (no backtracking blow-up).
 """
 
 from __future__ import annotations
 
+import functools
 import re
 
 from appliance.errors import InvalidName
@@ -45,8 +46,10 @@ def _parts(pattern: str) -> list[str]:
     return out
 
 
+@functools.lru_cache(maxsize=4096)
 def glob_match(pattern: str, path: str) -> bool:
-    """Whether `path` matches the (valid) glob `pattern` in full."""
+    """Whether `path` matches the (valid) glob `pattern` in full. Remembered: a CI job's
+    grants are matched against the same repository on every request it makes."""
     tokens = _parts(pattern)
     n = len(path)
     # reach[j]: the tokens seen so far can match exactly path[:j].
