@@ -7,7 +7,9 @@ A rule is never edited, only added or removed, and its id is never given to anot
 registry token issued from a CI identity token names the rules that matched by id, and works
 only while they exist (`auth/credentials.py`). So removing a rule touches the `AUTH` change
 topic, like revoking a token, and every process's credential caches reload on their next
-request; adding one touches nothing (no cached credential can name a rule that did not exist).
+request. Adding one touches it too: a job signed in with its identity token as Basic
+credentials on `/v2` is cached with the grants of the rules it matched then, and a new rule
+may grant it more.
 """
 
 from __future__ import annotations
@@ -99,6 +101,7 @@ def add(  # noqa: PLR0917
     now: float,
 ) -> TrustRule:
     ns = identity.require_namespace(tx, namespace)
+    tx.touch(identity.AUTH)  # cached Basic sign-ins of CI jobs: this rule may match them too
     rule_id = int(
         tx.scalar(
             "INSERT INTO ci_trust_rules (namespace_id, issuer, audience, claims, access, "

@@ -464,6 +464,32 @@ async def test_a_registry_token_from_a_ci_token_holds_only_what_its_rules_still_
         assert r.status_code == 403, r.text
 
 
+async def test_a_rule_added_is_seen_by_a_job_signed_in_with_basic_on_v2(
+    services: Services, app: Any, second_worker: Any, clock: FakeClock, ci_issuer: CiIssuer
+) -> None:
+    """A job whose Basic sign-in is cached with the grants it had gets a new rule's grants on
+    its next request, on another worker too (the Basic cache is stamped like every other)."""
+    await make_team(services, clock)
+    await add_rule(services, clock, issuer=ci_issuer.url, access="pull", repository="**")
+    token = ci_issuer.sign(ci_issuer.gitlab(clock(), AUDIENCE))
+    async with api_client(second_worker, ("oidc", token)) as job:
+        r = await job.post("/v2/team/app/blobs/uploads/")
+        assert r.status_code == 403, "pull only, so far"
+        async with api_client(app, ("maint", PASSWORD)) as maint:  # the first worker
+            body = {
+                "issuer": ci_issuer.url,
+                "audience": AUDIENCE,
+                "claims": {"project_path": "team/app"},
+                "access": "push",
+                "repository": "app",
+                "jwks": ci_issuer.jwks(),
+            }
+            r = await maint.post("/api/v1/namespaces/team/ci-trust", json=body)
+            assert r.status_code == 201, r.text
+        r = await job.post("/v2/team/app/blobs/uploads/")
+        assert r.status_code == 202, r.text
+
+
 def _basic(user: str, password: str) -> str:
     import base64  # noqa: PLC0415
 

@@ -180,7 +180,9 @@ def test_a_ci_credential_works_while_its_rules_exist(db: Database) -> None:
     assert holder() is None, "no rule left: the credential no longer works"
 
     # A removed rule's id is never another rule's: a credential naming it stays dead.
+    stamp = db.changes.stamp(identity.AUTH)
     again = _rule(db, "push", "**", project="team/other")
+    assert db.changes.stamp(identity.AUTH) != stamp, "a new rule may grant a cached job more"
     assert again.id > pull.id
     assert holder() is None
     forged = citrust.credential_of([again], subject, int(NOW) + 300)
