@@ -61,6 +61,9 @@ def create_app(
     from appliance.scan.api import register_scan_api  # noqa: PLC0415
 
     register_scan_api(route, access)
+    from appliance.api import citrust as citrust_api  # noqa: PLC0415 (CI trust rules)
+
+    citrust_api.register(route, access)
     if lifecycle is not None:  # usage, quotas, immutable tags, cleanup policies
         from appliance.lifecycle.api import register as register_lifecycle  # noqa: PLC0415
 

@@ -153,12 +153,12 @@ def config_show(config_path: Path | None) -> None:
         fail(e.message)
         return
     section = None
-    for setting in settings.SETTINGS:
-        head, _, key = setting.key.rpartition(".")
+    for full_key, setting in cfg.rows():
+        head, _, key = full_key.rpartition(".")
         if head != section:
             click.echo(f"\n[{head}]")
             section = head
-        value = cfg[setting.key]
+        value = cfg[full_key]
         if setting.secret and value:
             value = "********"
         text = str(value).lower() if isinstance(value, bool) else repr(value).replace("'", '"')
@@ -473,3 +473,8 @@ main.add_command(vulndb)
 from appliance.importer.cli import import_group  # noqa: E402
 
 main.add_command(import_group)
+
+# `berth ci-trust ...` (CI identity tokens as registry credentials) lives in appliance/auth/.
+from appliance.auth.citrust_cli import ci_trust  # noqa: E402
+
+main.add_command(ci_trust)

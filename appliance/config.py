@@ -8,12 +8,20 @@ underscores stay unambiguous.
 
 Precedence, lowest first: embedded defaults, the TOML file, `BERTH_*` variables, command-line
 options.
+
+A few settings come once per named instance (one table per OpenID Connect provider): their key
+holds the slot `<name>` (`oidc.<name>.issuer`), the TOML file has one table per instance
+(`[oidc.corp]`), and the variable names the instance in the slot's place
+(`BERTH_OIDC_CORP_ISSUER`). Instance names are lowercase letters and digits, so the variable
+stays unambiguous. An instance exists when any of its keys is set; its other keys take their
+defaults. `Config.instances("oidc")` lists them.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -23,6 +31,8 @@ from typing import Any
 from appliance.errors import ConfigError
 
 ENV_PREFIX = "BERTH_"
+NAME_SLOT = "<name>"  # the instance slot of a templated key (`oidc.<name>.issuer`)
+INSTANCE_NAME = re.compile(r"[a-z0-9]{1,32}")
 
 
 @dataclass(frozen=True)
@@ -42,6 +52,15 @@ class Setting:
     def secret(self) -> bool:
         """A value that must never be printed (`berth config show` masks it)."""
         return self.key in SECRET_KEYS
+
+    @property
+    def templated(self) -> bool:
+        """A key repeated once per named instance (its key holds `<name>`)."""
+        return NAME_SLOT in self.key
+
+    def for_instance(self, name: str) -> str:
+        """The concrete key of this templated setting for instance `name`."""
+        return self.key.replace(NAME_SLOT, name)
 
 
 SETTINGS: tuple[Setting, ...] = (
@@ -702,6 +721,95 @@ SETTINGS: tuple[Setting, ...] = (
         "Group to role mapping, as ldap.group_roles: GROUP=NAMESPACE:ROLE items separated by ';'.",
     ),
     Setting(
+        "oidc.<name>.issuer",
+        str,
+        "",
+        "Issuer URL of this OpenID Connect provider; its discovery document is read from "
+        "<issuer>/.well-known/openid-configuration.",
+    ),
+    Setting(
+        "oidc.<name>.discovery_file",
+        str,
+        "",
+        "File holding the provider's discovery document instead of fetching it (offline "
+        "sites); its issuer must equal oidc.<name>.issuer when both are set.",
+    ),
+    Setting("oidc.<name>.client_id", str, "", "Client id of Berth at this provider."),
+    Setting(
+        "oidc.<name>.client_secret_file",
+        str,
+        "",
+        "File holding the client secret (empty: a public client that proves itself with PKCE "
+        "only).",
+    ),
+    Setting(
+        "oidc.<name>.scopes",
+        str,
+        "openid profile email",
+        "Scopes asked for, space-separated (openid is always asked for).",
+    ),
+    Setting(
+        "oidc.<name>.username_claim",
+        str,
+        "preferred_username",
+        "Claim holding the user name (absent: the email address before any '@').",
+    ),
+    Setting("oidc.<name>.email_claim", str, "email", "Claim holding the email address."),
+    Setting("oidc.<name>.name_claim", str, "name", "Claim holding the display name."),
+    Setting("oidc.<name>.groups_claim", str, "groups", "Claim listing the user's groups."),
+    Setting(
+        "oidc.<name>.group_roles",
+        str,
+        "",
+        "Group to role mapping, as ldap.group_roles: GROUP=NAMESPACE:ROLE items separated by ';'.",
+    ),
+    Setting(
+        "oidc.<name>.label",
+        str,
+        "",
+        "Text of the provider's button on the sign-in page (default: the provider's name).",
+    ),
+    Setting(
+        "oidc.<name>.allow_http",
+        bool,
+        False,
+        "Accept an http:// issuer and endpoints on a loopback address (127.0.0.0/8, ::1): for "
+        "test setups only; everything else must be https.",
+    ),
+    Setting(
+        "ci_trust.issuers",
+        str,
+        "https://token.actions.githubusercontent.com, https://gitlab.com",
+        "Issuers of CI identity tokens that namespace maintainers may trust in CI trust rules "
+        "(comma-separated); instance admins may trust any https issuer.",
+    ),
+    Setting(
+        "ci_trust.allow_http_loopback",
+        bool,
+        False,
+        "Accept CI trust rules whose issuer is http:// on a loopback address (127.0.0.0/8, "
+        "::1): for test setups only.",
+    ),
+    Setting(
+        "ci_trust.jwks_ttl",
+        float,
+        3600.0,
+        "Seconds an issuer's fetched signing keys (JWKS) are used before they are fetched again.",
+    ),
+    Setting(
+        "ci_trust.jwks_refresh_interval",
+        float,
+        60.0,
+        "Fewest seconds between two fetches of one issuer's keys when a token names a key id "
+        "Berth does not know.",
+    ),
+    Setting(
+        "ci_trust.clock_skew",
+        float,
+        60.0,
+        "Seconds of clock difference tolerated when checking a token's exp, nbf and iat.",
+    ),
+    Setting(
         "scan.enabled",
         bool,
         True,
@@ -782,8 +890,9 @@ SECRET_KEYS = frozenset(
         "proxy.credentials",
     }
 )
-_BY_KEY = {s.key: s for s in SETTINGS}
-_BY_ENV = {s.env: s for s in SETTINGS}
+_BY_KEY = {s.key: s for s in SETTINGS if not s.templated}
+_BY_ENV = {s.env: s for s in SETTINGS if not s.templated}
+_TEMPLATES = {s.key: s for s in SETTINGS if s.templated}
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
@@ -830,6 +939,43 @@ def _flatten(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def _templated_key(key: str, source: str) -> Setting | None:
+    """The templated setting `key` (`oidc.corp.issuer`) is an instance of, if any."""
+    head, _, rest = key.partition(".")
+    name, _, field = rest.partition(".")
+    setting = _TEMPLATES.get(f"{head}.{NAME_SLOT}.{field}")
+    if setting is not None and not INSTANCE_NAME.fullmatch(name):
+        raise ConfigError(
+            f"{source}: {head}.{name}: a name is 1 to 32 lowercase letters and digits"
+        )
+    return setting
+
+
+def _templated_env(variable: str) -> tuple[Setting, str] | None:
+    """(setting, instance name) of a variable such as BERTH_OIDC_CORP_ISSUER, if it is one."""
+    for setting in _TEMPLATES.values():
+        before, _, after = setting.env.partition("<NAME>")
+        middle = variable[len(before) : len(variable) - len(after)]
+        if (
+            variable.startswith(before)
+            and variable.endswith(after)
+            and len(variable) > len(before) + len(after)
+            and re.fullmatch(r"[A-Z0-9]{1,32}", middle)
+        ):
+            return setting, middle.lower()
+    return None
+
+
+def _instances(values: Mapping[str, Any], head: str) -> list[str]:
+    names = set()
+    for key in values:
+        if key.startswith(head + "."):
+            name, sep, _ = key[len(head) + 1 :].partition(".")
+            if sep and _TEMPLATES.get(key.replace(f".{name}.", f".{NAME_SLOT}.", 1)):
+                names.add(name)
+    return sorted(names)
+
+
 @dataclass(frozen=True)
 class Config:
     """Resolved settings. Read values with `config["section.key"]` or the typed properties."""
@@ -839,6 +985,28 @@ class Config:
 
     def __getitem__(self, key: str) -> Any:
         return self.values[key]
+
+    def instances(self, head: str) -> list[str]:
+        """Names of the configured instances of a templated section (`oidc` → ["corp"])."""
+        return _instances(self.values, head)
+
+    def rows(self) -> list[tuple[str, Setting]]:
+        """Every effective key and its setting, in table order, each instance's keys together
+        (what `berth config show` prints)."""
+        out: list[tuple[str, Setting]] = []
+        done: set[str] = set()
+        for setting in SETTINGS:
+            if not setting.templated:
+                out.append((setting.key, setting))
+                continue
+            head = setting.key.partition(".")[0]
+            if head in done:
+                continue
+            done.add(head)
+            family = [t for t in SETTINGS if t.templated and t.key.startswith(head + ".")]
+            for name in self.instances(head):
+                out.extend((t.for_instance(name), t) for t in family)
+        return out
 
     @property
     def data_dir(self) -> Path:
@@ -920,7 +1088,7 @@ def load(
     Raises ConfigError with one clear line for an unknown key, a wrong type, an unreadable file
     or an unknown `BERTH_*` variable.
     """
-    values = {s.key: s.default for s in SETTINGS}
+    values = {s.key: s.default for s in SETTINGS if not s.templated}
     source = "defaults"
     if path is not None:
         try:
@@ -931,7 +1099,7 @@ def load(
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"{path}: invalid TOML: {e}") from e
         for key, value in _flatten(table).items():
-            setting = _BY_KEY.get(key)
+            setting = _BY_KEY.get(key) or _templated_key(key, str(path))
             if setting is None:
                 raise ConfigError(f"{path}: unknown setting {key!r}")
             values[key] = _coerce(setting, value, str(path))
@@ -941,15 +1109,22 @@ def load(
         if not name.startswith(ENV_PREFIX):
             continue
         setting = _BY_ENV.get(name)
-        if setting is None:
+        if setting is not None:
+            values[setting.key] = _coerce(setting, value, name)
+            continue
+        found = _templated_env(name)
+        if found is None:
             raise ConfigError(f"unknown environment variable {name}")
-        values[setting.key] = _coerce(setting, value, name)
+        values[found[0].for_instance(found[1])] = _coerce(found[0], value, name)
     for key, value in (overrides or {}).items():
         if value is not None:
-            setting = _BY_KEY.get(key)
+            setting = _BY_KEY.get(key) or _templated_key(key, "command line")
             if setting is None:
                 raise ConfigError(f"command line: unknown setting {key!r}")
             values[key] = _coerce(setting, value, "command line")
+    for template in _TEMPLATES.values():  # an instance's unset keys take their defaults
+        for name in _instances(values, template.key.partition(".")[0]):
+            values.setdefault(template.for_instance(name), template.default)
     parse_listen(values["server.listen"])
     parse_workers(values["server.workers"])
     try:

@@ -8,4 +8,6 @@ pytest_plugins: list[str] = [
     "tests.support.azurite",
     "tests.support.browser",
     "tests.support.simplesamlphp",
+    "tests.support.oidcprovider",
+    "tests.support.ciissuer",
 ]

@@ -144,6 +144,26 @@ def strings(data: dict[str, Any], name: str) -> list[str]:
     return value
 
 
+def string_map(data: dict[str, Any], name: str) -> dict[str, str]:
+    """A field holding an object whose values are strings; empty when absent or null."""
+    value = data.get(name)
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise InvalidInput(f"{name} must be an object of strings", {"field": name})
+    return value
+
+
+def mapping(data: dict[str, Any], name: str) -> dict[str, Any] | None:
+    """A field holding an object (checked further by its user), None when absent or null."""
+    value = data.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise InvalidInput(f"{name} must be an object", {"field": name})
+    return value
+
+
 # -- ids ----------------------------------------------------------------------------------------
 
 
@@ -163,9 +183,11 @@ __all__ = [
     "decode_object",
     "depth",
     "flag",
+    "mapping",
     "number",
     "path_id",
     "required_text",
+    "string_map",
     "strings",
     "text",
     "whole",

@@ -7,13 +7,17 @@ credential does:
     token:<id>                        a personal access token, robot token or refresh token
                                       (and, through its own `minted_by`, whatever minted it)
     <via>:<user id>:<generation>      a sign-in with the user's own credentials: `password`,
-                                      `ldap`, `saml`; the generation moves on when the password
-                                      changes or the user is disabled (metadata/identity.py)
+                                      `ldap`, `saml`, `oidc:<provider>`; the generation moves
+                                      on when the password changes or the user is disabled
+                                      (metadata/identity.py)
+    ci:<expiry>:<rule ids>:<subject>  a CI job's identity token that matched those trust rules
+                                      (auth/citrust.py): works until the identity token's
+                                      expiry, while any of the rules exists, with their grants
 
 `resolve(tx, ref, now)` says who a credential stands for *now* (the user's current roles and
-admin flag, the token's scopes) and until when, or None once it no longer works: revoked,
-expired, its user disabled or their password changed, its robot deleted, or anything up its
-chain of minters gone the same way.
+admin flag, the token's scopes, the CI job's current grants) and until when, or None once it
+no longer works: revoked, expired, its user disabled or their password changed, its robot
+deleted, its trust rules removed, or anything up its chain of minters gone the same way.
 
 `MintLimits` is the one rule for everything a credential creates (personal access tokens,
 robots, refresh tokens, registry JWTs): never a scope or a role the creator lacks, never a
@@ -26,6 +30,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from appliance.auth import citrust
 from appliance.auth.policy import ROLE_ACTIONS, SCOPE_ACTIONS, Principal
 from appliance.errors import Denied
 from appliance.metadata import identity
@@ -41,6 +46,16 @@ def of_token(token_id: int) -> str:
 
 def of_sign_in(via: str, user: UserRecord) -> str:
     return f"{via}:{user.id}:{user.generation}"
+
+
+def _sign_in_parts(ref: str) -> tuple[str, int, int] | None:
+    """(via, user id, generation) of a sign-in reference; the via may hold a colon itself
+    (`oidc:<provider>`), so the numbers are read from the right."""
+    rest, _, generation = ref.rpartition(":")
+    via, _, user_id = rest.rpartition(":")
+    if not via or not user_id.isdigit() or not generation.isdigit():
+        return None
+    return via, int(user_id), int(generation)
 
 
 def earliest(a: float | None, b: float | None) -> float | None:
@@ -88,13 +103,17 @@ def resolve(tx: Tx, ref: str, now: float, depth: int = 0) -> Resolved | None:
         if not rest.isdigit():
             return None
         return resolve_token(tx, identity.token_by_id(tx, int(rest)), now, depth)
-    user_id, _, generation = rest.partition(":")
-    if not user_id.isdigit() or not generation.isdigit():
+    if kind == citrust.CREDENTIAL:
+        job = citrust.holder(tx, ref, now)
+        return None if job is None else Resolved(job, job.expires_at)
+    parts = _sign_in_parts(ref)
+    if parts is None:
         return None
-    user = identity.user_by_id(tx, int(user_id))
-    if user is None or user.disabled or user.generation != int(generation):
+    via, user_id, generation = parts
+    user = identity.user_by_id(tx, user_id)
+    if user is None or user.disabled or user.generation != generation:
         return None
-    return Resolved(user_principal(tx, user, kind, ref), None)
+    return Resolved(user_principal(tx, user, via, ref), None)
 
 
 def resolve_token(
@@ -148,7 +167,8 @@ def describe(ref: str | None) -> dict[str, object] | None:
     kind, _, rest = ref.partition(":")
     if kind == "token":
         return {"kind": "token", "id": int(rest) if rest.isdigit() else None}
-    return {"kind": kind}
+    parts = None if kind == citrust.CREDENTIAL else _sign_in_parts(ref)
+    return {"kind": kind if parts is None else parts[0]}
 
 
 def token_json(tx: Tx, record: TokenRecord, now: float) -> dict[str, object]:
@@ -171,10 +191,11 @@ class MintLimits:
 
     @classmethod
     def of(cls, principal: Principal) -> MintLimits:
-        """A full sign-in (password, directory, console session) creates freely; a token
-        creates only within itself, and what it creates dies with it."""
+        """A full sign-in (password, directory, console session) creates freely; a token (or
+        a CI job's identity token) creates only within itself, and what it creates dies with
+        it."""
         credential = principal.credential
-        if credential is None or not credential.startswith("token:"):
+        if credential is None or not credential.startswith(("token:", f"{citrust.CREDENTIAL}:")):
             return cls()
         return cls(principal.scopes, principal.expires_at, credential)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import ssl
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,6 +63,23 @@ def parse_group_roles(text: str) -> list[GroupRole]:
             )
         out.append(GroupRole(group, namespace, role))
     return out
+
+
+def mapped_roles(rules: Iterable[GroupRole], groups: frozenset[str]) -> tuple[dict[str, str], bool]:
+    """(namespace → highest role the groups map to, admin?): the one reading of a group → role
+    mapping, for LDAP, SAML and OpenID Connect alike."""
+    roles: dict[str, str] = {}
+    admin = False
+    for rule in rules:
+        if rule.group not in groups:
+            continue
+        if rule.role == "admin":
+            admin = True
+        elif rule.namespace not in roles or ROLES.index(rule.role) > ROLES.index(
+            roles[rule.namespace]
+        ):
+            roles[rule.namespace] = rule.role
+    return roles, admin
 
 
 def _first(entry: Any, attribute: str) -> str | None:
@@ -197,15 +215,4 @@ class LdapDirectory:
 
     def roles_for(self, user: DirectoryUser) -> tuple[dict[str, str], bool]:
         """(namespace → highest mapped role, admin?) for the user's groups."""
-        roles: dict[str, str] = {}
-        admin = False
-        for rule in self.settings.group_roles:
-            if rule.group not in user.groups:
-                continue
-            if rule.role == "admin":
-                admin = True
-            elif ROLES.index(rule.role) > ROLES.index(roles.get(rule.namespace, "reader")) or (
-                rule.namespace not in roles
-            ):
-                roles[rule.namespace] = rule.role
-        return roles, admin
+        return mapped_roles(self.settings.group_roles, user.groups)

@@ -5,7 +5,9 @@ namespace, each including the one before: reader (pull), developer (push), maint
 policies), owner (members, robots, settings). Instance admins may do everything. A public
 namespace lets anyone pull. A robot acts only in its own namespace, with the role it was given.
 A personal access token narrows its user's rights to its scopes: `read_registry` (pull),
-`write_registry` (pull, push, delete), `api` (the management API).
+`write_registry` (pull, push, delete), `api` (the management API). A CI job signed in with its
+identity token (kind `ci`) holds only the grants of the trust rules its token matched: pull or
+push on the repositories of one namespace whose path matches a glob.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from appliance.auth.globs import glob_match
 from appliance.errors import InvalidName
 from appliance.metadata import identity
 from appliance.oci.names import namespace_of, validate_name
@@ -37,14 +40,30 @@ ROBOT_ROLES = ("reader", "developer", "maintainer")
 
 
 @dataclass(frozen=True)
+class RepositoryGrant:
+    """Actions on the repositories of `namespace` whose path below it matches `pattern` (a glob
+    of `auth/globs.py`): what a CI trust rule grants."""
+
+    namespace: str
+    pattern: str
+    actions: frozenset[str]
+
+    def covers(self, repository: str) -> bool:
+        head, sep, rest = repository.partition("/")
+        return bool(sep) and head == self.namespace and glob_match(self.pattern, rest)
+
+
+@dataclass(frozen=True)
 class Principal:
     """Someone (or no one) making a request.
 
-    `kind` is anonymous, user or robot; `name` the user name or the robot account
-    (`<namespace>+<robot>`); `roles` maps namespace → role; `scopes` limits the rights when the
-    caller signed in with a personal access token (None: not limited). `credential` names what
-    the caller signed in with (`auth/credentials.py`), and `expires_at` when that stops
-    working; a token the caller mints is bound by both (`credentials.MintLimits`).
+    `kind` is anonymous, user, robot or ci; `name` the user name, the robot account
+    (`<namespace>+<robot>`) or the CI identity token's subject; `roles` maps namespace → role;
+    `scopes` limits the rights when the caller signed in with a personal access token (None:
+    not limited); `grants` are a CI job's rights (the trust rules its token matched).
+    `credential` names what the caller signed in with (`auth/credentials.py`), and
+    `expires_at` when that stops working (for a CI job, the identity token's expiry); a token
+    the caller mints is bound by both (`credentials.MintLimits`).
     """
 
     kind: str
@@ -56,6 +75,7 @@ class Principal:
     via: str = "anonymous"
     credential: str | None = None
     expires_at: float | None = None
+    grants: tuple[RepositoryGrant, ...] = ()
 
     @property
     def anonymous(self) -> bool:
@@ -92,6 +112,9 @@ def repository_actions(principal: Principal, repository: str, public: bool) -> f
         role = principal.roles.get(namespace_of(repository))
         if role is not None:
             actions = ROLE_ACTIONS.get(role, frozenset())
+    for grant_ in principal.grants:
+        if grant_.covers(repository):
+            actions |= grant_.actions
     if principal.scopes is not None:
         allowed: frozenset[str] = frozenset()
         for scope in principal.scopes:

@@ -25,8 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from appliance.auth.ldap import GroupRole, parse_group_roles
-from appliance.auth.policy import ROLES
+from appliance.auth.ldap import GroupRole, mapped_roles, parse_group_roles
 from appliance.config import Config
 from appliance.errors import BerthError, ConfigError, Conflict
 from appliance.metadata import identity
@@ -220,18 +219,7 @@ class SamlProvider:
 
     def roles_for(self, who: SamlIdentity) -> tuple[dict[str, str], bool]:
         """(namespace → highest mapped role, admin?) for the user's groups."""
-        roles: dict[str, str] = {}
-        admin = False
-        for rule in self.group_roles:
-            if rule.group not in who.groups:
-                continue
-            if rule.role == "admin":
-                admin = True
-            elif rule.namespace not in roles or ROLES.index(rule.role) > ROLES.index(
-                roles[rule.namespace]
-            ):
-                roles[rule.namespace] = rule.role
-        return roles, admin
+        return mapped_roles(self.group_roles, who.groups)
 
 
 def remember_request(tx: Tx, request_id: str, now: float) -> None:

@@ -1,20 +1,21 @@
 """Access control for a running Berth: sign-in, tokens, and who may do what right now.
 
 `AccessControl` ties together the stores (`metadata.identity`), passwords (argon2id), hashed
-tokens (HMAC), the JWT signer and verifier, LDAP and the sign-in throttle. The HTTP layers
+tokens (HMAC), the JWT signer and verifier, LDAP, CI identity tokens (`auth/citrust.py`:
+`docker login -u oidc -p "$ID_TOKEN"`) and the sign-in throttle. The HTTP layers
 (`api/guard.py`, `api/token.py`, `api/manage.py`) call it; it knows nothing of HTTP.
 
 Every registry JWT names the credential that minted it (`auth/credentials.py`), and every
 request re-checks that credential and intersects the token's grant with the holder's rights
-*now*, so revoking a token, deleting a robot, disabling or demoting a user takes effect on the
-next request. To keep that cheap, the answers are cached per process in `StampedCache`s
-validated by the `auth` change stamp (metadata/changes.py), which every change to identity
-facts touches in its transaction: a cache hit costs one read of shared memory, and a change
-made by any process of the host is seen by the next request (by other hosts, on PostgreSQL,
-within milliseconds). The caches: successful Basic credentials, credentials by reference,
-and the set of public namespaces. Entries also end when their credential expires; a Basic
-sign-in checked against LDAP is re-checked after `DIRECTORY_TTL` (the directory's changes
-touch no stamp).
+*now*, so revoking a token, deleting a robot, disabling or demoting a user, or removing a CI
+trust rule takes effect on the next request. To keep that cheap, the answers are cached per
+process in `StampedCache`s validated by the `auth` change stamp (metadata/changes.py), which
+every change to identity facts touches in its transaction: a cache hit costs one read of
+shared memory, and a change made by any process of the host is seen by the next request (by
+other hosts, on PostgreSQL, within milliseconds). The caches: successful Basic credentials,
+credentials by reference, and the set of public namespaces. Entries also end when their
+credential expires; a Basic sign-in checked against LDAP is re-checked after `DIRECTORY_TTL`
+(the directory's changes touch no stamp).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from typing import Any
 import trio
 
 from appliance.auth import credentials, passwords, policy
+from appliance.auth.citrust import CiTrust, TokenRefused, looks_like_ci_login
 from appliance.auth.ldap import DirectoryUnavailable, DirectoryUser, LdapDirectory
 from appliance.auth.policy import ANONYMOUS, Principal
 from appliance.auth.secrets import ServerSecret, looks_like_token, write_private
@@ -101,6 +103,7 @@ class AccessControl:
             buckets=SharedBuckets(self.data_dir / "run" / "signin"),  # the host's, not ours
         )
         self.ldap = ldap
+        self.ci = CiTrust(db, config, clock)  # CI identity tokens (`docker login -u oidc`)
         # Each entry: (good until, value), valid while the `auth` stamp is unchanged.
         self._basic: StampedCache[str, tuple[float, Principal]] = StampedCache()
         self._credentials: StampedCache[str, tuple[float, Principal | None]] = StampedCache()
@@ -150,6 +153,10 @@ class AccessControl:
         """Check a name and a password (or a PAT or robot token). Raises SignInFailed,
         SignInLocked, or DirectoryUnavailable (LDAP could not be asked)."""
         keys = self.throttle.keys(username, address)
+        if looks_like_ci_login(username, password):
+            # Every CI job signs in as `oidc`: counting failures per account would let anyone
+            # lock all of them out. Their address is counted.
+            keys = self.throttle.keys("", address)
         wait = self.throttle.locked_for(keys)
         if wait > 0:
             raise SignInLocked(wait)
@@ -178,6 +185,12 @@ class AccessControl:
     async def _check(self, username: str, password: str, address: str | None) -> Principal:
         if not password or (not username and not looks_like_token(password)):
             raise SignInFailed
+        if looks_like_ci_login(username, password):
+            try:
+                return await self.ci.authenticate(password)
+            except TokenRefused as e:
+                log.info("CI identity token refused: %s", str(e)[:1000])
+                raise SignInFailed from None
         if looks_like_token(password):
             return await self._token_signin(username, password, address)
         if "+" in username:

@@ -19,7 +19,9 @@ from appliance.console.pages import (
     auth,
     backups,
     browse,
+    citrust,
     manage,
+    oidc,
     operations,
     proxy,
     saml,
@@ -30,7 +32,19 @@ from appliance.console.sessions import SessionStore
 from appliance.registry import Registry
 
 # Every module holding console pages; add yours here.
-PAGE_MODULES = (auth, browse, manage, saml, proxy, operations, backups, scanning, storage)
+PAGE_MODULES = (
+    auth,
+    browse,
+    manage,
+    saml,
+    oidc,
+    citrust,
+    proxy,
+    operations,
+    backups,
+    scanning,
+    storage,
+)
 
 
 def register_console(
@@ -52,6 +66,9 @@ def register_console(
     saml_provider = saml.provider_from_config(config)
     if saml_provider is not None:
         services.extras["saml"] = saml_provider
+    from appliance.auth.oidc import providers_from_config  # noqa: PLC0415
+
+    services.extras["oidc"] = providers_from_config(config, clock)
     assets.install(web)
     framework.mount(web, services)
     return services

@@ -1,12 +1,13 @@
 """Where the console may send a browser: the one decision for every redirect to a path of ours.
 
 A target taken from a request (`?next=` after sign-in, the SAML `RelayState` the identity
-provider posts back) is hostile: browsers drop tabs and newlines from URLs and read a
-backslash as a slash, so `/<TAB>/evil.example/` or `/\\evil.example` leave the site as surely as
-`//evil.example` or `https://evil.example`. `same_origin_path` accepts only an absolute path of
-this origin, in printable ASCII, with no backslash (encoded or not), no scheme and no host,
-and returns it normalised (dot segments resolved, repeated slashes collapsed, fragment
-dropped); anything else falls back to `/`.
+provider posts back, the target an OpenID Connect sign-in keeps with its pending state) is
+hostile: browsers drop tabs and newlines from URLs and read a backslash as a slash, so
+`/<TAB>/evil.example/` or `/\\evil.example` leave the site as surely as `//evil.example` or
+`https://evil.example`. `same_origin_path` accepts only an absolute path of this origin, in
+printable ASCII, with no backslash (encoded or not), no scheme and no host, and returns it
+normalised (dot segments resolved, repeated slashes collapsed, fragment dropped); anything
+else falls back to `/`.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from urllib.parse import unquote, urlsplit
 
 MAX_TARGET = 2000
 # Pages a browser is never sent back to after signing in (it would loop or sign out).
-_NOT_AFTER_SIGN_IN = ("/signin", "/signout", "/saml/")
+_NOT_AFTER_SIGN_IN = ("/signin", "/signout", "/saml/", "/oidc/")
 
 
 def _printable(text: str) -> bool:
@@ -63,6 +64,6 @@ def same_origin_path(target: object, fallback: str = "/") -> str:
 def after_sign_in(target: object) -> str:
     """Where to go once signed in: `same_origin_path`, and never back to a sign-in page."""
     path = same_origin_path(target)
-    if path.startswith(_NOT_AFTER_SIGN_IN) or path == "/saml":
+    if path.startswith(_NOT_AFTER_SIGN_IN) or path in ("/saml", "/oidc"):
         return "/"
     return path

@@ -75,6 +75,13 @@ def validate_files(config: Config) -> list[str]:
                 problems.append(f"{key}: {path} expired on {expiry:%Y-%m-%d}")
         elif b"PRIVATE KEY-----" not in data:
             problems.append(f"{key}: {path} holds no PEM private key")
+    if config.instances("oidc"):  # OpenID Connect providers: files readable, mapping parsed
+        from appliance.auth.oidc import providers_from_config  # noqa: PLC0415
+
+        try:
+            providers_from_config(config)
+        except ConfigError as e:
+            problems.append(e.message)
     if config["backup.schedule"]:
         from appliance.ops.cron import Cron  # noqa: PLC0415
 

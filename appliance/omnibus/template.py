@@ -12,13 +12,20 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from appliance.config import SETTINGS
+from appliance.config import NAME_SLOT, SETTINGS
 
 # What a .deb/.rpm install changes from the embedded defaults.
 INSTALL_VALUES: dict[str, Any] = {
     "server.listen": "127.0.0.1:5000",
     "server.data_dir": "/var/opt/berth",
     "log.dir": "/var/log/berth",
+}
+
+# Settings repeated per named instance are shown once, for an instance named `example`.
+EXAMPLE_INSTANCE = "example"
+TEMPLATED_INTRO = {
+    "oidc": "OpenID Connect sign-in: one table per provider, [oidc.NAME] (NAME: lowercase "
+    "letters and digits).",
 }
 
 HEADER = """\
@@ -46,6 +53,16 @@ def render(values: Mapping[str, Any] = INSTALL_VALUES) -> str:
     section = None
     for setting in SETTINGS:
         head, _, key = setting.key.rpartition(".")
+        if setting.templated:
+            # One table per named instance: shown as a commented example (`# [oidc.example]`).
+            head = head.replace(NAME_SLOT, EXAMPLE_INSTANCE)
+            if head != section:
+                out.append(f"\n# {TEMPLATED_INTRO.get(head.partition('.')[0], '')}".rstrip())
+                out.append(f"# [{head}]")
+                section = head
+            out.append(f"# {setting.help} (env {setting.env})")
+            out.append(f"# {key} = {toml_value(setting.default)}")
+            continue
         if head != section:
             out.append(f"\n[{head}]")
             section = head

@@ -158,6 +158,17 @@ async def test_malformed_bodies_are_400_in_our_words(
         ),
         ("POST", "/api/v1/namespaces/team/webhooks", {"url": 5}, "url"),
         ("POST", "/api/v1/backups/prune", {"dry_run": "true"}, "dry_run"),
+        ("POST", "/api/v1/namespaces/team/ci-trust", {"issuer": ["https://x"]}, "issuer"),
+        (
+            "POST",
+            "/api/v1/namespaces/team/ci-trust",
+            {"audience": "a", "claims": {"project_path": 5}, "access": "push"},
+            "claims",
+        ),
+        ("POST", "/api/v1/namespaces/team/ci-trust", {"claims": ["a=b"]}, "claims"),
+        ("POST", "/api/v1/namespaces/team/ci-trust", {"jwks": "{}"}, "jwks"),
+        ("POST", "/api/v1/namespaces/team/ci-trust", {"access": True}, "access"),
+        ("POST", "/api/v1/namespaces/team/ci-trust/test", {"token": 5}, "token"),
     ],
 )
 async def test_a_field_of_the_wrong_type_is_400_naming_it(
@@ -181,6 +192,8 @@ async def test_a_field_of_the_wrong_type_is_400_naming_it(
         ("DELETE", "/api/v1/namespaces/team/immutable-rules/99999999999999999999999"),
         ("DELETE", "/api/v1/namespaces/team/webhooks/99999999999999999999999"),
         ("GET", "/api/v1/namespaces/team/webhooks/١٢/deliveries"),  # Arabic-Indic digits
+        ("DELETE", "/api/v1/namespaces/team/ci-trust/99999999999999999999999"),
+        ("DELETE", "/api/v1/namespaces/team/ci-trust/²"),
     ],
 )
 async def test_ids_beyond_64_bits_name_nothing(

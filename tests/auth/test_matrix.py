@@ -274,6 +274,43 @@ MATRIX: list[tuple[str, str, Any, tuple[int, ...]]] = [
         None,
         (401, 403, 403, 403, 404, 404, 404, 403, 403, 403, 403),
     ),
+    # CI trust rules (appliance/api/citrust.py): for maintainers; GitHub's issuer is one they
+    # may name (ci_trust.issuers)
+    (
+        "GET",
+        "/api/v1/ci-trust/templates",
+        None,
+        (401, 200, 200, 200, 200, 200, 200, 403, 403, 403, 200),
+    ),
+    (
+        "GET",
+        "/api/v1/namespaces/team/ci-trust",
+        None,
+        (401, 403, 403, 403, 200, 200, 200, 403, 403, 403, 403),
+    ),
+    (
+        "POST",
+        "/api/v1/namespaces/team/ci-trust",
+        {
+            "template": "github",
+            "audience": "https://berth.test",
+            "claims": {"repository": "acme/{caller}"},
+            "access": "push",
+        },
+        (401, 403, 403, 403, 201, 201, 201, 403, 403, 403, 403),
+    ),
+    (
+        "DELETE",
+        "/api/v1/namespaces/team/ci-trust/999",
+        None,
+        (401, 403, 403, 403, 404, 404, 404, 403, 403, 403, 403),
+    ),
+    (
+        "POST",
+        "/api/v1/namespaces/team/ci-trust/test",
+        {"token": "not-a-token"},
+        (401, 403, 403, 403, 200, 200, 200, 403, 403, 403, 403),
+    ),
     # vulnerability scanning (appliance/scan/api.py): nothing is scanned or set up here, so an
     # allowed read of a report or policy is a 404
     ("GET", "/api/v1/vulndb", None, (401, 200, 200, 200, 200, 200, 200, 403, 403, 403, 200)),

@@ -180,6 +180,7 @@ async def test_ids_in_console_forms_are_bounded(services: Services, bad: str) ->
             ("/storage/team", {"action": "remove-rule", "id": bad}),
             ("/namespaces/team/webhooks", {"action": "remove", "id": bad}),
             ("/tokens", {"action": "revoke", "id": bad}),
+            ("/namespaces/team/ci-trust", {"action": "remove", "rule": bad}),
         ):
             r = await client.post(path, data={"csrf_token": csrf, **data})
             assert r.status_code in (400, 404), (path, bad, r.status_code, r.text[:300])

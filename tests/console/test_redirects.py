@@ -80,7 +80,18 @@ def test_paths_of_this_console_are_kept_normalised(target: str, expected: str) -
     assert same_origin_path(target) == expected
 
 
-@pytest.mark.parametrize("target", ["/signin", "/signin?next=/x", "/signout", "/saml/login"])
+@pytest.mark.parametrize(
+    "target",
+    [
+        "/signin",
+        "/signin?next=/x",
+        "/signout",
+        "/saml/login",
+        "/oidc/corp/login",
+        "/oidc/corp/callback?state=x&code=y",
+        "/oidc",
+    ],
+)
 def test_never_back_to_a_sign_in_page(target: str) -> None:
     assert same_origin_path(target) == target
     assert after_sign_in(target) == "/"

@@ -38,13 +38,17 @@ def test_config_template_lists_every_setting_commented(tmp_path: Path):
         else:
             assert f"\n# {key} = {template.toml_value(setting.default)}\n" in text, setting.key
     # Uncommenting every line gives the defaults back: the commented values are real TOML.
+    # The example table of templated settings (`# [oidc.example]`) is uncommented with them.
     uncommented = "\n".join(
-        line[2:] if line.startswith("# ") and " = " in line else line for line in text.splitlines()
+        line[2:] if line.startswith("# ") and (" = " in line or line.startswith("# [")) else line
+        for line in text.splitlines()
     )
     loaded = settings.load(_write(tmp_path, "uncommented.toml", uncommented), environ={})
     for setting in SETTINGS:
+        key = setting.for_instance(template.EXAMPLE_INSTANCE)
         expected = template.INSTALL_VALUES.get(setting.key, setting.default)
-        assert loaded[setting.key] == expected, setting.key
+        assert loaded[key] == expected, setting.key
+    assert loaded.instances("oidc") == [template.EXAMPLE_INSTANCE]
 
 
 def _write(folder: Path, name: str, text: str) -> Path:

@@ -13,7 +13,7 @@ from appliance.cli import main
 from appliance.config import SECRET_KEYS, SETTINGS, Config, load, parse_listen
 from appliance.errors import ConfigError
 
-DEFAULTS = {s.key: s.default for s in SETTINGS}
+DEFAULTS = {s.key: s.default for s in SETTINGS if not s.templated}
 # A boolean setting, whichever the table has: the tests of boolean parsing use it.
 FLAG = next(s for s in SETTINGS if s.type is bool)
 FLAG_SECTION, _, FLAG_NAME = FLAG.key.rpartition(".")
@@ -97,6 +97,56 @@ def test_keys_with_underscores_stay_unambiguous() -> None:
     )
     assert config["server.data_dir"] == "/srv/berth"
     assert config["uploads.purge_interval"] == 5.0
+
+
+# -- settings repeated per named instance (one table per OpenID Connect provider) ----------
+
+
+def test_an_instance_table_in_the_file_and_its_defaults(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        '[oidc.corp]\nissuer = "https://login.example.org"\nclient_id = "berth"\n'
+        "[oidc.lab2]\nallow_http = true\n",
+    )
+    config = load(path, environ={})
+    assert config.instances("oidc") == ["corp", "lab2"]
+    assert config["oidc.corp.issuer"] == "https://login.example.org"
+    assert config["oidc.corp.scopes"] == "openid profile email"  # unset: the default
+    assert config["oidc.lab2.allow_http"] is True
+    assert config["oidc.lab2.issuer"] == ""
+    keys = [key for key, _ in config.rows() if key.startswith("oidc.")]
+    # Each instance's keys together, so `berth config show` prints one table per instance.
+    assert keys.index("oidc.corp.allow_http") < keys.index("oidc.lab2.issuer")
+
+
+def test_an_instance_from_the_environment_only() -> None:
+    config = load(
+        None,
+        environ={
+            "BERTH_OIDC_CORP_CLIENT_SECRET_FILE": "/etc/berth/corp.secret",
+            "BERTH_OIDC_CORP_USERNAME_CLAIM": "email",
+            "BERTH_OIDC_WEB2_NAME_CLAIM": "nickname",
+        },
+    )
+    assert config.instances("oidc") == ["corp", "web2"]
+    assert config["oidc.corp.client_secret_file"] == "/etc/berth/corp.secret"
+    assert config["oidc.corp.username_claim"] == "email"
+    assert config["oidc.corp.name_claim"] == "name"  # NAME_CLAIM is not USERNAME_CLAIM
+    assert config["oidc.web2.name_claim"] == "nickname"
+    assert load(None, environ={}).instances("oidc") == []
+
+
+def test_instance_names_and_keys_are_checked(tmp_path: Path) -> None:
+    assert "lowercase letters and digits" in refused(
+        path=write(tmp_path, '[oidc.Corp_1]\nissuer = "https://x"\n')
+    )
+    assert "unknown setting 'oidc.corp.colour'" in refused(
+        path=write(tmp_path, '[oidc.corp]\ncolour = "red"\n')
+    )
+    assert "must be a bool" in refused(environ={"BERTH_OIDC_CORP_ALLOW_HTTP": "maybe"})
+    assert "unknown environment variable BERTH_OIDC_CO_RP_ISSUER" in refused(
+        environ={"BERTH_OIDC_CO_RP_ISSUER": "https://x"}
+    )
 
 
 # -- the TOML file -------------------------------------------------------------------------

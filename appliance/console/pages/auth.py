@@ -1,4 +1,5 @@
-"""Sign-in and sign-out pages: local accounts and LDAP by name and password, SAML by redirect.
+"""Sign-in and sign-out pages: local accounts and LDAP by name and password, SAML and OpenID
+Connect by redirect (pages/saml.py, pages/oidc.py).
 
 The sign-in form is posted before any session exists, so its CSRF token is a double-submit
 cookie (`berth_signin_csrf`) that the form must echo. Signing in creates a new session (the
@@ -31,6 +32,7 @@ async def signin_form(
     token = new_signin_csrf()
     ctx.set_cookie(SIGNIN_CSRF_COOKIE, token, **cookie_options(ctx.services, 3600))
     saml = ctx.services.extras.get("saml")
+    oidc = ctx.services.extras.get("oidc") or {}
     return await ctx.render(
         "signin.html",
         status=status,
@@ -40,6 +42,7 @@ async def signin_form(
         username=username,
         next=after_sign_in(ctx.arg("next", "/")),
         saml_enabled=saml is not None,
+        oidc_providers=list(oidc.values()),
         ldap_enabled=ctx.access.ldap is not None,
     )
 
@@ -85,8 +88,15 @@ async def signin(ctx: PageContext) -> Response:
 @page("/signout", methods=("POST",))
 async def signout(ctx: PageContext) -> Response:
     cookie = request.cookies.get(SESSION_COOKIE, "")
+    via = ctx.session.via if ctx.session is not None else ""
     if cookie:
         await ctx.services.sessions.end(cookie)
     ctx.set_cookie(SESSION_COOKIE, "")
     ctx.session = None
+    if via.startswith("oidc:"):  # offer to end the provider's session too
+        from appliance.console.pages.oidc import signed_out  # noqa: PLC0415 (imports this)
+
+        page_ = await signed_out(ctx, via)
+        if page_ is not None:
+            return page_
     return await ctx.redirect("/signin")

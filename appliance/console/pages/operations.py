@@ -88,6 +88,10 @@ async def status(ctx: PageContext) -> Response:
         }
 
     state = await ctx.access.db.read(read)
+    # Sign-in providers: each answers its discovery document (bounded: auth/jwks.py).
+    oidc_providers = ctx.services.extras.get("oidc") or {}
+    sign_in = [await p.status() for p in oidc_providers.values()]
+    ci_rules = await ctx.access.db.read(lambda tx: tx.scalar("SELECT COUNT(*) FROM ci_trust_rules"))
     limits = [
         (kind, config[f"ratelimit.{kind}_rate"], config[f"ratelimit.{kind}_burst"])
         for kind in ("pull", "push", "signin")
@@ -107,6 +111,9 @@ async def status(ctx: PageContext) -> Response:
         access_log=config["log.access"],
         retention=config["audit.retention_days"],
         workers=config.workers,
+        sign_in=sign_in,
+        ci_rules=int(ci_rules),
+        ci_keys=ctx.access.ci.keys.status(),
     )
 
 
