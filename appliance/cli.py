@@ -11,7 +11,6 @@ from typing import Any
 import click
 import trio
 
-from appliance import __version__
 from appliance import config as settings
 from appliance.errors import BerthError
 
@@ -98,9 +97,11 @@ def serve(  # noqa: PLR0917 (one parameter per option)
             },
         )
         setup_logging(config["log.level"], config["log.format"])
+        from appliance.version import version  # noqa: PLC0415
+
         logging.getLogger("berth").info(
             "Berth %s starting: data in %s (config: %s)",
-            __version__,
+            version(),
             config.data_dir,
             config.source,
         )

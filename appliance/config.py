@@ -508,6 +508,12 @@ SETTINGS: tuple[Setting, ...] = (
         "Apply the retention after every scheduled backup.",
     ),
     Setting(
+        "backup.before_upgrade",
+        bool,
+        True,
+        "Take a backup before `berth ctl reconfigure` applies pending migrations (an upgrade).",
+    ),
+    Setting(
         "backup.s3.endpoint",
         str,
         "",

@@ -1,8 +1,11 @@
 """Fixtures for the packaging tests: the built executable, a clean Debian root, test images.
 
 Slow things are built once and kept between runs under `.cache/` (or `BERTH_TEST_CACHE`):
-`packaging/build.py` keeps dist/berth while its inputs are unchanged, and the debootstrap root
-is kept as a tarball and unpacked afresh for every test session that needs a clean root.
+`packaging/build.py --host` keeps build/host/berth while its inputs are unchanged, and the
+debootstrap root is kept as a tarball and unpacked afresh for every test session that needs a
+clean root. The fast suite packages that host build (quick to make, but it needs this
+machine's glibc); the slow suite (`make test-slow`, tests/packaging/test_portable.py and
+test_upgrade.py) builds the shipped, portable executable in the Debian 11 root and packages it.
 Timings worth reading (start-up, build) are printed in the test summary.
 """
 
@@ -38,15 +41,40 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
             terminalreporter.write_line(line)
 
 
+HOST_BUILD = REPO_ROOT / "build" / "host"
+
+
 @pytest.fixture(scope="session")
 def berth_exe() -> Path:
-    """dist/berth, built by `packaging/build.py` (a no-op while it is up to date)."""
+    """build/host/berth, built by `packaging/build.py --host` (a no-op while up to date)."""
     started = time.monotonic()
     subprocess.run(
-        [sys.executable, str(REPO_ROOT / "packaging" / "build.py")], check=True, cwd=REPO_ROOT
+        [sys.executable, str(REPO_ROOT / "packaging" / "build.py"), "--host"],
+        check=True,
+        cwd=REPO_ROOT,
     )
-    record(f"make dist (build or up-to-date check): {time.monotonic() - started:.1f} s")
-    return REPO_ROOT / "dist" / "berth"
+    record(f"host build (or up-to-date check): {time.monotonic() - started:.1f} s")
+    return HOST_BUILD / "berth"
+
+
+def package(kind: str, executable: Path, out: Path) -> Path:
+    """The .deb or .rpm of `executable`, written into `out` (packaging/package.py)."""
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(REPO_ROOT / "packaging" / "package.py"),
+            kind,
+            "--executable",
+            str(executable),
+            "--out",
+            str(out),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+    )
+    return Path(done.stdout.strip().splitlines()[-1])
 
 
 @pytest.fixture(scope="session")

@@ -3,25 +3,18 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.support.servers import REPO_ROOT, require_binary
+from tests.packaging.conftest import package
+from tests.support.servers import require_binary
 
 
 @pytest.fixture(scope="module")
 def rpm_file(berth_exe: Path) -> Path:
     require_binary("rpmbuild", "rpm")
-    out = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "packaging" / "package.py"), "rpm"],
-        check=True,
-        capture_output=True,
-        text=True,
-        cwd=REPO_ROOT,
-    )
-    return REPO_ROOT / out.stdout.strip().splitlines()[-1]
+    return package("rpm", berth_exe, berth_exe.parent)
 
 
 def rpm_q(path: Path, *args: str) -> str:

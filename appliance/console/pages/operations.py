@@ -13,6 +13,7 @@ from appliance.console.framework import BadRequest, NavEntry, PageContext, PageN
 from appliance.errors import BerthError
 from appliance.metadata import identity
 from appliance.metadata.db import Tx
+from appliance.omnibus.buildinfo import build_info
 from appliance.ops import webhooks
 
 RECENT = 20
@@ -87,6 +88,11 @@ async def status(ctx: PageContext) -> Response:
         }
 
     state = await ctx.access.db.read(read)
+    try:
+        schema = await trio.to_thread.run_sync(ctx.access.db.schema_status)
+        schema_text = f"{schema.current} (this Berth knows up to {schema.latest})"
+    except BerthError as e:
+        schema_text = e.message
     limits = [
         (kind, config[f"ratelimit.{kind}_rate"], config[f"ratelimit.{kind}_burst"])
         for kind in ("pull", "push", "signin")
@@ -106,6 +112,8 @@ async def status(ctx: PageContext) -> Response:
         access_log=config["log.access"],
         retention=config["audit.retention_days"],
         workers=config["server.workers"],
+        build=build_info(),
+        schema=schema_text,
     )
 
 
