@@ -53,8 +53,10 @@ def read_buildinfo(executable: Path) -> dict[str, str]:
     return info
 
 
-def inputs_digest(source: Path, kind: str) -> str:
-    h = hashlib.sha256(kind.encode())
+def inputs_digest(source: Path, kind: str, facts: object) -> str:
+    """What an executable of `source` is made from: its files, the installed distributions,
+    this interpreter, `kind` and `facts` (the version and commit it will carry)."""
+    h = hashlib.sha256(kind.encode() + json.dumps(facts).encode())
     for folder in ("appliance", "packaging", "web", "omnibus"):
         base = source / folder
         if not base.is_dir():
@@ -65,7 +67,6 @@ def inputs_digest(source: Path, kind: str) -> str:
     dists = sorted(f"{d.metadata['Name']}=={d.version}" for d in importlib.metadata.distributions())
     h.update("\n".join(dists).encode())
     h.update(sys.version.encode())
-    h.update(json.dumps(identity()).encode())
     return h.hexdigest()
 
 
@@ -89,7 +90,7 @@ def _report(executable: Path, started: float) -> None:
 
 def build_host(force: bool = False) -> Path:
     """build/host/berth with this interpreter (needs this machine's glibc or newer)."""
-    digest = inputs_digest(ROOT, "host")
+    digest = inputs_digest(ROOT, "host", identity())
     if not force and _up_to_date(HOST_EXECUTABLE, digest):
         print(f"{HOST_EXECUTABLE.relative_to(ROOT)} is up to date")
         return HOST_EXECUTABLE
@@ -125,7 +126,7 @@ def build_portable(
     if os.geteuid() != 0:
         raise SystemExit("the portable build needs root (chroot, mount): or use --host")
     stamp = identity() if source == ROOT else _stamp_of(source)
-    digest = inputs_digest(source, "portable") + json.dumps(stamp)
+    digest = inputs_digest(source, "portable", stamp)
     if not force and _up_to_date(out, digest):
         print(f"{out} is up to date")
         return out

@@ -30,12 +30,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "packaging"), str(ROOT)]
 
-from build import EXECUTABLE, read_buildinfo  # noqa: E402 (packaging/build.py)
-
 from appliance import config as settings  # noqa: E402
 from appliance import version  # noqa: E402
 from appliance.omnibus import template  # noqa: E402
 from appliance.omnibus.ctl import render_unit  # noqa: E402
+from build import EXECUTABLE, read_buildinfo  # noqa: E402 (packaging/build.py)
 
 DIST = ROOT / "dist"
 SUMMARY = "Berth: a self-hosted OCI container registry appliance"
