@@ -34,6 +34,7 @@ import httpx
 
 from tests.packaging.helpers import start_command
 from tests.support.clients import Skopeo
+from tests.support.earlier import EARLIEST_COMMIT, FROM_SOURCE, export_commit, source_env
 from tests.support.images import ImageCache
 from tests.support.servers import (
     ADMIN,
@@ -43,10 +44,9 @@ from tests.support.servers import (
     free_port,
     start_reference_registry,
 )
-from tests.upgrade.conftest import FROM_SOURCE, export_commit, source_env
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
-EARLIER = "84baf47"
+EARLIER = EARLIEST_COMMIT
 POLL = 0.002
 
 

@@ -160,7 +160,11 @@ def _stage_done(root: Path, name: str) -> Path:
 
 
 def builder_root() -> Path:
-    """The build root with CPython, OpenSSL and SQLite compiled (cached; made when missing)."""
+    """The build root with CPython, OpenSSL and SQLite compiled (cached; made when missing).
+
+    Each step leaves a marker in the root, so a build that was interrupted (or failed) goes on
+    from the step it stopped at rather than from debootstrap.
+    """
     tarball = minbase_tarball()
     mirror = debian_mirror()
     key = _key(tarball.name, mirror, BUILD_PACKAGES, SOURCES, SOURCE_SUITE, PREFIX, 2)
@@ -171,28 +175,29 @@ def builder_root() -> Path:
         if old != root:
             shutil.rmtree(old, ignore_errors=True)
     started = time.monotonic()
-    _unpack(tarball, root)
-    (root / "etc/apt/sources.list").write_text(
-        f"deb {mirror} {SUITE} main\n"
-        f"deb-src {mirror} {SOURCE_SUITE} main\n"
-        f"deb-src {mirror} {SOURCE_SUITE}-updates main\n"
-        f"deb-src {mirror}-security {SOURCE_SUITE}-security main\n"
-    )
+    if not _stage_done(root, "unpacked").exists():
+        _unpack(tarball, root)
+        (root / "etc/apt/sources.list").write_text(
+            f"deb {mirror} {SUITE} main\n"
+            f"deb-src {mirror} {SOURCE_SUITE} main\n"
+            f"deb-src {mirror} {SOURCE_SUITE}-updates main\n"
+            f"deb-src {mirror}-security {SOURCE_SUITE}-security main\n"
+        )
+        _stage_done(root, "unpacked").write_text("")
     with mounted(root):
-        log(f"installing compilers and headers in the {SUITE} root")
-        chroot(
-            root,
-            "apt-get update -q && apt-get install -y -q --no-install-recommends "
-            + " ".join(BUILD_PACKAGES),
-        )
-        log(f"fetching the {SOURCE_SUITE} sources of {', '.join(SOURCES)} (apt-get source)")
-        chroot(
-            root,
-            "mkdir -p /src && cd /src && apt-get source -q --download-only "
-            + " ".join(f"{p}/{SOURCE_SUITE}" for p in SOURCES),
-        )
-        _unpack_sources(root)
-        _compile(root)
+        for name, step in (
+            ("packages", _install_packages),
+            ("sources", _fetch_sources),
+            ("openssl", _compile_openssl),
+            ("sqlite", _compile_sqlite),
+            ("python", _compile_python),
+        ):
+            marker = _stage_done(root, name)
+            if marker.exists():
+                continue
+            began = time.monotonic()
+            step(root)
+            marker.write_text(f"{time.monotonic() - began:.0f} s\n")
     _stage_done(root, "toolchain").write_text(
         json.dumps({"made": time.time(), "sources": _source_versions(root)}) + "\n"
     )
@@ -200,10 +205,33 @@ def builder_root() -> Path:
     return root
 
 
+def _install_packages(root: Path) -> None:
+    log(f"installing compilers and headers in the {SUITE} root")
+    chroot(
+        root,
+        "apt-get update -q && apt-get install -y -q --no-install-recommends "
+        + " ".join(BUILD_PACKAGES),
+    )
+
+
+def _fetch_sources(root: Path) -> None:
+    log(f"fetching the {SOURCE_SUITE} sources of {', '.join(SOURCES)} (apt-get source)")
+    chroot(
+        root,
+        "rm -rf /src && mkdir -p /src && cd /src && apt-get source -q --download-only "
+        + " ".join(f"{p}/{SOURCE_SUITE}" for p in SOURCES),
+    )
+    _unpack_sources(root)
+
+
 # Debian's python3.11 patches begin with its packaging (install layout, multiarch, ensurepip
 # disabled, ...), which a standalone build in /opt must not take; every fix and security
 # backport comes after them, from this patch on.
 PYTHON_FIXES_FROM = "fix-py_compile.diff"
+# A fix that makes an extension module include CPython's internal headers (pyexpat.c, for
+# CVE-2026-4224) relies on Py_BUILD_CORE_MODULE, which Debian's build (Modules/Setup) defines
+# and setup.py does not: such a module gets the guard upstream puts at the top of these.
+CORE_MODULE_GUARD = "#ifndef Py_BUILD_CORE_BUILTIN\n#  define Py_BUILD_CORE_MODULE 1\n#endif\n"
 
 
 def _unpack_sources(root: Path) -> None:
@@ -228,6 +256,17 @@ def _unpack_sources(root: Path) -> None:
         + " ".join(fixes)
         + "; do patch -p1 --forward -s < debian/patches/$p; done",
     )
+    patches = root / "src/python3.11-src/debian/patches"
+    for name in fixes:
+        target = None
+        for line in (patches / name).read_text(errors="replace").splitlines():
+            if line.startswith("+++ "):
+                target = line.split()[1].split("/", 1)[1]
+            elif line.startswith('+#include "pycore_') and target and target.startswith("Modules/"):
+                module = root / "src/python3.11-src" / target
+                text = module.read_text(errors="surrogateescape")
+                if "Py_BUILD_CORE" not in text:
+                    module.write_text(CORE_MODULE_GUARD + text, errors="surrogateescape")
 
 
 def _source_dir(root: Path, prefix: str) -> str:
@@ -238,41 +277,57 @@ def _source_versions(root: Path) -> list[str]:
     return sorted(p.name for p in (root / "src").glob("*.dsc"))
 
 
-def _compile(root: Path) -> None:
-    jobs = str(os.cpu_count() or 2)
-    openssl = _source_dir(root, "openssl")
-    sqlite = _source_dir(root, "sqlite3")
-    python = _source_dir(root, "python3.11")
-    started = time.monotonic()
+def _jobs() -> str:
+    return str(os.cpu_count() or 2)
+
+
+def _compile_openssl(root: Path) -> None:
     log("compiling OpenSSL")
     chroot(
         root,
-        f"cd {openssl} && ./Configure linux-x86_64 shared no-tests --prefix={PREFIX}/openssl "
-        f"--libdir=lib --openssldir=/etc/ssl '-Wl,-rpath,{PREFIX}/openssl/lib' "
-        f"&& make -j{jobs} >/dev/null && make install_sw >/dev/null",
+        f"cd {_source_dir(root, 'openssl')} && make clean >/dev/null 2>&1 || true; "
+        f"./Configure linux-x86_64 shared no-tests --prefix={PREFIX}/openssl "
+        f"--libdir=lib --openssldir=/etc/ssl '-Wl,-rpath,{PREFIX}/openssl/lib' >/dev/null "
+        f"&& make -j{_jobs()} >/dev/null && make install_sw >/dev/null",
     )
-    log(f"compiling SQLite ({time.monotonic() - started:.0f} s so far)")
+
+
+def _compile_sqlite(root: Path) -> None:
+    log("compiling SQLite")
     chroot(
         root,
-        f"cd {sqlite} && ./configure --prefix={PREFIX}/sqlite --disable-tcl --disable-static "
+        f"cd {_source_dir(root, 'sqlite3')} && ./configure --prefix={PREFIX}/sqlite "
+        "--disable-tcl --disable-static "
         "CFLAGS='-O2 -DSQLITE_ENABLE_FTS5 -DSQLITE_ENABLE_JSON1 -DSQLITE_ENABLE_RTREE "
         "-DSQLITE_DQS=0' >/dev/null "
-        f"&& make -j{jobs} >/dev/null && make install >/dev/null",
+        f"&& make -j{_jobs()} >/dev/null && make install >/dev/null",
     )
-    log(f"compiling CPython ({time.monotonic() - started:.0f} s so far)")
+
+
+def _compile_python(root: Path) -> None:
+    log("compiling CPython")
+    # Its output is long: the end of it is kept in /src/python-build.log for a failed build.
     chroot(
         root,
-        f"cd {python} && ./configure --prefix={PREFIX}/python --enable-shared "
-        f"--with-openssl={PREFIX}/openssl --with-openssl-rpath=auto --with-ensurepip=install "
+        f"cd {_source_dir(root, 'python3.11')} && ./configure --prefix={PREFIX}/python "
+        f"--enable-shared --with-openssl={PREFIX}/openssl --with-openssl-rpath=auto "
+        "--with-ensurepip=install "
         f"LDFLAGS='-Wl,-rpath,{PREFIX}/python/lib -Wl,-rpath,{PREFIX}/sqlite/lib' "
         f"LIBSQLITE3_CFLAGS='-I{PREFIX}/sqlite/include' "
-        f"LIBSQLITE3_LIBS='-L{PREFIX}/sqlite/lib -lsqlite3' >/dev/null "
-        f"&& make -j{jobs} >/dev/null 2>&1 && make install >/dev/null 2>&1 "
+        f"LIBSQLITE3_LIBS='-L{PREFIX}/sqlite/lib -lsqlite3' >/src/python-build.log 2>&1 "
+        f"&& make -j{_jobs()} >>/src/python-build.log 2>&1 "
+        f"&& make install >>/src/python-build.log 2>&1 "
         f"&& {PREFIX}/python/bin/python3.11 -c "
-        "'import ssl, sqlite3, zlib, bz2, lzma, ctypes, uuid, decimal, pyexpat; "
-        'print(ssl.OPENSSL_VERSION, "sqlite", sqlite3.sqlite_version)\'',
+        "'import ssl, sqlite3, zlib, bz2, lzma, ctypes, uuid, decimal, pyexpat, "
+        'xml.etree.ElementTree as et; et.fromstring("<a/>"); '
+        'print(ssl.OPENSSL_VERSION, "sqlite", sqlite3.sqlite_version)\' '
+        "|| { tail -40 /src/python-build.log; exit 1; }",
     )
-    log(f"compiled in {time.monotonic() - started:.0f} s")
+    # `make` leaves out a module it could not build and goes on: refuse that here.
+    built = (root / "src/python-build.log").read_text(errors="replace")
+    if "Failed to build these modules" in built:
+        tail = built[built.index("Failed to build these modules") :][:600]
+        raise RuntimeError(f"CPython built without some modules:\n{tail}")
 
 
 def _requirements() -> list[str]:

@@ -18,10 +18,9 @@ from dataclasses import dataclass, field
 import pytest
 
 from appliance.metadata.db import DIALECTS, Migration, migrations
+from tests.support.earlier import EARLIEST_COMMIT
 from tests.support.servers import REPO_ROOT, require_binary, unavailable
 
-# The first commit with today's migration layout: what the upgrade tests install first.
-UPGRADE_FIXTURE_COMMIT = "84baf47"
 MIGRATIONS = "appliance/metadata/migrations"
 
 
@@ -228,7 +227,7 @@ def _refs() -> list[str]:
         text=True,
         check=True,
     ).stdout.split()
-    return [UPGRADE_FIXTURE_COMMIT, *tags]
+    return [EARLIEST_COMMIT, *tags]
 
 
 def test_released_migrations_are_never_edited():

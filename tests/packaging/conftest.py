@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.earlier import EARLIEST_COMMIT, export_commit
 from tests.support.images import ImageCache
 from tests.support.servers import REPO_ROOT, require_binary, unavailable
 
@@ -127,9 +128,9 @@ def debian_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 sys.path.insert(0, str(REPO_ROOT / "packaging"))
 import buildroot  # noqa: E402 (packaging/buildroot.py)
 
-# The first commit with today's migration layout: the earlier version the upgrade tests
-# install first (its .deb and executable are built from `git archive` of it).
-EARLIER_COMMIT = "84baf47"
+# The earlier version the upgrade tests install first (its .deb and executable are built from
+# `git archive` of it).
+EARLIER_COMMIT = EARLIEST_COMMIT
 
 
 def _need_root() -> None:
@@ -178,8 +179,6 @@ def earlier_deb(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The .deb of EARLIER_COMMIT, made by that commit's own package.py around its executable
     built in the Debian 11 root (the executable is cached in the build cache)."""
     _need_root()
-    from tests.upgrade.conftest import export_commit  # noqa: PLC0415
-
     started = time.monotonic()
     tree = export_commit(EARLIER_COMMIT, tmp_path_factory.mktemp("earlier") / EARLIER_COMMIT)
     cached = buildroot.CACHE / "earlier" / EARLIER_COMMIT / "berth"

@@ -25,13 +25,13 @@ from appliance.metadata.db import migrations
 from tests.packaging.conftest import EARLIER_COMMIT, package, record
 from tests.packaging.helpers import start_command
 from tests.support.clients import Skopeo
+from tests.support.earlier import EARLIEST_SCHEMA
 from tests.support.images import BuiltImage, ImageCache, compare_images
 from tests.support.servers import ADMIN, ADMIN_PASSWORD, Server, require_binary
 
 pytestmark = pytest.mark.slow
 
 PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
-EARLIER_SCHEMA = 3
 CONFIG = "/etc/berth/berth.toml"
 
 
@@ -104,7 +104,7 @@ def _upgrade(root: Path, earlier: Path, current: Path, tmp_path: Path, env: dict
     shutil.copy2(current, root / "tmp" / "current.deb")
 
     installed = chroot(root, "dpkg", "-i", "--force-depends", "/tmp/earlier.deb", env=env)
-    assert f"schema version {EARLIER_SCHEMA}" in installed.stdout, installed.stdout
+    assert f"schema version {EARLIEST_SCHEMA}" in installed.stdout, installed.stdout
     old = serve_in(root, tmp_path / "earlier.log", env)
     try:
         for ref, image in images.items():
@@ -118,9 +118,9 @@ def _upgrade(root: Path, earlier: Path, current: Path, tmp_path: Path, env: dict
     upgraded = chroot(root, "dpkg", "-i", "/tmp/current.deb", env=env)
     out = upgraded.stdout
     latest = migrations("sqlite")[-1].version
-    assert f"upgrading schema {EARLIER_SCHEMA} -> {latest}" in out, out
+    assert f"upgrading schema {EARLIEST_SCHEMA} -> {latest}" in out, out
     assert "pre-upgrade backup " in out, out
-    assert f"upgraded the schema from {EARLIER_SCHEMA} to {latest}" in out, out
+    assert f"upgraded the schema from {EARLIEST_SCHEMA} to {latest}" in out, out
     shown = chroot(root, "berth", "--version").stdout
     assert "glibc: needs 2." in shown
 
@@ -133,7 +133,7 @@ def _upgrade(root: Path, earlier: Path, current: Path, tmp_path: Path, env: dict
     listed = json.loads(chroot(root, "berth", "backup", "list", "--config", CONFIG, "--json",
                                env=env).stdout)  # fmt: skip
     (backup,) = listed["backups"]
-    assert backup["schema_version"] == EARLIER_SCHEMA
+    assert backup["schema_version"] == EARLIEST_SCHEMA
     assert backup["blobs"] == len({b for i in images.values() for b in i.blob_digests})
     verified = chroot(root, "berth", "backup", "verify", backup["id"], "--config", CONFIG, env=env)
     assert verified.stdout.startswith(f"backup {backup['id']}: OK, "), verified.stdout
@@ -151,7 +151,7 @@ def _upgrade(root: Path, earlier: Path, current: Path, tmp_path: Path, env: dict
     )
     assert downgraded.returncode != 0
     said = downgraded.stdout + downgraded.stderr
-    assert f"schema version {latest}, newer than this Berth knows ({EARLIER_SCHEMA})" in said
+    assert f"schema version {latest}, newer than this Berth knows ({EARLIEST_SCHEMA})" in said
     chroot(root, "dpkg", "-i", "/tmp/current.deb", env=env)  # back to the current version
     again = serve_in(root, tmp_path / "again.log", env)
     try:

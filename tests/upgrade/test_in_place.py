@@ -17,13 +17,12 @@ from appliance.backup import layout
 from appliance.metadata.db import migrations
 from tests.packaging.helpers import start_command
 from tests.support.clients import Skopeo
+from tests.support.earlier import EARLIEST_COMMIT, EARLIEST_SCHEMA, FROM_SOURCE, source_env
 from tests.support.images import ImageCache, compare_images
 from tests.support.servers import ADMIN, ADMIN_PASSWORD, REPO_ROOT, require_binary
-from tests.upgrade.conftest import FROM_SOURCE, EarlierSource, source_env
+from tests.upgrade.conftest import EarlierSource
 
-# The first commit with today's migration layout (schema 3): the oldest Berth that upgrades.
-EARLIEST = "84baf47"
-EARLIEST_SCHEMA = 3
+EARLIEST = EARLIEST_COMMIT
 
 
 def berth(tree: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:

@@ -17,9 +17,10 @@ import appliance
 from appliance.metadata.db import migrations, open_database
 from tests.packaging.helpers import start_command
 from tests.support.clients import Skopeo
+from tests.support.earlier import FROM_SOURCE, source_env
 from tests.support.images import ImageCache, compare_images
 from tests.support.servers import ADMIN, ADMIN_PASSWORD, Server, require_binary
-from tests.upgrade.conftest import FROM_SOURCE, EarlierSource, source_env
+from tests.upgrade.conftest import EarlierSource
 
 # The last commit before migrations 0009 (ALTER TABLE manifests/tags ADD COLUMN pushed_by) and
 # 0010 (scanning): so N+1 changes tables N writes on every push.
