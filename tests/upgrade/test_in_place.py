@@ -10,11 +10,15 @@ import json
 import shutil
 import sqlite3
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 import appliance
+from appliance import config as settings
 from appliance.backup import layout
-from appliance.metadata.db import migrations
+from appliance.metadata.db import DIALECTS, migrations, open_database
 from tests.packaging.helpers import start_command
 from tests.support.clients import Skopeo
 from tests.support.earlier import EARLIEST_COMMIT, EARLIEST_SCHEMA, FROM_SOURCE, source_env
@@ -36,21 +40,38 @@ def berth(tree: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str
     )
 
 
-def _config(tmp_path: Path) -> Path:
+def _config(tmp_path: Path, url: str = "") -> Path:
     path = tmp_path / "berth.toml"
-    path.write_text(
-        f'[server]\ndata_dir = "{tmp_path / "data"}"\n[log]\ndir = "{tmp_path / "log"}"\n'
-    )
+    text = f'[server]\ndata_dir = "{tmp_path / "data"}"\n[log]\ndir = "{tmp_path / "log"}"\n'
+    if url:
+        text += f'[metadata]\nurl = "{url}"\n'
+    path.write_text(text)
     return path
 
 
+def _schema(config: Path) -> int:
+    cfg = settings.load(config, environ={})
+    db = open_database(cfg.metadata_url)
+    try:
+        return db.schema_status().current
+    finally:
+        db.close()
+
+
+@pytest.mark.parametrize("dialect", DIALECTS)
 def test_reconfigure_upgrades_an_earlier_install(
-    earlier_source: EarlierSource, tmp_path: Path
+    earlier_source: EarlierSource,
+    tmp_path: Path,
+    dialect: str,
+    postgres_database: Callable[[], str],
 ) -> None:
     require_binary("skopeo", "skopeo")
     require_binary("busybox", "busybox-static")
     old = earlier_source(EARLIEST)
-    config = _config(tmp_path)
+    config = _config(tmp_path, postgres_database() if dialect == "postgresql" else "")
+    if dialect == "postgresql":  # served without auto-migration: the earlier `berth migrate`
+        made = berth(old, "migrate", "--config", str(config))
+        assert made.returncode == 0, made.stderr
     skopeo = Skopeo(tmp_path / "skopeo")
     creds = f"{ADMIN}:{ADMIN_PASSWORD}"
     image = ImageCache(tmp_path / "images").busybox()
@@ -63,18 +84,14 @@ def test_reconfigure_upgrades_an_earlier_install(
         skopeo.push(image, f"docker://{server.host}/up/busybox:1", creds=creds)
     finally:
         assert server.stop() == 0, server.log()[-3000:]
-    db_file = tmp_path / "data" / "berth.db"
-    with sqlite3.connect(db_file) as conn:
-        assert conn.execute("SELECT MAX(version) FROM schema_version").fetchone() == (
-            EARLIEST_SCHEMA,
-        )
+    assert _schema(config) == EARLIEST_SCHEMA
 
     # This Berth: backup first, then the migrations.
     done = berth(
         REPO_ROOT, "ctl", "reconfigure", "--config", str(config), "--systemd-dir", str(tmp_path)
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    latest = migrations("sqlite")[-1].version
+    latest = migrations(dialect)[-1].version
     assert f"upgrading schema {EARLIEST_SCHEMA} -> {latest}" in done.stdout
     assert "pre-upgrade backup " in done.stdout
     assert f"upgraded the schema from {EARLIEST_SCHEMA} to {latest}" in done.stdout
@@ -91,6 +108,8 @@ def test_reconfigure_upgrades_an_earlier_install(
     backups = tmp_path / "data" / "backups"
     manifest = json.loads((backups / layout.manifest_path(backup["id"])).read_text())
     assert manifest["schema_version"] == EARLIEST_SCHEMA  # the database as it was
+    assert manifest["source_metadata"] == dialect
+    assert _schema(config) == latest
     assert image.manifest_digest in _snapshot_manifests(tmp_path, backup["id"])
 
     status = berth(REPO_ROOT, "migrate", "--status", "--config", str(config))
