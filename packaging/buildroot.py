@@ -346,6 +346,13 @@ def _constraints() -> list[str]:
     return sorted(set(pins), key=str.lower)
 
 
+def _ca_bundle() -> str:
+    for candidate in (os.environ.get("PIP_CERT"), os.environ.get("SSL_CERT_FILE")):
+        if candidate and Path(candidate).is_file():
+            return candidate
+    return "/etc/ssl/certs/ca-certificates.crt"
+
+
 def venv(root: Path) -> None:
     """The root's virtual environment with the dependencies (kept while they are the same)."""
     requirements, constraints = _requirements(), _constraints()
@@ -357,6 +364,9 @@ def venv(root: Path) -> None:
     log("making the virtual environment in the build root (pip install from PyPI)")
     (root / "opt/requirements.txt").write_text("\n".join(requirements) + "\n")
     (root / "opt/constraints.txt").write_text("\n".join(constraints) + "\n")
+    # pip in the root trusts what pip here trusts (this machine may reach PyPI through a proxy
+    # with a CA of its own).
+    shutil.copy2(_ca_bundle(), root / "opt/host-ca.crt")
     with mounted(root):
         chroot(
             root,
@@ -364,7 +374,7 @@ def venv(root: Path) -> None:
             f"{PREFIX}/venv/bin/pip install -q --upgrade pip && "
             f"{PREFIX}/venv/bin/pip install -q -r /opt/requirements.txt "
             "-c /opt/constraints.txt",
-            env={"PIP_DISABLE_PIP_VERSION_CHECK": "1"},
+            env={"PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_CERT": "/opt/host-ca.crt"},
         )
     marker.write_text(key + "\n")
     log(f"virtual environment ready in {time.monotonic() - started:.0f} s")

@@ -85,6 +85,7 @@ def _images(tmp_path: Path) -> dict[str, BuiltImage]:
 def _pull_all(
     skopeo: Skopeo, server: Server, images: dict[str, BuiltImage], into: Path, creds: str
 ) -> None:
+    into.mkdir()
     for ref, image in images.items():
         layout = into / ref.replace("/", "-").replace(":", "-")
         skopeo.copy(
