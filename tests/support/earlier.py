@@ -53,3 +53,11 @@ def source_env(tree: Path, **extra: str) -> dict[str, str]:
     env["PYTHONPATH"] = str(tree)
     env.update(extra)
     return env
+
+
+def now_version() -> str:
+    """This checkout's version as a process started now computes it (not the one this process
+    cached when it started: a commit made meanwhile changes it)."""
+    from appliance.version import identity  # noqa: PLC0415
+
+    return identity.__wrapped__()[0]

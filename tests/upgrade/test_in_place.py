@@ -15,13 +15,18 @@ from pathlib import Path
 
 import pytest
 
-import appliance
 from appliance import config as settings
 from appliance.backup import layout
 from appliance.metadata.db import DIALECTS, migrations, open_database
 from tests.packaging.helpers import start_command
 from tests.support.clients import Skopeo
-from tests.support.earlier import EARLIEST_COMMIT, EARLIEST_SCHEMA, FROM_SOURCE, source_env
+from tests.support.earlier import (
+    EARLIEST_COMMIT,
+    EARLIEST_SCHEMA,
+    FROM_SOURCE,
+    now_version,
+    source_env,
+)
 from tests.support.images import ImageCache, compare_images
 from tests.support.servers import ADMIN, ADMIN_PASSWORD, REPO_ROOT, require_binary
 from tests.upgrade.conftest import EarlierSource
@@ -118,7 +123,7 @@ def test_reconfigure_upgrades_an_earlier_install(
     assert "0001 registry (expand) at " in out
     assert "by a Berth that did not record it" in out  # the earlier Berth's rows
     assert f"{latest:04d} " in out
-    assert f"by Berth {appliance.__version__}" in out
+    assert f"by Berth {now_version()}" in out
     assert "up to date" in out
 
     # A second reconfigure has nothing to do: no backup, no migration.
@@ -195,8 +200,8 @@ def test_a_downgrade_is_refused_with_one_line(tmp_path: Path) -> None:
     older = _older_berth(tmp_path, "0.0.9")
     expected = (
         f"berth: the metadata database {db_file} is at schema version {latest}, applied by "
-        f"Berth {appliance.__version__}, newer than this Berth 0.0.9 knows (up to "
-        f"{latest - 1}): install Berth {appliance.__version__} or newer, or restore the backup "
+        f"Berth {now_version()}, newer than this Berth 0.0.9 knows (up to "
+        f"{latest - 1}): install Berth {now_version()} or newer, or restore the backup "
         "taken before the upgrade"
     )
     for args in (

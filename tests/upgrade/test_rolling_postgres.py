@@ -13,11 +13,10 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
-import appliance
 from appliance.metadata.db import migrations, open_database
 from tests.packaging.helpers import start_command
 from tests.support.clients import Skopeo
-from tests.support.earlier import FROM_SOURCE, source_env
+from tests.support.earlier import FROM_SOURCE, now_version, source_env
 from tests.support.images import ImageCache, compare_images
 from tests.support.servers import ADMIN, ADMIN_PASSWORD, Server, require_binary
 from tests.upgrade.conftest import EarlierSource
@@ -119,7 +118,7 @@ def test_versions_n_and_n_plus_1_serve_one_postgres_database(
             db.close()
         by = {m.version: m.berth_version for m in status.applied}
         assert all(by[v] is None for v in range(1, N_SCHEMA + 1))
-        assert by[latest] == appliance.__version__
+        assert by[latest] == now_version()
     finally:
         for server in servers:
             code = server.stop()
