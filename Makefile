@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 # Debian packages the test suite drives for real (see ../shared/TESTBED.md).
 APT_PACKAGES := skopeo podman umoci docker.io docker-registry busybox-static wrk curl \
                 uidmap iptables ca-certificates postgresql slapd ldap-utils \
-                nginx rpm dpkg-dev debootstrap fakeroot openssl \
+                nginx rpm dpkg-dev debootstrap fakeroot openssl systemd \
                 simplesamlphp php-cli php-xml php-mbstring php-curl chromium apache2-utils
 
 .DEFAULT_GOAL := help
@@ -52,7 +52,7 @@ fmt: $(VENV)/.test-installed ## Format and autofix
 test: apt-deps $(VENV)/.test-installed lint ## Install every test dependency and run the whole suite
 	$(BIN)/pytest -m "not slow" -p no:cacheprovider
 
-test-slow: apt-deps $(VENV)/.test-installed ## Long soak and size tests, and the whole e2e suite on every backend
+test-slow: apt-deps $(VENV)/.test-installed ## Soak and size tests, e2e on every backend, portable build, package upgrades
 	$(BIN)/pytest -m slow -p no:cacheprovider --ignore=tests/e2e
 	BERTH_E2E_BACKENDS=all $(BIN)/pytest -p no:cacheprovider tests/e2e
 
@@ -65,7 +65,7 @@ bench-s3: apt-deps $(VENV)/.test-installed ## Berth on S3 against the reference 
 bench-azure: $(VENV)/.test-installed ## Berth on Azure Blob Storage against the Azure SDK, both on Azurite
 	$(BIN)/python -m bench.azure
 
-dist: $(VENV)/.test-installed ## Build the single executable dist/berth (PyInstaller; kept while up to date)
+dist: $(VENV)/.test-installed ## Build dist/berth in a Debian 11 root: runs on glibc 2.31+ (root; cached)
 	$(BIN)/python packaging/build.py
 
 deb: dist ## Build dist/berth_<version>_amd64.deb (dpkg-deb)

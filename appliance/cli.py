@@ -11,7 +11,6 @@ from typing import Any
 import click
 import trio
 
-from appliance import __version__
 from appliance import config as settings
 from appliance.errors import BerthError
 
@@ -103,10 +102,12 @@ def serve(  # noqa: PLR0917 (one parameter per option)
         )
         setup_logging(config["log.level"], config["log.format"])
         if listen_fd is None:  # the supervisor or a lone process, not one of its workers
+            from appliance.version import version  # noqa: PLC0415
+
             logging.getLogger("berth").info(
                 "Berth %s starting: data in %s (config: %s); %d serving process%s "
                 "(server.workers = %s; %d CPUs available)",
-                __version__,
+                version(),
                 config.data_dir,
                 config.source,
                 config.workers,

@@ -633,6 +633,12 @@ SETTINGS: tuple[Setting, ...] = (
         "Apply the retention after every scheduled backup.",
     ),
     Setting(
+        "backup.before_upgrade",
+        bool,
+        True,
+        "Take a backup before `berth ctl reconfigure` applies pending migrations (an upgrade).",
+    ),
+    Setting(
         "backup.s3.endpoint",
         str,
         "",

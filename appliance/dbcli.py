@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import click
 
 from appliance.cli import fail, load_config
 from appliance.errors import BerthError
-from appliance.metadata.db import Database, Options, open_database, redact
+from appliance.metadata.db import (
+    Database,
+    Options,
+    SchemaStatus,
+    dialect_of,
+    migrations,
+    open_database,
+    redact,
+    too_new_error,
+)
 
 
 def _url_and_options(config_path: Path | None, data_dir: Path | None) -> tuple[str, Options]:
@@ -29,23 +39,30 @@ def _url_and_options(config_path: Path | None, data_dir: Path | None) -> tuple[s
 @click.option(
     "--data-dir", type=click.Path(path_type=Path, file_okay=False), help="server.data_dir"
 )
-@click.option("--status", is_flag=True, help="Show the schema version and pending migrations.")
+@click.option(
+    "--status",
+    is_flag=True,
+    help="List applied migrations (when, by which Berth) and pending ones; change nothing.",
+)
 def migrate(config_path: Path | None, data_dir: Path | None, status: bool) -> None:
-    """Apply pending metadata schema migrations (or show them with --status)."""
+    """Apply pending metadata schema migrations (or list them with --status)."""
+    from appliance.version import version  # noqa: PLC0415
+
     db: Database | None = None
     try:
         url, options = _url_and_options(config_path, data_dir)
         db = open_database(url, options)
         state = db.schema_status()
         click.echo(f"database: {redact(url)}")
-        click.echo(f"schema version: {state.current} (this Berth knows {state.latest})")
-        if state.too_new:
-            fail(f"the database is newer than this Berth ({state.current} > {state.latest})")
+        click.echo(
+            f"schema version: {state.current} (this Berth {version()} knows up to {state.latest})"
+        )
         if status:
-            for m in state.pending:
-                click.echo(f"pending: {m.version:04d} {m.name}")
-            if not state.pending:
-                click.echo("up to date")
+            for line in status_lines(state, dialect_of(url)):
+                click.echo(line)
+        if state.too_new:
+            raise too_new_error(db.where, state)
+        if status:
             return
         applied = db.migrate()
         for m in applied:
@@ -56,6 +73,22 @@ def migrate(config_path: Path | None, data_dir: Path | None, status: bool) -> No
     finally:
         if db is not None:
             db.close()
+
+
+def status_lines(state: SchemaStatus, dialect: str) -> list[str]:
+    """`berth migrate --status`: one line per applied migration, then one per pending one."""
+    known = {m.version: m for m in migrations(dialect)}
+    lines = []
+    for m in state.applied:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(m.applied_at))
+        by = f"Berth {m.berth_version}" if m.berth_version else "a Berth that did not record it"
+        kind = known[m.version].kind if m.version in known else "unknown to this Berth"
+        lines.append(f"applied: {m.version:04d} {m.name} ({kind}) at {when} UTC by {by}")
+    for p in state.pending:
+        lines.append(f"pending: {p.version:04d} {p.name} ({p.kind})")
+    if not state.pending and not state.too_new:
+        lines.append("up to date")
+    return lines
 
 
 @click.group()

@@ -1,14 +1,21 @@
-"""Build the .deb (dpkg-deb) and .rpm (rpmbuild) of Berth around dist/berth.
+"""Build the .deb (dpkg-deb) and .rpm (rpmbuild) of Berth around an executable (dist/berth).
 
     python packaging/package.py deb    ->  dist/berth_<version>_amd64.deb
     python packaging/package.py rpm    ->  dist/berth-<version>-1.x86_64.rpm
+    ... [--executable FILE] [--out DIR]   package another build (build/host/berth, say)
+
+The version and the glibc the packages require are the executable's own, read from the build
+facts written beside it (`<executable>.buildinfo.json`); the version is spelled for each
+package manager so that a development build sorts before its release (appliance/version.py).
 
 Both install the same things: /usr/bin/berth; /etc/berth/berth.toml (a config file, mode 0640,
 group berth, every setting commented); the hardened unit in /usr/lib/systemd/system (which
 `berth ctl reconfigure` re-renders into /etc/systemd/system from the actual config); and
 scripts that create the `berth` system user, /var/opt/berth and /var/log/berth, and run
-`berth ctl reconfigure` after every install or upgrade (which migrates). Removing keeps the data;
-purging (.deb) removes data, logs, config and the user.
+`berth ctl reconfigure` after every install or upgrade, which backs up and migrates the
+database and restarts Berth. An upgrade leaves the old version serving until then: the
+pre-removal step stops the services only on removal. Removing keeps the data; purging (.deb)
+removes data, logs, config and the user.
 """
 
 from __future__ import annotations
@@ -21,22 +28,20 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT / "packaging"), str(ROOT)]
 
-from appliance import __version__  # noqa: E402
 from appliance import config as settings  # noqa: E402
+from appliance import version  # noqa: E402
 from appliance.omnibus import template  # noqa: E402
 from appliance.omnibus.ctl import render_unit  # noqa: E402
+from build import EXECUTABLE, read_buildinfo  # noqa: E402 (packaging/build.py)
 
 DIST = ROOT / "dist"
-EXECUTABLE = DIST / "berth"
 SUMMARY = "Berth: a self-hosted OCI container registry appliance"
 DESCRIPTION = (
     "One executable serving the OCI Distribution API with sign-in, SQLite or PostgreSQL\n"
     "metadata and filesystem or S3 blob storage; administered with `berth ctl`."
 )
-GLIBC_MIN = "2.35"  # the newest GLIBC_ symbol version dist/berth needs (berth --version)
-
 POSTINST_COMMON = """\
 getent group berth >/dev/null || groupadd --system berth
 getent passwd berth >/dev/null || useradd --system --gid berth --home-dir /var/opt/berth \\
@@ -45,7 +50,8 @@ install -d -o berth -g berth -m 0750 /var/opt/berth /var/log/berth
 chown root:berth /etc/berth /etc/berth/berth.toml
 chmod 0750 /etc/berth
 chmod 0640 /etc/berth/berth.toml
-# Validate the config, migrate the database, render the units, restart what changed.
+# Validate the config, back up and migrate the database, render the units, restart what
+# changed (Berth itself after an upgrade).
 /usr/bin/berth ctl reconfigure --config /etc/berth/berth.toml
 """
 
@@ -61,18 +67,10 @@ if [ -d /run/systemd/system ]; then systemctl daemon-reload || true; fi
 """
 
 
-def version_deb() -> str:
-    return __version__.replace(".dev", "~dev")
-
-
-def version_rpm() -> str:
-    return __version__.replace(".dev", "~dev")
-
-
-def stage(root: Path) -> None:
+def stage(root: Path, executable: Path) -> None:
     """The files both packages install, under `root`."""
     (root / "usr/bin").mkdir(parents=True)
-    shutil.copy2(EXECUTABLE, root / "usr/bin/berth")
+    shutil.copy2(executable, root / "usr/bin/berth")
     (root / "usr/bin/berth").chmod(0o755)
     etc = root / "etc/berth"
     etc.mkdir(parents=True)
@@ -94,20 +92,22 @@ def _script(path: Path, body: str) -> None:
     path.chmod(0o755)
 
 
-def build_deb() -> Path:
-    out = DIST / f"berth_{version_deb()}_amd64.deb"
+def build_deb(executable: Path = EXECUTABLE, out_dir: Path = DIST) -> Path:
+    info = read_buildinfo(executable)
+    deb_version = version.debian(info["version"])
+    out = out_dir / f"berth_{deb_version}_amd64.deb"
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "root"
-        stage(root)
+        stage(root, executable)
         debian = root / "DEBIAN"
         debian.mkdir()
         size_kib = sum(p.stat().st_size for p in root.rglob("*") if p.is_file()) // 1024
         (debian / "control").write_text(
             "Package: berth\n"
-            f"Version: {version_deb()}\n"
+            f"Version: {deb_version}\n"
             "Architecture: amd64\n"
             "Maintainer: Berth maintainers <berth@localhost>\n"
-            f"Depends: libc6 (>= {GLIBC_MIN}), passwd\n"
+            f"Depends: libc6 (>= {info['glibc']}), passwd\n"
             "Suggests: nginx\n"
             "Section: admin\n"
             "Priority: optional\n"
@@ -119,7 +119,12 @@ def build_deb() -> Path:
             debian / "postinst",
             'if [ "$1" = configure ]; then\n' + _indent(POSTINST_COMMON) + "fi\n",
         )
-        _script(debian / "prerm", STOP_SERVICES)
+        # On upgrade the old version keeps serving until the new postinst has backed up and
+        # migrated, then restarts it: the services stop only when the package goes.
+        _script(
+            debian / "prerm",
+            'case "$1" in\nremove|deconfigure)\n' + _indent(STOP_SERVICES) + "    ;;\nesac\n",
+        )
         _script(
             debian / "postrm",
             'case "$1" in\n'
@@ -197,17 +202,18 @@ if [ "$1" = 0 ]; then
 """
 
 
-def build_rpm() -> Path:
+def build_rpm(executable: Path = EXECUTABLE, out_dir: Path = DIST) -> Path:
+    info = read_buildinfo(executable)
     with tempfile.TemporaryDirectory() as tmp:
         top = Path(tmp)
         root = top / "stage"
-        stage(root)
+        stage(root, executable)
         spec = top / "berth.spec"
         spec.write_text(
             RPM_SPEC.format(
-                version=version_rpm(),
+                version=version.rpm(info["version"]),
                 summary=SUMMARY,
-                glibc=GLIBC_MIN,
+                glibc=info["glibc"],
                 description=DESCRIPTION,
                 stage=root,
                 postinst=POSTINST_COMMON,
@@ -227,7 +233,7 @@ def build_rpm() -> Path:
             check=True,
         )
         built = next((top / "rpmbuild" / "RPMS").rglob("*.rpm"))
-        out = DIST / built.name
+        out = out_dir / built.name
         shutil.copy2(built, out)
     return out
 
@@ -235,11 +241,15 @@ def build_rpm() -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description="Build Berth's .deb or .rpm from dist/berth.")
     parser.add_argument("kind", choices=["deb", "rpm"])
-    kind = parser.parse_args().kind
-    if not EXECUTABLE.exists():
-        sys.exit("dist/berth is missing: run `make dist` first")
-    out = build_deb() if kind == "deb" else build_rpm()
-    print(out.relative_to(ROOT))
+    parser.add_argument("--executable", type=Path, default=EXECUTABLE, help="what to package")
+    parser.add_argument("--out", type=Path, default=DIST, help="where the package goes")
+    args = parser.parse_args()
+    executable, out_dir = args.executable.resolve(), args.out.resolve()
+    if not executable.exists():
+        sys.exit(f"{executable} is missing: run `make dist` first")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    build = build_deb if args.kind == "deb" else build_rpm
+    print(build(executable, out_dir))
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from functools import wraps
 from typing import Any
 
+import trio
 from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
@@ -111,8 +112,18 @@ OPENAPI: dict[str, Any] = {
 }
 
 
-def _document(path: str, method: str, summary: str, body: dict[str, Any] | None = None) -> None:
+def _document(
+    path: str,
+    method: str,
+    summary: str,
+    body: dict[str, Any] | None = None,
+    returns: dict[str, Any] | None = None,
+) -> None:
     op: dict[str, Any] = {"summary": summary, "responses": {"200": {"description": "OK"}}}
+    if returns is not None:
+        op["responses"]["200"]["content"] = {
+            "application/json": {"schema": {"type": "object", "properties": returns}}
+        }
     params = [p.strip("{}") for p in path.split("/") if p.startswith("{")]
     if params:
         op["parameters"] = [
@@ -161,9 +172,13 @@ def register_management_api(web: QuartTrio, access: AccessControl) -> RouteDecor
         return _error(401, "authentication required")
 
     def route(
-        path: str, method: str, summary: str, body: dict[str, Any] | None = None
+        path: str,
+        method: str,
+        summary: str,
+        body: dict[str, Any] | None = None,
+        returns: dict[str, Any] | None = None,
     ) -> Callable[[Handler], Handler]:
-        _document(path, method, summary, body)
+        _document(path, method, summary, body, returns)
         flask_path = "/api/v1" + path.replace("{", "<").replace("}", ">")
 
         def decorate(fn: Handler) -> Handler:
@@ -214,6 +229,36 @@ def register_management_api(web: QuartTrio, access: AccessControl) -> RouteDecor
     async def me(who: Principal) -> Response:
         return _json(
             {"name": who.name, "kind": who.kind, "admin": who.admin, "roles": dict(who.roles)}
+        )
+
+    @route(
+        "/version",
+        "GET",
+        "This Berth's version and build, and the database's schema version",
+        returns={
+            "version": S,
+            "commit": S,
+            "built": {"type": ["string", "null"]},
+            "python": S,
+            "schema": {
+                "type": "object",
+                "properties": {"current": {"type": "integer"}, "latest": {"type": "integer"}},
+            },
+        },
+    )
+    async def version_info(who: Principal) -> Response:
+        from appliance.omnibus.buildinfo import build_info  # noqa: PLC0415
+
+        info = build_info()
+        state = await trio.to_thread.run_sync(access.db.schema_status)
+        return _json(
+            {
+                "version": info["version"],
+                "commit": info["commit"],
+                "built": info["date"] or None,
+                "python": info["python"],
+                "schema": {"current": state.current, "latest": state.latest},
+            }
         )
 
     # -- users ------------------------------------------------------------------------------

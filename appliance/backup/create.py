@@ -47,7 +47,7 @@ from appliance.backup.target import Target
 from appliance.config import Config
 from appliance.errors import BerthError
 from appliance.metadata.copy import copy_database, ordered, tables
-from appliance.metadata.db import Database, Tx
+from appliance.metadata.db import Database, Tx, too_new_error
 from appliance.storage.base import BlobStore
 
 log = logging.getLogger("berth.backup")
@@ -66,8 +66,12 @@ class SnapshotBlob:
     storage_key: str
 
 
-def snapshot_metadata(db: Database, dest: Path) -> None:
-    """Write a consistent snapshot of `db` to the new SQLite file `dest` (blocking)."""
+def snapshot_metadata(db: Database, dest: Path, schema: int | None = None) -> None:
+    """Write a consistent snapshot of `db` to the new SQLite file `dest` (blocking).
+
+    `schema` is the schema version of a database that is behind this Berth (a backup before an
+    upgrade): the snapshot keeps that version, so it restores as what it was.
+    """
     from appliance.metadata.sqlite import SqliteDatabase  # noqa: PLC0415
 
     if isinstance(db, SqliteDatabase):
@@ -83,9 +87,9 @@ def snapshot_metadata(db: Database, dest: Path) -> None:
     else:
         snap = SqliteDatabase(dest, readers=1)
         try:
-            snap.migrate()
+            snap.migrate(up_to=schema)
             clear_records(snap)  # rows a migration seeded: the source has its own
-            copy_database(db, snap)
+            copy_database(db, snap, schema=schema)
         finally:
             snap.close()
     conn = sqlite3.connect(str(dest), isolation_level=None)
@@ -239,12 +243,24 @@ async def create_backup(
     """
     started = clock()
     backup_id = backup_id or layout.new_id(started)
-    await db.write(
-        lambda tx: records.start(
-            tx, backup_id, target=target.url, trigger=trigger, actor=actor, now=started
+    status = await trio.to_thread.run_sync(db.schema_status)
+    if status.too_new:
+        raise BackupError(too_new_error(db.where, status).message)
+    # A database that is behind this Berth (the backup `berth ctl reconfigure` takes before it
+    # migrates) is only read: its tables are an older Berth's, so the backup is not recorded
+    # in it (the caller records it once migrated). The GC hold is still taken where the table
+    # exists (schema 4 on), because that older Berth may be serving, and collecting, meanwhile.
+    behind = status.current if status.pending else None
+    recorded = behind is None
+    if recorded:
+        await db.write(
+            lambda tx: records.start(
+                tx, backup_id, target=target.url, trigger=trigger, actor=actor, now=started
+            )
         )
-    )
-    hold_id = await db.write(lambda tx: records.hold(tx, backup_id, clock(), hold_ttl))
+    hold_id: int | None = None
+    if recorded or await db.read(lambda tx: "gc_holds" in tables(tx)):
+        hold_id = await db.write(lambda tx: records.hold(tx, backup_id, clock(), hold_ttl))
     log.info("backup %s started into %s", backup_id, target.url)
     work = Path(tempfile.mkdtemp(prefix=f"berth-backup-{backup_id}-"))
     try:
@@ -253,14 +269,17 @@ async def create_backup(
             async def renew() -> None:
                 while True:
                     await trio.sleep(renew_every)
-                    await db.write(
-                        lambda tx: records.heartbeat(tx, backup_id, hold_id, clock(), hold_ttl)
-                    )
+                    if hold_id is not None:
+                        await db.write(
+                            lambda tx: records.renew_hold(tx, hold_id, clock(), hold_ttl)
+                        )
+                    if recorded:
+                        await db.write(lambda tx: records.heartbeat(tx, backup_id, clock()))
 
             nursery.start_soon(renew)
             manifest, summary = await _take(
                 config, db, store, target, backup_id, work, passphrase, started, clock,
-                progress, after_snapshot,
+                progress, after_snapshot, behind,
             )  # fmt: skip
             nursery.cancel_scope.cancel()
     except BaseException as e:
@@ -276,12 +295,15 @@ async def create_backup(
         log.error("backup %s into %s failed: %s", backup_id, target.url, message)  # noqa: TRY400
         with trio.CancelScope(shield=True):
             try:
-                await db.write(lambda tx: records.release(tx, hold_id))
-                await db.write(
-                    lambda tx: records.fail(
-                        tx, backup_id, now=clock(), error=message, actor=actor, where=target.url
-                    )
-                )
+                if hold_id is not None:
+                    await db.write(lambda tx: records.release(tx, hold_id))
+                if recorded:
+                    await db.write(
+                        lambda tx: records.fail(
+                            tx, backup_id, now=clock(), error=message, actor=actor,
+                            where=target.url,
+                        )
+                    )  # fmt: skip
             except BerthError as again:
                 log.error(  # noqa: TRY400 (the message says it all)
                     "backup %s: cannot record the failure: %s", backup_id, again.message
@@ -298,7 +320,10 @@ async def create_backup(
     summary["duration"] = round(finished - started, 3)
 
     def done(tx: Any) -> records.BackupRecord | None:
-        records.release(tx, hold_id)
+        if hold_id is not None:
+            records.release(tx, hold_id)
+        if not recorded:
+            return None
         records.succeed(tx, backup_id, finished, summary, actor)
         return records.get(tx, backup_id)
 
@@ -325,6 +350,7 @@ async def _take(  # noqa: PLR0917 (one call site)
     clock: Callable[[], float],
     progress: Progress | None,
     after_snapshot: Callable[[], Any] | None,
+    behind: int | None,
 ) -> tuple[Manifest, dict[str, Any]]:
     await trio.to_thread.run_sync(
         target.write_all,
@@ -332,7 +358,7 @@ async def _take(  # noqa: PLR0917 (one call site)
         json.dumps({"id": backup_id, "started_at": started}).encode(),
     )
     snapshot = work / "metadata.db"
-    await trio.to_thread.run_sync(snapshot_metadata, db, snapshot)
+    await trio.to_thread.run_sync(snapshot_metadata, db, snapshot, behind)
     if after_snapshot is not None:
         await after_snapshot()
     version, blobs = await trio.to_thread.run_sync(snapshot_facts, snapshot)

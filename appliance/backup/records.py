@@ -112,11 +112,14 @@ def hold(tx: Tx, backup_id: str, now: float, ttl: float) -> int:
     return int(row[0])
 
 
-def heartbeat(tx: Tx, backup_id: str, hold_id: int, now: float, ttl: float) -> None:
+def renew_hold(tx: Tx, hold_id: int, now: float, ttl: float) -> None:
     tx.execute(
         "UPDATE gc_holds SET expires_at = :expires WHERE id = :id",
         {"id": hold_id, "expires": now + ttl},
     )
+
+
+def heartbeat(tx: Tx, backup_id: str, now: float) -> None:
     tx.execute(
         "UPDATE backups SET heartbeat_at = :now WHERE id = :id", {"id": backup_id, "now": now}
     )

@@ -96,19 +96,25 @@ def _reset_identities(tx: Tx) -> None:
 
 
 def copy_database(
-    source: Database, target: Database, progress: Callable[[str, int], None] | None = None
+    source: Database,
+    target: Database,
+    progress: Callable[[str, int], None] | None = None,
+    schema: int | None = None,
 ) -> dict[str, int]:
     """Copy every record of `source` into the empty `target`; return rows copied per table.
 
-    Raises ConfigError when a schema is not current or the target is not empty (blocking).
+    Both are at this Berth's schema version, or both at `schema` when given (a snapshot of a
+    database that is behind, taken before it is migrated). Raises ConfigError when the source
+    is not at that version or the target is not empty (blocking).
     """
     state = source.schema_status()
-    if state.too_new or state.pending:
+    wanted = state.latest if schema is None else schema
+    if state.too_new or state.current != wanted:
         raise ConfigError(
             f"the source database {source.where} is at schema version {state.current}, not "
-            f"{state.latest}: run `berth migrate` on it first"
+            f"{wanted}: run `berth migrate` on it first"
         )
-    target.migrate()
+    target.migrate(up_to=schema)
 
     def read(src: Tx) -> dict[str, int]:
         names = [t for t in tables(src) if t not in NOT_COPIED]

@@ -96,6 +96,30 @@ class Migration:
     name: str
     sql: str = field(repr=False)
 
+    @property
+    def kind(self) -> str:
+        """'expand' (additive: the previous release still runs on the result) or 'contract'
+        (removes or changes what the previous release used), from the script's header line
+        `-- berth: contract`. See docs/upgrades.md."""
+        for line in self.sql.splitlines():
+            text = line.strip()
+            if not text.startswith("--"):
+                break
+            if text.removeprefix("--").strip().lower() == "berth: contract":
+                return "contract"
+        return "expand"
+
+
+@dataclass(frozen=True)
+class AppliedMigration:
+    """A row of `schema_version`: which migration, when, and by which Berth (None when the
+    Berth that applied it predates that record)."""
+
+    version: int
+    name: str
+    applied_at: float
+    berth_version: str | None
+
 
 @dataclass(frozen=True)
 class SchemaStatus:
@@ -104,10 +128,17 @@ class SchemaStatus:
     current: int
     latest: int
     pending: tuple[Migration, ...]
+    applied: tuple[AppliedMigration, ...] = ()
 
     @property
     def too_new(self) -> bool:
         return self.current > self.latest
+
+    @property
+    def newest_by(self) -> str | None:
+        """The Berth version that applied the newest migration, when recorded."""
+        newest = max(self.applied, key=lambda m: m.version, default=None)
+        return newest.berth_version if newest is not None else None
 
 
 @dataclass(frozen=True)
@@ -134,16 +165,37 @@ def migrations(dialect: str) -> tuple[Migration, ...]:
     return tuple(sorted(out, key=lambda m: m.version))
 
 
-def status_of(dialect: str, current: int) -> SchemaStatus:
+def status_of(dialect: str, current: int, applied: Sequence[AppliedMigration] = ()) -> SchemaStatus:
     known = migrations(dialect)
     latest = known[-1].version if known else 0
-    return SchemaStatus(current, latest, tuple(m for m in known if m.version > current))
+    pending = tuple(m for m in known if m.version > current)
+    return SchemaStatus(current, latest, pending, tuple(applied))
+
+
+# The schema_version table: created and extended by `migrate`, not by a migration script.
+# `berth_version` was added later; a database migrated before that has NULLs (or no column).
+VERSION_TABLE = (
+    "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, name TEXT NOT "
+    "NULL, applied_at {real} NOT NULL, berth_version TEXT)"
+)
+
+
+def berth_version() -> str:
+    """This Berth's version, as `schema_version.berth_version` records it."""
+    from appliance.version import version  # noqa: PLC0415
+
+    return version()
 
 
 def too_new_error(where: str, status: SchemaStatus) -> SchemaTooNew:
+    """The one line that refuses a downgrade: the schema and both Berth versions."""
+    newer = status.newest_by
+    by = f", applied by Berth {newer}" if newer else ""
+    fix = f"install Berth {newer} or newer" if newer else "install the Berth that migrated it"
     return SchemaTooNew(
-        f"the metadata database {where} is at schema version {status.current}, newer than "
-        f"this Berth knows ({status.latest}); upgrade Berth"
+        f"the metadata database {where} is at schema version {status.current}{by}, newer "
+        f"than this Berth {berth_version()} knows (up to {status.latest}): {fix}, or restore "
+        "the backup taken before the upgrade"
     )
 
 
@@ -186,10 +238,11 @@ class Database(ABC):
         """Current and pending schema versions (blocking)."""
 
     @abstractmethod
-    def migrate(self) -> list[Migration]:
-        """Apply pending migrations in order, each in its own transaction with its version row;
-        return those applied. Safe when several processes migrate at once: one applies, the
-        others wait and find nothing left to do. Raises SchemaTooNew (blocking)."""
+    def migrate(self, up_to: int | None = None) -> list[Migration]:
+        """Apply pending migrations in order (those up to version `up_to` when given), each in
+        its own transaction with its version row, which records this Berth's version; return
+        those applied. Safe when several processes migrate at once: one applies, the others
+        wait and find nothing left to do. Raises SchemaTooNew (blocking)."""
 
     @abstractmethod
     def close(self) -> None:
@@ -271,6 +324,7 @@ def auto_migrate_flag(value: str, dialect: str) -> bool:
 
 
 __all__ = [
+    "AppliedMigration",
     "BerthError",
     "Database",
     "MetadataError",

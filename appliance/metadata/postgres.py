@@ -37,6 +37,8 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from appliance.errors import ConfigError, Unavailable
 from appliance.metadata.changes import CHANNEL, ChangeBoard
 from appliance.metadata.db import (
+    VERSION_TABLE,
+    AppliedMigration,
     Database,
     MetadataError,
     Migration,
@@ -45,6 +47,7 @@ from appliance.metadata.db import (
     Row,
     SchemaStatus,
     Tx,
+    berth_version,
     redact,
     status_of,
     too_new_error,
@@ -295,18 +298,31 @@ class PostgresDatabase(Database):
     # -- schema --------------------------------------------------------------------------
 
     @staticmethod
-    def _current_version(conn: psycopg.Connection[Any]) -> int:
-        exists = conn.execute("SELECT to_regclass('schema_version')").fetchone()
-        if exists is None or exists[0] is None:
-            return 0
-        row = conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version").fetchone()
-        return int(row[0]) if row else 0
+    def _applied(conn: psycopg.Connection[Any]) -> list[AppliedMigration]:
+        names = {
+            str(r[0])
+            for r in conn.execute(
+                "SELECT column_name FROM information_schema.columns "
+                "WHERE table_schema = current_schema() AND table_name = 'schema_version'"
+            )
+        }
+        if not names:
+            return []
+        by = "berth_version" if "berth_version" in names else "NULL"
+        rows = conn.execute(
+            f"SELECT version, name, applied_at, {by} FROM schema_version ORDER BY version"  # noqa: S608
+        ).fetchall()
+        return [AppliedMigration(int(v), str(n), float(a), b) for v, n, a, b in rows]
+
+    def _status(self, conn: psycopg.Connection[Any]) -> SchemaStatus:
+        applied = self._applied(conn)
+        return status_of(self.dialect, max((m.version for m in applied), default=0), applied)
 
     def schema_status(self) -> SchemaStatus:
         with self.translated(), self._pool.connection() as conn:
-            return status_of(self.dialect, self._current_version(conn))
+            return self._status(conn)
 
-    def migrate(self) -> list[Migration]:
+    def migrate(self, up_to: int | None = None) -> list[Migration]:
         applied: list[Migration] = []
         with self.translated():
             conn = self.connect()
@@ -315,20 +331,23 @@ class PostgresDatabase(Database):
                 # Session lock: a second process migrating at once waits here, then finds
                 # nothing left to do. Released when the session ends, whatever happens.
                 conn.execute("SELECT pg_advisory_lock(%s)", (lock_key("migrate"),))
-                status = status_of(self.dialect, self._current_version(conn))
+                status = self._status(conn)
                 if status.too_new:
                     raise too_new_error(self.where, status)
                 for migration in status.pending:
+                    if up_to is not None and migration.version > up_to:
+                        break
                     with conn.transaction():
+                        conn.execute(VERSION_TABLE.format(real="DOUBLE PRECISION").encode())
+                        # A table made by a Berth before the column gains it.
                         conn.execute(
-                            "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY "
-                            "KEY, name TEXT NOT NULL, applied_at DOUBLE PRECISION NOT NULL)"
+                            "ALTER TABLE schema_version ADD COLUMN IF NOT EXISTS berth_version TEXT"
                         )
                         conn.execute(migration.sql.encode())
                         conn.execute(
-                            "INSERT INTO schema_version (version, name, applied_at) "
-                            "VALUES (%s, %s, %s)",
-                            (migration.version, migration.name, time.time()),
+                            "INSERT INTO schema_version (version, name, applied_at, "
+                            "berth_version) VALUES (%s, %s, %s, %s)",
+                            (migration.version, migration.name, time.time(), berth_version()),
                         )
                     applied.append(migration)
             finally:

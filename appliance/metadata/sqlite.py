@@ -21,6 +21,8 @@ import trio
 from appliance.errors import ConfigError, Unavailable
 from appliance.metadata.changes import ChangeBoard
 from appliance.metadata.db import (
+    VERSION_TABLE,
+    AppliedMigration,
     Database,
     MetadataError,
     Migration,
@@ -29,6 +31,7 @@ from appliance.metadata.db import (
     Row,
     SchemaStatus,
     Tx,
+    berth_version,
     status_of,
     too_new_error,
 )
@@ -99,10 +102,7 @@ def _statements(script: str) -> Iterator[str]:
         yield buffer
 
 
-_VERSION_TABLE = (
-    "CREATE TABLE IF NOT EXISTS schema_version "
-    "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)"
-)
+_VERSION_TABLE = VERSION_TABLE.format(real="REAL")
 
 
 class SqliteDatabase(Database):
@@ -138,7 +138,9 @@ class SqliteDatabase(Database):
     def from_url(cls, url: str, options: Options | None = None) -> SqliteDatabase:
         if not url.startswith("sqlite:///"):
             raise ConfigError(f"unsupported metadata URL {url!r} (expected sqlite:///PATH)")
-        return cls(Path(url.removeprefix("sqlite://")), (options or Options()).readers)
+        # sqlite:////var/db/berth.db names /var/db/berth.db (not //var/...: one leading slash).
+        path = "/" + url.removeprefix("sqlite://").lstrip("/")
+        return cls(Path(path), (options or Options()).readers)
 
     # -- schema --------------------------------------------------------------------------
 
@@ -152,18 +154,36 @@ class SqliteDatabase(Database):
             conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version").fetchone()[0]
         )
 
+    @staticmethod
+    def _applied(conn: sqlite3.Connection) -> list[AppliedMigration]:
+        names = {r[1] for r in conn.execute("PRAGMA table_info(schema_version)")}
+        if not names:
+            return []
+        by = "berth_version" if "berth_version" in names else "NULL"
+        rows = conn.execute(
+            f"SELECT version, name, applied_at, {by} FROM schema_version ORDER BY version"  # noqa: S608
+        )
+        return [AppliedMigration(int(v), str(n), float(a), b) for v, n, a, b in rows]
+
     def schema_status(self) -> SchemaStatus:
         with self._writer_lock, _translated(self.where):
-            return status_of(self.dialect, self._current_version(self._writer))
+            return self._status(self._writer)
 
-    def migrate(self) -> list[Migration]:
+    def _status(self, conn: sqlite3.Connection) -> SchemaStatus:
+        applied = self._applied(conn)
+        current = max((m.version for m in applied), default=0)
+        return status_of(self.dialect, current, applied)
+
+    def migrate(self, up_to: int | None = None) -> list[Migration]:
         conn = self._writer
         applied: list[Migration] = []
         with self._writer_lock, _translated(self.where):
-            status = status_of(self.dialect, self._current_version(conn))
+            status = self._status(conn)
             if status.too_new:
                 raise too_new_error(self.where, status)
             for migration in status.pending:
+                if up_to is not None and migration.version > up_to:
+                    break
                 # BEGIN IMMEDIATE takes the write lock: another process migrating at the same
                 # time waits here, then finds the version already applied.
                 conn.execute("BEGIN IMMEDIATE")
@@ -172,11 +192,15 @@ class SqliteDatabase(Database):
                     if self._current_version(conn) >= migration.version:
                         conn.execute("ROLLBACK")
                         continue
+                    columns = {r[1] for r in conn.execute("PRAGMA table_info(schema_version)")}
+                    if "berth_version" not in columns:  # made by a Berth before the column
+                        conn.execute("ALTER TABLE schema_version ADD COLUMN berth_version TEXT")
                     for statement in _statements(migration.sql):
                         conn.execute(statement)
                     conn.execute(
-                        "INSERT INTO schema_version (version, name, applied_at) VALUES (?, ?, ?)",
-                        (migration.version, migration.name, time.time()),
+                        "INSERT INTO schema_version (version, name, applied_at, berth_version) "
+                        "VALUES (?, ?, ?, ?)",
+                        (migration.version, migration.name, time.time(), berth_version()),
                     )
                     conn.execute("COMMIT")
                 except BaseException:

@@ -1,7 +1,7 @@
 """What `berth --version` says about the build: version, commit, date, Python, glibc baseline.
 
-The single executable carries a `buildinfo.json` written by `packaging/build.py`; a source
-checkout has none and reports itself as such.
+The single executable carries a `buildinfo.json` written when it was built (packaging/berth.spec);
+a source checkout has none and reports its git commit instead (appliance/version.py).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from appliance import __version__
+from appliance.version import identity
 
 BUILDINFO = "buildinfo.json"
 
@@ -30,9 +30,10 @@ def build_info() -> dict[str, Any]:
         info: dict[str, Any] = json.loads((bundle / BUILDINFO).read_text())
         info["frozen"] = True
         return info
+    version, commit = identity()
     return {
-        "version": __version__,
-        "commit": "source checkout",
+        "version": version,
+        "commit": commit,
         "date": "",
         "python": platform.python_version(),
         "glibc": glibc_version(),
@@ -59,6 +60,6 @@ def version_text() -> str:
         lines.append(f"python: {info['python']} (bundled)")
         lines.append(f"glibc: needs {info['glibc']} or newer (running on {glibc_version()})")
     else:
-        lines.append(f"build: {info['commit']}")
+        lines.append(f"build: source checkout, commit {info['commit']}")
         lines.append(f"python: {info['python']} ({sys.executable})")
     return "\n".join(lines)

@@ -1,9 +1,11 @@
 """`berth ctl`: administer an installed Berth the omnibus way.
 
 `reconfigure` makes the machine match /etc/berth/berth.toml: it validates the config, makes the
-data and log directories, applies migrations, renders the systemd unit (and nginx's config and
-unit when `[nginx] enabled`) from the templates in omnibus/, and restarts what changed. Where
-systemd is not running (a chroot, a container) it says so and skips the restart.
+data and log directories, upgrades the database (a backup first when migrations are pending,
+then the migrations: omnibus/upgrade.py), renders the systemd unit (and nginx's config and unit
+when `[nginx] enabled`) from the templates in omnibus/, and restarts what changed, including
+Berth itself after an upgrade (a new executable). Where systemd is not running (a chroot, a
+container) it says so and skips the restart.
 """
 
 from __future__ import annotations
@@ -241,9 +243,17 @@ def ctl() -> None:
     show_default=True,
     help="Where the rendered units go.",
 )
-def reconfigure(config_path: Path, systemd_dir: Path) -> None:
-    """Validate the config, migrate, render the units and nginx, restart what changed."""
-    from appliance.metadata.db import Options, open_database, redact  # noqa: PLC0415
+@click.option(
+    "--no-backup",
+    is_flag=True,
+    help="Do not back up before applying migrations (backup.before_upgrade = false).",
+)
+def reconfigure(config_path: Path, systemd_dir: Path, no_backup: bool) -> None:
+    """Validate the config, upgrade the database (backup, migrate), render the units and
+    nginx, restart what changed."""
+    from appliance.metadata.db import redact  # noqa: PLC0415
+    from appliance.omnibus import upgrade  # noqa: PLC0415
+    from appliance.version import version  # noqa: PLC0415
 
     try:
         config = _load(config_path)
@@ -253,15 +263,15 @@ def reconfigure(config_path: Path, systemd_dir: Path) -> None:
             path.mkdir(parents=True, exist_ok=True, mode=0o750)
         _own([config.data_dir, logs])
 
-        db = open_database(config.metadata_url, Options(readers=1, pool_size=2))
-        try:
-            applied = db.migrate()
-            version = db.schema_status().current
-        finally:
-            db.close()
-        for m in applied:
-            click.echo(f"applied migration {m.version:04d} {m.name}")
-        click.echo(f"database {redact(config.metadata_url)}: schema version {version}")
+        done = upgrade.upgrade_database(
+            config,
+            backup=config["backup.before_upgrade"] and not no_backup,
+            echo=click.echo,
+            owner=checks.SERVICE_USER if _service_user() is not None else None,
+        )
+        for line in upgrade.describe(done):
+            click.echo(line)
+        click.echo(f"database {redact(config.metadata_url)}: schema version {done.after}")
         if config.metadata_url.startswith("sqlite:"):
             db_file = config.data_dir / "berth.db"
             _own([p for p in config.data_dir.glob("berth.db*")] + [db_file])
@@ -285,12 +295,16 @@ def reconfigure(config_path: Path, systemd_dir: Path) -> None:
             if systemd_running():
                 systemctl("disable", "--now", NGINX_UNIT)
 
-        # The service must restart when the config itself changed, not only the units.
+        # The service must restart when the config itself changed, not only the units, and
+        # when this is another Berth than the one that reconfigured last (an upgrade).
         state_path = config.data_dir / STATE_FILE
         digest = hashlib.sha256(config_path.read_bytes() if config_path.exists() else b"")
         old = json.loads(state_path.read_text()) if state_path.exists() else {}
         config_changed = old.get("config") != digest.hexdigest()
-        state_path.write_text(json.dumps({"config": digest.hexdigest()}) + "\n")
+        upgraded = old.get("version") != version() or bool(done.applied)
+        state_path.write_text(
+            json.dumps({"config": digest.hexdigest(), "version": version()}) + "\n"
+        )
     except BerthError as e:
         fail(e.message)
         return
@@ -302,7 +316,7 @@ def reconfigure(config_path: Path, systemd_dir: Path) -> None:
         systemctl("daemon-reload")
     for unit, unit_changed in changed.items():
         systemctl("enable", unit)
-        if unit_changed or config_changed:
+        if unit_changed or config_changed or (unit == UNIT and upgraded):
             result = systemctl("restart", unit)
             verb = "restarted"
         else:

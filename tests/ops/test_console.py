@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import httpx
 
+import appliance
+from appliance.metadata.db import migrations
 from tests.support.browser import console_signin, screenshot
 from tests.support.servers import ADMIN, ADMIN_PASSWORD, Server
 
@@ -24,6 +26,12 @@ def test_status_and_webhook_pages(page, console_berth: Server) -> None:
     assert "database" in checks
     assert "storage" in checks
     assert "pull" in page.inner_text("#limits")
+    # The version the server runs (the same checkout as this test) and its schema.
+    version = page.inner_text("#version")
+    assert appliance.__version__ in version
+    latest = migrations("sqlite")[-1].version
+    assert f"{latest} (this Berth knows up to {latest})" in version
+    assert f"Berth {appliance.__version__}" in page.inner_text("footer")
     screenshot(page, "ops-status")
 
     page.goto(console_berth.url + "/namespaces/opsweb/webhooks")

@@ -12,9 +12,12 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+import appliance
 from appliance.config import proxy_networks
+from appliance.metadata.db import migrations
 from appliance.ops import audit
 from appliance.ops.http import client_address
+from appliance.version import identity
 from tests.api import oci
 from tests.api.conftest import FakeClock, api_client
 from tests.ops.conftest import add_user, operations
@@ -51,6 +54,23 @@ async def test_health_ready_and_request_ids(data_dir: Path, clock: FakeClock) ->
         assert resp.headers["x-request-id"] == "ci-job-42"
         resp = await client.get("/v2/", headers={"x-request-id": "bad\rid<script>"})
         assert resp.headers["x-request-id"] != "bad\rid<script>"
+
+
+async def test_version_in_the_api_and_its_document(data_dir: Path, clock: FakeClock) -> None:
+    async with operations(data_dir, clock) as (_, app), api_client(app) as client:
+        resp = await client.get("/api/v1/version")
+        assert resp.status_code == 200, resp.text
+        body = resp.json()
+        assert body["version"] == appliance.__version__
+        assert body["commit"] == identity()[1]
+        latest = migrations("sqlite")[-1].version
+        assert body["schema"] == {"current": latest, "latest": latest}
+        spec = (await client.get("/api/v1/openapi.json")).json()
+        returned = spec["paths"]["/version"]["get"]["responses"]["200"]["content"]
+        assert set(returned["application/json"]["schema"]["properties"]) == set(body)
+        assert spec["info"]["version"] == appliance.__version__
+    async with operations(data_dir, clock) as (_, app), api_client(app, auth=None) as anonymous:
+        assert (await anonymous.get("/api/v1/version")).status_code == 401
 
 
 async def test_ready_says_which_part_is_down(data_dir: Path, clock: FakeClock) -> None:

@@ -7,15 +7,14 @@ from __future__ import annotations
 import shutil
 import stat
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.packaging.conftest import record
+from tests.packaging.conftest import package, record
 from tests.packaging.helpers import start_command
 from tests.support.clients import Skopeo
-from tests.support.servers import ADMIN, ADMIN_PASSWORD, REPO_ROOT, require_binary
+from tests.support.servers import ADMIN, ADMIN_PASSWORD, require_binary
 
 PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -23,14 +22,7 @@ PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 @pytest.fixture(scope="module")
 def deb(berth_exe: Path) -> Path:
     require_binary("dpkg-deb", "dpkg")
-    out = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "packaging" / "package.py"), "deb"],
-        check=True,
-        capture_output=True,
-        text=True,
-        cwd=REPO_ROOT,
-    )
-    return REPO_ROOT / out.stdout.strip().splitlines()[-1]
+    return package("deb", berth_exe, berth_exe.parent)
 
 
 def chroot(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:

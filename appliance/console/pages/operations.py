@@ -14,6 +14,7 @@ from appliance.console.framework import BadRequest, NavEntry, PageContext, PageN
 from appliance.errors import BerthError
 from appliance.metadata import identity
 from appliance.metadata.db import Tx
+from appliance.omnibus.buildinfo import build_info
 from appliance.ops import webhooks
 
 RECENT = 20
@@ -92,6 +93,11 @@ async def status(ctx: PageContext) -> Response:
     oidc_providers = ctx.services.extras.get("oidc") or {}
     sign_in = [await p.status() for p in oidc_providers.values()]
     ci_rules = await ctx.access.db.read(lambda tx: tx.scalar("SELECT COUNT(*) FROM ci_trust_rules"))
+    try:
+        schema = await trio.to_thread.run_sync(ctx.access.db.schema_status)
+        schema_text = f"{schema.current} (this Berth knows up to {schema.latest})"
+    except BerthError as e:
+        schema_text = e.message
     limits = [
         (kind, config[f"ratelimit.{kind}_rate"], config[f"ratelimit.{kind}_burst"])
         for kind in ("pull", "push", "signin")
@@ -114,6 +120,8 @@ async def status(ctx: PageContext) -> Response:
         sign_in=sign_in,
         ci_rules=int(ci_rules),
         ci_keys=ctx.access.ci.keys.status(),
+        build=build_info(),
+        schema=schema_text,
     )
 
 
