@@ -102,8 +102,9 @@ SETTINGS: tuple[Setting, ...] = (
         "server.max_connections",
         int,
         1000,
-        "Open connections one process accepts; beyond that a connection is answered 503 "
-        "UNAVAILABLE and closed (0: no limit).",
+        "Open connections each serving process accepts (a host takes server.workers times "
+        "as many); beyond that a connection is answered 503 UNAVAILABLE and closed "
+        "(0: no limit).",
     ),
     Setting(
         "server.workers",

@@ -22,6 +22,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+import h11
 import hypercorn.trio.run
 import hypercorn.trio.tcp_server
 import trio
@@ -86,6 +87,21 @@ class LimitedTCPServer(hypercorn.trio.tcp_server.TCPServer):
         # so its place, until the keep-alive timer runs out; stop the timer instead.
         await self.idle_task.stop()
 
+    async def _idle_timeout(self) -> None:
+        # hypercorn closes a connection that is idle when the worker starts draining. But its
+        # timer may wake (drain began) just as a request arrives on the kept-alive connection:
+        # the request's start cancels the timer too late, and hypercorn closed the connection
+        # under the answer being sent (a client saw a response cut mid-body while a worker was
+        # replaced). So the state is checked where nothing can interleave: between here and
+        # the close there is no checkpoint. A request in flight is left to finish; hypercorn
+        # closes the connection after its answer (the worker is draining).
+        with trio.move_on_after(self.config.keep_alive_timeout):
+            await self.context.terminated.wait()
+        if not _between_requests(self.protocol):
+            return
+        with trio.CancelScope(shield=True):
+            await self._initiate_server_close()
+
     async def _refuse(self) -> None:
         with trio.move_on_after(1):
             try:
@@ -98,6 +114,15 @@ class LimitedTCPServer(hypercorn.trio.tcp_server.TCPServer):
 
 
 hypercorn.trio.run.TCPServer = LimitedTCPServer  # type: ignore[attr-defined]
+
+
+def _between_requests(protocol: object) -> bool:
+    """Whether an HTTP/1.1 connection has no request in flight (h11 idle on both sides).
+    Other protocols (HTTP/2 has its own shutdown) count as idle, as hypercorn treats them."""
+    connection = getattr(getattr(protocol, "protocol", None), "connection", None)
+    if not isinstance(connection, h11.Connection):
+        return True
+    return connection.our_state is h11.IDLE and connection.their_state is h11.IDLE
 
 
 @dataclass

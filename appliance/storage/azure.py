@@ -241,7 +241,7 @@ def make_client(settings: AzureSettings) -> ContainerClient:
         else AzureSasCredential(settings.sas_token)
     )
     try:
-        return ContainerClient(
+        client = ContainerClient(
             settings.account_url,
             settings.container,
             credential=credential,
@@ -252,6 +252,10 @@ def make_client(settings: AzureSettings) -> ContainerClient:
         )
     except (AzureError, ValueError) as e:
         raise ConfigError(f"storage.azure: {e}") from e
+    # The transport does not own the session (blob clients made from this one share it):
+    # AzureStore.close() closes it.
+    client.berth_session = session  # type: ignore[attr-defined]
+    return client
 
 
 def _new_block_id() -> str:
@@ -323,6 +327,14 @@ class AzureStore:
         self._sleep = sleep
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
         self._threads = trio.CapacityLimiter(48)
+
+    def close(self) -> None:
+        """Close the client and its pooled connections (a process's store lives as long as
+        the process; stores made for a while, as in tests and tools, are closed)."""
+        self.client.close()
+        session = getattr(self.client, "berth_session", None)
+        if session is not None:
+            session.close()
 
     # -- plumbing ------------------------------------------------------------------------
 

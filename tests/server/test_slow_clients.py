@@ -170,8 +170,9 @@ def test_a_slow_upload_that_keeps_sending_completes(slow_server: Server) -> None
 
 @pytest.fixture
 def limited_server(tmp_path: Path) -> Iterator[Server]:
-    server = start_berth(
+    server = start_berth(  # the limit is per serving process: one process, to count on it
         tmp_path / "data",
+        args=("--workers", "1"),
         env={"BERTH_SERVER_MAX_CONNECTIONS": "3", "BERTH_SERVER_IDLE_TIMEOUT": "30"},
     )
     try:

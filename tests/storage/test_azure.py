@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -55,8 +56,10 @@ def azure_settings(azurite: Azurite, container: str, **more: object) -> AzureSet
 
 class TestAzureStore(StoreSuite):
     @pytest.fixture
-    def store(self, azurite: Azurite, suite_container: str) -> AzureStore:
-        return AzureStore(azure_settings(azurite, suite_container))
+    def store(self, azurite: Azurite, suite_container: str) -> Iterator[AzureStore]:
+        store = AzureStore(azure_settings(azurite, suite_container))
+        yield store
+        store.close()  # its pooled connections, not left to the garbage collector
 
     @pytest.fixture
     def side_door(self, azurite: Azurite, suite_container: str) -> SideDoor:
@@ -99,6 +102,7 @@ async def test_an_upload_past_the_block_limit_is_compacted(
     )
     assert 1 < len(committed) <= 12
     await store.delete(key)
+    store.close()
 
 
 async def test_a_large_blob_in_many_blocks(azurite: Azurite, suite_container: str) -> None:
@@ -115,6 +119,7 @@ async def test_a_large_blob_in_many_blocks(azurite: Azurite, suite_container: st
     for start, n in [(0, 10), (MIB - 1, 2), (len(data) - 3, 3), (0, len(data))]:
         assert await read_all(store, key, start, n) == data[start : start + n]
     await store.delete(key)
+    store.close()
 
 
 async def test_a_sas_token_instead_of_the_account_key(
