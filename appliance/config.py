@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import socket
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -98,6 +99,21 @@ SETTINGS: tuple[Setting, ...] = (
         str,
         "",
         "External URL of the registry when behind a proxy (used in Location headers).",
+    ),
+    Setting(
+        "server.secret_file",
+        str,
+        "",
+        "File holding the server secret (at least 32 random bytes, not readable by other "
+        "users) that every host of a registry must share; empty: <data_dir>/secret, made on "
+        "first start.",
+    ),
+    Setting(
+        "server.host_name",
+        str,
+        "",
+        "Name this host registers under in the database (doctor, /-/ready, metrics); unique "
+        "per host; empty: the machine's host name.",
     ),
     Setting(
         "server.trusted_proxies",
@@ -351,7 +367,8 @@ SETTINGS: tuple[Setting, ...] = (
         "lifecycle.rules_ttl",
         float,
         5.0,
-        "Seconds a process trusts its cached immutable-tag rules and quotas set elsewhere.",
+        "Deprecated, ignored: immutable-tag rules and quotas changed anywhere reach every "
+        "process within a second (change stamps).",
     ),
     Setting(
         "proxy.upstreams",
@@ -452,6 +469,13 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("ratelimit.signin_burst", float, 100.0, "Sign-ins allowed in a burst."),
     Setting("ratelimit.exempt_admins", bool, True, "Instance admins are not rate limited."),
+    Setting(
+        "ratelimit.sync_interval",
+        float,
+        1.0,
+        "Seconds between the messages in which hosts on one PostgreSQL tell each other what "
+        "their rate limits and sign-in lockouts counted (0: each host counts alone).",
+    ),
     Setting("ratelimit.exempt_robots", bool, False, "Robot accounts are not rate limited."),
     Setting(
         "webhooks.endpoints",
@@ -504,6 +528,13 @@ SETTINGS: tuple[Setting, ...] = (
         "Address and port where nginx redirects HTTP to HTTPS (empty: no redirect).",
     ),
     Setting("nginx.server_name", str, "_", "Host name(s) nginx answers to (server_name)."),
+    Setting(
+        "nginx.upstreams",
+        str,
+        "",
+        "Berth hosts (HOST:PORT, comma-separated) nginx balances over, with passive health "
+        "checks; empty: this host's own server.listen.",
+    ),
     Setting(
         "nginx.tls_cert",
         str,
@@ -719,8 +750,8 @@ SETTINGS: tuple[Setting, ...] = (
         "scan.policy_refresh",
         float,
         5.0,
-        "Seconds a serving process trusts its cached pull verdicts before checking for "
-        "policy, advisory or scan changes made elsewhere.",
+        "Deprecated, ignored: policy, advisory and scan changes made anywhere reach every "
+        "process's pull verdicts within a second (change stamps).",
     ),
     Setting(
         "scan.max_layer_bytes",
@@ -764,6 +795,12 @@ SETTINGS: tuple[Setting, ...] = (
         "incomplete scan), and the process reading it is killed 10 s later.",
     ),
 )
+
+# Settings kept so that older config files still load, but no longer used: key -> why.
+DEPRECATED = {
+    "lifecycle.rules_ttl": "rules and quotas follow the change stamps now",
+    "scan.policy_refresh": "pull verdicts follow the change stamps now",
+}
 
 SECRET_KEYS = frozenset(
     {
@@ -844,6 +881,17 @@ class Config:
         return Path(self.values["server.data_dir"]).expanduser().absolute()
 
     @property
+    def secret_path(self) -> Path:
+        """The server secret's file: `server.secret_file`, or `<data_dir>/secret`."""
+        value = self.values["server.secret_file"]
+        return Path(value).expanduser().absolute() if value else self.data_dir / "secret"
+
+    @property
+    def host_name(self) -> str:
+        """`server.host_name`, or the machine's host name."""
+        return str(self.values["server.host_name"]) or socket.gethostname()
+
+    @property
     def storage_root(self) -> Path:
         root = self.values["storage.root"]
         return Path(root).expanduser().absolute() if root else self.data_dir / "storage"
@@ -856,6 +904,15 @@ class Config:
     @property
     def listen(self) -> tuple[str, int]:
         return parse_listen(self.values["server.listen"])
+
+    def deprecations(self) -> list[str]:
+        """One line per deprecated setting this config sets to something else than its
+        default (it is ignored: say so once at start)."""
+        return [
+            f"{key} is deprecated and ignored: {why}"
+            for key, why in DEPRECATED.items()
+            if self.values[key] != _BY_KEY[key].default
+        ]
 
     @property
     def workers(self) -> int:
