@@ -4,9 +4,10 @@
 matching an immutable rule of its namespace cannot be moved or deleted, and a blob that would
 take a namespace past its quota cannot be linked into it. The rules live in the database
 (migration 0005) and are cached in memory, so a push into a namespace without rules costs no
-query at all, and one with a quota costs one query per blob linked. A process reloads its
-cache at most `ttl` seconds after another process changed the rules (at once for changes it
-made itself).
+query at all, and one with a quota costs one query per blob linked. The cache is checked
+against the `rules` change stamp (metadata/changes.py), which every change to rules and quotas
+touches: a change made by any process of this host is seen by the next write, one made on
+another host (PostgreSQL) within milliseconds.
 
 Usage counts blobs once per namespace however many repositories hold them: `total` is the
 bytes of the distinct blobs readable by the namespace's repositories (what quotas limit),
@@ -19,12 +20,12 @@ from __future__ import annotations
 import functools
 import logging
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from appliance.errors import Denied, InvalidName, NotFound
+from appliance.metadata.changes import RULES
 from appliance.metadata.db import Database, Tx
 from appliance.oci import patterns
 from appliance.oci.names import namespace_of, validate_component, validate_name
@@ -144,16 +145,14 @@ def namespaces_in_use(tx: Tx) -> list[str]:
 class Rules:
     """The cached immutable-tag rules and quotas, and the changes to them.
 
-    Implements `metadata.store.WriteChecks`. `clock` stamps changes; the cache's age is
-    measured on the monotonic clock.
+    Implements `metadata.store.WriteChecks`. `clock` stamps changes.
     """
 
-    def __init__(self, db: Database, clock: Callable[[], float], ttl: float = 5.0) -> None:
+    def __init__(self, db: Database, clock: Callable[[], float]) -> None:
         self.db = db
         self.clock = clock
-        self.ttl = ttl
         self._lock = threading.Lock()
-        self._loaded_at = -float("inf")
+        self._stamp: int | None = None  # the `rules` stamp the cache was loaded under
         self._immutable: dict[str, tuple[ImmutableRule, ...]] = {}
         self._quotas: dict[str, int] = {}
         self._warned: set[int] = set()
@@ -161,10 +160,12 @@ class Rules:
     # -- the cache ------------------------------------------------------------------------
 
     def invalidate(self) -> None:
-        self._loaded_at = -float("inf")
+        """Forget the cache (tests; a change needs no call: it touches the stamp)."""
+        self._stamp = None
 
     def _fresh(self, tx: Tx) -> None:
-        if time.monotonic() - self._loaded_at < self.ttl:
+        stamp = self.db.changes.stamp(RULES)  # before the read
+        if stamp == self._stamp:
             return
         rules = list_immutable_rules(tx)
         quotas = list_quotas(tx)
@@ -182,7 +183,7 @@ class Rules:
         with self._lock:
             self._immutable = {ns: tuple(found) for ns, found in by_ns.items()}
             self._quotas = {q.namespace: q.limit_bytes for q in quotas}
-            self._loaded_at = time.monotonic()
+            self._stamp = stamp
 
     def immutable_rule(self, tx: Tx, repository: str, tag: str) -> ImmutableRule | None:
         """The rule that makes `tag` of `repository` immutable, if any."""
@@ -298,6 +299,7 @@ class Rules:
                 "VALUES (:ns, :p, :by, :now) ON CONFLICT (namespace, pattern) DO NOTHING",
                 {"ns": namespace, "p": pattern, "by": actor, "now": now},
             )
+            tx.touch(RULES)  # every process's cache reloads
             rule = next(r for r in list_immutable_rules(tx, namespace) if r.pattern == pattern)
             audit.record(
                 tx, actor, "immutable_rule.create", namespace, at=now, rule=rule.id, pattern=pattern
@@ -320,6 +322,7 @@ class Rules:
             )
             if not gone:
                 raise NotFound(f"no immutable tag rule {rule_id} in namespace {namespace}")
+            tx.touch(RULES)  # every process's cache reloads
             audit.record(
                 tx,
                 actor,
@@ -349,6 +352,7 @@ class Rules:
                 "updated_at = excluded.updated_at",
                 {"ns": namespace, "n": limit_bytes, "by": actor, "now": now},
             )
+            tx.touch(RULES)  # every process's cache reloads
             audit.record(tx, actor, "quota.set", namespace, at=now, limit_bytes=limit_bytes)
             return Quota(namespace, limit_bytes, actor, now)
 
@@ -367,6 +371,7 @@ class Rules:
             )
             if not gone:
                 raise NotFound(f"namespace {namespace} has no quota")
+            tx.touch(RULES)  # every process's cache reloads
             audit.record(tx, actor, "quota.delete", namespace, at=now, limit_bytes=gone[0][0])
 
         try:

@@ -8,9 +8,11 @@ for what was found, and otherwise follows `unscanned` too: what was not read may
 
 The manifest GET path is hot, so the gate keeps everything it needs in memory: the policies
 (all of them: they are few), and per manifest digest the worst-first list of its findings.
-With no policy for the namespace it returns at once. Every `refresh` seconds it reads one
-counter (`scan_generation`), which imports, policy changes and finished scans bump; when it
-moved, the cache is dropped. A change made through this process drops it at once.
+With no policy for the namespace it returns at once. The cache is checked against the `scan`
+change stamp (metadata/changes.py), which imports, policy changes and finished scans touch
+(with the `scan_generation` counter they bump): when it moved, the cache is dropped. The check
+is one read of shared memory; a change made by any process of this host is seen by the next
+pull, one made on another host (PostgreSQL) within milliseconds.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from appliance.errors import Denied
+from appliance.metadata.changes import SCAN
 from appliance.metadata.db import Database, Tx
 from appliance.oci import mediatypes as mt
 from appliance.oci.names import namespace_of
@@ -138,41 +141,29 @@ class PullGate:
         clock: Callable[[], float],
         *,
         unscanned_default: str = "allow",
-        refresh: float = 5.0,
     ) -> None:
         self.db = db
         self.clock = clock
         self.unscanned_default = unscanned_default
-        self.refresh = refresh
         self._policies: dict[str, Policy] | None = None
-        self._generation = -1
-        self._checked_at = float("-inf")
+        self._stamp: int | None = None  # the `scan` stamp the cache was loaded under
         self._findings: OrderedDict[str, Scanned | None] = OrderedDict()
         _GATES.setdefault(db, []).append(self)
 
     def invalidate(self) -> None:
         self._policies = None
+        self._stamp = None
         self._findings.clear()
 
     async def _current(self) -> dict[str, Policy]:
-        now = self.clock()
-        if self._policies is not None and now - self._checked_at < self.refresh:
+        stamp = self.db.changes.stamp(SCAN)  # before the read
+        if self._policies is not None and stamp == self._stamp:
             return self._policies
-
-        def fn(tx: Tx) -> tuple[int, dict[str, Policy] | None]:
-            gen = generation(tx)
-            if gen == self._generation and self._policies is not None:
-                return gen, None
-            return gen, load_policies(tx)
-
-        gen, policies = await self.db.read(fn)
-        self._checked_at = now
-        if policies is not None:
-            self._policies = policies
-            self._findings.clear()
-        self._generation = gen
-        assert self._policies is not None
-        return self._policies
+        policies = await self.db.read(load_policies)
+        self._findings.clear()  # scans and advisories may have changed too
+        self._policies = policies
+        self._stamp = stamp
+        return policies
 
     async def check(self, repository: str, digest: str, media_type: str, payload: bytes) -> None:
         """Raise PullDenied when the namespace's policy refuses this manifest."""

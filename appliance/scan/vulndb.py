@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance.errors import BerthError
+from appliance.metadata.changes import SCAN
 from appliance.metadata.db import Tx
 from appliance.ops import audit
 from appliance.scan.matching import RANK, SEVERITIES, Affected, normalize_name
@@ -459,7 +460,9 @@ def import_path(
 
 
 def bump_generation(tx: Tx) -> None:
-    """Tell every serving process that cached pull verdicts may be stale."""
+    """Tell every serving process that cached pull verdicts may be stale (the `scan` change
+    stamp; the counter stays for what reads it)."""
+    tx.touch(SCAN)
     tx.execute(
         "INSERT INTO scan_generation (id, generation) VALUES (1, 1) ON CONFLICT (id) "
         "DO UPDATE SET generation = scan_generation.generation + 1"

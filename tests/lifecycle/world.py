@@ -125,7 +125,7 @@ class World:
 def build_world(db: Database, store: BlobStore, settings: GcSettings | None = None) -> World:
     clock = Clock()
     settings = settings or GcSettings(delay=100.0, batch=7, untagged_age=1000.0)
-    rules = Rules(db, clock, ttl=0.0)
+    rules = Rules(db, clock)
     meta = MetadataStore(db, clock, settings.delay, checks=rules)
     registry = Registry(meta, store, clock=clock)
     return World(db, store, clock, meta, registry, rules, settings)

@@ -199,29 +199,46 @@ async def test_a_malformed_layer_does_not_stop_other_scans(
     assert reports["team/good"]["packages"] == 4
 
 
-async def test_the_pull_gate_reads_the_database_only_on_refresh(
+async def test_the_pull_gate_reads_the_database_only_after_a_change(
     client: httpx.AsyncClient, services: Services, clock: FakeClock, monkeypatch: Any
 ) -> None:
-    """A manifest GET costs no query of its own: the gate checks the change counter at most
-    every `scan.policy_refresh` seconds (5 by default)."""
+    """A manifest GET costs no query of its own: the gate reads the policies again only when
+    the `scan` change stamp moved (a policy, advisory or scan changed, on any host), never
+    because time passed."""
     from appliance.scan import policy  # noqa: PLC0415
 
     calls: list[int] = []
-    real = policy.generation
+    real = policy.load_policies
 
-    def counting(tx: Any) -> int:
+    def counting(tx: Any) -> dict[str, Any]:
         calls.append(1)
         return real(tx)
 
-    monkeypatch.setattr(policy, "generation", counting)
+    monkeypatch.setattr(policy, "load_policies", counting)
+    assert (await client.post("/api/v1/namespaces", json={"name": "team"})).status_code == 201
     await push_layers(client, "team/app", "1", [debian_layer()])
-    for _ in range(20):
-        assert (await client.get("/v2/team/app/manifests/1")).status_code == 200
-    assert len(calls) == 1
-    clock.advance(6)
-    for _ in range(5):
-        assert (await client.get("/v2/team/app/manifests/1")).status_code == 200
-    assert len(calls) == 2
+    async with trio.open_nursery() as nursery:
+        # Stamps are trusted while the process listens for other hosts' changes (PostgreSQL).
+        await nursery.start(services.db.watch_changes)
+        with trio.fail_after(10):
+            while not services.db.changes.trusted:  # noqa: ASYNC110 (the listener's thread)
+                await trio.sleep(0.01)
+        calls.clear()
+        for _ in range(20):
+            assert (await client.get("/v2/team/app/manifests/1")).status_code == 200
+        assert len(calls) == 1
+        clock.advance(3600)
+        for _ in range(5):
+            assert (await client.get("/v2/team/app/manifests/1")).status_code == 200
+        assert len(calls) == 1
+        resp = await client.put(
+            "/api/v1/namespaces/team/scan-policy", json={"block_severity": "low"}
+        )
+        assert resp.status_code == 200, resp.text
+        for _ in range(5):
+            await client.get("/v2/team/app/manifests/1")
+        assert len(calls) == 2
+        nursery.cancel_scope.cancel()
 
 
 async def test_the_sbom_goes_with_its_image_and_frees_its_blobs(
