@@ -308,7 +308,8 @@ SETTINGS: tuple[Setting, ...] = (
         "jobs.lease",
         float,
         15.0,
-        "SQLite: seconds a background-job leader's lease lasts unless renewed.",
+        "Seconds a background-job leader that stops answering keeps leading: its lease "
+        "(SQLite), or how long PostgreSQL waits before ending a silent leader's session.",
     ),
     Setting(
         "uploads.expiry",
@@ -1008,6 +1009,11 @@ def load(
             values[key] = _coerce(setting, value, "command line")
     parse_listen(values["server.listen"])
     parse_workers(values["server.workers"])
+    for item in values["nginx.upstreams"].split(","):
+        if item.strip():
+            host, _ = parse_listen(item.strip())
+            if any(c in host for c in " ;{}#$'\"\\"):
+                raise ConfigError(f"nginx.upstreams: {item.strip()!r} is not HOST:PORT")
     try:
         proxy_networks(values["server.trusted_proxies"])
     except ValueError as e:

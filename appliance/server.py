@@ -318,6 +318,8 @@ async def serve(
             urls: list[str] = await nursery.start(http)
             for url in urls:
                 log.info("listening on %s", url)
+            if services.ops is not None and urls:
+                services.ops.host.listening(urls[0])  # the bound port, for `berth ctl doctor`
             if ready_fd is not None:
                 tell_ready(ready_fd)
             task_status.started(urls)

@@ -15,9 +15,12 @@ CREATE TABLE signing_keys (
 
 -- Each serving host, as it last said it was (ops/hosts.py): what `berth ctl doctor` compares.
 -- `secret_fingerprint` is a one-way value derived from the server secret; `storage` names the
--- blob store (backend, endpoint, bucket, prefix). Process state: not copied or backed up.
+-- blob store (backend, endpoint, bucket, prefix); `instance` is a random id of the host's data
+-- directory, so that two hosts registering under one name are noticed. Process state: not
+-- copied or backed up.
 CREATE TABLE hosts (
     name                TEXT COLLATE "C" PRIMARY KEY,
+    instance            TEXT NOT NULL,
     version             TEXT NOT NULL,
     secret_fingerprint  TEXT NOT NULL,
     schema_version      INTEGER NOT NULL,

@@ -1,0 +1,261 @@
+"""Several Berth hosts on one PostgreSQL and one S3 bucket, behind nginx, for tests and benches.
+
+Each host is a `berth serve` of its own: its own data directory (change stamps, host-shared
+buckets, logs), its own fixed loopback port (a host killed and started again comes back where
+nginx expects it), its own `server.host_name`. What they share is what a real deployment
+shares: `metadata.url`, the `[storage.s3]` bucket, the server secret file and the public URL
+(nginx's). nginx runs the configuration `berth ctl reconfigure` renders with `nginx.upstreams`
+set (TLS with a self-signed certificate, passive health checks, no buffering), as root so that
+it may read its test directory (TESTBED.md).
+
+Every process is started by this module and stopped by its PID.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from appliance import config as settings
+from appliance.omnibus import checks, ctl
+from tests.support.servers import (
+    ADMIN,
+    ADMIN_PASSWORD,
+    Server,
+    free_port,
+    require_binary,
+    start_berth,
+)
+
+
+def process_tree(pid: int) -> list[int]:
+    """`pid` and its descendants, children first (whichever of its threads started them)."""
+    out: list[int] = []
+    for path in Path(f"/proc/{pid}/task").glob("*/children"):
+        try:
+            children = [int(p) for p in path.read_text().split()]
+        except OSError:  # the thread is gone
+            continue
+        for child in children:
+            out += process_tree(child)
+    return [*out, pid]
+
+
+@dataclass
+class Host:
+    """One Berth host of the cluster."""
+
+    name: str
+    port: int
+    data_dir: Path
+    env: dict[str, str]
+    workers: int
+    server: Server | None = None
+    starts: int = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def log(self) -> str:
+        logs = sorted(self.data_dir.parent.glob(f"{self.name}-*.log"))
+        return "".join(p.read_text(errors="replace") for p in logs)
+
+    def start(self) -> Server:
+        self.starts += 1
+        self.server = start_berth(
+            self.data_dir,
+            env=self.env,
+            listen=self.address,
+            args=("--workers", str(self.workers)),
+            log_path=self.data_dir.parent / f"{self.name}-{self.starts}.log",
+            timeout=90,
+        )
+        return self.server
+
+    @property
+    def alive(self) -> bool:
+        return self.server is not None and self.server.proc.poll() is None
+
+    def pids(self) -> list[int]:
+        return [] if self.server is None else process_tree(self.server.proc.pid)
+
+    def kill(self) -> None:
+        """SIGKILL to every process of the host at once: a crash, as its peers see it."""
+        if self.server is None:
+            return
+        for pid in self.pids():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self.server.proc.wait(30)
+        self.server.stop()
+
+    def stop(self) -> int:
+        if self.server is None or self.server.proc.poll() is not None:
+            return 0 if self.server is None else int(self.server.proc.returncode)
+        return self.server.stop()
+
+    def client(self, auth: Any = (ADMIN, ADMIN_PASSWORD), **kwargs: Any) -> httpx.Client:
+        return httpx.Client(base_url=self.url, auth=auth, timeout=60, **kwargs)
+
+
+@dataclass
+class Front:
+    """nginx in front of the hosts."""
+
+    url: str  # https://127.0.0.1:PORT
+    proc: subprocess.Popen[bytes]
+    conf: Path
+    log_dir: Path
+
+    @property
+    def host(self) -> str:
+        return self.url.removeprefix("https://")
+
+    def client(self, auth: Any = (ADMIN, ADMIN_PASSWORD), **kwargs: Any) -> httpx.Client:
+        return httpx.Client(base_url=self.url, auth=auth, timeout=120, verify=False, **kwargs)
+
+    def access_log(self) -> str:
+        path = self.log_dir / "nginx-access.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGQUIT)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@dataclass
+class Cluster:
+    """`count` hosts sharing `shared` (database, bucket, ...) behind nginx; see the module
+    docstring. `workers`: serving processes of each host, by index (default 1)."""
+
+    root: Path
+    shared: Mapping[str, str]
+    count: int = 3
+    workers: Mapping[int, int] = field(default_factory=dict)
+    hosts: list[Host] = field(default_factory=list)
+    front: Front | None = None
+    secret_file: Path | None = None
+
+    def __post_init__(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.secret_file = self.root / "shared-secret"
+        if not self.secret_file.exists():
+            self.secret_file.write_text(os.urandom(32).hex() + "\n")
+            self.secret_file.chmod(0o600)
+        self.front_port = free_port()
+        self.public_url = f"https://127.0.0.1:{self.front_port}"
+        for i in range(self.count):
+            name = f"host{i}"
+            env = {
+                **self.shared,
+                "BERTH_ADMIN_PASSWORD": ADMIN_PASSWORD,
+                "BERTH_SERVER_SECRET_FILE": str(self.secret_file),
+                "BERTH_SERVER_PUBLIC_URL": self.public_url,
+                "BERTH_SERVER_HOST_NAME": name,
+                "BERTH_LOG_FORMAT": "json",
+            }
+            self.hosts.append(
+                Host(name, free_port(), self.root / name / "data", env, self.workers.get(i, 1))
+            )
+
+    def start(self) -> Cluster:
+        """Start every host (at once) and then nginx."""
+        errors: list[BaseException] = []
+
+        def one(host: Host) -> None:
+            try:
+                host.start()
+            except BaseException as e:  # reported below, after every start has ended
+                errors.append(e)
+
+        threads = [threading.Thread(target=one, args=(h,)) for h in self.hosts]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if errors:
+            self.stop()
+            raise errors[0]
+        self.front = start_front(self.root / "front", self, self.front_port)
+        return self
+
+    def stop(self) -> dict[str, int]:
+        """Stop nginx and every host; returns each host's exit code."""
+        if self.front is not None:
+            self.front.stop()
+        return {h.name: h.stop() for h in self.hosts}
+
+    def host_env(self, i: int) -> dict[str, str]:
+        """The `BERTH_*` environment of host `i` (for a command run as that host)."""
+        return {**self.hosts[i].env, "BERTH_SERVER_DATA_DIR": str(self.hosts[i].data_dir)}
+
+
+def front_config(root: Path, cluster: Cluster, port: int) -> settings.Config:
+    return settings.load(
+        None,
+        environ={},
+        overrides={
+            "server.data_dir": str(root / "data"),
+            "server.public_url": cluster.public_url,
+            "log.dir": str(root / "log"),
+            "nginx.enabled": True,
+            "nginx.listen": f"127.0.0.1:{port}",
+            "nginx.redirect_listen": "",
+            "nginx.upstreams": ",".join(h.address for h in cluster.hosts),
+            "storage.backend": "s3",
+            "storage.s3.bucket": "shared",
+        },
+    )
+
+
+def start_front(root: Path, cluster: Cluster, port: int) -> Front:
+    """nginx with the pool configuration `berth ctl reconfigure` renders."""
+    nginx = require_binary("nginx", "nginx")
+    config = front_config(root, cluster, port)
+    cert, key = checks.tls_paths(config)
+    ctl.make_self_signed(cert, key, "127.0.0.1")
+    prefix = ctl.nginx_prefix(config)
+    prefix.mkdir(parents=True, exist_ok=True)
+    (root / "log").mkdir(parents=True, exist_ok=True)
+    conf = prefix / "nginx.conf"
+    conf.write_text(ctl.render_nginx(config, user="root"))
+    subprocess.run(
+        [nginx, "-t", "-p", str(prefix), "-c", str(conf)], check=True, capture_output=True
+    )
+    with (root / "nginx.out").open("wb") as out:
+        proc = subprocess.Popen(
+            [nginx, "-p", str(prefix), "-c", str(conf), "-g", "daemon off;"],
+            stdout=out,
+            stderr=out,
+        )
+    front = Front(cluster.public_url, proc, conf, root / "log")
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            httpx.get(front.url + "/-/health", verify=False, timeout=2)
+            return front
+        except httpx.TransportError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                front.stop()
+                raise
+            time.sleep(0.05)
