@@ -132,6 +132,11 @@ def serve(  # noqa: PLR0917 (one parameter per option)
 
         trio.run(functools.partial(run_server, config, listen_fd=listen_fd, ready_fd=ready_fd))
     except BerthError as e:
+        if ready_fd is not None:  # a worker that could not start: its supervisor says why, once
+            from appliance.server import tell_failed  # noqa: PLC0415
+
+            tell_failed(ready_fd, e.message)
+            sys.exit(2)
         fail(e.message)
 
 
@@ -474,3 +479,8 @@ from appliance.scan.cli import scan, scan_worker, vulndb  # noqa: E402
 main.add_command(scan)
 main.add_command(scan_worker)
 main.add_command(vulndb)
+
+# `berth import distribution|remote` (moving in from another registry) lives in appliance/importer/.
+from appliance.importer.cli import import_group  # noqa: E402
+
+main.add_command(import_group)

@@ -368,8 +368,8 @@ SETTINGS: tuple[Setting, ...] = (
         "lifecycle.rules_ttl",
         float,
         5.0,
-        "Deprecated, ignored: immutable-tag rules and quotas changed anywhere reach every "
-        "process within a second (change stamps).",
+        "Deprecated and ignored: immutable-tag rules and quotas changed anywhere now apply to "
+        "the next push on every process (accepted so older config files still load).",
     ),
     Setting(
         "proxy.upstreams",
@@ -751,8 +751,8 @@ SETTINGS: tuple[Setting, ...] = (
         "scan.policy_refresh",
         float,
         5.0,
-        "Deprecated, ignored: policy, advisory and scan changes made anywhere reach every "
-        "process's pull verdicts within a second (change stamps).",
+        "Deprecated and ignored: policy, advisory and scan changes made anywhere now apply to "
+        "the next pull on every process (accepted so older config files still load).",
     ),
     Setting(
         "scan.max_layer_bytes",

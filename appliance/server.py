@@ -219,8 +219,17 @@ class Draining:
 
 def tell_ready(fd: int) -> None:
     """Tell the supervisor this worker answers requests (it may be waiting to say so)."""
+    _tell(fd, b"R")
+
+
+def tell_failed(fd: int, message: str) -> None:
+    """Tell the supervisor why this worker could not start (it prints it, once for all)."""
+    _tell(fd, b"F" + message.encode()[:4000])
+
+
+def _tell(fd: int, what: bytes) -> None:
     with contextlib.suppress(OSError):  # the supervisor is gone: nobody to tell
-        os.write(fd, b"R")
+        os.write(fd, what)
     with contextlib.suppress(OSError):
         os.close(fd)
 
@@ -317,7 +326,10 @@ async def serve(
 
             urls: list[str] = await nursery.start(http)
             for url in urls:
-                log.info("listening on %s", url)
+                if listen_fd is None:
+                    log.info("listening on %s", url)
+                else:  # a supervisor's worker: the supervisor says where it listens
+                    log.info("worker serving on %s", url)
             if services.ops is not None and urls:
                 services.ops.host.listening(urls[0])  # the bound port, for `berth ctl doctor`
             if ready_fd is not None:

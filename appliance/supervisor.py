@@ -81,6 +81,7 @@ class Supervisor:
         self._ready_slots: set[int] = set()
         self._all_ready = trio.Event()
         self.failed: int | None = None  # exit code of a worker that never got going
+        self.failure: str | None = None  # and why, as it told
 
     async def run(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> int:
         # Fail fast, once, with one clear line (database unreachable, schema too new...).
@@ -116,7 +117,11 @@ class Supervisor:
         finally:
             sock.close()
         if self.failed is not None:
-            log.error("a worker exited with %s before serving; stopped", self.failed)
+            if self.failure is not None:  # one clear line, as a lone process would print
+                sys.stderr.write(f"berth: {self.failure}\n")
+                sys.stderr.flush()
+            else:
+                log.error("a worker exited with %s before serving; stopped", self.failed)
             return self.failed or 1
         log.info("all workers stopped")
         return 0
@@ -139,12 +144,20 @@ class Supervisor:
         return stopped
 
     async def _tell_when_ready(self, slot: int, ready: trio.lowlevel.FdStream) -> None:
+        got = b""
         async with ready:
             try:
-                got = await ready.receive_some(1)
+                while chunk := await ready.receive_some(4096):
+                    got += chunk
+                    if got[:1] == b"R":
+                        break
             except trio.BrokenResourceError:
-                got = b""
-        if got and slot not in self._ready_slots:
+                pass
+        if got[:1] == b"F":  # it could not start, and said why
+            if self.failure is None:
+                self.failure = got[1:].decode(errors="replace")
+            return
+        if got[:1] == b"R" and slot not in self._ready_slots:
             self._ready_slots.add(slot)
             if len(self._ready_slots) == self.workers:
                 self._all_ready.set()

@@ -55,7 +55,7 @@ class Lifecycle:
         """`pace`: the share of its time the collector may work (see GcSettings); a serving
         process keeps half for requests, `berth gc` runs flat out."""
         settings = gc_settings(config, pace)
-        rules = Rules(db, clock)  # lifecycle.rules_ttl is deprecated: change stamps
+        rules = Rules(db, clock)
         return cls(
             rules=rules,
             collector=Collector(db, store, clock, settings, actor=actor),

@@ -4,10 +4,9 @@
 matching an immutable rule of its namespace cannot be moved or deleted, and a blob that would
 take a namespace past its quota cannot be linked into it. The rules live in the database
 (migration 0005) and are cached in memory, so a push into a namespace without rules costs no
-query at all, and one with a quota costs one query per blob linked. The cache is checked
-against the `rules` change stamp (metadata/changes.py), which every change to rules and quotas
-touches: a change made by any process of this host is seen by the next write, one made on
-another host (PostgreSQL) within milliseconds.
+query at all, and one with a quota costs one query per blob linked. Every change to them
+touches the `rules` change stamp (metadata/changes.py), so every process of the host reloads
+before its next check, and other hosts within milliseconds.
 
 Usage counts blobs once per namespace however many repositories hold them: `total` is the
 bytes of the distinct blobs readable by the namespace's repositories (what quotas limit),
@@ -25,7 +24,6 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from appliance.errors import Denied, InvalidName, NotFound
-from appliance.metadata.changes import RULES
 from appliance.metadata.db import Database, Tx
 from appliance.oci import patterns
 from appliance.oci.names import namespace_of, validate_component, validate_name
@@ -142,17 +140,21 @@ def namespaces_in_use(tx: Tx) -> list[str]:
     return sorted(names)
 
 
+TOPIC = "rules"  # the change stamp of immutable-tag rules and quotas
+
+
 class Rules:
     """The cached immutable-tag rules and quotas, and the changes to them.
 
-    Implements `metadata.store.WriteChecks`. `clock` stamps changes.
+    Implements `metadata.store.WriteChecks`. `clock` stamps changes. The cache is good while
+    the `rules` change stamp is the one read before it was loaded.
     """
 
     def __init__(self, db: Database, clock: Callable[[], float]) -> None:
         self.db = db
         self.clock = clock
         self._lock = threading.Lock()
-        self._stamp: int | None = None  # the `rules` stamp the cache was loaded under
+        self._stamp: int | None = None
         self._immutable: dict[str, tuple[ImmutableRule, ...]] = {}
         self._quotas: dict[str, int] = {}
         self._warned: set[int] = set()
@@ -160,11 +162,10 @@ class Rules:
     # -- the cache ------------------------------------------------------------------------
 
     def invalidate(self) -> None:
-        """Forget the cache (tests; a change needs no call: it touches the stamp)."""
         self._stamp = None
 
     def _fresh(self, tx: Tx) -> None:
-        stamp = self.db.changes.stamp(RULES)  # before the read
+        stamp = self.db.changes.stamp(TOPIC)  # before the load: a change meanwhile reloads
         if stamp == self._stamp:
             return
         rules = list_immutable_rules(tx)
@@ -299,8 +300,8 @@ class Rules:
                 "VALUES (:ns, :p, :by, :now) ON CONFLICT (namespace, pattern) DO NOTHING",
                 {"ns": namespace, "p": pattern, "by": actor, "now": now},
             )
-            tx.touch(RULES)  # every process's cache reloads
             rule = next(r for r in list_immutable_rules(tx, namespace) if r.pattern == pattern)
+            tx.touch(TOPIC)
             audit.record(
                 tx, actor, "immutable_rule.create", namespace, at=now, rule=rule.id, pattern=pattern
             )
@@ -322,7 +323,7 @@ class Rules:
             )
             if not gone:
                 raise NotFound(f"no immutable tag rule {rule_id} in namespace {namespace}")
-            tx.touch(RULES)  # every process's cache reloads
+            tx.touch(TOPIC)
             audit.record(
                 tx,
                 actor,
@@ -352,8 +353,8 @@ class Rules:
                 "updated_at = excluded.updated_at",
                 {"ns": namespace, "n": limit_bytes, "by": actor, "now": now},
             )
-            tx.touch(RULES)  # every process's cache reloads
             audit.record(tx, actor, "quota.set", namespace, at=now, limit_bytes=limit_bytes)
+            tx.touch(TOPIC)
             return Quota(namespace, limit_bytes, actor, now)
 
         try:
@@ -371,7 +372,7 @@ class Rules:
             )
             if not gone:
                 raise NotFound(f"namespace {namespace} has no quota")
-            tx.touch(RULES)  # every process's cache reloads
+            tx.touch(TOPIC)
             audit.record(tx, actor, "quota.delete", namespace, at=now, limit_bytes=gone[0][0])
 
         try:

@@ -56,11 +56,10 @@ V = TypeVar("V")
 
 
 EVERYTHING = "*"  # a topic that stands for every topic (a restore replaced every record)
-# The topics of cached facts besides identity (`metadata.identity.AUTH`) and repositories
-# (`repository_topic`): each is touched by every write that changes what its caches hold.
+# More topics of cached facts (besides identity, `metadata.identity.AUTH`; repositories,
+# `repository_topic`; rules, `lifecycle.rules.TOPIC`; pull verdicts, `scan.vulndb.SCAN_TOPIC`):
+# each is touched by every write that changes what its caches hold.
 KEYS = "keys"  # token-signing keys (auth/tokens.py)
-RULES = "rules"  # immutable-tag rules and quotas (lifecycle/rules.py)
-SCAN = "scan"  # pull policies, advisories, scan results (scan/policy.py)
 WEBHOOKS = "webhooks"  # webhook endpoints (ops/webhooks.py)
 
 

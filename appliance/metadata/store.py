@@ -269,7 +269,34 @@ class MetadataStore:
         now = self.clock()
 
         def fn(tx: Tx) -> BlobRecord:
-            repo_id = ensure_repository(tx, repository, now)
+            (blob,) = self._record_blobs(tx, repository, [(digest, size, storage_key)], now)
+            tx.execute("DELETE FROM uploads WHERE id = :id", {"id": upload_id})
+            return blob
+
+        return await self.db.write(fn)
+
+    async def record_blobs(
+        self, repository: str, blobs: Sequence[tuple[str, int, str]], *, upload_id: str
+    ) -> list[BlobRecord]:
+        """Record verified bytes of one upload (an import's: digest, size, storage key each)
+        as blobs readable by `repository`, and end the upload, in one transaction: all or
+        none. A digest stored already keeps its record, returned instead (as `commit_blob`
+        does)."""
+        now = self.clock()
+
+        def fn(tx: Tx) -> list[BlobRecord]:
+            records = self._record_blobs(tx, repository, blobs, now)
+            tx.execute("DELETE FROM uploads WHERE id = :id", {"id": upload_id})
+            return records
+
+        return await self.db.write(fn)
+
+    def _record_blobs(
+        self, tx: Tx, repository: str, blobs: Sequence[tuple[str, int, str]], now: float
+    ) -> list[BlobRecord]:
+        repo_id = ensure_repository(tx, repository, now)
+        out = []
+        for digest, size, storage_key in blobs:
             tx.execute(
                 "INSERT INTO blobs (digest, size, storage_key, created_at) "
                 "VALUES (:digest, :size, :key, :now) ON CONFLICT (digest) DO NOTHING",
@@ -287,10 +314,55 @@ class MetadataStore:
                 "VALUES (:repo, :digest, :now) ON CONFLICT DO NOTHING",
                 {"repo": repo_id, "digest": digest, "now": now},
             )
-            tx.execute("DELETE FROM uploads WHERE id = :id", {"id": upload_id})
-            # A blob nobody references yet must be collected if no manifest ever does.
-            enqueue_blobs(tx, [digest], now + self.gc_delay)
-            return BlobRecord(*row)
+            out.append(BlobRecord(*row))
+        # A blob nobody references yet must be collected if no manifest ever does.
+        enqueue_blobs(tx, [b.digest for b in out], now + self.gc_delay)
+        return out
+
+    async def adopt_blobs(self, repository: str, digests: Sequence[str]) -> list[BlobRecord]:
+        """Make those of `digests` that Berth stores already (for any repository) readable by
+        `repository`, in one transaction; returns them. For an import, which reads from
+        outside Berth, not on behalf of a client who must be able to read another repository.
+        Only a read when none is stored (the common case)."""
+        wanted = list(dict.fromkeys(digests))
+        if not wanted:
+            return []
+        now = self.clock()
+
+        def stored(tx: Tx) -> list[str]:
+            return [
+                d
+                for d in wanted
+                if tx.scalar("SELECT 1 FROM blobs WHERE digest = :d", {"d": d}) is not None
+            ]
+
+        if not await self.db.read(stored):
+            return []
+
+        def fn(tx: Tx) -> list[BlobRecord]:
+            repo_id = ensure_repository(tx, repository, now)
+            out = []
+            for digest in stored(tx):
+                row = tx.one(
+                    "SELECT digest, size, storage_key FROM blobs WHERE digest = :digest",
+                    {"digest": digest},
+                )
+                assert row is not None
+                if self.checks is not None:
+                    self.checks.blob_linking(tx, repository, digest, int(row[1]))
+                tx.execute(
+                    "INSERT INTO repository_blobs (repository_id, digest, created_at) "
+                    "VALUES (:repo, :digest, :now) ON CONFLICT DO NOTHING",
+                    {"repo": repo_id, "digest": digest, "now": now},
+                )
+                # A manifest that needs it follows: give it the whole delay, as a mount does.
+                tx.execute(
+                    "UPDATE gc_blob_queue SET review_after = :t "
+                    "WHERE digest = :digest AND review_after < :t",
+                    {"t": now + self.gc_delay, "digest": digest},
+                )
+                out.append(BlobRecord(*row))
+            return out
 
         return await self.db.write(fn)
 
@@ -539,12 +611,15 @@ class MetadataStore:
         tag: str | None,
         *,
         pushed_by: str | None = None,
+        move_tag: bool = True,
     ) -> PutResult:
         """Store a validated manifest (and point `tag` at it), all or nothing. `pushed_by`
         names who pushed it (shown in the console).
 
         Raises ManifestBlobUnknown when a blob it needs is not readable by the repository, a
-        descriptor's size disagrees with the stored blob, or a child of an index is missing.
+        descriptor's size disagrees with the stored blob, or a child of an index is missing;
+        with `move_tag` false, Conflict when `tag` points at another manifest already (checked
+        in the same transaction, so a push in between is never overwritten).
         """
         now = self.clock()
         digest_s = str(digest)
@@ -654,6 +729,14 @@ class MetadataStore:
                     "SELECT manifest_id FROM tags WHERE repository_id = :repo AND name = :tag",
                     {"repo": repo_id, "tag": tag},
                 )
+                if not move_tag and previous is not None and int(previous) != manifest_id:
+                    held = tx.scalar(
+                        "SELECT digest FROM manifests WHERE id = :id", {"id": int(previous)}
+                    )
+                    raise Conflict(
+                        f"tag {tag} of {repository} points at {held} already",
+                        {"tag": tag, "digest": held},
+                    )
                 if self.checks is not None:
                     before = None if previous is None else int(previous)
                     self.checks.tag_moving(tx, repository, tag, before, manifest_id)

@@ -291,8 +291,7 @@ def check_hosts(config: Config, now: float | None = None) -> Iterator[Finding]:
             yield Finding(
                 "warn",
                 "hosts",
-                f"{host.name} ({host.address}) runs Berth {host.version}, this host "
-                f"{__version__}",
+                f"{host.name} ({host.address}) runs Berth {host.version}, this host {__version__}",
                 "finish the upgrade: every host should run the same version",
             )
         else:

@@ -216,8 +216,7 @@ class ThisHost:
         clash = await self.db.write(lambda tx: _visit(tx, self.record(status.current)))
         if clash is not None:
             log.warning(
-                "another host (at %s) registers as %r too: give each host its own "
-                "server.host_name",
+                "another host (at %s) registers as %r too: give each host its own server.host_name",
                 clash.address,
                 self.name,
             )

@@ -10,15 +10,16 @@ again after an interruption fetches only what was missing.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from appliance.errors import InvalidName
-from appliance.oci import manifest as manifests
-from appliance.oci.digest import Digest
+from appliance.errors import InvalidName, ManifestNotFound
+from appliance.oci.digest import Digest, is_digest
+from appliance.oci.manifest import Descriptor, Manifest
 from appliance.oci.names import validate_tag
 from appliance.proxy.service import PullThrough, Target
-from appliance.proxy.upstream import FetchedManifest
+from appliance.registry import copy
+from appliance.registry.copy import FetchedManifest
 
 log = logging.getLogger("berth.proxy")
 
@@ -59,41 +60,73 @@ class Mirror:
                 f"{', '.join(sorted(self.proxy.namespaces)) or 'none'})"
             )
         target = self.proxy.target(name)
+        source = _UpstreamSource(self.proxy, target, report)
+        destination = _CacheDestination(self.proxy, target)
         refs = [ref] if ref is not None else await target.upstream.tags(target.remote)
         for one in refs:
-            fetched = await self._manifest(target, one, report)
-            tag = None if ":" in one else one
-            await self._copy(target, fetched, tag, report)
+            tag = None if is_digest(one) else one
+            image = await copy.plan(source, destination, one)
+            report.blobs_cached += image.held_blobs
+
+            def fetched(blob: Descriptor) -> None:
+                report.blobs_fetched += 1
+                report.bytes_fetched += blob.size
+
+            await copy.apply(image, destination, tag, on_blob=fetched)
             if tag is not None:
                 report.tags += 1
-            self.progress(f"{target.local}:{one} {fetched.digest}")
+            self.progress(f"{target.local}:{one} {image.root.fetched.digest}")
         return report
 
-    async def _manifest(
-        self, target: Target, reference: str, report: SyncReport
-    ) -> FetchedManifest:
-        if ":" in reference:  # by digest: the cached copy, if any, is the same bytes
-            record = await self.proxy.cached_manifest(target.local, reference)
+
+class _UpstreamSource:
+    """The upstream of a proxy namespace, as a copy source; a manifest the cache holds
+    (stored or staged) is read from the cache, not fetched again."""
+
+    def __init__(self, proxy: PullThrough, target: Target, report: SyncReport) -> None:
+        self.proxy = proxy
+        self.target = target
+        self.report = report
+
+    async def manifest(self, reference: str) -> FetchedManifest:
+        if is_digest(reference):  # by digest: the cached copy, if any, is the same bytes
+            record = await self.proxy.cached_manifest(self.target.local, reference)
             if record is not None:
                 return FetchedManifest(record.digest, record.media_type, record.payload)
-        report.manifests_fetched += 1
-        return await target.upstream.manifest(
-            target.remote, reference, self.proxy.registry.max_manifest_size
+        self.report.manifests_fetched += 1
+        return await self.target.upstream.manifest(
+            self.target.remote, reference, self.proxy.registry.max_manifest_size
         )
 
-    async def _copy(
-        self, target: Target, fetched: FetchedManifest, tag: str | None, report: SyncReport
+    async def check_blob(self, blob: Descriptor) -> None:
+        await self.target.upstream.blob_size(self.target.remote, str(blob.digest))
+
+
+class _CacheDestination:
+    """The cache of a proxy namespace's repository, filled as a pull-through fills it."""
+
+    def __init__(self, proxy: PullThrough, target: Target) -> None:
+        self.proxy = proxy
+        self.target = target
+
+    async def held_manifest(self, digest: str) -> bool:
+        try:
+            await self.proxy.registry.manifest(self.target.local, digest)
+        except ManifestNotFound:
+            return False
+        return True
+
+    async def held_blob(self, blob: Descriptor) -> bool:
+        return await self.proxy.cached_blob(self.target.local, str(blob.digest)) is not None
+
+    async def store_blobs(
+        self, blobs: Sequence[Descriptor], on_blob: Callable[[Descriptor], None]
     ) -> None:
-        parsed = manifests.parse(fetched.payload, fetched.media_type or None)
-        for child in parsed.children:
-            child_manifest = await self._manifest(target, str(child.digest), report)
-            await self._copy(target, child_manifest, None, report)
-        for d in parsed.required_blobs:
-            digest = str(d.digest)
-            if await self.proxy.cached_blob(target.local, digest) is not None:
-                report.blobs_cached += 1
-                continue
-            await self.proxy.fetch_blob(target, digest)
-            report.blobs_fetched += 1
-            report.bytes_fetched += d.size
-        await self.proxy.keep_manifest(target, fetched, tag)
+        for blob in blobs:  # one at a time, as pulls through the cache fetch them
+            await self.proxy.fetch_blob(self.target, str(blob.digest))
+            on_blob(blob)
+
+    async def store_manifest(
+        self, fetched: FetchedManifest, parsed: Manifest, tag: str | None
+    ) -> None:
+        await self.proxy.keep_manifest(self.target, fetched, tag)

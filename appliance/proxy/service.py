@@ -9,10 +9,9 @@ it can be, and otherwise fetched from the namespace's upstream on first use:
   served from there. An index whose platforms are not all cached stays there.
 * **Blobs** are streamed from upstream to the client while the same bytes go into an upload
   (`Registry.upload_monolithic`): the digest is verified before the blob becomes visible and a
-  failure leaves nothing behind. Concurrent pulls of one uncached blob in this process share one
-  upstream fetch (single flight); the others wait for it and are served from the cache. Across
-  `--workers N` each process has its own flights: at most N fetches of one blob, of which the
-  first commit wins and the others' bytes are discarded.
+  failure leaves nothing behind. Concurrent pulls of one uncached blob share one upstream fetch,
+  in this process (single flight) and across the host's workers (a host lock, ops/hostlocks.py);
+  the others wait for it and are served from the cache.
 * **Tags** are served from the cache for `proxy.tag_ttl` seconds after they were last checked,
   then re-validated with a HEAD (digest compared). When the upstream cannot be reached (or
   refuses), the cached copy is served and the check retried after `RETRY_AFTER` seconds.
@@ -24,6 +23,7 @@ to one cached repository, `hub/library/alpine`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
 from dataclasses import dataclass, field
@@ -48,17 +48,14 @@ from appliance.metadata.store import BlobRecord, ManifestRecord
 from appliance.oci import manifest as manifests
 from appliance.oci.digest import Digest, is_digest
 from appliance.oci.names import namespace_of, readable_reference, validate_name
+from appliance.ops.hostlocks import HostLocks
 from appliance.ops.metrics import REGISTRY
 from appliance.proxy import settings
 from appliance.proxy.settings import ProxyNamespace
 from appliance.proxy.store import CachedTag, ProxyStore
-from appliance.proxy.upstream import (
-    FetchedManifest,
-    Upstream,
-    UpstreamInvalid,
-    UpstreamNotFound,
-)
+from appliance.proxy.upstream import Upstream, UpstreamInvalid, UpstreamNotFound
 from appliance.registry import Registry
+from appliance.registry.copy import FetchedManifest, read_ahead
 
 log = logging.getLogger("berth.proxy")
 
@@ -161,8 +158,10 @@ class PullThrough:
         timeout: float = 30.0,
         ca_file: str = "",
         clock: Callable[[], float],
+        locks: HostLocks | None = None,
     ) -> None:
         self.namespaces = namespaces
+        self.locks = locks  # one upstream fetch per blob across the host's workers
         self.registry = registry
         self.store = store
         self.tag_ttl = tag_ttl
@@ -394,8 +393,19 @@ class PullThrough:
     ) -> BlobRecord:
         """Fetch a blob upstream into the cache (once, whoever else asks meanwhile)."""
         return await self._blobs.run(
-            (target.local, digest), lambda: self._download(target, digest, sink)
+            (target.local, digest), lambda: self._fetch_on_host(target, digest, sink)
         )
+
+    async def _fetch_on_host(self, target: Target, digest: str, sink: _Sink | None) -> BlobRecord:
+        """One fetch per host: a worker that finds another fetching waits, then serves what it
+        stored (or fetches itself, if that fetch failed)."""
+        if self.locks is None:
+            return await self._download(target, digest, sink)
+        async with self.locks.hold(f"proxy-blob:{target.local}@{digest}") as first:
+            if not first:
+                with contextlib.suppress(BlobNotFound):
+                    return await self.registry.blob(target.local, digest)
+            return await self._download(target, digest, sink)
 
     async def _download(self, target: Target, digest: str, sink: _Sink | None) -> BlobRecord:
         REQUESTS.labels(target.ns.name, "blob", "miss").inc()
@@ -420,59 +430,31 @@ class PullThrough:
                     )
                     sink.started = True
 
+                async def relayed() -> AsyncIterator[bytes]:
+                    """The upstream's bytes, sent on to the client as they arrive."""
+                    nonlocal client
+                    async for data in stream.chunks:
+                        bytes_in.inc(len(data))
+                        if client is not None:
+                            try:
+                                await client(
+                                    {"type": "http.response.body", "body": data, "more_body": True}
+                                )
+                            except Exception:  # the client left: keep filling the cache
+                                log.info("proxy: client left during %s", digest)
+                                client = None
+                        yield data
+
                 # Reading upstream (and sending to the client) runs ahead of writing to the
                 # store by up to AHEAD chunks, so the two overlap instead of taking turns.
-                to_store, from_reader = trio.open_memory_channel[bytes](AHEAD)
-                failed: list[Exception] = []
-
-                async def read() -> None:
-                    nonlocal client
-                    async with to_store:
-                        try:
-                            async for data in stream.chunks:
-                                bytes_in.inc(len(data))
-                                if client is not None:
-                                    try:
-                                        await client(
-                                            {
-                                                "type": "http.response.body",
-                                                "body": data,
-                                                "more_body": True,
-                                            }
-                                        )
-                                    except Exception:  # the client left: keep filling the cache
-                                        log.info("proxy: client left during %s", digest)
-                                        client = None
-                                await to_store.send(data)
-                        except Exception as e:  # raised on the storing side, which cleans up
-                            failed.append(e)
-
-                async def chunks() -> AsyncIterator[bytes]:
-                    async with from_reader:
-                        async for data in from_reader:
-                            yield data
-                    if failed:
-                        raise failed[0]
-
-                try:
-                    async with trio.open_nursery() as nursery:
-                        nursery.start_soon(read)
-                        blob = await self.registry.upload_monolithic(target.local, digest, chunks())
-                except BaseExceptionGroup as group:  # one task failed; the other was cancelled
-                    raise _first(group) from None
+                async with read_ahead(relayed(), AHEAD) as chunks:
+                    blob = await self.registry.upload_monolithic(target.local, digest, chunks)
         except UpstreamNotFound as e:
             raise BlobNotFound(e.message, {"digest": digest}) from e
         if sink is not None and sink.send is not None and client is not None:
             await client({"type": "http.response.body", "body": b""})
         await self.promote(target.local)
         return blob
-
-
-def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """The exception that ended a nursery: a real error rather than the Cancelled it caused."""
-    errors = [e for e in group.exceptions if not isinstance(e, trio.Cancelled)]
-    found = (errors or list(group.exceptions))[0]
-    return _first(found) if isinstance(found, BaseExceptionGroup) else found
 
 
 async def open_proxy(
@@ -493,4 +475,5 @@ async def open_proxy(
         timeout=config["proxy.timeout"],
         ca_file=config["proxy.ca_file"],
         clock=clock,
+        locks=HostLocks(config.data_dir / "run" / "locks"),
     )

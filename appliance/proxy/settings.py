@@ -72,11 +72,7 @@ def parse(config: Config) -> dict[str, ProxyNamespace]:
             validate_component(name)
         except Exception as e:  # InvalidName: say which setting it came from
             raise ConfigError(f"proxy.upstreams: {e}") from None
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.netloc or parts.path:
-            raise ConfigError(
-                f"proxy.upstreams: {name}: the upstream must be http(s)://HOST[:PORT], not {url!r}"
-            )
+        url = registry_url(url, f"proxy.upstreams: {name}: the upstream")
         if name in upstreams:
             raise ConfigError(f"proxy.upstreams: namespace {name!r} is listed twice")
         upstreams[name] = url
@@ -100,8 +96,24 @@ def parse(config: Config) -> dict[str, ProxyNamespace]:
     out: dict[str, ProxyNamespace] = {}
     for name, url in upstreams.items():
         user, password = creds.get(name, (None, None))
-        hub = (urlsplit(url).hostname or "") in DOCKER_HUB_HOSTS
-        # Docker Hub's registry API answers at registry-1.docker.io, whatever the user wrote.
-        target = "https://registry-1.docker.io" if hub else url
-        out[name] = ProxyNamespace(name, target, user, password, hub or name in library)
+        hub = is_docker_hub(url)
+        out[name] = ProxyNamespace(name, url, user, password, hub or name in library)
     return out
+
+
+def is_docker_hub(url: str) -> bool:
+    return (urlsplit(url).hostname or "") in DOCKER_HUB_HOSTS
+
+
+def registry_url(text: str, what: str) -> str:
+    """A registry's address as `http(s)://HOST[:PORT]`, without a trailing slash; ConfigError
+    (starting with `what`) for anything else. Docker Hub's registry API answers at
+    registry-1.docker.io, whatever the user wrote."""
+    url = text.strip().rstrip("/")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.path or parts.query:
+        raise ConfigError(f"{what} must be http(s)://HOST[:PORT], not {url[:200]!r}")
+    if parts.username is not None or parts.password is not None:
+        # Never echo it: it holds a password.
+        raise ConfigError(f"{what} must not hold credentials (give them separately)")
+    return "https://registry-1.docker.io" if is_docker_hub(url) else url

@@ -14,11 +14,13 @@ Errors are translated here, at the boundary (no httpx exception leaves this modu
                                         repository that does not exist)
     UpstreamInvalid     (Unavailable)   the upstream sent something that is not what was asked
                                         (a digest that does not match, an unusable manifest)
+      UpstreamSchema1   (UpstreamInvalid)  ... a Docker schema 1 manifest (Berth stores none)
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import re
 import ssl
@@ -36,6 +38,7 @@ from appliance.errors import InvalidDigest, NotFound, Unavailable
 from appliance.oci import mediatypes as mt
 from appliance.oci.digest import Digest, is_digest
 from appliance.proxy.settings import ProxyNamespace
+from appliance.registry.copy import SCHEMA1, FetchedManifest
 
 log = logging.getLogger("berth.proxy")
 # httpcore reads 64 KiB per receive; 1 MiB lets a blob stream from upstream at disk speed
@@ -47,6 +50,8 @@ logging.getLogger("httpx").setLevel(logging.WARNING)
 # Everything Berth stores; Docker schema 1 is left out on purpose (upstreams then convert).
 ACCEPT = ", ".join([mt.OCI_INDEX, mt.OCI_MANIFEST, mt.DOCKER_MANIFEST_LIST, mt.DOCKER_MANIFEST])
 CHUNK = 1 << 20
+MAX_PAGES = 10_000  # of a catalog or tag listing (1,000 names each)
+MAX_LISTING = 8 << 20  # bytes of one such page
 _PARAM = re.compile(r'(\w+)="([^"]*)"')
 
 
@@ -62,11 +67,8 @@ class UpstreamInvalid(Unavailable):
     pass
 
 
-@dataclass(frozen=True)
-class FetchedManifest:
-    digest: str
-    media_type: str
-    payload: bytes
+class UpstreamSchema1(UpstreamInvalid):
+    """The upstream answered with a Docker schema 1 manifest (it has nothing newer)."""
 
 
 @dataclass(frozen=True)
@@ -128,17 +130,22 @@ class Upstream:
         assert self.ns.username is not None
         return httpx.BasicAuth(self.ns.username, self.ns.password or "")._auth_header
 
-    async def _authenticate(self, challenge: str, scope: str) -> bool:
-        """Act on a 401's challenge; True when a retry may now succeed."""
+    async def _authenticate(self, challenge: str, scope: str, sent: str | None) -> bool:
+        """Act on a 401's challenge to a request that carried `sent` (its Authorization);
+        True when a retry may now succeed. Requests run concurrently: a 401 to a request sent
+        before another one's sign-in is retried with what that one got, not refused."""
         scheme, params = parse_challenge(challenge)
         if scheme == "basic":
-            if self.ns.username is None or self._basic:
-                return False
+            if self.ns.username is None or sent == self._basic_value():
+                return False  # no credentials, or these very ones were refused
             self._basic = True
             return True
         if scheme != "bearer" or "realm" not in params:
             return False
         async with self._token_lock:
+            current = self._tokens.get(scope)
+            if current is not None and current[1] > self.clock() and sent != f"Bearer {current[0]}":
+                return True  # another request got a token meanwhile
             query = {"scope": params.get("scope") or scope}
             if "service" in params:
                 query["service"] = params["service"]
@@ -182,9 +189,8 @@ class Upstream:
         scope = f"repository:{repository}:pull"
         url = self._url(repository, kind, ref)
         for attempt in range(2):
-            request = self.client.build_request(
-                method, url, headers={**headers, **self._auth_headers(scope)}
-            )
+            auth = self._auth_headers(scope)
+            request = self.client.build_request(method, url, headers={**headers, **auth})
             try:
                 response = await self.client.send(request, stream=True)
             except httpx.HTTPError as e:
@@ -192,7 +198,7 @@ class Upstream:
             try:
                 if response.status_code == 401 and attempt == 0:
                     challenge = response.headers.get("www-authenticate", "")
-                    if await self._authenticate(challenge, scope):
+                    if await self._authenticate(challenge, scope, auth.get("authorization")):
                         continue
                 try:
                     yield response
@@ -233,16 +239,11 @@ class Upstream:
             declared = r.headers.get("content-length")
             if declared is not None and declared.isdigit() and int(declared) > limit:
                 raise UpstreamInvalid(f"{what} is larger than {limit} bytes")
-            parts: list[bytes] = []
-            held = 0
-            async for data in r.aiter_raw():
-                held += len(data)
-                if held > limit:
-                    raise UpstreamInvalid(f"{what} is larger than {limit} bytes")
-                parts.append(data)
-            payload = b"".join(parts)
+            payload = await _read_bounded(r.aiter_raw(), limit, f"{what} is larger")
             media_type = mt.base(r.headers.get("content-type"))
             header = r.headers.get("docker-content-digest")
+        if media_type in (mt.DOCKER_SCHEMA1, mt.DOCKER_SCHEMA1_SIGNED):
+            raise UpstreamSchema1(f"{what}: {SCHEMA1}")
         expected = Digest.parse(reference) if is_digest(reference) else None
         if expected is None and header:
             with contextlib.suppress(InvalidDigest):  # an unusable header: our own digest serves
@@ -284,31 +285,86 @@ class Upstream:
 
     async def tags(self, repository: str) -> list[str]:
         """Every tag of an upstream repository (following `Link` pages)."""
+        url = f"{self.ns.url}/v2/{repository}/tags/list?n=1000"
+        return await self._pages(
+            url, f"repository:{repository}:pull", "tags", f"tags of {repository}"
+        )
+
+    async def catalog(self) -> list[str]:
+        """Every repository the upstream lists in its catalog (following `Link` pages)."""
+        return await self._pages(
+            f"{self.ns.url}/v2/_catalog?n=1000", "registry:catalog:*", "repositories", "catalog"
+        )
+
+    async def _get_bounded(self, url: str, scope: str, what: str) -> tuple[httpx.Response, bytes]:
+        """GET `url` with the credentials for `scope`; the body is read up to MAX_LISTING."""
+        request = self.client.build_request("GET", url, headers=self._auth_headers(scope))
+        try:
+            r = await self.client.send(request, stream=True)
+        except httpx.HTTPError as e:
+            raise UpstreamUnavailable(f"{self.ns.name}: {_describe(e)}") from e
+        try:
+            body = await _read_bounded(r.aiter_bytes(), MAX_LISTING, f"{what}: a page is larger")
+        except httpx.HTTPError as e:
+            raise UpstreamUnavailable(f"{self.ns.name}: {_describe(e)}") from e
+        finally:
+            with trio.CancelScope(shield=True):
+                await r.aclose()
+        return r, body
+
+    async def _pages(self, url: str, scope: str, key: str, what: str) -> list[str]:
+        """The strings under `key` of a paginated listing. A `Link` to another origin, a page
+        seen before or more than MAX_PAGES pages end it with UpstreamInvalid: credentials
+        are never sent elsewhere, and a hostile upstream cannot keep a listing going."""
         out: list[str] = []
-        url: str | None = f"{self.ns.url}/v2/{repository}/tags/list?n=1000"
-        scope = f"repository:{repository}:pull"
-        while url is not None:
+        seen: set[str] = set()
+        origin = httpx.URL(url).copy_with(path="/", query=None)
+        page: str | None = url
+        while page is not None:
+            if page in seen or len(seen) >= MAX_PAGES:
+                raise UpstreamInvalid(f"{self.ns.name}: {what}: the pages do not end")
+            seen.add(page)
             for attempt in range(2):
-                try:
-                    r = await self.client.get(url, headers=self._auth_headers(scope))
-                except httpx.HTTPError as e:
-                    raise UpstreamUnavailable(f"{self.ns.name}: {_describe(e)}") from e
+                r, body = await self._get_bounded(page, scope, what)
                 challenge = r.headers.get("www-authenticate", "")
                 if (
                     r.status_code == 401
                     and attempt == 0
-                    and await self._authenticate(challenge, scope)
+                    and await self._authenticate(
+                        challenge, scope, r.request.headers.get("authorization")
+                    )
                 ):
                     continue
                 break
-            self._check(r, f"tags of {repository}")
+            self._check(r, what)
             try:
-                out.extend(str(t) for t in (r.json().get("tags") or []))
-            except ValueError as e:
-                raise UpstreamInvalid(f"tags of {repository}: not JSON") from e
+                items = json.loads(body).get(key) or []
+            except (ValueError, AttributeError, RecursionError) as e:
+                raise UpstreamInvalid(f"{what}: not a JSON listing") from e
+            if not isinstance(items, list):
+                raise UpstreamInvalid(f"{what}: not a JSON listing")
+            out.extend(str(t) for t in items)
             link = r.links.get("next", {}).get("url")
-            url = str(httpx.URL(url).join(link)) if link else None
+            if not link:
+                break
+            target = httpx.URL(page).join(link)
+            if target.copy_with(path="/", query=None) != origin:
+                raise UpstreamInvalid(f"{self.ns.name}: {what}: the next page is elsewhere")
+            page = str(target)
         return out
+
+
+async def _read_bounded(chunks: AsyncIterator[bytes], limit: int, too_large: str) -> bytes:
+    """A whole body of at most `limit` bytes; UpstreamInvalid ("<too_large> than N bytes")
+    as soon as more arrive, without holding them."""
+    parts: list[bytes] = []
+    held = 0
+    async for data in chunks:
+        held += len(data)
+        if held > limit:
+            raise UpstreamInvalid(f"{too_large} than {limit} bytes")
+        parts.append(data)
+    return b"".join(parts)
 
 
 def _describe(e: httpx.HTTPError) -> str:

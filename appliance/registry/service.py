@@ -22,9 +22,10 @@ session releases them.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import trio
 
@@ -47,8 +48,16 @@ from appliance.metadata.store import (
 from appliance.oci import manifest as manifests
 from appliance.oci.digest import Digest, Hasher, is_digest, new_hasher
 from appliance.oci.names import readable_reference, validate_name, validate_tag
+from appliance.registry.copy import each
 from appliance.storage import layout
-from appliance.storage.base import BlobRedirect, BlobStore, Progress
+from appliance.storage.base import (
+    BlobRedirect,
+    BlobStore,
+    BulkDelete,
+    FileImport,
+    PlacedFile,
+    Progress,
+)
 
 log = logging.getLogger(__name__)
 
@@ -345,6 +354,80 @@ class Registry:
         digest = str(Digest.parse(digest_text))
         return await self.meta.mount_blob(repository, source, digest)
 
+    async def adopt_blobs(self, repository: str, digests: Sequence[str]) -> set[str]:
+        """Make those of `digests` Berth stores already (for any repository) readable by
+        `repository`, as an import does instead of copying them again; returns them."""
+        validate_name(repository)
+        wanted = [str(Digest.parse(d)) for d in digests]
+        return {b.digest for b in await self.meta.adopt_blobs(repository, wanted)}
+
+    async def import_files(
+        self,
+        repository: str,
+        files: Sequence[tuple[str, Path]],
+        *,
+        link: bool = True,
+        parallel: int = 4,
+    ) -> list[PlacedFile] | None:
+        """Store local files (digest, path) as blobs of `repository`, in one upload: each
+        placed by the store in one pass (hard-linked where it can and `link` allows, else
+        copied; hashed on the way; up to `parallel` at once), then all made durable together
+        and recorded in one transaction, once every digest is verified. All or nothing; None
+        when the store cannot take local files (S3: the caller streams them instead).
+
+        Raises InvalidDigest when a file's content does not match, FileNotFoundError or
+        IsADirectoryError when one is missing or not a file, and what recording raises
+        (Denied for a quota); nothing is then stored. A cancellation, or a crash, leaves an
+        upload at most, removed with the expired ones.
+        """
+        if not isinstance(self.store, FileImport):
+            return None
+        store = self.store
+        wanted = [(Digest.parse(d), path) for d, path in dict(files).items()]
+        upload = await self.start_upload(repository)
+        self._hashes.pop(upload.id, None)  # nothing is appended to this one
+        placed: list[PlacedFile] = []
+        keys: list[str] = []
+
+        async def place(item: tuple[Digest, Path]) -> None:
+            digest, path = item
+            done = await store.place_file(upload.id, path, digest, link=link)
+            placed.append(done)
+            if done.digest != digest:
+                raise InvalidDigest(
+                    f"digest {digest} does not match the content of {path} ({done.digest})",
+                    {"expected": str(digest), "actual": str(done.digest)},
+                )
+
+        try:
+            await each(wanted, place, parallel)
+            keys = await store.commit_files(placed)
+            records = await self.meta.record_blobs(
+                repository,
+                [(str(f.digest), f.size, k) for f, k in zip(placed, keys, strict=True)],
+                upload_id=upload.id,
+            )
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await self._delete_keys(keys)
+                await self._discard(upload.id)
+            raise
+        # Digests stored meanwhile by an upload or another import: their bytes serve.
+        redundant = [k for k, r in zip(keys, records, strict=True) if r.storage_key != k]
+        with trio.CancelScope(shield=True):
+            await self._delete_keys(redundant)
+            await store.delete_upload(upload.id)
+        return placed
+
+    async def _delete_keys(self, keys: list[str]) -> None:
+        if not keys:
+            return
+        if isinstance(self.store, BulkDelete):
+            await self.store.delete_many(keys)
+        else:
+            for key in keys:
+                await self.store.delete(key)
+
     async def delete_blob(self, repository: str, digest_text: str) -> None:
         validate_name(repository)
         digest = str(Digest.parse(digest_text))
@@ -371,7 +454,11 @@ class Registry:
         payload: bytes,
         content_type: str | None,
         pushed_by: str | None = None,
+        *,
+        move_tag: bool = True,
     ) -> ManifestPut:
+        """Store a manifest (by digest, or tagged). With `move_tag` false an existing tag that
+        points elsewhere is left alone and Conflict raised (an import that must not overwrite)."""
         validate_name(repository)
         if len(payload) > self.max_manifest_size:
             raise ManifestTooLarge(
@@ -392,7 +479,7 @@ class Registry:
             digest = Digest.of(payload)
         parsed = manifests.parse(payload, content_type)
         result: PutResult = await self.meta.put_manifest(
-            repository, digest, parsed, payload, tag, pushed_by=pushed_by
+            repository, digest, parsed, payload, tag, pushed_by=pushed_by, move_tag=move_tag
         )
         return ManifestPut(
             result.digest,

@@ -8,11 +8,11 @@ for what was found, and otherwise follows `unscanned` too: what was not read may
 
 The manifest GET path is hot, so the gate keeps everything it needs in memory: the policies
 (all of them: they are few), and per manifest digest the worst-first list of its findings.
-With no policy for the namespace it returns at once. The cache is checked against the `scan`
-change stamp (metadata/changes.py), which imports, policy changes and finished scans touch
-(with the `scan_generation` counter they bump): when it moved, the cache is dropped. The check
-is one read of shared memory; a change made by any process of this host is seen by the next
-pull, one made on another host (PostgreSQL) within milliseconds.
+With no policy for the namespace it returns at once. Imports, policy changes and finished
+scans bump one counter (`scan_generation`) and touch the `scan` change stamp
+(metadata/changes.py); when the stamp moved, the gate reads the counter, and when that moved,
+the cache is dropped. So a change made by any process of the host is seen by the next pull on
+every worker, and on other hosts within milliseconds.
 """
 
 from __future__ import annotations
@@ -25,11 +25,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from appliance.errors import Denied
-from appliance.metadata.changes import SCAN
 from appliance.metadata.db import Database, Tx
 from appliance.oci import mediatypes as mt
 from appliance.oci.names import namespace_of
 from appliance.scan.matching import RANK
+from appliance.scan.vulndb import SCAN_TOPIC
 
 UNSCANNED = ("default", "allow", "deny")
 CACHE_SIZE = 10_000
@@ -146,7 +146,8 @@ class PullGate:
         self.clock = clock
         self.unscanned_default = unscanned_default
         self._policies: dict[str, Policy] | None = None
-        self._stamp: int | None = None  # the `scan` stamp the cache was loaded under
+        self._generation = -1
+        self._stamp: int | None = None
         self._findings: OrderedDict[str, Scanned | None] = OrderedDict()
         _GATES.setdefault(db, []).append(self)
 
@@ -156,14 +157,24 @@ class PullGate:
         self._findings.clear()
 
     async def _current(self) -> dict[str, Policy]:
-        stamp = self.db.changes.stamp(SCAN)  # before the read
+        stamp = self.db.changes.stamp(SCAN_TOPIC)  # before the read: a change meanwhile shows
         if self._policies is not None and stamp == self._stamp:
             return self._policies
-        policies = await self.db.read(load_policies)
-        self._findings.clear()  # scans and advisories may have changed too
-        self._policies = policies
+
+        def fn(tx: Tx) -> tuple[int, dict[str, Policy] | None]:
+            gen = generation(tx)
+            if gen == self._generation and self._policies is not None:
+                return gen, None
+            return gen, load_policies(tx)
+
+        gen, policies = await self.db.read(fn)
         self._stamp = stamp
-        return policies
+        if policies is not None:
+            self._policies = policies
+            self._findings.clear()
+        self._generation = gen
+        assert self._policies is not None
+        return self._policies
 
     async def check(self, repository: str, digest: str, media_type: str, payload: bytes) -> None:
         """Raise PullDenied when the namespace's policy refuses this manifest."""

@@ -665,7 +665,7 @@ def open_scanner(
         memory=max(0, int(config["scan.max_memory"])),
         timeout=float(_positive(config, "scan.timeout")),
     )
-    gate = PullGate(db, clock, unscanned_default=unscanned)  # scan.policy_refresh: deprecated
+    gate = PullGate(db, clock, unscanned_default=unscanned)
     registry.pull_gate = gate.check
     return scanner
 

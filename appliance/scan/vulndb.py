@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 from appliance.errors import BerthError
-from appliance.metadata.changes import SCAN
 from appliance.metadata.db import Tx
 from appliance.ops import audit
 from appliance.scan.matching import RANK, SEVERITIES, Affected, normalize_name
@@ -459,14 +458,17 @@ def import_path(
     return result
 
 
+SCAN_TOPIC = "scan"  # the change stamp of pull verdicts (policies, advisories, reports)
+
+
 def bump_generation(tx: Tx) -> None:
-    """Tell every serving process that cached pull verdicts may be stale (the `scan` change
-    stamp; the counter stays for what reads it)."""
-    tx.touch(SCAN)
+    """Tell every serving process that cached pull verdicts may be stale: the counter for the
+    gates, the change stamp so that they look at once (metadata/changes.py)."""
     tx.execute(
         "INSERT INTO scan_generation (id, generation) VALUES (1, 1) ON CONFLICT (id) "
         "DO UPDATE SET generation = scan_generation.generation + 1"
     )
+    tx.touch(SCAN_TOPIC)
 
 
 def current_version(tx: Tx) -> int:

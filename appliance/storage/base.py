@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from appliance.oci.digest import Digest, Hasher
@@ -115,4 +116,49 @@ class BlobRedirect(Protocol):
     async def download_url(self, key: str) -> str | None:
         """A URL from which a client may GET the blob at `key` directly (it honours `Range`
         itself), valid for a while; None to serve the bytes through Berth."""
+        ...
+
+
+@dataclass(frozen=True)
+class PlacedFile:
+    """A local file put into an upload by `FileImport.place_file`: what its bytes hash to."""
+
+    key: str  # where it is, inside its upload
+    digest: Digest  # of the bytes placed (the caller compares it with the one it expected)
+    size: int
+    linked: bool  # a hard link to the file (no byte copied), not a copy
+
+
+@runtime_checkable
+class FileImport(Protocol):
+    """An optional ability: taking files of this machine as blobs (an import), each by a hard
+    link where the file system allows, by a copy otherwise, many made durable together.
+
+    The files go into an upload first (`create_upload`), so that whatever an interruption
+    leaves is an upload, removed with it (the purge of expired uploads, `delete_upload`).
+    """
+
+    async def place_file(
+        self, upload_id: str, source: Path, digest: Digest, *, link: bool
+    ) -> PlacedFile:
+        """Put `source` into the upload as the file for `digest`, hashing it on the way.
+
+        With `link`, a hard link is made when `source` is on the store's file system and its
+        owner and mode let the store's owner read it (a link keeps them); otherwise, and
+        without `link`, the bytes are copied. `source` is opened once, and what is linked or
+        copied is that open file, so a path swapped for a symbolic link meanwhile places
+        nothing else. Nothing ever writes through a link. Not yet durable: `commit_files`.
+
+        Raises FileNotFoundError when `source` does not exist, IsADirectoryError when it is
+        not a regular file, UploadNotFound when the upload does not exist, and Conflict when
+        it holds a file for `digest` already.
+        """
+        ...
+
+    async def commit_files(self, files: list[PlacedFile]) -> list[str]:
+        """Make placed files durable blobs, each at a fresh storage key (returned, in order).
+
+        Atomic as a whole: on failure none of the keys exists (the files stay in their
+        upload). The keys are not visible to anyone until blobs rows name them.
+        """
         ...

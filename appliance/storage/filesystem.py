@@ -1,11 +1,18 @@
-"""Blob store on a local filesystem: uploads are files, commit is fsync + rename."""
+"""Blob store on a local filesystem: uploads are files, commit is fsync + rename.
+
+A file of this machine (an import) is placed at a blob key by a hard link when it is on the
+same file system, by a copy otherwise (`place_file`); nothing here ever writes to a linked
+file, so its other name keeps exactly what it had.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import os
 import shutil
+import stat
 from collections.abc import AsyncIterator, Callable
 from functools import partial
 from pathlib import Path
@@ -13,14 +20,16 @@ from typing import BinaryIO, TypeVar
 
 import trio
 
-from appliance.errors import BlobNotFound, StorageFull, Unavailable, UploadNotFound
+from appliance.errors import BlobNotFound, Conflict, StorageFull, Unavailable, UploadNotFound
 from appliance.oci.digest import Digest, Hasher, new_hasher
 from appliance.storage import layout
-from appliance.storage.base import Progress, StoredObject
+from appliance.storage.base import PlacedFile, Progress, StoredObject
 from appliance.storage.pending import Pending
 
 CHUNK = 1 << 20
 READ_PIECE = 1 << 20  # a download reads this much at a time, one piece ahead of the send
+COPY_CHUNK = 4 << 20  # an import's copy: fewer, larger reads
+SYNC_THREADS = 16
 _FULL = {errno.ENOSPC, errno.EDQUOT}
 T = TypeVar("T")
 
@@ -169,10 +178,16 @@ class FilesystemStore:
         dst = self._path(key)
 
         def commit() -> None:
-            with src.open("r+b") as f:
-                if f.seek(0, os.SEEK_END) != length:
+            # Opened for reading: fsync needs no more, and a hard-linked upload (link_upload)
+            # must never be written through. Only bytes left past `length` by a crash are cut.
+            with src.open("rb") as f:
+                longer = f.seek(0, os.SEEK_END) != length
+                if not longer:
+                    os.fsync(f.fileno())
+            if longer:
+                with src.open("r+b") as f:
                     f.truncate(length)
-                os.fsync(f.fileno())
+                    os.fsync(f.fileno())
             dst.parent.mkdir(parents=True, exist_ok=True)
             os.rename(src, dst)
             _fsync_dir(dst.parent)
@@ -183,6 +198,104 @@ class FilesystemStore:
         except FileNotFoundError:
             raise UploadNotFound("upload unknown") from None
         return key
+
+    def _placed(self, upload_id: str, digest: Digest) -> Path:
+        return self._upload(upload_id).parent / f"{digest.algorithm}-{digest.hex}"
+
+    async def place_file(
+        self, upload_id: str, source: Path, digest: Digest, *, link: bool
+    ) -> PlacedFile:
+        dst = self._placed(upload_id, digest)
+
+        def place() -> PlacedFile:
+            if not dst.parent.is_dir():
+                raise UploadNotFound("upload unknown")
+            with open_regular(source) as src:
+                st = os.fstat(src.fileno())
+                try:
+                    linked = link and self._link(source, st, dst)
+                    hasher = new_hasher(digest.algorithm)
+                    size = _pump(src, hasher, None if linked else dst)
+                except FileExistsError:
+                    raise Conflict(f"upload {upload_id} holds {digest} already") from None
+                except BaseException:
+                    dst.unlink(missing_ok=True)
+                    raise
+            key = str(dst.relative_to(self.root))
+            return PlacedFile(key, Digest(digest.algorithm, hasher.hexdigest()), size, linked)
+
+        try:
+            return await trio.to_thread.run_sync(place)
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            raise
+        except OSError as e:
+            raise _translate(e, f"blob {digest}") from e
+
+    async def commit_files(self, files: list[PlacedFile]) -> list[str]:
+        # Files are fsync'ed concurrently: parallel fsyncs share the file system's journal
+        # commits and the disk's cache flushes, where one after the other each would wait for
+        # its own. Then each is renamed to its key and its new folder synced, concurrently too.
+        moves = [(self._path(f.key), layout.blob_key(f.digest)) for f in files]
+        await self._each(lambda src, key: _fsync_file(src), moves)
+        done: list[tuple[Path, str]] = []
+
+        def move(src: Path, key: str) -> None:
+            dst = self._path(key)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            os.rename(src, dst)
+            done.append((src, key))
+            _fsync_dir(dst.parent)
+
+        try:
+            await self._each(move, moves)
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await _run(lambda: _move_back(self.root, done), "placed blobs")
+            raise
+        return [key for _, key in moves]
+
+    async def _each(self, fn: Callable[[Path, str], None], moves: list[tuple[Path, str]]) -> None:
+        """`fn(src, key)` for every move, in threads, SYNC_THREADS at a time; the first error
+        is raised as itself (not in an exception group), after every thread has finished."""
+        limiter = trio.CapacityLimiter(SYNC_THREADS)
+        failed: list[Exception] = []
+
+        async def one(src: Path, key: str) -> None:
+            async with limiter:
+                try:
+                    await _run(lambda: fn(src, key), f"blob {key}")
+                except FileNotFoundError:
+                    failed.append(Unavailable(f"storage error: placed file {src} vanished"))
+                except Exception as e:
+                    failed.append(e)
+
+        async with trio.open_nursery() as nursery:
+            for src, key in moves:
+                nursery.start_soon(one, src, key)
+        if failed:
+            raise failed[0]
+
+    def _link(self, source: Path, st: os.stat_result, dst: Path) -> bool:
+        """Hard-link `source` (whose open file `st` describes) at `dst`; False when it cannot
+        or should not be (another file system, not readable by the store's owner, owned by
+        another user, refused). A link shares the file's mode: Berth tightens the modes of
+        what it stores (filemodes.py), which must not change another user's registry."""
+        owner = self.root.stat()
+        if st.st_dev != owner.st_dev or not _readable_by(st, owner.st_uid, owner.st_gid):
+            return False
+        if st.st_uid != owner.st_uid:
+            return False
+        try:
+            os.link(source, dst)
+        except OSError as e:
+            if e.errno in _NO_LINK:
+                return False
+            raise
+        linked = dst.stat()
+        if (linked.st_dev, linked.st_ino) != (st.st_dev, st.st_ino):
+            dst.unlink()  # `source` was replaced after it was opened: link nothing else
+            return False
+        return True
 
     async def delete_upload(self, upload_id: str) -> None:
         path = self._upload(upload_id).parent
@@ -278,6 +391,76 @@ class FilesystemStore:
                 raise PermissionError(errno.EACCES, "not writable", str(self.root))
 
         await _run(check, f"storage root {self.root}")
+
+
+def open_regular(path: Path) -> io.FileIO:
+    """`path` opened for reading, unbuffered, if it is a regular file (following symbolic
+    links); IsADirectoryError otherwise. Never blocks: a FIFO planted where a file should be
+    is refused, not waited on."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise IsADirectoryError(errno.EISDIR, "not a regular file", str(path))
+    os.set_blocking(fd, True)
+    return io.FileIO(fd, "rb")
+
+
+# Why a hard link can fail where a copy would not: another file system, a file system without
+# links, too many links, or links refused to a file this user does not own.
+_NO_LINK = {errno.EXDEV, errno.EPERM, errno.EACCES, errno.EMLINK, errno.EOPNOTSUPP}
+
+
+def _readable_by(st: os.stat_result, uid: int, gid: int) -> bool:
+    """Whether the owner of the store's root (who runs the server) may read the file `st`
+    describes: a linked file keeps its owner and mode, so it must be readable as it is."""
+    if uid == 0:
+        return True
+    if st.st_uid == uid:
+        return bool(st.st_mode & stat.S_IRUSR)
+    if st.st_gid == gid:
+        return bool(st.st_mode & stat.S_IRGRP)
+    return bool(st.st_mode & stat.S_IROTH)
+
+
+def _fsync_file(path: Path) -> None:
+    """fsync a placed file: a link's bytes too, as its other writer may never have."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _move_back(root: Path, done: list[tuple[Path, str]]) -> None:
+    """Undo the renames of a failed `commit_files`: the files go back into their upload."""
+    for src, key in done:
+        with contextlib.suppress(OSError):
+            os.rename(root / key, src)
+            (root / key).parent.rmdir()
+            (root / key).parent.parent.rmdir()
+
+
+def _pump(src: io.RawIOBase, hasher: Hasher, dst: Path | None) -> int:
+    """Hash every byte of `src` (and copy them to a new file `dst`); the length. One reused
+    buffer: no allocation per chunk."""
+    buffer = bytearray(COPY_CHUNK)
+    view = memoryview(buffer)
+    size = 0
+    out = dst.open("xb", buffering=0) if dst is not None else None
+    try:
+        while n := src.readinto(buffer):
+            hasher.update(view[:n])  # type: ignore[arg-type]  # hashlib takes any buffer
+            if out is not None:
+                out.write(view[:n])
+            size += n
+        if out is not None and hasattr(os, "posix_fadvise"):
+            # Start writing the copy to disk now (and let its pages go: nothing reads them
+            # soon), so that the fsync of `commit_files` finds little left to wait for.
+            os.posix_fadvise(out.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        if out is not None:
+            out.close()
+    return size
 
 
 def _cut(f: BinaryIO, length: int) -> None:

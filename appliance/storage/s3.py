@@ -77,6 +77,7 @@ from appliance.config import Config
 from appliance.errors import (
     BlobNotFound,
     ConfigError,
+    SizeInvalid,
     StorageFull,
     Unavailable,
     UploadNotFound,
@@ -1013,6 +1014,60 @@ class S3Store:
             token = page.get("NextContinuationToken")
             if not page.get("IsTruncated") or not token:
                 return
+
+    # -- reading a bucket another program wrote (berth import) ---------------------------
+
+    async def object_size(self, key: str) -> int | None:
+        """The size of the object at `key` (under the prefix), None when there is none."""
+        return await self._object_size(key)
+
+    async def read_object(self, key: str, limit: int) -> bytes | None:
+        """The whole object at `key` if it holds at most `limit` bytes (one GET); None when
+        there is none. Raises SizeInvalid when it is larger."""
+
+        def get() -> bytes:
+            body = self.client.get_object(
+                Bucket=self.bucket, Key=self._k(key), Range=f"bytes=0-{limit}"
+            )["Body"]
+            try:
+                return body.read(limit + 1)
+            finally:
+                body.close()
+
+        try:
+            data = await self._call(f"reading {key}", get)
+        except _Missing:
+            return None
+        except Unavailable:
+            # An empty object has no byte 0: S3 refuses the range (InvalidRange, 416).
+            if await self._object_size(key) == 0:
+                return b""
+            raise
+        if len(data) > limit:
+            raise SizeInvalid(f"{key} is larger than {limit} bytes")
+        return data
+
+    async def folders(self, prefix: str) -> list[str]:
+        """The names one level below `prefix` (a '/'-terminated key prefix under the store's
+        prefix) that have objects under them: what a directory listing would show."""
+        names: list[str] = []
+        token: str | None = None
+        while True:
+            kwargs: dict[str, Any] = {
+                "Bucket": self.bucket,
+                "Prefix": self._k(prefix),
+                "Delimiter": "/",
+            }
+            if token:
+                kwargs["ContinuationToken"] = token
+            page: Any = await self._call(
+                f"listing {prefix}", functools.partial(self.client.list_objects_v2, **kwargs)
+            )
+            start = len(self._k(prefix))
+            names.extend(p["Prefix"][start:].rstrip("/") for p in page.get("CommonPrefixes", []))
+            token = page.get("NextContinuationToken")
+            if not page.get("IsTruncated") or not token:
+                return names
 
     async def check(self) -> None:
         """Check that the bucket exists and the credentials may use it (creating the bucket

@@ -210,6 +210,47 @@ class MetadataSuite:
         assert mounted.digest == digest
         assert await meta.blob("team/target", digest) is not None
 
+    async def test_an_import_adopts_blobs_stored_for_any_repository(
+        self, meta: MetadataStore, database: Database, clock: Clock
+    ) -> None:
+        stored = await self.push_blob(meta, "team/source", b"stored once")
+        never = sha(b"never stored")
+        assert await meta.adopt_blobs("other/target", [never]) == []
+        assert (
+            await self.rows(database, "SELECT name FROM repositories WHERE name = 'other/target'")
+            == []
+        )
+        clock.now += 50
+        adopted = await meta.adopt_blobs("other/target", [never, stored, stored])
+        assert [b.digest for b in adopted] == [stored]
+        assert adopted[0].storage_key.startswith("key-")
+        assert await meta.blob("other/target", stored) is not None
+        assert await meta.blob("other/target", never) is None
+        # Adopting gives a manifest that follows the whole delay, as a mount does.
+        queued = await self.rows(database, "SELECT review_after FROM gc_blob_queue")
+        assert queued == [(clock.now + 100,)]
+        await self.assert_consistent(database)
+
+    async def test_blobs_placed_without_an_upload_are_recorded_together(
+        self, meta: MetadataStore, database: Database
+    ) -> None:
+        first = await self.push_blob(meta, "team/source", b"one")
+        await meta.create_upload(REPO, "import-1")
+        records = await meta.record_blobs(
+            REPO, [(sha(b"two"), 3, "key-two"), (first, 3, "key-another-one")], upload_id="import-1"
+        )
+        assert await self.rows(database, "SELECT id FROM uploads") == []  # ended with it
+        assert [(r.digest, r.storage_key) for r in records] == [
+            (sha(b"two"), "key-two"),
+            (first, records[1].storage_key),
+        ]
+        assert records[1].storage_key != "key-another-one"  # the first copy serves
+        assert await meta.blob(REPO, first) is not None
+        assert await meta.blob(REPO, sha(b"two")) is not None
+        queued = {r[0] for r in await self.rows(database, "SELECT digest FROM gc_blob_queue")}
+        assert {first, sha(b"two")} <= queued
+        await self.assert_consistent(database)
+
     async def test_unlink_and_its_queue_entry(
         self, meta: MetadataStore, database: Database, clock: Clock
     ) -> None:
@@ -340,6 +381,35 @@ class MetadataSuite:
         assert await meta.tags(REPO, 4, "zzz") == []
         with pytest.raises(RepositoryNotFound):
             await meta.tags("team/none", None, None)
+
+    async def test_a_tag_that_must_not_move_is_a_conflict_and_changes_nothing(
+        self, meta: MetadataStore, database: Database
+    ) -> None:
+        first = await self.push_image(meta, REPO, b"{}", [b"one"], "v1")
+        for data in (b"{}", b"two"):
+            await self.push_blob(meta, REPO, data)
+        payload = image(b"{}", [b"two"])
+        parsed = manifests.parse(payload, mt.OCI_MANIFEST)
+        digest = Digest.parse(sha(payload))
+        with pytest.raises(Conflict) as refused:
+            await meta.put_manifest(REPO, digest, parsed, payload, "v1", move_tag=False)
+        assert first in refused.value.message
+        assert (await meta.manifest(REPO, "v1", False)).digest == first
+        with pytest.raises(ManifestNotFound):  # the whole put rolled back, manifest too
+            await meta.manifest(REPO, str(digest), True)
+        # The same manifest again, or a new tag, is no move.
+        again = await meta.put_manifest(
+            REPO,
+            Digest.parse(first),
+            manifests.parse(image(b"{}", [b"one"]), None),
+            image(b"{}", [b"one"]),
+            "v1",
+            move_tag=False,
+        )
+        assert again.digest == first
+        await meta.put_manifest(REPO, digest, parsed, payload, "v2", move_tag=False)
+        assert (await meta.manifest(REPO, "v2", False)).digest == str(digest)
+        await self.assert_consistent(database)
 
     async def test_retagging_queues_the_previous_manifest(
         self, meta: MetadataStore, database: Database, clock: Clock

@@ -3,10 +3,13 @@ flow against a second Berth; Docker Hub's `library/` naming."""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import pytest
+import trio
 
 from tests.proxy.conftest import Upstream, htpasswd, push
 from tests.support.clients import Skopeo, ToolError
@@ -106,3 +109,44 @@ def test_docker_hub_library_convention(
     # And listing tags answers the same under either spelling.
     for name in ("up/busybox", "up/library/busybox"):
         assert skopeo.list_tags(f"docker://{berth.host}/{name}", creds=CREDS) == ["1"]
+
+
+async def test_concurrent_first_requests_all_sign_in_to_a_basic_upstream(tmp_path: Path) -> None:
+    """Several blob fetches as a worker's first contact with the upstream: each gets 401, and
+    each must retry with the credentials (one of them setting them first is no refusal)."""
+    from appliance.proxy.settings import ProxyNamespace  # noqa: PLC0415
+    from appliance.proxy.upstream import Upstream as UpstreamClient  # noqa: PLC0415
+
+    users = htpasswd(tmp_path / "htpasswd", "mirror", "s3cret-pass")
+    registry = start_reference_registry(tmp_path / "upstream", htpasswd=users)
+    try:
+        ns = ProxyNamespace("up", registry.url, "mirror", "s3cret-pass")
+        blobs = []
+        async with httpx.AsyncClient(
+            base_url=registry.url, auth=("mirror", "s3cret-pass")
+        ) as direct:
+            for i in range(6):
+                data = f"layer {i}".encode()
+                digest = "sha256:" + hashlib.sha256(data).hexdigest()
+                r = await direct.post("/v2/lib/app/blobs/uploads/")
+                assert r.status_code == 202, r.text
+                location = r.headers["location"]  # keeps its own query (Distribution's _state)
+                sep = "&" if "?" in location else "?"
+                r = await direct.put(f"{location}{sep}digest={digest}", content=data)
+                assert r.status_code == 201, r.text
+                blobs.append(digest)
+        upstream = UpstreamClient(ns)
+        sizes: dict[str, int] = {}
+        try:
+
+            async def fetch(digest: str) -> None:
+                sizes[digest] = await upstream.blob_size("lib/app", digest)
+
+            async with trio.open_nursery() as nursery:
+                for digest in blobs:
+                    nursery.start_soon(fetch, digest)
+        finally:
+            await upstream.aclose()
+        assert sizes == {d: len(f"layer {i}".encode()) for i, d in enumerate(blobs)}
+    finally:
+        registry.stop()

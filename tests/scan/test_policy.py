@@ -202,43 +202,44 @@ async def test_a_malformed_layer_does_not_stop_other_scans(
 async def test_the_pull_gate_reads_the_database_only_after_a_change(
     client: httpx.AsyncClient, services: Services, clock: FakeClock, monkeypatch: Any
 ) -> None:
-    """A manifest GET costs no query of its own: the gate reads the policies again only when
-    the `scan` change stamp moved (a policy, advisory or scan changed, on any host), never
-    because time passed."""
+    """A manifest GET costs no query of its own: the gate reads the change counter only when
+    the `scan` change stamp moved (a policy, an import or a scan, by any process)."""
     from appliance.scan import policy  # noqa: PLC0415
 
     calls: list[int] = []
-    real = policy.load_policies
+    real = policy.generation
 
-    def counting(tx: Any) -> dict[str, Any]:
+    def counting(tx: Any) -> int:
         calls.append(1)
         return real(tx)
 
-    monkeypatch.setattr(policy, "load_policies", counting)
-    assert (await client.post("/api/v1/namespaces", json={"name": "team"})).status_code == 201
+    monkeypatch.setattr(policy, "generation", counting)
     await push_layers(client, "team/app", "1", [debian_layer()])
     async with trio.open_nursery() as nursery:
-        # Stamps are trusted while the process listens for other hosts' changes (PostgreSQL).
+        # As a server does: on PostgreSQL the stamps are trusted while it listens.
         await nursery.start(services.db.watch_changes)
         with trio.fail_after(10):
-            while not services.db.changes.trusted:  # noqa: ASYNC110 (the listener's thread)
+            while not services.db.changes.trusted:  # noqa: ASYNC110 (a thread sets it)
                 await trio.sleep(0.01)
-        calls.clear()
-        for _ in range(20):
-            assert (await client.get("/v2/team/app/manifests/1")).status_code == 200
-        assert len(calls) == 1
-        clock.advance(3600)
-        for _ in range(5):
-            assert (await client.get("/v2/team/app/manifests/1")).status_code == 200
-        assert len(calls) == 1
-        resp = await client.put(
-            "/api/v1/namespaces/team/scan-policy", json={"block_severity": "low"}
-        )
-        assert resp.status_code == 200, resp.text
-        for _ in range(5):
-            await client.get("/v2/team/app/manifests/1")
-        assert len(calls) == 2
+        await _gate_reads_after_changes(client, services, clock, calls, vulndb)
         nursery.cancel_scope.cancel()
+
+
+async def _gate_reads_after_changes(
+    client: httpx.AsyncClient, services: Services, clock: FakeClock, calls: list[int], vulndb: Any
+) -> None:
+    for _ in range(20):
+        assert (await client.get("/v2/team/app/manifests/1")).status_code == 200
+    assert len(calls) == 1
+    clock.advance(3600)  # time alone changes nothing
+    for _ in range(5):
+        assert (await client.get("/v2/team/app/manifests/1")).status_code == 200
+    assert len(calls) == 1
+    # Another process (the CLI, another worker) changes a policy: the next pull reads again.
+    await services.db.write(vulndb.bump_generation)
+    for _ in range(5):
+        assert (await client.get("/v2/team/app/manifests/1")).status_code == 200
+    assert len(calls) == 2
 
 
 async def test_the_sbom_goes_with_its_image_and_frees_its_blobs(

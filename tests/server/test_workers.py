@@ -123,9 +123,9 @@ def test_a_tag_move_and_a_delete_are_seen_by_every_worker_at_once(tmp_path: Path
 
 
 class KeepAlive:
-    """One HTTP/1.1 keep-alive connection. A request whose reused connection is closed before
-    any byte of the answer is sent again on a new connection, as RFC 9112 (9.3.1) lets a
-    client do for an idempotent request; everything else is a failure."""
+    """One HTTP/1.1 keep-alive connection. A request whose reused connection is closed (or
+    reset) before any byte of the answer is sent again on a new connection, as RFC 9112
+    (9.3.1) lets a client do for an idempotent request; everything else is a failure."""
 
     def __init__(self, server: Server) -> None:
         parts = urlsplit(server.url)
@@ -143,10 +143,20 @@ class KeepAlive:
         reused = self.sock is not None
         if self.sock is None:
             self.sock = socket.create_connection(self.address, timeout=30)
-        self.sock.sendall(request)
+        try:
+            self.sock.sendall(request)
+        except (BrokenPipeError, ConnectionResetError):
+            assert reused, "a new connection refused the request"
+            self.sock.close()
+            self.sock = None
+            self.retries += 1
+            return self.get(path)
         data = b""
         while b"\r\n\r\n" not in data:
-            chunk = self.sock.recv(65536)
+            try:
+                chunk = self.sock.recv(65536)
+            except ConnectionResetError:  # closed with our request unread: as good as EOF
+                chunk = b""
             if not chunk:
                 assert reused, "a new connection was closed without an answer"
                 assert not data, f"connection cut mid-answer: {data!r}"

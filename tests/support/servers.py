@@ -91,8 +91,28 @@ class Server:
         return int(self.proc.returncode)
 
     def kill(self) -> None:
-        """SIGKILL: a crash, as far as the server can tell."""
+        """SIGKILL to the server and every process it started (a supervisor's workers): a
+        crash of the whole service, as when systemd kills its control group."""
+        tree = descendants(self.proc.pid)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.proc.pid, signal.SIGKILL)  # first, so that it replaces no worker
+        for pid in tree:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         self.stop(signal.SIGKILL)
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid` (children of any of its threads, and theirs)."""
+    out: list[int] = []
+    for path in Path(f"/proc/{pid}/task").glob("*/children"):
+        try:
+            children = [int(p) for p in path.read_text().split()]
+        except OSError:  # the thread is gone
+            continue
+        for child in children:
+            out += [child, *descendants(child)]
+    return out
 
 
 def berth_command() -> list[str]:
@@ -166,8 +186,14 @@ def wait_http(url: str, timeout: float = 30, ok: Sequence[int] = (200, 401)) -> 
     raise RuntimeError(f"{url} did not answer in {timeout}s: {last}")
 
 
-def start_reference_registry(tmp: Path, *, htpasswd: Path | None = None) -> Server:
-    """Debian's `docker-registry` (CNCF Distribution 2.8) with filesystem storage in `tmp`."""
+def start_reference_registry(
+    tmp: Path, *, htpasswd: Path | None = None, extra_config: str = "", storage: str = ""
+) -> Server:
+    """Debian's `docker-registry` (CNCF Distribution 2.8) with filesystem storage in `tmp`.
+
+    `extra_config` is YAML appended to its configuration (e.g. `compatibility:` to accept
+    Docker schema 1 pushes); `storage` replaces the filesystem storage section (the lines
+    under `storage:`, e.g. an `s3:` driver)."""
     exe = require_binary("docker-registry", "docker-registry")
     tmp.mkdir(parents=True, exist_ok=True)
     port = free_port()
@@ -175,17 +201,21 @@ def start_reference_registry(tmp: Path, *, htpasswd: Path | None = None) -> Serv
     if htpasswd is not None:
         auth = f"auth:\n  htpasswd:\n    realm: test\n    path: {htpasswd}\n"
     config = tmp / "config.yml"
+    filesystem = f"  filesystem:\n    rootdirectory: {tmp / 'data'}\n"
     config.write_text(
         "version: 0.1\n"
         "log:\n  level: warn\n  accesslog:\n    disabled: true\n"
-        f"storage:\n  filesystem:\n    rootdirectory: {tmp / 'data'}\n"
+        f"storage:\n{storage or filesystem}"
         "  delete:\n    enabled: true\n"
         f"http:\n  addr: 127.0.0.1:{port}\n"
-        f"{auth}"
+        f"{auth}{extra_config}"
     )
     log_path = tmp / "registry.log"
+    # The registry's AWS SDK cannot take a CA bundle from the environment (it panics at start
+    # with its S3 driver); it talks plain HTTP on loopback anyway.
+    env = {k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"}
     with log_path.open("wb") as log:
-        proc = subprocess.Popen([exe, "serve", str(config)], stdout=log, stderr=log)
+        proc = subprocess.Popen([exe, "serve", str(config)], stdout=log, stderr=log, env=env)
     server = Server(f"http://127.0.0.1:{port}", proc, log_path, tmp / "data")
     try:
         wait_http(server.url + "/v2/")
