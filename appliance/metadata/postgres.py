@@ -213,14 +213,13 @@ class PostgresDatabase(Database):
                     for channel in set(self._handlers) - listening:
                         conn.execute(f"LISTEN {channel}")  # checked by `subscribe`
                         listening.add(channel)
-                    topics = set()
+                    # Each note as it arrives: the generator runs for up to `timeout`, and a
+                    # bump kept until it ends would leave caches stale for that long.
                     for note in conn.notifies(timeout=0.5):
                         if note.channel == CHANNEL:
-                            topics.add(note.payload)
+                            self.changes.bump((note.payload,))
                         else:
                             self._deliver(note.channel, note.payload)
-                    if topics:
-                        self.changes.bump(topics)
             except psycopg.Error as e:
                 if not stop.is_set():
                     log.warning("lost the change listener on %s: %s", self.where, first_line(e))
