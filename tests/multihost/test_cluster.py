@@ -7,45 +7,46 @@ state work whichever host a request reaches; revocations and rule changes reach 
 within a second; rate limits and sign-in lockouts count across hosts; the jobs leader moves
 when its host dies and the collector still runs once; `/-/ready`, the metrics and `berth ctl
 doctor` say which host is which and whether the hosts agree. The longest scenarios (a host
-killed in the middle of pushes, PostgreSQL and S3 going away) are in
-tests/slow/test_multihost_faults.py.
+killed in the middle of pushes, PostgreSQL restarted, S3 going away) are in test_faults.py,
+on a cluster of their own.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import json
 import os
 import subprocess
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 import jwt
 import pytest
 
 from tests.e2e.test_docker import load_busybox
-from tests.support.clients import DockerDaemon, Podman, Skopeo, start_dockerd
-from tests.support.cluster import Cluster, Host
+from tests.server.helpers import OCI_MANIFEST, sha
+from tests.support.clients import DockerDaemon, Podman, Skopeo
+from tests.support.cluster import (
+    Cluster,
+    Host,
+    basic,
+    leaders,
+    make_user,
+    path_of,
+    push_small_image,
+    until,
+)
 from tests.support.images import ImageCache, compare_images
 from tests.support.postgres import PostgresServer, migrated
 from tests.support.seaweedfs import SeaweedFS
-from tests.support.servers import ADMIN, ADMIN_PASSWORD, berth_command, require_binary
+from tests.support.servers import ADMIN, ADMIN_PASSWORD, berth_command
 from tests.support.simplesamlphp import SAML_USERS, SimpleSamlPhp
 
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 PULL_RATE, PULL_BURST = 2.0, 6.0
 LOCKOUT = 4  # failed sign-ins that lock an account
 LEASE = 3.0  # seconds: jobs.lease
-
-
-def sha(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 @pytest.fixture(scope="module")
@@ -81,22 +82,6 @@ def cluster(
             assert codes[host.name] == 0, host.log()[-4000:]
 
 
-@pytest.fixture(scope="module")
-def images(tmp_path_factory: pytest.TempPathFactory) -> ImageCache:
-    require_binary("busybox", "busybox-static")
-    return ImageCache(tmp_path_factory.mktemp("images"))
-
-
-@pytest.fixture(scope="module")
-def dockerd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DockerDaemon]:
-    require_binary("docker", "docker.io")
-    daemon = start_dockerd(tmp_path_factory.mktemp("dockerd"))
-    try:
-        yield daemon
-    finally:
-        daemon.stop()
-
-
 def served_by(host: Host, path: str) -> int:
     """Access-log lines of `host` (any of its runs) for requests whose path starts so."""
     count = 0
@@ -110,73 +95,9 @@ def admin_api(host: Host) -> httpx.Client:
     return host.client()
 
 
-def make_user(cluster: Cluster, name: str, role: str = "reader", ns: str = "team") -> str:
-    """A local user with `role` in `ns` (made through host0); returns their password."""
-    password = f"{name}-password-{uuid.uuid4().hex[:6]}"
-    with admin_api(cluster.hosts[0]) as api:
-        made = api.post("/api/v1/users", json={"name": name, "password": password})
-        assert made.status_code == 201, made.text
-        if api.get(f"/api/v1/namespaces/{ns}").status_code == 404:
-            assert api.post("/api/v1/namespaces", json={"name": ns}).status_code == 201
-        member = api.put(f"/api/v1/namespaces/{ns}/members/{name}", json={"role": role})
-        assert member.status_code == 200, member.text
-    return password
-
-
-def push_small_image(client: httpx.Client, repo: str, tag: str, layer: bytes) -> str:
-    config = json.dumps({"architecture": "amd64", "os": "linux", "tag": tag}).encode()
-    for blob in (config, layer):
-        got = client.post(f"/v2/{repo}/blobs/uploads/", params={"digest": sha(blob)}, content=blob)
-        assert got.status_code == 201, got.text
-    manifest = json.dumps(
-        {
-            "schemaVersion": 2,
-            "mediaType": OCI_MANIFEST,
-            "config": {
-                "mediaType": "application/vnd.oci.image.config.v1+json",
-                "digest": sha(config),
-                "size": len(config),
-            },
-            "layers": [
-                {
-                    "mediaType": "application/vnd.oci.image.layer.v1.tar",
-                    "digest": sha(layer),
-                    "size": len(layer),
-                }
-            ],
-        }
-    ).encode()
-    put = client.put(
-        f"/v2/{repo}/manifests/{tag}", content=manifest, headers={"content-type": OCI_MANIFEST}
-    )
-    assert put.status_code == 201, put.text
-    return sha(manifest)
-
-
-def until(what: str, check: Callable[[], bool], seconds: float, step: float = 0.02) -> float:
-    """Poll `check` until true; the seconds it took. Fails naming `what` after `seconds`."""
-    started = time.monotonic()
-    while not check():
-        if time.monotonic() - started > seconds:
-            raise AssertionError(f"{what}: not within {seconds} s")
-        time.sleep(step)
-    return time.monotonic() - started
-
-
-def path_of(location: str) -> str:
-    """A Location's path and query: the hosts name the public URL (the balancer), and these
-    requests go to one host directly."""
-    parts = urlsplit(location)
-    return parts.path + (f"?{parts.query}" if parts.query else "")
-
-
 def clean_environment() -> dict[str, str]:
     """This process's environment without any `BERTH_*` variable."""
     return {k: v for k, v in os.environ.items() if not k.startswith("BERTH_")}
-
-
-def basic(user: str, password: str) -> dict[str, str]:
-    return {"authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
 
 
 # -- real clients through the balancer ---------------------------------------------------------
@@ -566,32 +487,21 @@ def test_doctor_checks_that_the_hosts_agree(cluster: Cluster, tmp_path: Path) ->
 
 # -- the jobs leader -------------------------------------------------------------------------
 
-LEADING = "leading jobs (generation "
-
-
-def leaders_of(host: Host) -> list[int]:
-    """Generations under which a process of `host` became the jobs leader."""
-    found = []
-    for line in host.log().splitlines():
-        if LEADING in line:
-            found.append(int(line.split(LEADING, 1)[1].split(",", 1)[0]))
-    return found
-
 
 def test_the_leaders_host_killed_another_leads_within_the_lease_and_gc_runs_once(
     cluster: Cluster, postgres_server: PostgresServer
 ) -> None:
     import psycopg  # noqa: PLC0415
 
-    until("a leader", lambda: any(leaders_of(h) for h in cluster.hosts), 30)
-    (leader,) = [h for h in cluster.hosts if h.alive and leaders_of(h)][-1:]
-    generation = max(leaders_of(leader))
+    until("a leader", lambda: any(leaders(h) for h in cluster.hosts), 30)
+    (leader,) = [h for h in cluster.hosts if h.alive and leaders(h)][-1:]
+    generation = max(leaders(leader))
     leader.kill()
     killed_at = time.monotonic()
     others = [h for h in cluster.hosts if h is not leader]
     took = until(
         "another host leading",
-        lambda: any(max(leaders_of(h), default=0) > generation for h in others),
+        lambda: any(max(leaders(h), default=0) > generation for h in others),
         LEASE + 5,
     )
     assert took <= LEASE + 2, took

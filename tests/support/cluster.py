@@ -13,21 +13,24 @@ Every process is started by this module and stopped by its PID.
 
 from __future__ import annotations
 
-import contextlib
+import base64
 import os
 import signal
 import subprocess
 import threading
 import time
-from collections.abc import Mapping
+import uuid
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
 from appliance import config as settings
 from appliance.omnibus import checks, ctl
+from tests.server.helpers import LEADING, push_image
 from tests.support.servers import (
     ADMIN,
     ADMIN_PASSWORD,
@@ -38,17 +41,30 @@ from tests.support.servers import (
 )
 
 
-def process_tree(pid: int) -> list[int]:
-    """`pid` and its descendants, children first (whichever of its threads started them)."""
-    out: list[int] = []
-    for path in Path(f"/proc/{pid}/task").glob("*/children"):
-        try:
-            children = [int(p) for p in path.read_text().split()]
-        except OSError:  # the thread is gone
-            continue
-        for child in children:
-            out += process_tree(child)
-    return [*out, pid]
+def basic(user: str, password: str) -> dict[str, str]:
+    return {"authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+
+def until(what: str, check: Callable[[], bool], seconds: float, step: float = 0.02) -> float:
+    """Poll `check` until true; the seconds it took. Fails naming `what` after `seconds`."""
+    started = time.monotonic()
+    while not check():
+        if time.monotonic() - started > seconds:
+            raise AssertionError(f"{what}: not within {seconds} s")
+        time.sleep(step)
+    return time.monotonic() - started
+
+
+def path_of(location: str) -> str:
+    """A Location's path and query: the hosts name the public URL (the balancer), and these
+    requests go to one host directly."""
+    parts = urlsplit(location)
+    return parts.path + (f"?{parts.query}" if parts.query else "")
+
+
+def push_small_image(client: httpx.Client, repo: str, tag: str, layer: bytes) -> str:
+    """Push a one-layer image (each blob in one POST); returns the manifest's digest."""
+    return push_image(client, repo, tag, layer)[0]
 
 
 @dataclass
@@ -91,18 +107,10 @@ class Host:
     def alive(self) -> bool:
         return self.server is not None and self.server.proc.poll() is None
 
-    def pids(self) -> list[int]:
-        return [] if self.server is None else process_tree(self.server.proc.pid)
-
     def kill(self) -> None:
-        """SIGKILL to every process of the host at once: a crash, as its peers see it."""
-        if self.server is None:
-            return
-        for pid in self.pids():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        self.server.proc.wait(30)
-        self.server.stop()
+        """SIGKILL to every process of the host: a crash, as its peers see it."""
+        if self.server is not None:
+            self.server.kill()
 
     def stop(self) -> int:
         if self.server is None or self.server.proc.poll() is not None:
@@ -259,3 +267,21 @@ def start_front(root: Path, cluster: Cluster, port: int) -> Front:
                 front.stop()
                 raise
             time.sleep(0.05)
+
+
+def make_user(cluster: Cluster, name: str, role: str = "reader", ns: str = "team") -> str:
+    """A local user with `role` in `ns` (made through the first host); returns their password."""
+    password = f"{name}-password-{uuid.uuid4().hex[:6]}"
+    with cluster.hosts[0].client() as api:
+        made = api.post("/api/v1/users", json={"name": name, "password": password})
+        assert made.status_code == 201, made.text
+        if api.get(f"/api/v1/namespaces/{ns}").status_code == 404:
+            assert api.post("/api/v1/namespaces", json={"name": ns}).status_code == 201
+        member = api.put(f"/api/v1/namespaces/{ns}/members/{name}", json={"role": role})
+        assert member.status_code == 200, member.text
+    return password
+
+
+def leaders(host: Host) -> list[int]:
+    """Generations under which a process of `host` became the jobs leader (all its runs)."""
+    return [int(generation) for generation, _ in LEADING.findall(host.log())]
