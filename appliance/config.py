@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import socket
 import tomllib
 from collections.abc import Mapping
@@ -966,6 +967,23 @@ def parse_listen(value: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def parse_upstreams(value: str) -> list[tuple[str, int]]:
+    """`nginx.upstreams`: HOST:PORT items separated by commas. A host name is written into
+    nginx's configuration, so anything but a name or an address is refused."""
+    pool = []
+    for item in (part.strip() for part in value.split(",")):
+        if not item:
+            continue
+        try:
+            host, port = parse_listen(item)
+        except ConfigError:
+            raise ConfigError(f"nginx.upstreams: {item!r} is not HOST:PORT") from None
+        if not re.fullmatch(r"[A-Za-z0-9._:-]+", host) or port == 0:
+            raise ConfigError(f"nginx.upstreams: {item!r} is not HOST:PORT")
+        pool.append((host, port))
+    return pool
+
+
 def load(
     path: Path | None = None,
     *,
@@ -1009,11 +1027,7 @@ def load(
             values[key] = _coerce(setting, value, "command line")
     parse_listen(values["server.listen"])
     parse_workers(values["server.workers"])
-    for item in values["nginx.upstreams"].split(","):
-        if item.strip():
-            host, _ = parse_listen(item.strip())
-            if any(c in host for c in " ;{}#$'\"\\"):
-                raise ConfigError(f"nginx.upstreams: {item.strip()!r} is not HOST:PORT")
+    parse_upstreams(values["nginx.upstreams"])
     try:
         proxy_networks(values["server.trusted_proxies"])
     except ValueError as e:

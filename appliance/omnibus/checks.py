@@ -250,17 +250,20 @@ def check_hosts(config: Config, now: float | None = None) -> Iterator[Finding]:
     url = config.metadata_url
     if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite://")).exists():
         return  # the database check says so
-    try:
-        fingerprint = ServerSecret.load(config.secret_path).fingerprint
-    except BerthError as e:
-        yield Finding("fail", "hosts", e.message, "every host must read the same secret file")
-        return
     db = open_database(url, Options(readers=1, pool_size=1))
     try:
         schema = db.schema_status().current
         hosts = db.run_sync_read(list_hosts)
     finally:
         db.close()
+    if not hosts:
+        yield Finding("ok", "hosts", "no host has registered yet (none has served)")
+        return
+    try:
+        fingerprint = ServerSecret.load(config.secret_path).fingerprint
+    except BerthError as e:
+        yield Finding("fail", "hosts", e.message, "every host must read the same secret file")
+        return
     moment = now or time.time()
     here = config.host_name
     serving = [h for h in hosts if h.serving(moment)]
@@ -303,8 +306,6 @@ def check_hosts(config: Config, now: float | None = None) -> Iterator[Finding]:
             f"{len(serving)} hosts serve with a filesystem blob store",
             "several hosts need one S3 bucket (or a filesystem every host mounts)",
         )
-    if not hosts:
-        yield Finding("ok", "hosts", "no host has registered yet (none has served)")
 
 
 def check_clock(config: Config) -> Iterator[Finding]:

@@ -23,7 +23,7 @@ import click
 
 from appliance import config as settings
 from appliance.config import Config
-from appliance.errors import BerthError, ConfigError
+from appliance.errors import BerthError
 from appliance.omnibus import checks
 
 DEFAULT_CONFIG = Path("/etc/berth/berth.toml")
@@ -92,17 +92,14 @@ def nginx_prefix(config: Config) -> Path:
 def upstream_servers(config: Config) -> list[str]:
     """The `server` lines of nginx's upstream: the hosts of `nginx.upstreams` with passive
     health checks, or this host's own Berth."""
-    pool = [item.strip() for item in config["nginx.upstreams"].split(",") if item.strip()]
+    pool = settings.parse_upstreams(config["nginx.upstreams"])
     if not pool:
         host, port = config.listen
         if host in ("0.0.0.0", "::", ""):  # noqa: S104 - the wildcard is reached on loopback
             host = "127.0.0.1"
         return [f"server {f'[{host}]' if ':' in host else host}:{port};"]
     lines = []
-    for item in pool:
-        host, port = settings.parse_listen(item)
-        if not host or any(c in host for c in " ;{}#$'\""):
-            raise ConfigError(f"nginx.upstreams: {item!r} is not HOST:PORT")
+    for host, port in pool:
         address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         lines.append(f"server {address} max_fails=2 fail_timeout=10s;")
     return lines
