@@ -358,6 +358,34 @@ def test_rules_set_on_one_host_hold_on_the_others_within_a_second(cluster: Clust
         )
 
 
+def test_a_pull_policy_set_on_one_host_holds_on_the_others_within_a_second(
+    cluster: Cluster,
+) -> None:
+    """Scanning is off here, so every image is unscanned: a policy that refuses unscanned
+    images, set through one host, refuses pulls on another within a second; removed through a
+    third, pulls work again."""
+    a, b, c = cluster.hosts
+    with c.client() as via_c:
+        assert via_c.post("/api/v1/namespaces", json={"name": "gated"}).status_code == 201
+        push_small_image(via_c, "gated/app", "1", b"an unscanned layer")
+
+        def pull() -> int:
+            return via_c.get(
+                "/v2/gated/app/manifests/1", headers={"accept": OCI_MANIFEST}
+            ).status_code
+
+        assert pull() == 200  # and its verdict is cached on c
+        with a.client() as via_a:
+            set_policy = via_a.put(
+                "/api/v1/namespaces/gated/scan-policy", json={"unscanned": "deny"}
+            )
+            assert set_policy.status_code == 200, set_policy.text
+        until("a pull policy made on another host", lambda: pull() == 403, 1.0)
+        with b.client() as via_b:
+            assert via_b.delete("/api/v1/namespaces/gated/scan-policy").status_code in (200, 204)
+        until("a pull policy removed on another host", lambda: pull() == 200, 1.0)
+
+
 # -- limits that count across hosts ----------------------------------------------------------
 
 

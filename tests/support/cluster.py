@@ -204,8 +204,15 @@ class Cluster:
         if errors:
             self.stop()
             raise errors[0]
-        self.front = start_front(self.root / "front", self, self.front_port)
+        self.front = start_front(self.root / "front", self.hosts, self.public_url, self.front_port)
         return self
+
+    def restart_front(self, hosts: list[Host], name: str) -> Front:
+        """nginx again, on the same port, balancing over `hosts` only (benches)."""
+        if self.front is not None:
+            self.front.stop()
+        self.front = start_front(self.root / name, hosts, self.public_url, self.front_port)
+        return self.front
 
     def stop(self) -> dict[str, int]:
         """Stop nginx and every host; returns each host's exit code."""
@@ -218,28 +225,28 @@ class Cluster:
         return {**self.hosts[i].env, "BERTH_SERVER_DATA_DIR": str(self.hosts[i].data_dir)}
 
 
-def front_config(root: Path, cluster: Cluster, port: int) -> settings.Config:
+def front_config(root: Path, hosts: list[Host], public_url: str, port: int) -> settings.Config:
     return settings.load(
         None,
         environ={},
         overrides={
             "server.data_dir": str(root / "data"),
-            "server.public_url": cluster.public_url,
+            "server.public_url": public_url,
             "log.dir": str(root / "log"),
             "nginx.enabled": True,
             "nginx.listen": f"127.0.0.1:{port}",
             "nginx.redirect_listen": "",
-            "nginx.upstreams": ",".join(h.address for h in cluster.hosts),
+            "nginx.upstreams": ",".join(h.address for h in hosts),
             "storage.backend": "s3",
             "storage.s3.bucket": "shared",
         },
     )
 
 
-def start_front(root: Path, cluster: Cluster, port: int) -> Front:
-    """nginx with the pool configuration `berth ctl reconfigure` renders."""
+def start_front(root: Path, hosts: list[Host], public_url: str, port: int) -> Front:
+    """nginx with the pool configuration `berth ctl reconfigure` renders, over `hosts`."""
     nginx = require_binary("nginx", "nginx")
-    config = front_config(root, cluster, port)
+    config = front_config(root, hosts, public_url, port)
     cert, key = checks.tls_paths(config)
     ctl.make_self_signed(cert, key, "127.0.0.1")
     prefix = ctl.nginx_prefix(config)
@@ -256,7 +263,7 @@ def start_front(root: Path, cluster: Cluster, port: int) -> Front:
             stdout=out,
             stderr=out,
         )
-    front = Front(cluster.public_url, proc, conf, root / "log")
+    front = Front(public_url, proc, conf, root / "log")
     deadline = time.monotonic() + 30
     while True:
         try:
