@@ -21,18 +21,20 @@ import pytest
 
 from tests.server.helpers import OCI_MANIFEST, sha
 from tests.support.cluster import (
+    Balancer,
     Cluster,
     Host,
     basic,
     leaders,
     make_user,
     push_small_image,
+    start_haproxy,
     until,
 )
 from tests.support.faultproxy import FaultProxy
 from tests.support.postgres import PostgresServer, migrated
 from tests.support.seaweedfs import SeaweedFS
-from tests.support.servers import ADMIN, ADMIN_PASSWORD
+from tests.support.servers import ADMIN, ADMIN_PASSWORD, free_port
 
 LEASE = 3.0  # seconds: jobs.lease
 
@@ -71,13 +73,34 @@ def faulty(tmp_path_factory: pytest.TempPathFactory, seaweedfs: SeaweedFS) -> It
         postgres.destroy()
 
 
+@pytest.fixture(scope="module")
+def haproxy(faulty: Faulty, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Balancer]:
+    """HAProxy with the README's example configuration in front of the same two hosts."""
+    balancer = start_haproxy(tmp_path_factory.mktemp("haproxy"), faulty.cluster.hosts, free_port())
+    try:
+        yield balancer
+    finally:
+        balancer.stop()
+
+
+def blob_gets(host: Host) -> int:
+    """Blob GETs `host` answered (its access log, every run)."""
+    return sum(
+        1
+        for line in host.log().splitlines()
+        if '"logger": "berth.access"' in line and " GET /v2/" in line and "/blobs/" in line
+    )
+
+
 def ready(host: Host) -> tuple[int, dict[str, object]]:
     with host.client(auth=None) as anyone:
         got = anyone.get("/-/ready")
     return got.status_code, got.json()
 
 
-def test_a_host_that_loses_s3_answers_503_and_recovers_by_itself(faulty: Faulty) -> None:
+def test_a_host_that_loses_s3_answers_503_and_recovers_by_itself(
+    faulty: Faulty, haproxy: Balancer
+) -> None:
     a, b = faulty.cluster.hosts
     pid = b.server.proc.pid if b.server is not None else 0
     layer = os.urandom(64 << 10)
@@ -107,6 +130,15 @@ def test_a_host_that_loses_s3_answers_503_and_recovers_by_itself(faulty: Faulty)
                 got = front.get(f"/v2/team/s3-lost/blobs/{sha(layer)}")
                 assert got.status_code == 200
                 assert got.content == layer
+        # HAProxy checks /-/ready: once host1 fails it twice, every request goes to host0.
+        with httpx.Client(base_url=haproxy.url, auth=(ADMIN, ADMIN_PASSWORD), verify=False) as lb:
+
+            def all_served(n: int) -> bool:
+                gots = [lb.get(f"/v2/team/s3-lost/blobs/{sha(layer)}") for _ in range(n)]
+                return all(g.status_code == 200 and g.content == layer for g in gots)
+
+            until("HAProxy passing over host1", lambda: all_served(4), 20, 0.2)
+            assert all_served(10)
     finally:
         faulty.s3_of_host1.down = False
     until("host1 ready again", lambda: ready(b)[0] == 200, 20, 0.2)
@@ -114,6 +146,15 @@ def test_a_host_that_loses_s3_answers_503_and_recovers_by_itself(faulty: Faulty)
         got = direct.get(f"/v2/team/s3-lost/blobs/{sha(layer)}")
     assert got.status_code == 200
     assert got.content == layer
+    # And HAProxy sends it requests again once its checks pass.
+    served = blob_gets(b)
+    with httpx.Client(base_url=haproxy.url, auth=(ADMIN, ADMIN_PASSWORD), verify=False) as lb:
+
+        def back() -> bool:
+            assert lb.get(f"/v2/team/s3-lost/blobs/{sha(layer)}").status_code == 200
+            return blob_gets(b) > served
+
+        until("HAProxy sending requests to host1 again", back, 20, 0.2)
     assert b.server is not None
     assert b.server.proc.pid == pid
     assert b.alive

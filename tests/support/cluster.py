@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 import signal
 import subprocess
 import threading
@@ -292,3 +293,65 @@ def make_user(cluster: Cluster, name: str, role: str = "reader", ns: str = "team
 def leaders(host: Host) -> list[int]:
     """Generations under which a process of `host` became the jobs leader (all its runs)."""
     return [int(generation) for generation, _ in LEADING.findall(host.log())]
+
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+@dataclass
+class Balancer:
+    """HAProxy in front of the hosts, with the README's example configuration."""
+
+    url: str
+    proc: subprocess.Popen[bytes]
+    config: Path
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGUSR1)  # soft stop: finish what is in flight
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def haproxy_config(hosts: list[Host], port: int, pem: Path) -> str:
+    """The README's HAProxy example, bound to loopback `port`, with `pem` and `hosts`."""
+    found = re.search(r"HAProxy, with active checks.*?```\n(.*?)```", README.read_text(), re.S)
+    assert found is not None, "the README has no HAProxy example"
+    text = found.group(1)
+    text = text.replace(
+        "bind :443 ssl crt /etc/haproxy/registry.pem", f"bind 127.0.0.1:{port} ssl crt {pem}"
+    )
+    text = re.sub(r"\n    server host\d+ [^\n]*", "", text)
+    servers = "".join(f"\n    server {h.name} {h.address}" for h in hosts)
+    return text.rstrip("\n") + servers + "\n"
+
+
+def start_haproxy(root: Path, hosts: list[Host], port: int) -> Balancer:
+    haproxy = require_binary("haproxy", "haproxy")
+    root.mkdir(parents=True, exist_ok=True)
+    cert, key = root / "cert.pem", root / "key.pem"
+    ctl.make_self_signed(cert, key, "127.0.0.1")
+    pem = root / "registry.pem"
+    pem.write_bytes(cert.read_bytes() + key.read_bytes())
+    config = root / "haproxy.cfg"
+    config.write_text(haproxy_config(hosts, port, pem))
+    checked = subprocess.run(
+        [haproxy, "-c", "-f", str(config)], capture_output=True, text=True, check=False
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    with (root / "haproxy.out").open("wb") as out:
+        proc = subprocess.Popen([haproxy, "-db", "-f", str(config)], stdout=out, stderr=out)
+    balancer = Balancer(f"https://127.0.0.1:{port}", proc, config)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            httpx.get(balancer.url + "/-/health", verify=False, timeout=2)
+            return balancer
+        except httpx.TransportError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                balancer.stop()
+                raise
+            time.sleep(0.05)
