@@ -217,7 +217,7 @@ class PostgresDatabase(Database):
                     # bump kept until it ends would leave caches stale for that long.
                     for note in conn.notifies(timeout=0.5):
                         if note.channel == CHANNEL:
-                            self.changes.bump((note.payload,))
+                            self.changes.notice(note.payload)
                         else:
                             self._deliver(note.channel, note.payload)
             except psycopg.Error as e:
@@ -283,8 +283,8 @@ class PostgresDatabase(Database):
                 result = fn(tx)
                 if tx.touched:  # delivered to every listener when (and only if) this commits
                     conn.execute(
-                        "SELECT pg_notify(%s, topic) FROM unnest(%s::text[]) AS topic",
-                        (CHANNEL, sorted(tx.touched)),
+                        "SELECT pg_notify(%s, %s || ' ' || topic) FROM unnest(%s::text[]) AS topic",
+                        (CHANNEL, self.changes.origin, sorted(tx.touched)),
                     )
                 conn.execute("COMMIT")
             except BaseException:

@@ -15,11 +15,13 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.server.helpers import OCI_MANIFEST, sha
+from tests.support.clients import Skopeo, ToolError
 from tests.support.cluster import (
     Balancer,
     Cluster,
@@ -32,6 +34,7 @@ from tests.support.cluster import (
     until,
 )
 from tests.support.faultproxy import FaultProxy
+from tests.support.images import BuiltImage, ImageCache, compare_images
 from tests.support.postgres import PostgresServer, migrated
 from tests.support.seaweedfs import SeaweedFS
 from tests.support.servers import ADMIN, ADMIN_PASSWORD, free_port
@@ -251,22 +254,49 @@ def pusher(front_url: str, name: str, count: int, out: list[Pushed], errors: lis
                 break
 
 
-def test_a_host_killed_in_the_middle_of_pushes(faulty: Faulty) -> None:
-    """SIGKILL to every process of host0 while three clients push through nginx: the clients'
-    retries succeed, and every acknowledged manifest and its blobs are served byte for byte,
-    by the survivor and by the killed host once it is back."""
+def skopeo_pusher(
+    skopeo: Skopeo, image: BuiltImage, target: str, count: int, out: list[str], errors: list[str]
+) -> None:
+    """skopeo pushes of `image` to `count` tags, each run again when it fails (as a CI job's
+    retry does), up to five times; `out` gets the tags acknowledged."""
+    for i in range(count):
+        for attempt in range(5):
+            try:
+                skopeo.push(image, f"{target}:{i}", creds=f"{ADMIN}:{ADMIN_PASSWORD}")
+            except ToolError as e:
+                if attempt == 4:
+                    errors.append(f"skopeo {target}:{i}: {e}")
+                time.sleep(0.5)
+                continue
+            out.append(str(i))
+            break
+
+
+def test_a_host_killed_in_the_middle_of_pushes(
+    faulty: Faulty, images: ImageCache, tmp_path: Path
+) -> None:
+    """SIGKILL to every process of host0 while three clients and skopeo push through nginx:
+    the clients' retries succeed, and every acknowledged manifest and its blobs are served
+    byte for byte, by the survivor and by the killed host once it is back."""
     cluster = faulty.cluster
     assert cluster.front is not None
     victim, survivor = cluster.hosts
     pushed: list[Pushed] = []
     errors: list[str] = []
     per_client = 8
+    image = images.busybox()
+    skopeo = Skopeo(tmp_path / "skopeo")
+    by_skopeo: list[str] = []
+    target = f"docker://{cluster.front.host}/team/crash-skopeo"
     threads = [
         threading.Thread(
             target=pusher, args=(cluster.front.url, f"c{i}", per_client, pushed, errors)
         )
         for i in range(3)
     ]
+    threads.append(
+        threading.Thread(target=skopeo_pusher, args=(skopeo, image, target, 3, by_skopeo, errors))
+    )
     for t in threads:
         t.start()
     until("the first pushes acknowledged", lambda: len(pushed) >= 3, 60, 0.01)
@@ -276,6 +306,7 @@ def test_a_host_killed_in_the_middle_of_pushes(faulty: Faulty) -> None:
         t.join(300)
     assert errors == []
     assert len(pushed) == 3 * per_client
+    assert by_skopeo == ["0", "1", "2"]
     assert killed_with < len(pushed), "the kill came after every push"
     assert served_by(victim) > 0
     assert served_by(survivor) > 0
@@ -293,6 +324,11 @@ def test_a_host_killed_in_the_middle_of_pushes(faulty: Faulty) -> None:
 
     with cluster.front.client() as front:
         check(front)
+    for tag in by_skopeo:
+        layout = skopeo.pull_to_layout(
+            f"{target}:{tag}", tmp_path / f"pulled-{tag}", tag, creds=f"{ADMIN}:{ADMIN_PASSWORD}"
+        )
+        assert compare_images(image.layout, image.tag, layout, tag) == []
     victim.start()
     with victim.client() as direct:
         check(direct)
