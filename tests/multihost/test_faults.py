@@ -11,6 +11,7 @@ the one a test killed.
 from __future__ import annotations
 
 import os
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -37,7 +38,7 @@ from tests.support.faultproxy import FaultProxy
 from tests.support.images import BuiltImage, ImageCache, compare_images
 from tests.support.postgres import PostgresServer, migrated
 from tests.support.seaweedfs import SeaweedFS
-from tests.support.servers import ADMIN, ADMIN_PASSWORD, free_port
+from tests.support.servers import ADMIN, ADMIN_PASSWORD, descendants, free_port
 
 LEASE = 3.0  # seconds: jobs.lease
 
@@ -224,6 +225,38 @@ def test_postgresql_restarted_every_host_recovers_without_a_restart(faulty: Faul
         LEASE + 15,
         0.2,
     )
+
+
+def test_a_frozen_leader_is_replaced_within_the_lease_and_steps_down(faulty: Faulty) -> None:
+    """The leader's host stops answering without closing anything (SIGSTOP: a hung machine,
+    a network partition): its database session ends after the lease (`idle_session_timeout`),
+    another host leads, and the frozen one, thawed, finds it no longer leads."""
+    hosts = faulty.cluster.hosts
+    until("a leader", lambda: any(leaders(h) for h in hosts), 30, 0.2)
+    generation = max(g for h in hosts for g in leaders(h))
+    (leader,) = [h for h in hosts if generation in leaders(h)]
+    assert leader.server is not None
+    frozen = [leader.server.proc.pid, *descendants(leader.server.proc.pid)]
+    for pid in frozen:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        took = until(
+            "another host leading",
+            lambda: any(max(leaders(h), default=0) > generation for h in hosts if h is not leader),
+            LEASE + 10,
+            0.1,
+        )
+    finally:
+        for pid in frozen:
+            os.kill(pid, signal.SIGCONT)
+    assert took <= LEASE + 5, took
+    until(
+        "the thawed leader stepping down",
+        lambda: f"no longer leading jobs (generation {generation})" in leader.log(),
+        LEASE + 10,
+        0.1,
+    )
+    assert ready(leader)[0] == 200
 
 
 @dataclass
