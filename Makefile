@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 # Debian packages the test suite drives for real (see ../shared/TESTBED.md).
 APT_PACKAGES := skopeo podman umoci docker.io docker-registry busybox-static wrk curl \
                 uidmap iptables ca-certificates postgresql slapd ldap-utils \
-                nginx rpm dpkg-dev debootstrap fakeroot openssl systemd \
+                nginx haproxy rpm dpkg-dev debootstrap fakeroot openssl systemd \
                 simplesamlphp php-cli php-xml php-mbstring php-curl chromium apache2-utils
 
 .DEFAULT_GOAL := help

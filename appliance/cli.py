@@ -115,6 +115,8 @@ def serve(  # noqa: PLR0917 (one parameter per option)
                 config["server.workers"],
                 settings.available_cpus(),
             )
+            for line in config.deprecations():
+                logging.getLogger("berth").warning("%s", line)
         from appliance import filemodes  # noqa: PLC0415
 
         filemodes.prepare(config)  # before anything is created: no data readable by others
@@ -414,20 +416,29 @@ def keys() -> None:
 @_config_option
 @_data_dir_option
 def keys_rotate(config_path: Path | None, data_dir: Path | None) -> None:
-    """Make a new signing key; older keys keep verifying until their tokens expire."""
+    """Make a new signing key (from any host: the keys live in the database); older keys keep
+    verifying until their tokens expire."""
     import time  # noqa: PLC0415
 
-    from appliance.auth.tokens import KeyRing  # noqa: PLC0415
+    from appliance.auth.secrets import ServerSecret  # noqa: PLC0415
+    from appliance.auth.tokens import PUBLISH_DELAY, KeyRing, key_directory  # noqa: PLC0415
 
     try:
-        overrides = {"server.data_dir": str(data_dir) if data_dir is not None else None}
-        cfg = load_config(config_path, overrides)
+        cfg, db = _open(config_path, data_dir)
+        try:
+            secret = ServerSecret.load(cfg.secret_path, create=not cfg["server.secret_file"])
+            ring = KeyRing(db, secret, time.time, overlap=cfg["auth.token_ttl"] + 60)
+            ring.import_directory(key_directory(cfg.data_dir))
+            key = ring.rotate_sync(actor="cli")
+        finally:
+            db.close()
     except BerthError as e:
         fail(e.message)
         return
-    ring = KeyRing(cfg.data_dir / "keys", time.time, overlap=cfg["auth.token_ttl"] + 60)
-    key = ring.rotate()
-    click.echo(f"new signing key {key.kid}; {len(ring.keys)} key(s) on disk")
+    click.echo(
+        f"new signing key {key.kid} (signs in {PUBLISH_DELAY:g} s, once every host has it); "
+        f"{len(ring.keys)} key(s) in the database"
+    )
 
 
 # `berth audit ...` (reading the audit log) lives in appliance/ops/.

@@ -22,6 +22,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import socket
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -118,6 +119,21 @@ SETTINGS: tuple[Setting, ...] = (
         str,
         "",
         "External URL of the registry when behind a proxy (used in Location headers).",
+    ),
+    Setting(
+        "server.secret_file",
+        str,
+        "",
+        "File holding the server secret (at least 32 random bytes, not readable by other "
+        "users) that every host of a registry must share; empty: <data_dir>/secret, made on "
+        "first start.",
+    ),
+    Setting(
+        "server.host_name",
+        str,
+        "",
+        "Name this host registers under in the database (doctor, /-/ready, metrics); unique "
+        "per host; empty: the machine's host name.",
     ),
     Setting(
         "server.trusted_proxies",
@@ -312,7 +328,8 @@ SETTINGS: tuple[Setting, ...] = (
         "jobs.lease",
         float,
         15.0,
-        "SQLite: seconds a background-job leader's lease lasts unless renewed.",
+        "Seconds a background-job leader that stops answering keeps leading: its lease "
+        "(SQLite), or how long PostgreSQL waits before ending a silent leader's session.",
     ),
     Setting(
         "uploads.expiry",
@@ -473,6 +490,13 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("ratelimit.signin_burst", float, 100.0, "Sign-ins allowed in a burst."),
     Setting("ratelimit.exempt_admins", bool, True, "Instance admins are not rate limited."),
+    Setting(
+        "ratelimit.sync_interval",
+        float,
+        1.0,
+        "Seconds between the messages in which hosts on one PostgreSQL tell each other what "
+        "their rate limits and sign-in lockouts counted (0: each host counts alone).",
+    ),
     Setting("ratelimit.exempt_robots", bool, False, "Robot accounts are not rate limited."),
     Setting(
         "webhooks.endpoints",
@@ -525,6 +549,13 @@ SETTINGS: tuple[Setting, ...] = (
         "Address and port where nginx redirects HTTP to HTTPS (empty: no redirect).",
     ),
     Setting("nginx.server_name", str, "_", "Host name(s) nginx answers to (server_name)."),
+    Setting(
+        "nginx.upstreams",
+        str,
+        "",
+        "Berth hosts (HOST:PORT, comma-separated) nginx balances over, with passive health "
+        "checks; empty: this host's own server.listen.",
+    ),
     Setting(
         "nginx.tls_cert",
         str,
@@ -881,6 +912,12 @@ SETTINGS: tuple[Setting, ...] = (
     ),
 )
 
+# Settings kept so that older config files still load, but no longer used: key -> why.
+DEPRECATED = {
+    "lifecycle.rules_ttl": "rules and quotas follow the change stamps now",
+    "scan.policy_refresh": "pull verdicts follow the change stamps now",
+}
+
 SECRET_KEYS = frozenset(
     {
         "backup.passphrase",
@@ -1020,6 +1057,17 @@ class Config:
         return Path(self.values["server.data_dir"]).expanduser().absolute()
 
     @property
+    def secret_path(self) -> Path:
+        """The server secret's file: `server.secret_file`, or `<data_dir>/secret`."""
+        value = self.values["server.secret_file"]
+        return Path(value).expanduser().absolute() if value else self.data_dir / "secret"
+
+    @property
+    def host_name(self) -> str:
+        """`server.host_name`, or the machine's host name."""
+        return str(self.values["server.host_name"]) or socket.gethostname()
+
+    @property
     def storage_root(self) -> Path:
         root = self.values["storage.root"]
         return Path(root).expanduser().absolute() if root else self.data_dir / "storage"
@@ -1032,6 +1080,15 @@ class Config:
     @property
     def listen(self) -> tuple[str, int]:
         return parse_listen(self.values["server.listen"])
+
+    def deprecations(self) -> list[str]:
+        """One line per deprecated setting this config sets to something else than its
+        default (it is ignored: say so once at start)."""
+        return [
+            f"{key} is deprecated and ignored: {why}"
+            for key, why in DEPRECATED.items()
+            if self.values[key] != _BY_KEY[key].default
+        ]
 
     @property
     def workers(self) -> int:
@@ -1084,6 +1141,23 @@ def parse_listen(value: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def parse_upstreams(value: str) -> list[tuple[str, int]]:
+    """`nginx.upstreams`: HOST:PORT items separated by commas. A host name is written into
+    nginx's configuration, so anything but a name or an address is refused."""
+    pool = []
+    for item in (part.strip() for part in value.split(",")):
+        if not item:
+            continue
+        try:
+            host, port = parse_listen(item)
+        except ConfigError:
+            raise ConfigError(f"nginx.upstreams: {item!r} is not HOST:PORT") from None
+        if not re.fullmatch(r"[A-Za-z0-9._:-]+", host) or port == 0:
+            raise ConfigError(f"nginx.upstreams: {item!r} is not HOST:PORT")
+        pool.append((host, port))
+    return pool
+
+
 def load(
     path: Path | None = None,
     *,
@@ -1134,6 +1208,7 @@ def load(
             values.setdefault(template.for_instance(name), template.default)
     parse_listen(values["server.listen"])
     parse_workers(values["server.workers"])
+    parse_upstreams(values["nginx.upstreams"])
     try:
         proxy_networks(values["server.trusted_proxies"])
     except ValueError as e:

@@ -55,7 +55,7 @@ def private_paths(config: Config) -> list[Path]:
     from appliance.omnibus.checks import log_dir  # noqa: PLC0415 (omnibus imports this module)
 
     data = config.data_dir
-    places = [data, data / "secret", data / "keys", *sorted((data / "keys").glob("*.pem"))]
+    places = [data, config.secret_path, data / "keys", *sorted((data / "keys").glob("*.pem"))]
     if config["storage.backend"] == "filesystem":
         places.append(config.storage_root)
     url = config.metadata_url

@@ -355,6 +355,8 @@ async def serve(
                     log.info("listening on %s", url)
                 else:  # a supervisor's worker: the supervisor says where it listens
                     log.info("worker serving on %s", url)
+            if services.ops is not None and urls:
+                services.ops.host.listening(urls[0])  # the bound port, for `berth ctl doctor`
             if ready_fd is not None:
                 tell_ready(ready_fd)
             task_status.started(urls)

@@ -137,7 +137,7 @@ class Guard:
 
     async def _bearer(self, request: Request, need: Need | None, token: str) -> None:
         try:
-            claims = self.access.verifier.verify(token)
+            claims = await self.access.verify(token)
         except ExpiredToken:
             raise self.challenge(request, need, "the token has expired", "invalid_token") from None
         except InvalidToken:

@@ -36,7 +36,15 @@ from appliance.auth.ldap import DirectoryUnavailable, DirectoryUser, LdapDirecto
 from appliance.auth.policy import ANONYMOUS, Principal
 from appliance.auth.secrets import ServerSecret, looks_like_token, write_private
 from appliance.auth.throttle import SignInThrottle
-from appliance.auth.tokens import Claims, KeyRing, TokenIssuer, TokenVerifier, random_password
+from appliance.auth.tokens import (
+    Claims,
+    KeyRing,
+    TokenIssuer,
+    TokenVerifier,
+    UnknownKey,
+    key_directory,
+    random_password,
+)
 from appliance.config import Config
 from appliance.errors import BerthError, Conflict, InvalidName
 from appliance.metadata import identity
@@ -89,9 +97,11 @@ class AccessControl:
         self.service = config["auth.service"]
         self.token_ttl = float(config["auth.token_ttl"])
         self.refresh_ttl = float(config["auth.refresh_token_ttl"])
-        self.secret = ServerSecret.load_or_create(self.data_dir / "secret")
-        self.keys = KeyRing(self.data_dir / "keys", clock, overlap=self.token_ttl + 60)
-        self.keys.ensure()
+        # The one secret every host shares; made here only where it is the default file.
+        self.secret = ServerSecret.load(config.secret_path, create=not config["server.secret_file"])
+        self.keys = KeyRing(db, self.secret, clock, overlap=self.token_ttl + 60)
+        self.keys.import_directory(key_directory(self.data_dir))  # an older Berth's, once
+        self.keys.ensure_sync()
         issuer = config["auth.issuer"]
         self.issuer = TokenIssuer(self.keys, issuer, self.service, self.token_ttl, clock)
         self.verifier = TokenVerifier(self.keys, issuer, self.service, clock)
@@ -386,6 +396,16 @@ class AccessControl:
         self._credentials.put(credential, (until, found.principal), stamp)
         return found.principal if until > now else None
 
+    async def verify(self, token: str) -> Claims:
+        """`verifier.verify`, reading the signing keys again when the token names one this
+        process has not read yet (a rotation on another host). Raises InvalidToken."""
+        try:
+            return self.verifier.verify(token)
+        except UnknownKey:
+            if not await self.keys.reload_for_unknown():
+                raise
+        return self.verifier.verify(token)
+
     async def principal_for_claims(self, claims: Claims) -> Principal | None:
         """The caller a verified registry token stands for now, or None when the credential
         that minted it no longer works (or the token names none: minted before Berth bound
@@ -403,6 +423,7 @@ class AccessControl:
         """A bearer token granting the requested scopes the principal may have, naming the
         credential it was minted with, and expiring no later than that credential."""
         public = await self.public_namespaces()
+        await self.keys.refresh()  # a rotation on any host: sign with the current key
         granted = policy.grant(principal, policy.parse_scopes(scopes), public)
         access = [{"type": t, "name": n, "actions": sorted(a)} for t, n, a in granted]
         token, issued, ttl = self.issuer.issue(

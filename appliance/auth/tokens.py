@@ -1,10 +1,16 @@
-"""Registry bearer tokens: ES256 JWTs signed with the appliance's own key, and their check.
+"""Registry bearer tokens: ES256 JWTs signed with the registry's own keys, and their check.
 
-Keys live in `<data_dir>/keys/` as `<created>-<kid>.pem` (0600). The newest key signs; every
-key still on disk verifies. `KeyRing.rotate()` (`berth keys rotate`) adds a new key and removes
-keys whose successor is older than the overlap (the token lifetime plus a margin), so tokens
-signed just before a rotation stay valid until they expire. A running server notices a new key
-by the directory's modification time.
+The signing keys live in the metadata database (`signing_keys`), each private key sealed with
+AES-256-GCM under a key derived from the server secret every host shares (auth/secrets.py), so
+every host signs and verifies with the same keys and the database alone signs nothing. The
+newest key signs, once it is `PUBLISH_DELAY` seconds old (until then the one before it does:
+every host has heard of a key before any token signed with it reaches one); every key in the
+table verifies. `berth keys rotate` (from any host) adds a key and drops keys whose successor
+is older than the overlap (the token lifetime plus a margin), so tokens signed just before a
+rotation stay valid until they expire. Each process keeps the keys in memory and reads them
+again when the `keys` change stamp moves (metadata/changes.py): a rotation reaches every host
+within milliseconds. Keys an older Berth kept in `<data_dir>/keys/*.pem` are imported once, at
+start, and their files removed, so tokens issued before the upgrade keep verifying.
 
 `TokenVerifier.verify()` is on the hot path of every registry request: the signature is checked
 once per distinct token and the decoded claims cached; each call after that is a dictionary
@@ -16,8 +22,11 @@ guard checks on every request that it still works.
 from __future__ import annotations
 
 import hashlib
+import itertools
+import logging
 import os
 import secrets
+import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -28,12 +37,18 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from appliance.auth.secrets import write_private
+from appliance.auth.secrets import ServerSecret
 from appliance.errors import BerthError
+from appliance.metadata.changes import KEYS
+from appliance.metadata.db import Database, Tx
+from appliance.ops import audit
+
+log = logging.getLogger("berth.auth")
 
 ALGORITHM = "ES256"
 CACHE_LIMIT = 20_000
-RELOAD_EVERY = 2.0  # seconds between looks at the key directory for an unknown kid
+PUBLISH_DELAY = 2.0  # seconds a new key is known before it signs
+RELOAD_EVERY = 1.0  # at most one unprompted reload a second for a token naming an unknown key
 
 
 class InvalidToken(BerthError):
@@ -42,6 +57,10 @@ class InvalidToken(BerthError):
 
 class ExpiredToken(InvalidToken):
     pass
+
+
+class UnknownKey(InvalidToken):
+    """The token names a key this process does not hold (forged, or a key it has not read)."""
 
 
 @dataclass(frozen=True)
@@ -62,78 +81,180 @@ def _kid(key: ec.EllipticCurvePrivateKey) -> str:
     return hashlib.sha256(der).hexdigest()[:16]
 
 
-class KeyRing:
-    """The signing keys in `directory`."""
+def _pkcs8(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
 
-    def __init__(self, directory: Path, clock: Callable[[], float], overlap: float) -> None:
-        self.directory = directory
+
+def _context(kid: str) -> str:
+    return f"signing key {kid}"  # a sealed key opens only under its own kid
+
+
+def stored_keys(tx: Tx) -> list[tuple[str, float, str]]:
+    """(kid, created_at, sealed) of every signing key, oldest first."""
+    rows = tx.execute("SELECT kid, created_at, sealed FROM signing_keys ORDER BY created_at, kid")
+    return [(str(r[0]), float(r[1]), str(r[2])) for r in rows]
+
+
+def _insert(tx: Tx, kid: str, created: float, sealed: str) -> bool:
+    added = tx.execute(
+        "INSERT INTO signing_keys (kid, created_at, sealed) VALUES (:kid, :at, :sealed) "
+        "ON CONFLICT (kid) DO NOTHING RETURNING kid",
+        {"kid": kid, "at": created, "sealed": sealed},
+    )
+    if added:
+        tx.touch(KEYS)
+    return bool(added)
+
+
+class KeyRing:
+    """The signing keys of the database, as this process last read them (see the module
+    docstring). `clock` is the wall clock key ages are measured on."""
+
+    def __init__(
+        self, db: Database, secret: ServerSecret, clock: Callable[[], float], overlap: float
+    ) -> None:
+        self.db = db
+        self.secret = secret
         self.clock = clock
         self.overlap = overlap
         self.keys: list[SigningKey] = []
-        self._mtime = -1.0
-        self._checked = -1e18
+        self._stamp: int | None = None
+        self._loaded_at = -float("inf")  # time.monotonic() of the last read
+        self._opened: dict[str, SigningKey] = {}  # kid -> key: each key is unsealed once
 
-    def load(self) -> None:
+    # -- reading -----------------------------------------------------------------------------
+
+    def _set(self, rows: list[tuple[str, float, str]], stamp: int) -> None:
         keys = []
-        for path in sorted(self.directory.glob("*.pem")):
-            created, _, _ = path.stem.partition("-")
+        for kid, created, sealed in rows:
+            key = self._opened.get(kid)
+            if key is None:
+                der = self.secret.unseal(sealed, _context(kid))  # raises SealBroken
+                private = serialization.load_der_private_key(der, password=None)
+                if not isinstance(private, ec.EllipticCurvePrivateKey) or _kid(private) != kid:
+                    raise BerthError(
+                        f"signing key {kid} in the database is not an EC key of its id"
+                    )
+                key = self._opened[kid] = SigningKey(kid, int(created), private)
+            keys.append(key)
+        self._opened = {k.kid: k for k in keys}
+        self.keys = keys
+        self._stamp = stamp
+        self._loaded_at = time.monotonic()
+
+    def load_sync(self) -> None:
+        """Read the keys (blocking). Raises SealBroken when this host's secret is not the one
+        that sealed them."""
+        stamp = self.db.changes.stamp(KEYS)  # before the read
+        self._set(self.db.run_sync_read(stored_keys), stamp)
+
+    async def reload(self) -> None:
+        stamp = self.db.changes.stamp(KEYS)
+        self._set(await self.db.read(stored_keys), stamp)
+
+    async def refresh(self) -> None:
+        """Read the keys again if a rotation anywhere may have changed them."""
+        if self._stamp != self.db.changes.stamp(KEYS):
+            await self.reload()
+
+    async def reload_for_unknown(self) -> bool:
+        """A token names a key this process does not hold: read the keys again when they may
+        have changed, or at most once every `RELOAD_EVERY` seconds otherwise (a flood of
+        forged key ids costs at most that). Returns whether it read them."""
+        unchanged = self._stamp == self.db.changes.stamp(KEYS)
+        if unchanged and time.monotonic() - self._loaded_at < RELOAD_EVERY:
+            return False
+        await self.reload()
+        return True
+
+    # -- changing ----------------------------------------------------------------------------
+
+    def _sealed_new_key(self) -> tuple[SigningKey, str]:
+        private = ec.generate_private_key(ec.SECP256R1())
+        kid = _kid(private)
+        return SigningKey(kid, 0, private), self.secret.seal(_pkcs8(private), _context(kid))
+
+    def ensure_sync(self) -> None:
+        """Load the keys, making the first one if there is none (blocking)."""
+        key, sealed = self._sealed_new_key()
+        now = self.clock()
+
+        def fn(tx: Tx) -> None:
+            if tx.scalar("SELECT COUNT(*) FROM signing_keys") == 0:
+                _insert(tx, key.kid, now, sealed)
+
+        self.db.run_sync_write(fn)
+        self.load_sync()
+
+    def rotate_sync(self, actor: str = "system") -> SigningKey:
+        """Add a new signing key; drop keys superseded more than `overlap` seconds ago
+        (blocking, audited). Returns the new key."""
+        key, sealed = self._sealed_new_key()
+        now = self.clock()
+
+        def fn(tx: Tx) -> None:
+            rows = stored_keys(tx)
+            created = max([now, *[at + 1 for _, at, _ in rows]])
+            _insert(tx, key.kid, created, sealed)
+            dates = [(kid, at) for kid, at, _ in rows] + [(key.kid, created)]
+            dropped = [
+                older
+                for (older, _), (_, successor) in itertools.pairwise(dates)
+                if successor + self.overlap < now
+            ]
+            for kid in dropped:
+                tx.execute("DELETE FROM signing_keys WHERE kid = :kid", {"kid": kid})
+            tx.touch(KEYS)
+            audit.record(tx, actor, "keys.rotate", key.kid, at=now, dropped=dropped)
+
+        self.db.run_sync_write(fn)
+        self.load_sync()
+        return next(k for k in self.keys if k.kid == key.kid)
+
+    def import_directory(self, directory: Path) -> int:
+        """Move the `<created>-<kid>.pem` keys an older Berth kept in `directory` into the
+        database, then remove their files (blocking). Returns how many were new."""
+        found: list[tuple[str, float, str]] = []
+        files = sorted(directory.glob("*.pem")) if directory.is_dir() else []
+        for path in files:
             private = serialization.load_pem_private_key(path.read_bytes(), password=None)
             if not isinstance(private, ec.EllipticCurvePrivateKey):
                 raise BerthError(f"{path} is not an EC private key")
-            keys.append(SigningKey(_kid(private), int(created), private))
-        keys.sort(key=lambda k: k.created)
-        self.keys = keys
-        self._mtime = self.directory.stat().st_mtime if self.directory.exists() else -1.0
+            created = path.stem.partition("-")[0]
+            at = float(created) if created.isdigit() else path.stat().st_mtime
+            kid = _kid(private)
+            found.append((kid, at, self.secret.seal(_pkcs8(private), _context(kid))))
+        if not found:
+            return 0
 
-    def ensure(self) -> None:
-        """Load the keys, making the first one if there is none."""
-        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.load()
-        if not self.keys:
-            self.rotate()
+        def fn(tx: Tx) -> int:
+            return sum(_insert(tx, kid, at, sealed) for kid, at, sealed in found)
 
-    def rotate(self) -> SigningKey:
-        """Add a new signing key; drop keys superseded more than `overlap` seconds ago."""
-        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.load()
-        now = int(self.clock())
-        created = max([now, *[k.created + 1 for k in self.keys]])
-        private = ec.generate_private_key(ec.SECP256R1())
-        pem = private.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
+        added: int = self.db.run_sync_write(fn)
+        for path in files:
+            path.unlink(missing_ok=True)
+        log.warning(
+            "moved %d signing key(s) from %s into the database (sealed with the server secret)",
+            len(files),
+            directory,
         )
-        write_private(self.directory / f"{created:012d}-{_kid(private)}.pem", pem)
-        self.load()
-        for older, successor in zip(self.keys, self.keys[1:], strict=False):
-            if successor.created + self.overlap < now:
-                (self.directory / f"{older.created:012d}-{older.kid}.pem").unlink(missing_ok=True)
-        self.load()
-        return self.keys[-1]
+        return added
 
-    def maybe_reload(self, force: bool = False) -> None:
-        """Reload when the directory changed (a rotation by another process)."""
-        now = self.clock()
-        if not force and now - self._checked < RELOAD_EVERY:
-            return
-        self._checked = now
-        try:
-            mtime = self.directory.stat().st_mtime
-        except OSError:
-            return
-        if mtime != self._mtime:
-            self.load()
+    # -- using -------------------------------------------------------------------------------
 
     @property
     def active(self) -> SigningKey:
-        return self.keys[-1]
+        """The key that signs: the newest one every host has had time to hear of (when all
+        are that new, the oldest)."""
+        published = self.clock() - PUBLISH_DELAY
+        ready = [k for k in self.keys if k.created <= published]
+        return ready[-1] if ready else self.keys[0]
 
     def public_key(self, kid: str) -> ec.EllipticCurvePublicKey | None:
-        for key in self.keys:
-            if key.kid == kid:
-                return key.public
-        return None
+        key = self._opened.get(kid)
+        return None if key is None else key.public
 
 
 Access = Mapping[tuple[str, str], frozenset[str]]
@@ -180,8 +301,7 @@ class TokenIssuer:
     ) -> tuple[str, int, int]:
         """A signed token naming `credential`, expiring after the configured lifetime or at
         `not_after` (the credential's own expiry), whichever is first; returns (token,
-        issued_at, expires_in)."""
-        self.keys.maybe_reload()
+        issued_at, expires_in). The caller keeps the keys current (`KeyRing.refresh`)."""
         key = self.keys.active
         now = int(self.clock())
         ttl = int(self.ttl)
@@ -257,10 +377,7 @@ class TokenVerifier:
             raise InvalidToken("the token names no key")
         key = self.keys.public_key(kid)
         if key is None:
-            self.keys.maybe_reload()
-            key = self.keys.public_key(kid)
-        if key is None:
-            raise InvalidToken("the token was not signed by this registry")
+            raise UnknownKey("the token was not signed by this registry")
         try:
             raw = jwt.decode(
                 token,
@@ -299,4 +416,5 @@ def random_password() -> str:
 
 
 def key_directory(data_dir: Path) -> Path:
+    """Where an older Berth kept its signing keys (imported into the database at start)."""
     return Path(os.path.join(data_dir, "keys"))

@@ -143,8 +143,8 @@ def collect_secrets(config: Config) -> dict[str, bytes]:
     """The config file, the server secret and the signing keys (blocking)."""
     files: dict[str, bytes] = {}
     data = config.data_dir
-    if (data / "secret").is_file():
-        files["secret"] = (data / "secret").read_bytes()
+    if config.secret_path.is_file():  # server.secret_file, or <data_dir>/secret
+        files["secret"] = config.secret_path.read_bytes()
     for pem in sorted((data / "keys").glob("*.pem")):
         files[f"keys/{pem.name}"] = pem.read_bytes()
     if config.source != "defaults" and Path(config.source).is_file():

@@ -111,8 +111,10 @@ def destination_contents(config: Config, db: Database) -> list[str]:
     if view.files("blobs/"):
         found.append(f"the blob store {view.url} holds blobs")
     data = config.data_dir
-    if (data / "secret").exists() or any((data / "keys").glob("*.pem")):
-        found.append(f"the data directory {data} holds a server secret or signing keys")
+    if config.secret_path.exists():
+        found.append(f"a server secret exists ({config.secret_path})")
+    if any((data / "keys").glob("*.pem")):
+        found.append(f"the data directory {data} holds signing keys")
     return found
 
 
@@ -121,7 +123,7 @@ def _wipe_destination(config: Config, db: Database) -> None:
     view = store_view(config)
     view.delete(sorted(view.files("blobs/")) + sorted(view.files("uploads/")))
     data = config.data_dir
-    (data / "secret").unlink(missing_ok=True)
+    config.secret_path.unlink(missing_ok=True)
     for pem in (data / "keys").glob("*.pem"):
         pem.unlink()
 
@@ -185,7 +187,7 @@ def _write_secrets(config: Config, files: dict[str, bytes]) -> list[str]:
     written = []
     for name, content in sorted(files.items()):
         if name == "secret":
-            path = data / "secret"
+            path = config.secret_path  # server.secret_file, or <data_dir>/secret
         elif name.startswith("keys/") and name.count("/") == 1 and name.endswith(".pem"):
             (data / "keys").mkdir(exist_ok=True, mode=0o700)
             path = data / name

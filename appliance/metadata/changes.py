@@ -19,10 +19,11 @@ How a change reaches the stamps:
   (SQLite: next to the database file; PostgreSQL: in the data directory), so a change committed
   by one worker is seen by the next request on any worker: read-your-writes.
 - Across hosts (PostgreSQL only), each serving process LISTENs; a notification arrives within
-  milliseconds of the commit. While a process is not listening (not started yet, connection
-  lost) its board is *untrusted*: every `stamp()` is a value never seen before, so every cache
-  misses and reads the database. After a reconnect every stamp is bumped, since notifications
-  may have been missed.
+  milliseconds of the commit. It names the host it came from (`origin`, the same for every
+  process mapping one stamp file), so a host skips its own: its commit bumped already. While a
+  process is not listening (not started yet, connection lost) its board is *untrusted*: every
+  `stamp()` is a value never seen before, so every cache misses and reads the database. After
+  a reconnect every stamp is bumped, since notifications may have been missed.
 
 Topics are hashed onto a fixed number of slots, so two topics may share a slot: that only
 costs an extra reload, never a stale answer. A bump writes a random value rather than adding
@@ -33,10 +34,12 @@ slot differs from every value a cache may hold.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import mmap
 import os
 import random
+import socket
 import struct
 import threading
 import zlib
@@ -56,6 +59,11 @@ V = TypeVar("V")
 
 
 EVERYTHING = "*"  # a topic that stands for every topic (a restore replaced every record)
+# More topics of cached facts (besides identity, `metadata.identity.AUTH`; repositories,
+# `repository_topic`; rules, `lifecycle.rules.TOPIC`; pull verdicts, `scan.vulndb.SCAN_TOPIC`):
+# each is touched by every write that changes what its caches hold.
+KEYS = "keys"  # token-signing keys (auth/tokens.py)
+WEBHOOKS = "webhooks"  # webhook endpoints (ops/webhooks.py)
 
 
 def repository_topic(name: str) -> str:
@@ -65,6 +73,17 @@ def repository_topic(name: str) -> str:
 
 def _fresh() -> int:
     return random.getrandbits(64)
+
+
+def _origin(fd: int) -> str:
+    """This host in the notifications it sends: alike for every process that maps the stamp
+    file `fd` (its device and inode, on this boot of this machine), unlike any other host."""
+    boot = ""
+    with contextlib.suppress(OSError):
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    st = os.fstat(fd)
+    who = f"{boot} {socket.gethostname()} {st.st_dev} {st.st_ino}"
+    return hashlib.blake2b(who.encode(), digest_size=8).hexdigest()
 
 
 def slot_of(topic: str) -> int:
@@ -85,6 +104,7 @@ class ChangeBoard:
         self.path = path
         self._trusted = trusted
         self._file: mmap.mmap | bytearray
+        self.origin = f"{_fresh():016x}"  # a process alone is a host of its own
         if path is None:
             self._file = bytearray(SLOTS * _WORD.size)
             return
@@ -94,6 +114,7 @@ class ChangeBoard:
             if os.fstat(fd).st_size < SLOTS * _WORD.size:
                 os.ftruncate(fd, SLOTS * _WORD.size)
             self._file = mmap.mmap(fd, SLOTS * _WORD.size)
+            self.origin = _origin(fd)
         finally:
             os.close(fd)
 
@@ -113,6 +134,15 @@ class ChangeBoard:
         if not self._trusted:
             return _fresh()
         return int(_WORD.unpack_from(self._file, slot_of(topic) * _WORD.size)[0])
+
+    def notice(self, payload: str) -> None:
+        """A notification from the database (`ORIGIN TOPIC`): bump the topic unless this host
+        sent it (its commit bumped already)."""
+        origin, sep, topic = payload.partition(" ")
+        if not sep:  # a host that does not say where it is from
+            origin, topic = "", payload
+        if origin != self.origin:
+            self.bump((topic,))
 
     def bump(self, topics: Iterable[str]) -> None:
         """`topics` changed: give each a new stamp (called after the commit)."""

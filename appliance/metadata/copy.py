@@ -17,7 +17,7 @@ from appliance.errors import ConfigError
 from appliance.metadata.db import Database, MetadataError, Tx
 
 # Process state, not records: never copied.
-NOT_COPIED = frozenset({"schema_version", "leader_leases"})
+NOT_COPIED = frozenset({"schema_version", "leader_leases", "hosts"})
 BATCH = 500
 
 

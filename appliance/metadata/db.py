@@ -44,6 +44,7 @@ from appliance.metadata.changes import ChangeBoard
 
 T = TypeVar("T")
 Row = tuple[Any, ...]
+MAX_MESSAGE = 7900  # bytes of one `publish` payload (PostgreSQL's NOTIFY takes under 8000)
 Params = Mapping[str, Any]
 
 
@@ -216,6 +217,19 @@ class Database(ABC):
         """Keep `changes` current with writes made by other hosts, until cancelled. Nothing to
         do where every writer shares this host's stamp file (SQLite)."""
         task_status.started()
+
+    async def publish(self, channel: str, payload: str) -> None:
+        """Send `payload` (text, at most `MAX_MESSAGE` bytes) to the processes of every host
+        that listens on `channel` (this host's too: receivers tell their own messages apart).
+        Best effort: a process not listening at that moment misses it. Nothing to do where no
+        other host shares the database (SQLite). Raises Unavailable."""
+        return
+
+    def subscribe(self, channel: str, handler: Callable[[str], None]) -> None:
+        """Call `handler(payload)` for every message on `channel` while `watch_changes` runs,
+        from the listener's thread (it must be quick and thread-safe). Channel names are
+        lowercase words. Nothing ever arrives where no other host shares the database."""
+        return
 
     @abstractmethod
     async def read(self, fn: Callable[[Tx], T]) -> T:

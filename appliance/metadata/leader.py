@@ -4,7 +4,11 @@ Background jobs run in one process at a time (ops/jobs.py decides what runs; thi
 decides who). Two locks, one contract (`LeaderLock`):
 
 * PostgreSQL: a session advisory lock, held on a dedicated connection for as long as the leader
-  lives. A leader that dies or loses its connection loses the lock at once, server-side.
+  lives. A leader that dies or loses its connection loses the lock at once, server-side. A
+  leader whose host vanishes without closing the connection (power cut, network partition)
+  loses it within the lease: the session asks the server to end it after `ttl` seconds without
+  a query (`idle_session_timeout`; the leader checks in every third of that) and to drop a
+  peer that stops acknowledging (`tcp_user_timeout`, keepalives).
 * SQLite: a lease row that the leader renews; another process takes over once it expires.
 
 Each change of leader increments `leader_leases.generation`: the fencing token. A destructive
@@ -163,13 +167,16 @@ class LeaseLock:
 class AdvisoryLock:
     """A PostgreSQL session advisory lock on a dedicated connection (PostgreSQL only)."""
 
-    def __init__(self, db: Database, name: str, holder: str | None = None) -> None:
+    def __init__(
+        self, db: Database, name: str, holder: str | None = None, *, ttl: float = 15.0
+    ) -> None:
         from appliance.metadata.postgres import PostgresDatabase  # noqa: PLC0415
 
         if not isinstance(db, PostgresDatabase):
             raise TypeError("AdvisoryLock needs a PostgreSQL database")
         self.db: PostgresDatabase = db
         self.name = name
+        self.ttl = ttl
         self.holder = holder or uuid.uuid4().hex
         self._conn: psycopg.Connection[Any] | None = None
         self._fence: Fence | None = None
@@ -195,6 +202,7 @@ class AdvisoryLock:
             try:
                 if self._conn is None or self._conn.closed:
                     self._conn = self.db.connect()
+                    self._bound(self._conn)
                 conn = self._conn
                 got = conn.execute("SELECT pg_try_advisory_lock(%s)", (lock_key(self.name),))
                 row = got.fetchone()
@@ -207,6 +215,24 @@ class AdvisoryLock:
                 raise
         self._fence = Fence(self.name, generation)
         return self._fence
+
+    def _bound(self, conn: psycopg.Connection[Any]) -> None:
+        """Have the server end this session (so release the lock) once its host has been
+        silent for the lease: PostgreSQL 14's idle_session_timeout, TCP timeouts for older."""
+        import psycopg.errors  # noqa: PLC0415
+
+        millis = int(max(1.0, self.ttl) * 1000)
+        probe = max(1, int(self.ttl / 3))
+        for setting, value in (
+            ("idle_session_timeout", millis),
+            ("tcp_user_timeout", millis),
+            ("tcp_keepalives_idle", probe),
+            ("tcp_keepalives_interval", probe),
+            ("tcp_keepalives_count", 3),
+        ):
+            # A server too old for one of these (or on a Unix socket) keeps its default.
+            with contextlib.suppress(psycopg.errors.UndefinedObject):
+                conn.execute(f"SET {setting} = {int(value)}")
 
     def _keep(self) -> bool:
         conn = self._conn
@@ -232,5 +258,5 @@ class AdvisoryLock:
 def leader_lock(db: Database, name: str, *, ttl: float, clock: Callable[[], float]) -> LeaderLock:
     """The right lock for `db`'s dialect."""
     if db.dialect == "postgresql":
-        return AdvisoryLock(db, name)
+        return AdvisoryLock(db, name, ttl=ttl)
     return LeaseLock(db, name, ttl, clock)

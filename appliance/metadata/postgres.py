@@ -37,6 +37,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from appliance.errors import ConfigError, Unavailable
 from appliance.metadata.changes import CHANNEL, ChangeBoard
 from appliance.metadata.db import (
+    MAX_MESSAGE,
     VERSION_TABLE,
     AppliedMigration,
     Database,
@@ -182,6 +183,7 @@ class PostgresDatabase(Database):
         self._limit = trio.CapacityLimiter(max(1, options.pool_size))
         # Untrusted until `watch_changes` listens: other hosts' writes would go unseen.
         self.changes = ChangeBoard(options.changes_path, trusted=False)
+        self._handlers: dict[str, list[Callable[[str], None]]] = {}
 
     async def watch_changes(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -207,18 +209,49 @@ class PostgresDatabase(Database):
                 continue
             try:
                 conn.execute(f"LISTEN {CHANNEL}")
+                listening: set[str] = set()
                 self.changes.trust()  # bumps every stamp: what happened meanwhile is unknown
                 pause = 0.1
                 while not stop.is_set():
-                    topics = {n.payload for n in conn.notifies(timeout=0.5)}
-                    if topics:
-                        self.changes.bump(topics)
+                    for channel in set(self._handlers) - listening:
+                        conn.execute(f"LISTEN {channel}")  # checked by `subscribe`
+                        listening.add(channel)
+                    # Each note as it arrives: the generator runs for up to `timeout`, and a
+                    # bump kept until it ends would leave caches stale for that long.
+                    for note in conn.notifies(timeout=0.5):
+                        if note.channel == CHANNEL:
+                            self.changes.notice(note.payload)
+                        else:
+                            self._deliver(note.channel, note.payload)
             except psycopg.Error as e:
                 if not stop.is_set():
                     log.warning("lost the change listener on %s: %s", self.where, first_line(e))
             finally:
                 self.changes.trust(False)
                 conn.close()
+
+    def subscribe(self, channel: str, handler: Callable[[str], None]) -> None:
+        if not re.fullmatch(r"[a-z_]{1,60}", channel) or channel == CHANNEL:
+            raise ValueError(f"not a channel name: {channel!r}")
+        self._handlers.setdefault(channel, []).append(handler)
+
+    def _deliver(self, channel: str, payload: str) -> None:
+        for handler in self._handlers.get(channel, []):
+            try:
+                handler(payload)
+            except Exception:  # one bad message must not stop the listener
+                log.exception("a message on %s could not be handled", channel)
+
+    async def publish(self, channel: str, payload: str) -> None:
+        if len(payload.encode()) > MAX_MESSAGE:
+            raise ValueError(f"a message on {channel} is longer than {MAX_MESSAGE} bytes")
+
+        def send() -> None:
+            with self.translated(), self._pool.connection() as conn:
+                conn.execute("SELECT pg_notify(%s, %s)", (channel, payload))
+
+        async with self._limit:
+            await trio.to_thread.run_sync(send)
 
     def connect(self) -> psycopg.Connection[Any]:
         """A new connection of its own (not from the pool), autocommit. Raises Unavailable."""
@@ -253,8 +286,8 @@ class PostgresDatabase(Database):
                 result = fn(tx)
                 if tx.touched:  # delivered to every listener when (and only if) this commits
                     conn.execute(
-                        "SELECT pg_notify(%s, topic) FROM unnest(%s::text[]) AS topic",
-                        (CHANNEL, sorted(tx.touched)),
+                        "SELECT pg_notify(%s, %s || ' ' || topic) FROM unnest(%s::text[]) AS topic",
+                        (CHANNEL, self.changes.origin, sorted(tx.touched)),
                     )
                 conn.execute("COMMIT")
             except BaseException:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from cryptography import x509
 
+from appliance import __version__
 from appliance.config import Config
 from appliance.errors import BerthError, ConfigError
 
@@ -245,6 +246,75 @@ def check_storage(config: Config) -> Iterator[Finding]:
     yield Finding("ok", "storage", f"{config['storage.backend']} store at {where} usable")
 
 
+def check_hosts(config: Config, now: float | None = None) -> Iterator[Finding]:
+    """The hosts serving this registry (ops/hosts.py) must agree with this one: the same server
+    secret, schema version and blob store. Another Berth version is a warning (an upgrade
+    under way); a host not seen for a minute is listed as gone."""
+    from appliance.auth.secrets import ServerSecret  # noqa: PLC0415
+    from appliance.metadata.db import Options, open_database  # noqa: PLC0415
+    from appliance.ops.hosts import list_hosts, storage_of  # noqa: PLC0415
+
+    url = config.metadata_url
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite://")).exists():
+        return  # the database check says so
+    db = open_database(url, Options(readers=1, pool_size=1))
+    try:
+        schema = db.schema_status().current
+        hosts = db.run_sync_read(list_hosts)
+    finally:
+        db.close()
+    if not hosts:
+        yield Finding("ok", "hosts", "no host has registered yet (none has served)")
+        return
+    try:
+        fingerprint = ServerSecret.load(config.secret_path).fingerprint
+    except BerthError as e:
+        yield Finding("fail", "hosts", e.message, "every host must read the same secret file")
+        return
+    moment = now or time.time()
+    here = config.host_name
+    serving = [h for h in hosts if h.serving(moment)]
+    for host in hosts:
+        if not host.serving(moment):
+            ago = (moment - host.last_seen) / 60
+            yield Finding("ok", "hosts", f"{host.name}: gone (last seen {ago:.0f} min ago)")
+            continue
+        problems = []
+        if host.secret_fingerprint != fingerprint:
+            problems.append(
+                f"another server secret (fingerprint {host.secret_fingerprint}, this host's "
+                f"{fingerprint})"
+            )
+        if host.schema_version != schema:
+            problems.append(f"schema version {host.schema_version} (the database's: {schema})")
+        if host.storage != storage_of(config):
+            problems.append(f"another blob store ({host.storage})")
+        if problems:
+            yield Finding(
+                "fail",
+                "hosts",
+                f"{host.name} ({host.address}) disagrees with {here}: " + "; ".join(problems),
+                "give every host the same server.secret_file, [storage] settings and Berth "
+                "version, then restart it",
+            )
+        elif host.version != __version__:
+            yield Finding(
+                "warn",
+                "hosts",
+                f"{host.name} ({host.address}) runs Berth {host.version}, this host {__version__}",
+                "finish the upgrade: every host should run the same version",
+            )
+        else:
+            yield Finding("ok", "hosts", f"{host.name} ({host.address}) agrees with {here}")
+    if len(serving) > 1 and config["storage.backend"] == "filesystem":
+        yield Finding(
+            "warn",
+            "hosts",
+            f"{len(serving)} hosts serve with a filesystem blob store",
+            "several hosts need one S3 bucket (or a filesystem every host mounts)",
+        )
+
+
 def check_clock(config: Config) -> Iterator[Finding]:
     from appliance.omnibus.buildinfo import build_info  # noqa: PLC0415
 
@@ -320,6 +390,7 @@ DOCTOR_CHECKS: tuple[Callable[[Config], Iterator[Finding]], ...] = (
     check_private,
     check_database,
     check_storage,
+    check_hosts,
     check_clock,
     check_certificates,
 )

@@ -91,9 +91,25 @@ def nginx_prefix(config: Config) -> Path:
     return config.data_dir / "nginx"
 
 
+def upstream_servers(config: Config) -> list[str]:
+    """The `server` lines of nginx's upstream: the hosts of `nginx.upstreams` with passive
+    health checks, or this host's own Berth."""
+    pool = settings.parse_upstreams(config["nginx.upstreams"])
+    if not pool:
+        host, port = config.listen
+        if host in ("0.0.0.0", "::", ""):  # noqa: S104 - the wildcard is reached on loopback
+            host = "127.0.0.1"
+        return [f"server {f'[{host}]' if ':' in host else host}:{port};"]
+    lines = []
+    for host, port in pool:
+        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        lines.append(f"server {address} max_fails=2 fail_timeout=10s;")
+    return lines
+
+
 def render_nginx(config: Config, user: str = checks.SERVICE_USER) -> str:
-    """nginx.conf for the front: HTTPS on nginx.listen, Berth as the upstream."""
-    host, port = config.listen
+    """nginx.conf for the front: HTTPS on nginx.listen, Berth (or a pool of Berth hosts, each
+    checked passively) as the upstream."""
     cert, key = checks.tls_paths(config)
     redirect = ""
     if config["nginx.redirect_listen"]:
@@ -105,22 +121,20 @@ def render_nginx(config: Config, user: str = checks.SERVICE_USER) -> str:
             f"        return 301 https://$host:{https_port}$request_uri;\n"
             "    }\n"
         )
-    upstream = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    if host in ("0.0.0.0", "::", ""):  # noqa: S104 - the wildcard is reached on loopback
-        upstream = f"127.0.0.1:{port}"
+    pooled = bool(config["nginx.upstreams"].strip())
     return render(
         "nginx.conf.in",
         user=user,
         prefix=nginx_prefix(config),
         log_dir=checks.log_dir(config),
-        upstream=upstream,
+        upstream_servers="\n".join("        " + line for line in upstream_servers(config)),
         redirect_server=redirect,
         listen=config["nginx.listen"],
         server_name=config["nginx.server_name"],
         tls_cert=cert,
         tls_key=key,
-        # Only a local filesystem store can be handed to nginx to send.
-        accel="1" if config["storage.backend"] == "filesystem" else "0",
+        # Only a local filesystem store can be handed to nginx to send (not a pool's).
+        accel="1" if config["storage.backend"] == "filesystem" and not pooled else "0",
         storage_root=config.storage_root,
     )
 

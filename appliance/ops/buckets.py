@@ -6,6 +6,11 @@ take an exclusive `flock` on it (and a thread lock, since `flock` does not separ
 one process) for the few microseconds a read-modify-write lasts. A process without a data
 directory (a test's in-process app) keeps the table in its own memory.
 
+Across hosts (ops/limitsync.py), what a process takes, locks and resets is also noted in its
+`outbox` (when `noting` is on), sent to the other hosts every second, and applied there by
+`charge`, `lock_key` and `reset_key`: a charge takes tokens without asking, so a bucket may go
+below zero, and that debt is what keeps several hosts to one rate over time.
+
 Layout: `SLOTS` slots of 32 bytes, `(key hash, tokens, stamp, locked_until)`, a key hash of 0
 meaning free. A key is looked for in `PROBES` consecutive slots from the one its hash names;
 when all of them belong to other keys, the one whose bucket has refilled the longest ago is
@@ -24,7 +29,7 @@ import os
 import struct
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 SLOTS = 1 << 14
@@ -35,6 +40,19 @@ _SLOT = struct.Struct("<Qddd")
 def _hash(key: str) -> int:
     value = int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little")
     return value or 1  # 0 marks a free slot
+
+
+@dataclass
+class Outbox:
+    """What this process did to the buckets since it last sent it to the other hosts: per key
+    hash, (rate, burst, tokens taken); locks (rate, burst, seconds left); resets (burst)."""
+
+    taken: dict[int, list[float]] = field(default_factory=dict)
+    locked: dict[int, tuple[float, float, float]] = field(default_factory=dict)
+    reset: dict[int, float] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(self.taken or self.locked or self.reset)
 
 
 @dataclass(frozen=True)
@@ -51,6 +69,8 @@ class SharedBuckets:
 
     def __init__(self, path: Path | None = None) -> None:
         self.path = path
+        self.noting = False  # keep an outbox for the other hosts (ops/limitsync.py)
+        self._outbox = Outbox()
         self._thread_lock = threading.Lock()
         self._fd: int | None = None
         self._table: mmap.mmap | bytearray
@@ -120,7 +140,25 @@ class SharedBuckets:
                 left = tokens - cost if ok else tokens
                 _SLOT.pack_into(self._table, offset, key_hash, left, now, locked)
                 out.append(Taken(ok, left, locked if locked > now else 0.0))
+                if ok and self.noting:
+                    noted = self._outbox.taken.setdefault(key_hash, [rate, burst, 0.0])
+                    noted[2] += cost
             return out
+
+    def charge(self, key_hash: int, rate: float, burst: float, amount: float, now: float) -> None:
+        """Take `amount` tokens that another host gave out, whatever the bucket holds (it may
+        go below zero: a debt that refills at `rate`)."""
+        with self._locked():
+            offset = self._find(key_hash, rate, burst, now)
+            _, tokens, stamp, locked = _SLOT.unpack_from(self._table, offset)
+            tokens = min(burst, tokens + max(0.0, now - stamp) * rate) - amount
+            _SLOT.pack_into(self._table, offset, key_hash, tokens, now, locked)
+
+    def drain(self) -> Outbox:
+        """What was noted since the last call (and forget it)."""
+        with self._thread_lock:
+            out, self._outbox = self._outbox, Outbox()
+        return out
 
     def peek(self, key: str, rate: float, burst: float, now: float) -> Taken:
         """A key's bucket as it stands now, without taking anything."""
@@ -138,6 +176,13 @@ class SharedBuckets:
     def lock(self, key: str, until: float, rate: float, burst: float, now: float) -> None:
         """Refuse `key` until `until`; its bucket starts full again afterwards."""
         key_hash = _hash(key)
+        self.lock_key(key_hash, until, rate, burst, now)
+        if self.noting:
+            with self._thread_lock:
+                self._outbox.locked[key_hash] = (rate, burst, until - now)
+
+    def lock_key(self, key_hash: int, until: float, rate: float, burst: float, now: float) -> None:
+        """`lock` by key hash (a lock another host set)."""
         with self._locked():
             offset = self._find(key_hash, rate, burst, now)
             _SLOT.pack_into(self._table, offset, key_hash, burst, until, until)
@@ -145,6 +190,14 @@ class SharedBuckets:
     def reset(self, key: str, burst: float, now: float) -> None:
         """Forget what `key` has used (a successful sign-in clears its failures)."""
         key_hash = _hash(key)
+        self.reset_key(key_hash, burst, now)
+        if self.noting:
+            with self._thread_lock:
+                self._outbox.taken.pop(key_hash, None)
+                self._outbox.reset[key_hash] = burst
+
+    def reset_key(self, key_hash: int, burst: float, now: float) -> None:
+        """`reset` by key hash (a reset another host made)."""
         with self._locked():
             start = key_hash % SLOTS
             for i in range(PROBES):

@@ -6,8 +6,10 @@ the raw path), and writes one access-log line. It also serves the operations end
 before any routing or sign-in:
 
     /-/health   200 while the process serves (liveness)
-    /-/ready    200 when the metadata database and the blob store answer, else 503; the
-                answer is cached for a second, so a load balancer may ask every second
+    /-/ready    200 when the metadata database and the blob store answer, else 503, naming
+                the host (`server.host_name`); the answer is cached for a second, so a load
+                balancer may ask every second, and follows the database and the store back
+                without a restart
     /metrics    Prometheus text format (optionally behind a bearer token)
 
 What a request costs here is a few dictionary lookups, one histogram observation and one log
@@ -273,8 +275,10 @@ class OperationsMiddleware:
         limiter: RateLimiter | None = None,
         trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = (),
         clock: Callable[[], float] = time.perf_counter,
+        host: str = "",
     ) -> None:
         self.app = app
+        self.host = host  # named in /-/ready: which host of several answered
         self.trusted_proxies = trusted_proxies
         self.readiness = readiness
         self.scrape = scrape
@@ -498,7 +502,10 @@ class OperationsMiddleware:
             return True
         if path == "/-/ready":
             ok, checks = await self.readiness.check()
-            body = json.dumps({"status": "ok" if ok else "unavailable", "checks": checks})
+            answer: dict[str, Any] = {"status": "ok" if ok else "unavailable", "checks": checks}
+            if self.host:
+                answer["host"] = self.host
+            body = json.dumps(answer)
             await respond(
                 send,
                 200 if ok else 503,

@@ -28,8 +28,10 @@ from appliance.metadata.db import Database, Tx
 from appliance.metadata.leader import Fence
 from appliance.ops import audit, context
 from appliance.ops.buckets import SharedBuckets
+from appliance.ops.hosts import HostInfoCollector, ThisHost
 from appliance.ops.http import OperationsMiddleware, Readiness, ScrapeCollectors
 from appliance.ops.jobs import Job
+from appliance.ops.limitsync import LimitSync, Table
 from appliance.ops.ratelimit import RateLimiter
 from appliance.ops.webhooks import Deliverer, PullEvents, config_endpoints, delivery_job
 from appliance.storage.base import BlobStore
@@ -68,8 +70,25 @@ class Operations:
         self.pulls = PullEvents(db)
         self.config_wants_pulls = any("pull" in e.actions for e in config_endpoints(config))
         self.readiness = Readiness([("database", self._probe_database), ("storage", store.check)])
+        fingerprint = access.secret.fingerprint if access is not None else ""
+        self.host = ThisHost(config, db, secret_fingerprint=fingerprint)
         self.scrape = ScrapeCollectors()
         self.scrape.add(_StateCollector(db))
+        self.scrape.add(HostInfoCollector(self.host))
+        self.limit_sync: LimitSync | None = None
+        interval = config["ratelimit.sync_interval"]
+        if db.dialect == "postgresql" and interval > 0 and access is not None:
+            # Other hosts may share the database: their limits and lockouts count here too.
+            self.limit_sync = LimitSync(
+                db,
+                {
+                    "ratelimit": Table(self.limiter.buckets, self.limiter.clock),
+                    "signin": Table(access.throttle.buckets, access.throttle.clock),
+                },
+                host=self.host.instance,
+                agent=self.host.agent,
+                interval=interval,
+            )
         self.deliverer = Deliverer(db, config)
         self.pulls.wanted = self.config_wants_pulls
         self.access = access
@@ -92,6 +111,7 @@ class Operations:
             pulls=self.pulls,
             limiter=self.limiter,
             trusted_proxies=proxy_networks(self.config["server.trusted_proxies"]),
+            host=self.host.name,
         )
 
     def register_web(self, web: QuartTrio) -> None:
@@ -146,9 +166,13 @@ class Operations:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """This process's own background work (every worker, not only the leader): flushing
-        pull events."""
-        task_status.started()
-        await self.pulls.run(self.config_wants_pulls)
+        pull events, this host's heartbeat, telling other hosts what the limits counted."""
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.host.run)
+            if self.limit_sync is not None:
+                await nursery.start(self.limit_sync.run)
+            task_status.started()
+            await self.pulls.run(self.config_wants_pulls)
 
 
 class _StateCollector(Collector):

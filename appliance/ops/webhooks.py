@@ -32,6 +32,7 @@ from prometheus_client import Counter
 
 from appliance.config import Config
 from appliance.errors import BerthError, ConfigError, NotFound
+from appliance.metadata.changes import WEBHOOKS
 from appliance.metadata.db import Database, Tx
 from appliance.metadata.leader import Fence, check_fence
 from appliance.ops import audit, context
@@ -126,7 +127,8 @@ class PullEvents:
 
     `note` costs a list append and never touches the database; the serving process flushes
     every second or so (`run`). Events are noted only while some endpoint wants pulls
-    (`wanted`, refreshed by the flusher), so a registry without webhooks pays nothing.
+    (`wanted`, read again by the flusher when the `webhooks` change stamp moved: within a
+    second of an endpoint's change on any host), so a registry without webhooks pays nothing.
     A process that dies loses at most its last second of pull events.
     """
 
@@ -178,19 +180,19 @@ class PullEvents:
         return len(batch)
 
     async def refresh(self, config_wants_pulls: bool) -> None:
-        """Whether any endpoint wants pull events (read again every ten flushes)."""
+        """Whether any endpoint wants pull events."""
         self.wanted = config_wants_pulls or await self.db.read(_namespace_pulls)
 
     async def run(self, config_wants_pulls: bool, interval: float = 1.0) -> None:
         """Flush every `interval` seconds until cancelled (then flush once more)."""
-        refreshed = -math.inf
+        seen: int | None = None  # the `webhooks` stamp `wanted` was read under
         try:
             while True:
-                now = trio.current_time()
-                if now - refreshed >= 10 * interval:
-                    refreshed = now
+                stamp = self.db.changes.stamp(WEBHOOKS)
+                if stamp != seen:
                     try:
                         await self.refresh(config_wants_pulls)
+                        seen = stamp
                     except BerthError as e:
                         log.warning("cannot read webhook endpoints: %s", e.message)
                 try:
@@ -420,6 +422,7 @@ def add_endpoint(
     )
     assert row is not None
     endpoint_id = int(row[0])
+    tx.touch(WEBHOOKS)  # every process notes pull events at once if this one wants them
     start = tx.scalar("SELECT MAX(id) FROM webhook_events") or 0
     tx.execute(
         "INSERT INTO webhook_cursors (endpoint, last_event_id) VALUES (:e, :last)",
@@ -444,6 +447,7 @@ def remove_endpoint(tx: Tx, actor: str, namespace: str, endpoint_id: int) -> Non
     )
     if not gone:
         raise NotFound(f"webhook {endpoint_id} is not registered for namespace {namespace}")
+    tx.touch(WEBHOOKS)
     tx.execute("DELETE FROM webhook_cursors WHERE endpoint = :e", {"e": f"ns:{endpoint_id}"})
     audit.record(
         tx, actor, "webhook.delete", f"{namespace}/{endpoint_id}", url=redact_url(gone[0][0])

@@ -8,6 +8,7 @@ import trio
 from click.testing import CliRunner
 
 from appliance import config as settings
+from appliance.auth.tokens import stored_keys
 from appliance.cli import main
 from appliance.metadata.db import open_metadata
 from appliance.ops import audit
@@ -58,15 +59,19 @@ def test_user_commands_and_key_rotation(tmp_path: Path) -> None:
     )
     assert short.exit_code != 0
     assert "at least 8" in short.output
-    before = sorted((tmp_path / "d" / "keys").glob("*.pem"))
-    assert "new signing key" in run("keys", "rotate", "--data-dir", data)
-    assert len(sorted((tmp_path / "d" / "keys").glob("*.pem"))) == len(before) + 1
     db = open_metadata(cfg)
     try:
+        before = db.run_sync_read(stored_keys)
+        assert "new signing key" in run("keys", "rotate", "--data-dir", data)
+        after = db.run_sync_read(stored_keys)
         actions = [e["action"] for e in db.run_sync_read(lambda tx: audit.events(tx, 20))]
     finally:
         db.close()
-    assert actions[:5] == [
+    assert [k for k, _, _ in after[: len(before)]] == [k for k, _, _ in before]
+    assert len(after) == len(before) + 1
+    assert not list((tmp_path / "d" / "keys").glob("*.pem")), "keys live in the database"
+    assert actions[:6] == [
+        "keys.rotate",
         "user.enable",
         "user.disable",
         "user.password",

@@ -10,10 +10,11 @@ from typing import Any
 
 import httpx
 import jwt
+import trio
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from appliance.auth.tokens import KeyRing
+from appliance.auth.tokens import PUBLISH_DELAY, KeyRing, _kid, stored_keys
 from appliance.server import Services
 from tests.api.conftest import FakeClock, api_client
 from tests.auth.conftest import PASSWORD, Cast
@@ -166,8 +167,8 @@ async def test_forged_tokens_are_rejected(
     public_pem = key.public.public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-    other_install = KeyRing(tmp_path / "other-keys", lambda: float(now), overlap=60)
-    other_install.ensure()
+    other_key = ec.generate_private_key(ec.SECP256R1())  # another install's signing key
+    other_kid = _kid(other_key)
     push = [{"type": "repository", "name": "team/app", "actions": ["pull", "push"]}]
     head, payload, signature = good.split(".")
     hs_head = _b64({"alg": "HS256", "typ": "JWT", "kid": header["kid"]})
@@ -184,11 +185,9 @@ async def test_forged_tokens_are_rejected(
         "wrong audience": _forge({**base, "aud": "another-registry"}, key.private, kid=key.kid),
         "wrong issuer": _forge({**base, "iss": "someone-else"}, key.private, kid=key.kid),
         "tampered access claim": head + "." + _b64({**base, "access": push}) + "." + signature,
-        "key from another install": _forge(
-            {**base, "access": push}, other_install.active.private, kid=other_install.active.kid
-        ),
+        "key from another install": _forge({**base, "access": push}, other_key, kid=other_kid),
         "another install's key under our kid": _forge(
-            {**base, "access": push}, other_install.active.private, kid=key.kid
+            {**base, "access": push}, other_key, kid=key.kid
         ),
         "garbage": "not.a.token",
         "random EC key": _forge({**base}, ec.generate_private_key(ec.SECP256R1()), kid=key.kid),
@@ -267,9 +266,14 @@ async def test_rotation_keeps_old_tokens_valid_until_they_expire(
     services: Services, anon: httpx.AsyncClient, cast: Cast, clock: FakeClock
 ) -> None:
     old = (await token_for(anon, cast.creds["reader"], "repository:team/app:pull"))["token"]
-    ring = KeyRing(services.access.keys.directory, clock, overlap=services.access.token_ttl + 60)
-    new_key = ring.rotate()
-    clock.advance(3)  # past the reload interval: the server sees the new key
+    # Rotated elsewhere (another host, `berth keys rotate`): a key ring of its own.
+    access = services.access
+    ring = KeyRing(services.db, access.secret, clock, overlap=access.token_ttl + 60)
+    new_key = await trio.to_thread.run_sync(ring.rotate_sync)
+    # Until every host has heard of it, the new key does not sign.
+    during = (await token_for(anon, cast.creds["reader"], "repository:team/app:pull"))["token"]
+    assert jwt.get_unverified_header(during)["kid"] == jwt.get_unverified_header(old)["kid"]
+    clock.advance(PUBLISH_DELAY + 1)
     new = (await token_for(anon, cast.creds["reader"], "repository:team/app:pull"))["token"]
     assert (
         jwt.get_unverified_header(new)["kid"]
@@ -280,8 +284,10 @@ async def test_rotation_keeps_old_tokens_valid_until_they_expire(
         r = await anon.get("/v2/team/app/tags/list", headers={"authorization": f"Bearer {token}"})
         assert r.status_code == 404
     clock.advance(400)
-    ring.rotate()
+    await trio.to_thread.run_sync(ring.rotate_sync)
     assert len(ring.keys) == 2, "the first key is gone once its overlap has passed"
+    stored = await services.db.read(stored_keys)
+    assert [kid for kid, _, _ in stored] == [k.kid for k in ring.keys]
 
 
 async def test_catalog_lists_only_what_the_caller_may_see(app: Any, cast: Cast) -> None:

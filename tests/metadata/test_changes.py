@@ -175,3 +175,21 @@ def test_everything_bumps_every_topic(tmp_path: Path) -> None:
     before = {t: board.stamp(t) for t in ("auth", "rules", "repo:a/b", "repo:c")}
     board.bump([EVERYTHING])
     assert all(board.stamp(t) != s for t, s in before.items())
+
+
+def test_a_host_skips_its_own_notifications(tmp_path: Path) -> None:
+    """Every process mapping one stamp file is one host (one `origin`); a notification from
+    that host changes nothing there (its commit bumped already), one from another host does."""
+    here = ChangeBoard(tmp_path / "a" / "changes")
+    same_host = ChangeBoard(tmp_path / "a" / "changes")
+    elsewhere = ChangeBoard(tmp_path / "b" / "changes")
+    assert here.origin == same_host.origin
+    assert here.origin != elsewhere.origin
+    seen = here.stamp("auth")
+    here.notice(f"{same_host.origin} auth")
+    assert here.stamp("auth") == seen
+    here.notice(f"{elsewhere.origin} auth")
+    assert here.stamp("auth") != seen
+    seen = here.stamp("repo:team/app")
+    here.notice("repo:team/app")  # a sender that names no origin: taken as another host
+    assert here.stamp("repo:team/app") != seen

@@ -12,7 +12,7 @@ import pytest
 from appliance import config as settings
 from appliance.config import SETTINGS
 from appliance.omnibus import checks, ctl, template
-from tests.support.servers import unavailable
+from tests.support.servers import require_binary, unavailable
 
 BERTH = [sys.executable, "-m", "appliance"]
 
@@ -75,8 +75,24 @@ def test_config_check_accepts_the_template(tmp_path: Path):
         ),
         ('[ldap]\nca_file = "NOTPEM"\n', "ldap.ca_file: cannot read certificate NOTPEM"),
         ("[nginx]\nenabled = true\n", "server.public_url must be set when nginx.enabled is true"),
+        (
+            '[nginx]\nupstreams = "10.0.0.1:5000;include /etc/shadow"\n',
+            "nginx.upstreams: '10.0.0.1:5000;include /etc/shadow' is not HOST:PORT",
+        ),
+        (
+            '[nginx]\nupstreams = "10.0.0.1:5000, evil}host:80"\n',
+            "nginx.upstreams: 'evil}host:80' is not HOST:PORT",
+        ),
     ],
-    ids=["unknown-key", "wrong-type", "unreadable-cert", "missing-ca", "nginx-without-url"],
+    ids=[
+        "unknown-key",
+        "wrong-type",
+        "unreadable-cert",
+        "missing-ca",
+        "nginx-without-url",
+        "upstream-injection",
+        "upstream-brace",
+    ],
 )
 def test_config_mistakes_are_one_clear_line(tmp_path: Path, text: str, expected: str):
     path = _write(tmp_path, "berth.toml", text)
@@ -136,6 +152,46 @@ def test_nginx_config_renders_and_nginx_accepts_it(tmp_path: Path):
     assert 'proxy_set_header X-Berth-Accel "1";' in text
     if nginx is None:
         unavailable("nginx not installed: install the Debian package 'nginx'")
+    prefix = ctl.nginx_prefix(config)
+    prefix.mkdir(parents=True)
+    (tmp_path / "log").mkdir()
+    (prefix / "nginx.conf").write_text(text)
+    result = subprocess.run(
+        [nginx, "-t", "-p", str(prefix), "-c", str(prefix / "nginx.conf")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_nginx_pool_renders_every_host_with_passive_checks(tmp_path: Path):
+    """nginx.upstreams: one `server` line per host, checked passively; a request whose body
+    was not sent yet goes to the next host; no X-Accel-Redirect (a pool has no local blobs);
+    nginx accepts it."""
+    config = settings.load(
+        None,
+        environ={},
+        overrides={
+            "server.data_dir": str(tmp_path / "data"),
+            "log.dir": str(tmp_path / "log"),
+            "nginx.enabled": True,
+            "server.public_url": "https://registry.example",
+            "nginx.listen": "127.0.0.1:8443",
+            "nginx.redirect_listen": "",
+            "nginx.upstreams": "127.0.0.1:5001, 127.0.0.2:5002,[::1]:5003",
+        },
+    )
+    cert, key = checks.tls_paths(config)
+    ctl.make_self_signed(cert, key, "registry.example")
+    text = ctl.render_nginx(config, user="root")
+    for address in ("127.0.0.1:5001", "127.0.0.2:5002", "[::1]:5003"):
+        assert f"server {address} max_fails=2 fail_timeout=10s;" in text
+    assert "proxy_next_upstream error timeout http_502 http_503 http_504;" in text
+    assert "proxy_request_buffering off;" in text
+    assert "client_max_body_size 0;" in text
+    assert 'proxy_set_header X-Berth-Accel "0";' in text
+    nginx = require_binary("nginx", "nginx")
     prefix = ctl.nginx_prefix(config)
     prefix.mkdir(parents=True)
     (tmp_path / "log").mkdir()

@@ -33,12 +33,9 @@ def push_blob(client: httpx.Client, repo: str, data: bytes) -> str:
     return sha(data)
 
 
-def push_image(client: httpx.Client, repo: str, tag: str, layer: bytes) -> tuple[str, bytes]:
-    """Push a one-layer image; return its manifest digest and bytes."""
-    config = json.dumps({"architecture": "amd64", "os": "linux", "tag": tag}).encode()
-    push_blob(client, repo, config)
-    push_blob(client, repo, layer)
-    manifest = json.dumps(
+def one_layer_manifest(config: bytes, layer: bytes) -> bytes:
+    """The OCI manifest of an image with `config` and one `layer`."""
+    return json.dumps(
         {
             "schemaVersion": 2,
             "mediaType": OCI_MANIFEST,
@@ -56,6 +53,14 @@ def push_image(client: httpx.Client, repo: str, tag: str, layer: bytes) -> tuple
             ],
         }
     ).encode()
+
+
+def push_image(client: httpx.Client, repo: str, tag: str, layer: bytes) -> tuple[str, bytes]:
+    """Push a one-layer image; return its manifest digest and bytes."""
+    config = json.dumps({"architecture": "amd64", "os": "linux", "tag": tag}).encode()
+    push_blob(client, repo, config)
+    push_blob(client, repo, layer)
+    manifest = one_layer_manifest(config, layer)
     resp = client.put(
         f"/v2/{repo}/manifests/{tag}", content=manifest, headers={"content-type": OCI_MANIFEST}
     )

@@ -66,7 +66,8 @@ def test_an_older_install_is_tightened_at_start_and_by_doctor_fix(tmp_path: Path
     assert f"{data / 'berth.db'}: 0644 -> 0640" in log
     assert f"{data}: 0755 -> 0750" in log
     # What governs access is closed; a blob deep inside is still 0644 but out of reach.
-    top = [data, data / "berth.db", data / "secret", data / "keys", data / "storage"]
+    # (The signing keys are in the database, sealed with the secret: no `keys/` any more.)
+    top = [data, data / "berth.db", data / "secret", data / "storage"]
     assert all(not stat.S_IMODE(p.stat().st_mode) & OPEN_TO_OTHERS for p in top)
     assert loose_paths(data) != []
 
