@@ -211,12 +211,17 @@ def storage_by_namespace(tx: Tx, namespaces: Iterable[str] | None) -> dict[str, 
 
 
 def totals(tx: Tx) -> dict[str, int]:
-    """Instance-wide counts: stored bytes (each blob once), blobs, repositories, tags."""
+    """Instance-wide counts, the one copy the console overview, the status page and the
+    metrics all read: stored bytes (each blob once), blobs, repositories, tags, manifests and
+    open upload sessions. A repository counts once it holds a manifest, as `/v2/_catalog` and
+    the console's listing have it; one with only blobs (a first push cut short) does not, but
+    its blobs and bytes do."""
     row = tx.one(
         "SELECT (SELECT COALESCE(SUM(size), 0) FROM blobs), (SELECT COUNT(*) FROM blobs), "
         "(SELECT COUNT(*) FROM repositories r WHERE EXISTS "
         " (SELECT 1 FROM manifests m WHERE m.repository_id = r.id)), "
-        "(SELECT COUNT(*) FROM tags), (SELECT COUNT(*) FROM manifests)"
+        "(SELECT COUNT(*) FROM tags), (SELECT COUNT(*) FROM manifests), "
+        "(SELECT COUNT(*) FROM uploads)"
     )
     assert row is not None
     return {
@@ -225,4 +230,5 @@ def totals(tx: Tx) -> dict[str, int]:
         "repositories": int(row[2]),
         "tags": int(row[3]),
         "manifests": int(row[4]),
+        "uploads": int(row[5]),
     }

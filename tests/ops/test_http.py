@@ -20,6 +20,7 @@ from appliance.ops.http import client_address
 from appliance.version import identity
 from tests.api import oci
 from tests.api.conftest import FakeClock, api_client
+from tests.console.test_sessions import sign_in
 from tests.ops.conftest import add_user, operations
 
 
@@ -113,6 +114,30 @@ async def test_metrics_change_after_a_push(data_dir: Path, clock: FakeClock) -> 
         for _, value in labels:
             assert "team/app" not in value, (name, labels)
             assert "sha256:" not in value, (name, labels)
+
+
+async def test_totals_agree_on_the_overview_the_status_page_and_the_metrics(
+    data_dir: Path, clock: FakeClock
+) -> None:
+    """A repository holding a blob but no manifest (a first push cut short) is not counted as
+    a repository anywhere (`/v2/_catalog` does not list it), while its blob and bytes are."""
+    async with operations(data_dir, clock) as (_, app), api_client(app) as client:
+        await oci.push_image(client, "team/app", "v1")
+        await oci.push_blob(client, "team/half", b"only a layer, no manifest yet")
+        catalog = (await client.get("/v2/_catalog")).json()["repositories"]
+        assert catalog == ["team/app"]
+        metrics = samples((await client.get("/metrics")).text)
+        async with api_client(app, auth=None) as browser:
+            signed_in = await sign_in(browser)
+            cookie = {"cookie": f"berth_session={signed_in.cookies['berth_session']}"}
+            overview = (await browser.get("/", headers=cookie)).text
+            status = (await browser.get("/status", headers=cookie)).text
+    assert metrics[("berth_repositories", ())] == 1
+    assert metrics[("berth_blobs", ())] == 4
+    assert re.search(r'"figure">1</span> repositories', overview), overview
+    assert re.search(r'"figure">4</span> blobs', overview), overview
+    assert "<dt>Repositories</dt><dd>1</dd>" in status, status
+    assert re.search(r"<dd>[^<]* in 4 blobs</dd>", status), status
 
 
 async def test_metrics_behind_a_token(data_dir: Path, clock: FakeClock) -> None:
