@@ -31,6 +31,15 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 BATCH = 1 << 20
 
 
+def client_address(scope: Scope) -> str | None:
+    """The client a request comes from, as every layer (sign-in, audit, rate limits, logs) must
+    name it: the peer, or the client named in `X-Forwarded-For` when the peer is a trusted proxy.
+    The operations middleware decides that once per request (`ops/http.py`, `forwarded_client`,
+    with `server.trusted_proxies`) and puts the answer in the scope; read it only here."""
+    client = scope.get("client")
+    return str(client[0]) if client else None
+
+
 class ClientDisconnected(Exception):
     """The client went away before sending its whole request body."""
 

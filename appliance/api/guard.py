@@ -26,7 +26,7 @@ import binascii
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from appliance.api.asgi import Request
+from appliance.api.asgi import Request, client_address
 from appliance.auth.ldap import DirectoryUnavailable
 from appliance.auth.policy import ANONYMOUS, Principal, repository_actions
 from appliance.auth.service import AccessControl, SignInFailed, SignInLocked
@@ -80,11 +80,6 @@ class Caller:
 
     claims: Claims | None
     principal: Principal | None
-
-
-def client_address(request: Request) -> str | None:
-    client = request.scope.get("client")
-    return str(client[0]) if client else None
 
 
 class Guard:
@@ -167,7 +162,7 @@ class Guard:
             raise self.challenge(request, need, "malformed Basic credentials")
         try:
             principal = await self.access.basic(
-                credentials, pair[0], pair[1], client_address(request)
+                credentials, pair[0], pair[1], client_address(request.scope)
             )
         except SignInFailed as e:
             raise self.challenge(request, need, e.message) from None

@@ -22,6 +22,7 @@ from werkzeug.exceptions import HTTPException
 
 from appliance import __version__
 from appliance.api import inputs
+from appliance.api.asgi import client_address
 from appliance.api.codes import status_for
 from appliance.api.guard import parse_basic
 from appliance.auth import accounts, credentials
@@ -138,7 +139,7 @@ def register_management_api(web: QuartTrio, access: AccessControl) -> RouteDecor
     async def caller() -> Principal | Response:
         header = request.headers.get("authorization", "")
         scheme, _, credentials = header.partition(" ")
-        address = request.remote_addr
+        address = client_address(request.scope)
         try:
             if scheme.lower() == "bearer":
                 return await access.authenticate("", credentials.strip(), address)

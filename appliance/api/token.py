@@ -17,9 +17,9 @@ import json
 import logging
 from urllib.parse import parse_qs
 
-from appliance.api.asgi import Pace, Receive, Request, Scope, Send, respond
+from appliance.api.asgi import Pace, Receive, Request, Scope, Send, client_address, respond
 from appliance.api.codes import error_body
-from appliance.api.guard import client_address, parse_basic
+from appliance.api.guard import parse_basic
 from appliance.auth.ldap import DirectoryUnavailable
 from appliance.auth.policy import ANONYMOUS, Principal
 from appliance.auth.service import AccessControl, SignInFailed, SignInLocked
@@ -96,7 +96,9 @@ class TokenEndpoint:
             pair = parse_basic(credentials)
             if pair is None:
                 raise SignInFailed
-            principal = await self.access.authenticate(pair[0], pair[1], client_address(request))
+            principal = await self.access.authenticate(
+                pair[0], pair[1], client_address(request.scope)
+            )
         scopes = request.query.get("scope", [])
         body = await self.access.issue(principal, scopes)
         if request.arg("offline_token") == "true":
@@ -109,7 +111,7 @@ class TokenEndpoint:
         raw = await request.read(MAX_FORM)
         form = {k: v[0] for k, v in parse_qs(raw[:MAX_FORM].decode("utf-8", "replace")).items()}
         grant = form.get("grant_type", "")
-        address = client_address(request)
+        address = client_address(request.scope)
         refresh: str | None = None
         if grant == "password":
             principal = await self.access.authenticate(

@@ -40,7 +40,7 @@ from prometheus_client import (
 )
 from prometheus_client.registry import Collector
 
-from appliance.api.asgi import ASGIApp, Message, Receive, Scope, Send, respond
+from appliance.api.asgi import ASGIApp, Message, Receive, Scope, Send, client_address, respond
 from appliance.api.codes import error_body
 from appliance.errors import BerthError
 from appliance.ops import context
@@ -228,7 +228,7 @@ class Readiness:
             return ok, results
 
 
-def client_address(
+def forwarded_client(
     peer: str,
     forwarded: str,
     trusted: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...],
@@ -311,11 +311,10 @@ class OperationsMiddleware:
         if probe and await self._operations_endpoint(scope, path, _with_request_id(send, rid)):
             return
         scope["berth.request_id"] = request_id
-        client = scope.get("client")
-        source = str(client[0]) if client else None
+        source = client_address(scope)
         if forwarded and source is not None and self.trusted_proxies:
-            real = client_address(source, forwarded, self.trusted_proxies)
-            if real != source:  # what every layer below (sign-in, audit, limits) sees
+            real = forwarded_client(source, forwarded, self.trusted_proxies)
+            if real != source:  # what every layer below reads (api/asgi.py, client_address)
                 scope["client"] = (real, 0)
                 source = real
         if path == "/token":

@@ -19,7 +19,7 @@ from prometheus_client.registry import Collector
 from quart import request
 from quart_trio import QuartTrio
 
-from appliance.api.asgi import ASGIApp, Scope
+from appliance.api.asgi import ASGIApp, Scope, client_address
 from appliance.api.guard import Caller
 from appliance.auth.service import AccessControl
 from appliance.config import Config, proxy_networks
@@ -126,8 +126,7 @@ class Operations:
             admin=principal.admin, robot=principal.kind == "robot"
         ):
             return
-        client = scope.get("client")
-        address = str(client[0]) if client else None
+        address = client_address(scope)
         self.limiter.check(kind, None if actor == "anonymous" else actor, address)
 
     def jobs(self) -> list[Job]:

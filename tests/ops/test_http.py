@@ -16,7 +16,7 @@ import appliance
 from appliance.config import proxy_networks
 from appliance.metadata.db import migrations
 from appliance.ops import audit
-from appliance.ops.http import client_address
+from appliance.ops.http import forwarded_client
 from appliance.version import identity
 from tests.api import oci
 from tests.api.conftest import FakeClock, api_client
@@ -240,16 +240,16 @@ def test_the_grafana_dashboard_uses_metrics_that_exist() -> None:
 def test_client_address_walks_forwarded_for_through_trusted_proxies_only() -> None:
     trusted = proxy_networks("127.0.0.1/32, 10.0.0.0/8")
     # Straight from nginx on loopback: the client is the hop it added.
-    assert client_address("127.0.0.1", "203.0.113.7", trusted) == "203.0.113.7"
+    assert forwarded_client("127.0.0.1", "203.0.113.7", trusted) == "203.0.113.7"
     # Through two trusted proxies; the leftmost entry is whatever the client claimed.
-    assert client_address("127.0.0.1", "198.51.100.1, 203.0.113.7, 10.1.2.3", trusted) == (
+    assert forwarded_client("127.0.0.1", "198.51.100.1, 203.0.113.7, 10.1.2.3", trusted) == (
         "203.0.113.7"
     )
     # A peer that is not a trusted proxy is the client, whatever it sends.
-    assert client_address("192.0.2.9", "203.0.113.7", trusted) == "192.0.2.9"
+    assert forwarded_client("192.0.2.9", "203.0.113.7", trusted) == "192.0.2.9"
     # A malformed hop stops the walk at the last good address.
-    assert client_address("127.0.0.1", "203.0.113.7, not-an-ip", trusted) == "127.0.0.1"
-    assert client_address("127.0.0.1", "2001:db8::1", trusted) == "2001:db8::1"
+    assert forwarded_client("127.0.0.1", "203.0.113.7, not-an-ip", trusted) == "127.0.0.1"
+    assert forwarded_client("127.0.0.1", "2001:db8::1", trusted) == "2001:db8::1"
     with pytest.raises(ValueError, match="not an address"):
         proxy_networks("10.0.0.0/8, nonsense")
 
@@ -281,3 +281,41 @@ async def test_forwarded_client_reaches_the_audit_log_only_from_trusted_proxies(
         events = await services.db.read(lambda tx: audit.events(tx, action="user.create"))
     assert events[0]["target"] == "finn"
     assert events[0]["source"] == "127.0.0.1"
+
+
+async def _failed_sign_ins(app: object, headers: dict[str, str]) -> None:
+    """One wrong password through each way in: /v2, /token, /api/v1 and the console form."""
+    async with api_client(app, auth=("gina", "wrong-password")) as wrong:
+        assert (await wrong.get("/v2/", headers=headers)).status_code == 401
+        assert (await wrong.get("/token", headers=headers)).status_code == 401
+        assert (await wrong.get("/api/v1/me", headers=headers)).status_code == 401
+    async with api_client(app, auth=None) as browser:
+        form = await browser.get("/signin", headers=headers)
+        token = re.search(r'name="csrf_token" value="([^"]+)"', form.text)
+        assert token is not None
+        cookie = f"berth_signin_csrf={form.cookies['berth_signin_csrf']}"
+        resp = await browser.post(
+            "/signin",
+            data={"csrf_token": token.group(1), "username": "gina", "password": "wrong"},
+            headers={**headers, "cookie": cookie},
+        )
+        assert resp.status_code != 303
+
+
+@pytest.mark.parametrize(
+    ("trusted", "expected"), [("127.0.0.1/32", "203.0.113.7"), ("10.0.0.0/8", "127.0.0.1")]
+)
+async def test_every_sign_in_path_names_the_same_client_address(
+    data_dir: Path, clock: FakeClock, trusted: str, expected: str
+) -> None:
+    """The address a sign-in is throttled and audited under is the one `X-Forwarded-For`
+    names only when the peer (127.0.0.1 here) is a trusted proxy, through every way in."""
+    forwarded = {"x-forwarded-for": "203.0.113.7"}
+    async with operations(data_dir, clock, **{"server.trusted_proxies": trusted}) as (
+        services,
+        app,
+    ):
+        await _failed_sign_ins(app, forwarded)
+        events = await services.db.read(lambda tx: audit.events(tx, action="signin.failure"))
+    assert len(events) == 4, events
+    assert {(e["source"], e["details"]["address"]) for e in events} == {(expected, expected)}
