@@ -66,6 +66,9 @@ def needed(handler: str, name: str, method: str) -> Need | None:
 
 
 def parse_basic(value: str) -> tuple[str, str] | None:
+    """(name, password) of the credentials of an `Authorization: Basic` header (the part after
+    the scheme), or None when they are not base64 of UTF-8 `name:password`. The one Basic
+    parser: /v2, /token, /api/v1 and the access log all read credentials through it."""
     try:
         text = base64.b64decode(value.strip(), validate=True).decode("utf-8")
     except (binascii.Error, UnicodeDecodeError):

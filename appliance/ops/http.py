@@ -16,8 +16,6 @@ record: the hot registry routes stay lean (bench/ops.py measures it).
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hmac
 import ipaddress
 import json
@@ -42,6 +40,7 @@ from prometheus_client.registry import Collector
 
 from appliance.api.asgi import ASGIApp, Message, Receive, Scope, Send, client_address, respond
 from appliance.api.codes import error_body
+from appliance.api.guard import parse_basic
 from appliance.errors import BerthError
 from appliance.ops import context
 from appliance.ops.logs import scrub
@@ -135,14 +134,8 @@ def render(scrape: ScrapeCollectors | None) -> bytes:
 def basic_user(header: bytes) -> str | None:
     """The user name of an `Authorization: Basic` header value, without checking anything."""
     scheme, _, value = header.decode("latin-1").partition(" ")
-    if scheme.lower() != "basic":
-        return None
-    try:
-        text = base64.b64decode(value.strip(), validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
-        return None
-    user, sep, _ = text.partition(":")
-    return user if sep and user else None
+    pair = parse_basic(value) if scheme.lower() == "basic" else None
+    return pair[0] if pair is not None and pair[0] else None
 
 
 def _with_request_id(send: Send, rid: bytes) -> Send:
