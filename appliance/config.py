@@ -1074,6 +1074,22 @@ def proxy_networks(text: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Net
     return tuple(out)
 
 
+def read_secret(config: Config, section: str, key: str, file_key: str) -> str:
+    """A secret set inline (`section.key`; "" when the secret has only a file form) or in a file
+    (`section.file_key`, read and stripped), never both: the one reader of every "key or
+    key_file" pair (object stores, backup targets). Raises ConfigError naming the setting."""
+    value: str = config[f"{section}.{key}"] if key else ""
+    path: str = config[f"{section}.{file_key}"]
+    if value and path:
+        raise ConfigError(f"set {section}.{key} or {section}.{file_key}, not both")
+    if path:
+        try:
+            return Path(path).expanduser().read_text().strip()
+        except OSError as e:
+            raise ConfigError(f"{section}.{file_key}: cannot read {path}: {e.strerror}") from e
+    return value
+
+
 def parse_listen(value: str) -> tuple[str, int]:
     """Split `HOST:PORT` (IPv6 hosts in brackets) into host and port."""
     host, sep, port = value.rpartition(":")
