@@ -7,7 +7,6 @@ session is opened; each surface is then asked over HTTP through the in-process a
 
 from __future__ import annotations
 
-import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -19,6 +18,7 @@ from appliance.api.codes import error_for, status_for
 from appliance.app import create_app
 from appliance.server import Services
 from tests.api.conftest import ADMIN, ADMIN_PASSWORD, api_client
+from tests.console.test_sessions import sign_in
 
 
 @pytest.fixture
@@ -28,15 +28,7 @@ async def anonymous(services: Services) -> AsyncIterator[httpx.AsyncClient]:
 
 
 async def _console_cookie(client: httpx.AsyncClient) -> dict[str, str]:
-    form = await client.get("/signin")
-    token = re.search(r'name="csrf_token" value="([^"]+)"', form.text)
-    assert token is not None
-    signed_in = await client.post(
-        "/signin",
-        data={"csrf_token": token.group(1), "username": ADMIN, "password": ADMIN_PASSWORD},
-        headers={"cookie": f"berth_signin_csrf={form.cookies['berth_signin_csrf']}"},
-    )
-    assert signed_in.status_code == 303, signed_in.text
+    signed_in = await sign_in(client)
     return {"cookie": f"berth_session={signed_in.cookies['berth_session']}"}
 
 
