@@ -37,12 +37,14 @@ INSTANCE_NAME = re.compile(r"[a-z0-9]{1,32}")
 
 @dataclass(frozen=True)
 class Setting:
-    """One configuration key: its dotted path, type, default and a line of help."""
+    """One configuration key: its dotted path, type, default, a line of help and, for a word
+    setting, the words it allows (matched without regard to case; the value is kept lowercase)."""
 
     key: str
     type: type
     default: Any
     help: str
+    choices: tuple[str, ...] = ()
 
     @property
     def env(self) -> str:
@@ -130,6 +132,7 @@ SETTINGS: tuple[Setting, ...] = (
         str,
         "filesystem",
         "Blob store backend: 'filesystem', 's3' or 'azure'.",
+        choices=("filesystem", "s3", "azure"),
     ),
     Setting(
         "storage.root",
@@ -166,6 +169,7 @@ SETTINGS: tuple[Setting, ...] = (
         "path",
         "Bucket addressing: 'path' (endpoint/bucket/key), 'virtual' (bucket.endpoint/key) "
         "or 'auto'.",
+        choices=("path", "virtual", "auto"),
     ),
     Setting("storage.s3.tls_verify", bool, True, "Verify the S3 endpoint's TLS certificate."),
     Setting(
@@ -288,6 +292,7 @@ SETTINGS: tuple[Setting, ...] = (
         "auto",
         "Apply pending schema migrations when serving: auto (SQLite yes, PostgreSQL no), "
         "yes or no.",
+        choices=("auto", "yes", "no", "true", "false", "on", "off", "1", "0"),
     ),
     Setting(
         "metadata.pool_size",
@@ -429,6 +434,7 @@ SETTINGS: tuple[Setting, ...] = (
         str,
         "auto",
         "Log line format: text, json, or auto (text on a terminal, JSON lines otherwise).",
+        choices=("auto", "text", "json"),
     ),
     Setting("log.access", bool, True, "Write one access-log line per HTTP request."),
     Setting(
@@ -829,6 +835,7 @@ SETTINGS: tuple[Setting, ...] = (
         "allow",
         "What a namespace's vulnerability policy does with images not scanned yet, unless the "
         "policy says: 'allow' or 'deny'.",
+        choices=("allow", "deny"),
     ),
     Setting(
         "scan.policy_refresh",
@@ -928,7 +935,14 @@ def _coerce(setting: Setting, value: Any, source: str) -> Any:
             except ValueError:
                 pass
     elif kind is str and isinstance(value, str):
-        return value
+        if not setting.choices:
+            return value
+        word = value.strip().lower()
+        if word in setting.choices:
+            return word
+        raise ConfigError(
+            f"{source}: {setting.key} must be one of {', '.join(setting.choices)}, not {value!r}"
+        )
     elif kind is str and setting.key == "server.workers" and isinstance(value, int):
         return str(value)  # `workers = 2` in a file is as good as `workers = "2"`
     raise ConfigError(f"{source}: {setting.key} must be a {kind.__name__}, not {value!r}")
@@ -1153,8 +1167,6 @@ def load(
         proxy_networks(values["server.trusted_proxies"])
     except ValueError as e:
         raise ConfigError(f"server.trusted_proxies: {e}") from None
-    if values["storage.backend"] not in ("filesystem", "s3", "azure"):
-        raise ConfigError(f"storage.backend: unknown backend {values['storage.backend']!r}")
     if values["nginx.enabled"] and not values["server.public_url"]:
         raise ConfigError(
             "server.public_url must be set when nginx.enabled is true "

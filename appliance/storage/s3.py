@@ -209,11 +209,6 @@ class S3Settings:
     def validate(self) -> None:
         if not self.bucket:
             raise ConfigError("storage.s3.bucket must be set when storage.backend is 's3'")
-        if self.addressing not in ("path", "virtual", "auto"):
-            raise ConfigError(
-                f"storage.s3.addressing must be 'path', 'virtual' or 'auto', "
-                f"not {self.addressing!r}"
-            )
         if not MIN_PART <= self.part_size <= MAX_PART:
             raise ConfigError(
                 f"storage.s3.part_size must be between {MIN_PART} (5 MiB) and {MAX_PART} (5 GiB)"
