@@ -18,12 +18,12 @@ import logging
 from urllib.parse import parse_qs
 
 from appliance.api.asgi import Pace, Receive, Request, Scope, Send, client_address, respond
-from appliance.api.codes import error_body
+from appliance.api.codes import error_body, error_for
 from appliance.api.guard import parse_basic
 from appliance.auth.ldap import DirectoryUnavailable
 from appliance.auth.policy import ANONYMOUS, Principal
 from appliance.auth.service import AccessControl, SignInFailed, SignInLocked
-from appliance.errors import TooSlow, Unavailable
+from appliance.errors import BerthError, TooSlow
 
 log = logging.getLogger("berth.auth")
 MAX_FORM = 64 * 1024
@@ -66,14 +66,6 @@ class TokenEndpoint:
                 error_body("TOOMANYREQUESTS", e.message),
             )
             return
-        except TooSlow as e:
-            await respond(
-                send,
-                408,
-                {**headers, "connection": "close"},
-                error_body("BLOB_UPLOAD_INVALID", e.message),
-            )
-            return
         except DirectoryUnavailable as e:
             log.warning("sign-in: %s", e.message)
             await respond(
@@ -83,9 +75,17 @@ class TokenEndpoint:
                 error_body("UNAVAILABLE", "the LDAP directory cannot be reached; try again later"),
             )
             return
-        except Unavailable as e:  # the database, while signing in: an answer, not a crash
-            log.warning("token: %s", e.message)
-            await respond(send, 503, headers, error_body("UNAVAILABLE"))
+        except BerthError as e:  # the database while signing in, a slow body: the table's answer
+            mapped = error_for(e)
+            if mapped is None:
+                raise
+            status, code, message, _ = mapped
+            if status >= 500:
+                log.warning("token: %s", e.message)
+                message = ""  # the backend's own words stay in the log
+            if isinstance(e, TooSlow):
+                headers["connection"] = "close"
+            await respond(send, status, headers, error_body(code.value, message or None))
             return
         await respond(send, 200, headers, json.dumps(body).encode())
 

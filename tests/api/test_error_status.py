@@ -1,5 +1,5 @@
-"""One domain error, one HTTP status, whichever surface answers: `/v2`, `/api/v1` and the console
-all take it from the table in `appliance/api/codes.py`.
+"""One domain error, one HTTP status, whichever surface answers: `/v2`, `/token`, `/api/v1` and
+the console all take it from the table in `appliance/api/codes.py`.
 
 The metadata database is made to fail the way a lost one does (every read and write raises
 `Unavailable`, as `metadata/postgres.py` and `metadata/sqlite.py` translate it), after the console
@@ -73,6 +73,10 @@ async def test_a_domain_error_has_one_status_on_every_surface(
     assert v2.status_code == status, v2.text
     assert v2.json()["errors"][0]["code"] == mapped[1].value
 
+    token = await anonymous.get("/token", params={"service": "berth"}, auth=basic)
+    assert token.status_code == status, token.text
+    assert token.json()["errors"][0]["code"] == mapped[1].value
+
     v1 = await anonymous.get("/api/v1/me", auth=basic)
     assert v1.status_code == status, v1.text
     assert set(v1.json()) == {"error"}
@@ -81,5 +85,5 @@ async def test_a_domain_error_has_one_status_on_every_surface(
     assert console.status_code == status, console.text[:500]
     assert "text/html" in console.headers["content-type"]
     if status >= 500:  # the backend's own words stay in the log
-        for response in (v1, console):
+        for response in (token, v1, console):
             assert exc.message not in response.text
