@@ -38,12 +38,14 @@ INSTANCE_NAME = re.compile(r"[a-z0-9]{1,32}")
 
 @dataclass(frozen=True)
 class Setting:
-    """One configuration key: its dotted path, type, default and a line of help."""
+    """One configuration key: its dotted path, type, default, a line of help and, for a word
+    setting, the words it allows (matched without regard to case; the value is kept lowercase)."""
 
     key: str
     type: type
     default: Any
     help: str
+    choices: tuple[str, ...] = ()
 
     @property
     def env(self) -> str:
@@ -147,6 +149,7 @@ SETTINGS: tuple[Setting, ...] = (
         str,
         "filesystem",
         "Blob store backend: 'filesystem', 's3' or 'azure'.",
+        choices=("filesystem", "s3", "azure"),
     ),
     Setting(
         "storage.root",
@@ -183,6 +186,7 @@ SETTINGS: tuple[Setting, ...] = (
         "path",
         "Bucket addressing: 'path' (endpoint/bucket/key), 'virtual' (bucket.endpoint/key) "
         "or 'auto'.",
+        choices=("path", "virtual", "auto"),
     ),
     Setting("storage.s3.tls_verify", bool, True, "Verify the S3 endpoint's TLS certificate."),
     Setting(
@@ -305,6 +309,7 @@ SETTINGS: tuple[Setting, ...] = (
         "auto",
         "Apply pending schema migrations when serving: auto (SQLite yes, PostgreSQL no), "
         "yes or no.",
+        choices=("auto", "yes", "no", "true", "false", "on", "off", "1", "0"),
     ),
     Setting(
         "metadata.pool_size",
@@ -447,6 +452,7 @@ SETTINGS: tuple[Setting, ...] = (
         str,
         "auto",
         "Log line format: text, json, or auto (text on a terminal, JSON lines otherwise).",
+        choices=("auto", "text", "json"),
     ),
     Setting("log.access", bool, True, "Write one access-log line per HTTP request."),
     Setting(
@@ -861,6 +867,7 @@ SETTINGS: tuple[Setting, ...] = (
         "allow",
         "What a namespace's vulnerability policy does with images not scanned yet, unless the "
         "policy says: 'allow' or 'deny'.",
+        choices=("allow", "deny"),
     ),
     Setting(
         "scan.policy_refresh",
@@ -966,7 +973,14 @@ def _coerce(setting: Setting, value: Any, source: str) -> Any:
             except ValueError:
                 pass
     elif kind is str and isinstance(value, str):
-        return value
+        if not setting.choices:
+            return value
+        word = value.strip().lower()
+        if word in setting.choices:
+            return word
+        raise ConfigError(
+            f"{source}: {setting.key} must be one of {', '.join(setting.choices)}, not {value!r}"
+        )
     elif kind is str and setting.key == "server.workers" and isinstance(value, int):
         return str(value)  # `workers = 2` in a file is as good as `workers = "2"`
     raise ConfigError(f"{source}: {setting.key} must be a {kind.__name__}, not {value!r}")
@@ -1132,6 +1146,22 @@ def proxy_networks(text: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Net
     return tuple(out)
 
 
+def read_secret(config: Config, section: str, key: str, file_key: str) -> str:
+    """A secret set inline (`section.key`; "" when the secret has only a file form) or in a file
+    (`section.file_key`, read and stripped), never both: the one reader of every "key or
+    key_file" pair (object stores, backup targets). Raises ConfigError naming the setting."""
+    value: str = config[f"{section}.{key}"] if key else ""
+    path: str = config[f"{section}.{file_key}"]
+    if value and path:
+        raise ConfigError(f"set {section}.{key} or {section}.{file_key}, not both")
+    if path:
+        try:
+            return Path(path).expanduser().read_text().strip()
+        except OSError as e:
+            raise ConfigError(f"{section}.{file_key}: cannot read {path}: {e.strerror}") from e
+    return value
+
+
 def parse_listen(value: str) -> tuple[str, int]:
     """Split `HOST:PORT` (IPv6 hosts in brackets) into host and port."""
     host, sep, port = value.rpartition(":")
@@ -1213,8 +1243,6 @@ def load(
         proxy_networks(values["server.trusted_proxies"])
     except ValueError as e:
         raise ConfigError(f"server.trusted_proxies: {e}") from None
-    if values["storage.backend"] not in ("filesystem", "s3", "azure"):
-        raise ConfigError(f"storage.backend: unknown backend {values['storage.backend']!r}")
     if values["nginx.enabled"] and not values["server.public_url"]:
         raise ConfigError(
             "server.public_url must be set when nginx.enabled is true "

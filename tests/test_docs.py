@@ -19,6 +19,9 @@ def test_every_setting_is_documented(setting):
     assert row is not None, f"{setting.key} is missing from the README's settings table"
     assert f"`{setting.env}`" in row
     assert setting.help in row
+    if setting.choices:  # the words the table allows, as the table has them
+        allowed = "Allowed: " + ", ".join(f"`{word}`" for word in setting.choices) + "."
+        assert allowed in row, f"{setting.key}: its README row should say {allowed}"
 
 
 def _commands(group: click.Group, prefix: str = "berth") -> list[str]:

@@ -13,7 +13,7 @@ server's: `server.idle_timeout`.)
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs
@@ -29,6 +29,15 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 BATCH = 1 << 20
+
+
+def client_address(scope: Mapping[str, object]) -> str | None:
+    """The client a request comes from, as every layer (sign-in, audit, rate limits, logs) must
+    name it: the peer, or the client named in `X-Forwarded-For` when the peer is a trusted proxy.
+    The operations middleware decides that once per request (`ops/http.py`, `forwarded_client`,
+    with `server.trusted_proxies`) and puts the answer in the scope; read it only here."""
+    client = scope.get("client")
+    return str(client[0]) if isinstance(client, (tuple, list)) and client else None
 
 
 class ClientDisconnected(Exception):

@@ -1,7 +1,9 @@
 """The wire error catalogue: each OCI/Docker error code declared once, as data.
 
-`error_for(exc)` is the one place a domain exception becomes a code and an HTTP status.
-Anything it does not know becomes UNKNOWN; the caller logs those with their traceback.
+`_MAPPING` is the one table from domain exceptions to a code and an HTTP status, read by every
+surface: `error_for(exc)` for `/v2` (anything the table does not name becomes UNKNOWN, logged
+with its traceback), `status_for(exc)` for `/api/v1` and the console (a `BerthError` the table
+does not name is a refusal whose message is the answer: 400).
 """
 
 from __future__ import annotations
@@ -103,7 +105,8 @@ _CATALOGUE = (
 
 CODES: dict[str, ErrorCode] = {c.value: c for c in _CATALOGUE}
 
-# Domain exception → (code, HTTP status when it differs from the code's own).
+# Domain exception → (code, HTTP status when it differs from the code's own); first match wins,
+# so a subclass comes before its parent.
 _MAPPING: tuple[tuple[type[errors.BerthError], str, int | None], ...] = (
     (errors.InvalidName, "NAME_INVALID", None),
     (errors.InvalidDigest, "DIGEST_INVALID", None),
@@ -116,6 +119,11 @@ _MAPPING: tuple[tuple[type[errors.BerthError], str, int | None], ...] = (
     (errors.ManifestInvalid, "MANIFEST_INVALID", None),
     (errors.ManifestBlobUnknown, "MANIFEST_BLOB_UNKNOWN", None),
     (errors.ManifestTooLarge, "SIZE_INVALID", 413),
+    # Management refusals: no OCI code of their own.
+    (errors.NotFound, "UNKNOWN", 404),
+    (errors.BodyTooLarge, "SIZE_INVALID", 413),
+    (errors.UnsupportedMediaType, "UNSUPPORTED", 415),
+    (errors.InvalidInput, "UNKNOWN", 400),
     # The spec's answers to a blob DELETE are 202, 404 and 405 ("deletion is not allowed").
     (errors.BlobInUse, "UNSUPPORTED", 405),
     (errors.Conflict, "DENIED", 409),
@@ -135,6 +143,13 @@ def error_for(exc: BaseException) -> tuple[int, ErrorCode, str, object] | None:
             code = CODES[value]
             return status or code.status, code, exc.message, exc.detail
     return None
+
+
+def status_for(exc: errors.BerthError) -> int:
+    """The HTTP status of a domain error on `/api/v1` and in the console: the table's, or 400
+    for a refusal the table does not name (its message says what was wrong)."""
+    mapped = error_for(exc)
+    return 400 if mapped is None else mapped[0]
 
 
 def error_body(code: str, message: str | None = None, detail: object = None) -> bytes:

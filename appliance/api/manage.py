@@ -22,6 +22,8 @@ from werkzeug.exceptions import HTTPException
 
 from appliance import __version__
 from appliance.api import inputs
+from appliance.api.asgi import client_address
+from appliance.api.codes import status_for
 from appliance.api.guard import parse_basic
 from appliance.auth import accounts, credentials
 from appliance.auth.credentials import MintLimits
@@ -32,12 +34,7 @@ from appliance.auth.service import AccessControl, SignInFailed, SignInLocked
 from appliance.errors import (
     BerthError,
     BodyTooLarge,
-    Conflict,
-    Denied,
     InvalidName,
-    NotFound,
-    Unavailable,
-    UnsupportedMediaType,
 )
 from appliance.metadata import identity
 
@@ -52,18 +49,6 @@ def _error(status: int, message: str) -> Response:
         status=status,
         content_type="application/json",
     )
-
-
-# Domain errors → /api/v1 status, first match wins (BerthError last).
-_STATUS: tuple[tuple[type[BerthError], int], ...] = (
-    (NotFound, 404),
-    (Conflict, 409),
-    (Denied, 403),
-    (BodyTooLarge, 413),
-    (UnsupportedMediaType, 415),
-    (Unavailable, 503),
-    (BerthError, 400),
-)
 
 
 _UNSAFE = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -154,7 +139,7 @@ def register_management_api(web: QuartTrio, access: AccessControl) -> RouteDecor
     async def caller() -> Principal | Response:
         header = request.headers.get("authorization", "")
         scheme, _, credentials = header.partition(" ")
-        address = request.remote_addr
+        address = client_address(request.scope)
         try:
             if scheme.lower() == "bearer":
                 return await access.authenticate("", credentials.strip(), address)
@@ -184,19 +169,21 @@ def register_management_api(web: QuartTrio, access: AccessControl) -> RouteDecor
         def decorate(fn: Handler) -> Handler:
             @wraps(fn)
             async def view(**kwargs: str) -> Any:
-                who = await caller()
-                if isinstance(who, Response):
-                    return who
-                if who.kind != "user" or not who.has_scope("api"):
-                    return _error(403, "robots and tokens without the api scope cannot use this")
-                try:
+                try:  # signing in reads the database too: its errors answer the same way
+                    who = await caller()
+                    if isinstance(who, Response):
+                        return who
+                    if who.kind != "user" or not who.has_scope("api"):
+                        return _error(
+                            403, "robots and tokens without the api scope cannot use this"
+                        )
                     if request.method in _UNSAFE:  # what a cross-site form could send
                         inputs.check_content_type(request.headers.get("content-type"), _has_body())
                     return await fn(who, **kwargs)
                 except WeakPassword as e:
                     return _error(400, str(e))  # its own words: what the password lacks
                 except BerthError as e:
-                    status = next(code for kind, code in _STATUS if isinstance(e, kind))
+                    status = status_for(e)
                     if status >= 500:
                         log.error("%s %s: %s", request.method, request.path, e.message)  # noqa: TRY400 (expected: no traceback)
                         return _error(status, "a backend cannot be reached; try again")

@@ -17,13 +17,13 @@ import json
 import logging
 from urllib.parse import parse_qs
 
-from appliance.api.asgi import Pace, Receive, Request, Scope, Send, respond
-from appliance.api.codes import error_body
-from appliance.api.guard import client_address, parse_basic
+from appliance.api.asgi import Pace, Receive, Request, Scope, Send, client_address, respond
+from appliance.api.codes import error_body, error_for
+from appliance.api.guard import parse_basic
 from appliance.auth.ldap import DirectoryUnavailable
 from appliance.auth.policy import ANONYMOUS, Principal
 from appliance.auth.service import AccessControl, SignInFailed, SignInLocked
-from appliance.errors import TooSlow, Unavailable
+from appliance.errors import BerthError, TooSlow
 
 log = logging.getLogger("berth.auth")
 MAX_FORM = 64 * 1024
@@ -66,14 +66,6 @@ class TokenEndpoint:
                 error_body("TOOMANYREQUESTS", e.message),
             )
             return
-        except TooSlow as e:
-            await respond(
-                send,
-                408,
-                {**headers, "connection": "close"},
-                error_body("BLOB_UPLOAD_INVALID", e.message),
-            )
-            return
         except DirectoryUnavailable as e:
             log.warning("sign-in: %s", e.message)
             await respond(
@@ -83,9 +75,17 @@ class TokenEndpoint:
                 error_body("UNAVAILABLE", "the LDAP directory cannot be reached; try again later"),
             )
             return
-        except Unavailable as e:  # the database, while signing in: an answer, not a crash
-            log.warning("token: %s", e.message)
-            await respond(send, 503, headers, error_body("UNAVAILABLE"))
+        except BerthError as e:  # the database while signing in, a slow body: the table's answer
+            mapped = error_for(e)
+            if mapped is None:
+                raise
+            status, code, message, _ = mapped
+            if status >= 500:
+                log.warning("token: %s", e.message)
+                message = ""  # the backend's own words stay in the log
+            if isinstance(e, TooSlow):
+                headers["connection"] = "close"
+            await respond(send, status, headers, error_body(code.value, message or None))
             return
         await respond(send, 200, headers, json.dumps(body).encode())
 
@@ -96,7 +96,9 @@ class TokenEndpoint:
             pair = parse_basic(credentials)
             if pair is None:
                 raise SignInFailed
-            principal = await self.access.authenticate(pair[0], pair[1], client_address(request))
+            principal = await self.access.authenticate(
+                pair[0], pair[1], client_address(request.scope)
+            )
         scopes = request.query.get("scope", [])
         body = await self.access.issue(principal, scopes)
         if request.arg("offline_token") == "true":
@@ -109,7 +111,7 @@ class TokenEndpoint:
         raw = await request.read(MAX_FORM)
         form = {k: v[0] for k, v in parse_qs(raw[:MAX_FORM].decode("utf-8", "replace")).items()}
         grant = form.get("grant_type", "")
-        address = client_address(request)
+        address = client_address(request.scope)
         refresh: str | None = None
         if grant == "password":
             principal = await self.access.authenticate(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from appliance import backoff
 from appliance.ops.buckets import SharedBuckets
 
 
@@ -62,7 +63,7 @@ class SignInThrottle:
         now = self.clock()
         worst = max([0.0, *(self._counted(k, now) for k in keys)])
         over = round(worst) - self.slow_after
-        return 0.0 if over < 0 else min(self.max_delay, 0.1 * (2**over))
+        return 0.0 if over < 0 else backoff.delay(over, 0.1, self.max_delay)
 
     def failure(self, keys: list[str]) -> None:
         now = self.clock()

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from appliance.backup import BackupError
-from appliance.config import Config
+from appliance.config import Config, read_secret
 from appliance.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -571,7 +571,7 @@ def azure_target(
     """An AzureTarget for `container`/`prefix`: with `[backup.azure]` settings (each empty one
     taken from `[storage.azure]`, the credentials as a pair) or, with section "storage.azure",
     the blob store's own."""
-    from appliance.storage.azure import AzureSettings, make_client, read_secret  # noqa: PLC0415
+    from appliance.storage.azure import AzureSettings, make_client  # noqa: PLC0415
 
     def credentials(section: str) -> tuple[str, str]:
         key = read_secret(config, section, "account_key", "account_key_file")
@@ -647,16 +647,7 @@ def _with_bucket(config: Config, bucket: str) -> Config:
 def _read_pair(config: Config, section: str) -> tuple[str, str]:
     out = []
     for name in ("access_key", "secret_key"):
-        value: str = config[f"{section}.{name}"]
-        path: str = config[f"{section}.{name}_file"]
-        if value and path:
-            raise ConfigError(f"set {section}.{name} or {section}.{name}_file, not both")
-        if path:
-            try:
-                value = Path(path).expanduser().read_text().strip()
-            except OSError as e:
-                raise ConfigError(f"{section}.{name}_file: cannot read {path}: {e.strerror}") from e
-        out.append(value)
+        out.append(read_secret(config, section, name, f"{name}_file"))
     if bool(out[0]) != bool(out[1]):
         raise ConfigError(f"{section}.access_key and {section}.secret_key go together")
     return out[0], out[1]

@@ -30,20 +30,14 @@ from urllib.parse import quote
 from quart import Response, render_template, request
 
 from appliance import __version__
+from appliance.api.codes import status_for
 from appliance.auth import policy
 from appliance.auth.policy import Principal
 from appliance.auth.service import AccessControl
 from appliance.config import Config
 from appliance.console.redirects import same_origin_path
 from appliance.console.sessions import Session, SessionStore
-from appliance.errors import (
-    BerthError,
-    Conflict,
-    InvalidInput,
-    InvalidName,
-    NotFound,
-    Unavailable,
-)
+from appliance.errors import BerthError, Denied, InvalidInput, NotFound
 from appliance.metadata.db import Tx
 from appliance.oci.names import namespace_of
 from appliance.registry import Registry
@@ -66,15 +60,16 @@ SECURITY_HEADERS = {
 }
 
 
-class Forbidden(BerthError):
+# The console's own refusals are kinds of the domain errors, so `api/codes.py` gives their status.
+class Forbidden(Denied):
     """The signed-in user may not see or do this (403)."""
 
 
-class PageNotFound(BerthError):
+class PageNotFound(NotFound):
     """Nothing here, or nothing this user may see (404)."""
 
 
-class BadRequest(BerthError):
+class BadRequest(InvalidInput):
     """A form or query the page cannot use (400)."""
 
 
@@ -302,17 +297,15 @@ def _add(web: Any, services: ConsoleServices, entry: Page) -> None:
     async def view(**kwargs: str) -> Response:
         started = time.monotonic()
         cookie = request.cookies.get(SESSION_COOKIE, "")
-        session = await services.sessions.find(cookie) if cookie else None
-        ctx = PageContext(services, session)
-        if session is None and not entry.public:
-            response = signin_redirect()
-        elif entry.csrf and request.method in UNSAFE and session is not None:
-            if _check_csrf(session.csrf, await _posted_csrf()):
-                response = await _run(ctx, entry, kwargs)
-            else:
-                response = await _error_page(ctx, 403, "the form's CSRF token is missing or wrong")
+        try:
+            session = await services.sessions.find(cookie) if cookie else None
+        except BerthError as e:  # the database the session lives in cannot answer
+            session = None
+            ctx = PageContext(services, session)
+            response = await _failed(ctx, e)
         else:
-            response = await _run(ctx, entry, kwargs)
+            ctx = PageContext(services, session)
+            response = await _answer(ctx, entry, session, kwargs)
         for name, value, options in ctx.new_cookies:
             if value:
                 response.set_cookie(name, value, **options)
@@ -327,20 +320,31 @@ def _add(web: Any, services: ConsoleServices, entry: Page) -> None:
     web.add_url_rule(entry.path, endpoint, view, methods=list(entry.methods))
 
 
+async def _answer(
+    ctx: PageContext, entry: Page, session: Session | None, kwargs: dict[str, str]
+) -> Response:
+    if session is None and not entry.public:
+        return signin_redirect()
+    unsafe = entry.csrf and request.method in UNSAFE
+    if unsafe and session is not None and not _check_csrf(session.csrf, await _posted_csrf()):
+        return await _error_page(ctx, 403, "the form's CSRF token is missing or wrong")
+    return await _run(ctx, entry, kwargs)
+
+
+async def _failed(ctx: PageContext, e: BerthError) -> Response:
+    """The error page of a domain error, with the status `api/codes.py` gives it."""
+    status = status_for(e)
+    if status >= 500:
+        log.error("%s %s: %s", request.method, request.path, e.message)
+        return await _error_page(ctx, status, "a backend cannot be reached; try again")
+    return await _error_page(ctx, status, e.message)
+
+
 async def _run(ctx: PageContext, entry: Page, kwargs: dict[str, str]) -> Response:
     try:
         result = await entry.fn(ctx, **kwargs)
-    except Forbidden as e:
-        return await _error_page(ctx, 403, e.message)
-    except (PageNotFound, NotFound) as e:
-        return await _error_page(ctx, 404, e.message)
-    except Conflict as e:
-        return await _error_page(ctx, 409, e.message)
-    except Unavailable as e:
-        log.error("%s %s: %s", request.method, request.path, e.message)  # noqa: TRY400 (expected)
-        return await _error_page(ctx, 503, "a backend cannot be reached; try again")
-    except (BadRequest, InvalidName, InvalidInput) as e:
-        return await _error_page(ctx, 400, e.message)
+    except BerthError as e:
+        return await _failed(ctx, e)
     except ValueError:
         # Forms are checked with messages of their own; the text of a ValueError that still
         # slips through is Python's, not an answer to give.

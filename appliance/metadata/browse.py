@@ -1,4 +1,4 @@
-"""Read-only views of the registry records for people: listings, sizes, recent pushes, audit.
+"""Read-only views of the registry records for people: listings, sizes, recent pushes.
 
 Pieces of units of work (`fn(tx)`), like `identity.py`, used by the web console. Listings page
 by keyset (`after` the last row shown), never by OFFSET, so page 500 of 10,000 repositories
@@ -8,7 +8,6 @@ into name ranges (`ns/` ≤ name < `ns0`) that the unique index on `repositories
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -212,12 +211,17 @@ def storage_by_namespace(tx: Tx, namespaces: Iterable[str] | None) -> dict[str, 
 
 
 def totals(tx: Tx) -> dict[str, int]:
-    """Instance-wide counts: stored bytes (each blob once), blobs, repositories, tags."""
+    """Instance-wide counts, the one copy the console overview, the status page and the
+    metrics all read: stored bytes (each blob once), blobs, repositories, tags, manifests and
+    open upload sessions. A repository counts once it holds a manifest, as `/v2/_catalog` and
+    the console's listing have it; one with only blobs (a first push cut short) does not, but
+    its blobs and bytes do."""
     row = tx.one(
         "SELECT (SELECT COALESCE(SUM(size), 0) FROM blobs), (SELECT COUNT(*) FROM blobs), "
         "(SELECT COUNT(*) FROM repositories r WHERE EXISTS "
         " (SELECT 1 FROM manifests m WHERE m.repository_id = r.id)), "
-        "(SELECT COUNT(*) FROM tags), (SELECT COUNT(*) FROM manifests)"
+        "(SELECT COUNT(*) FROM tags), (SELECT COUNT(*) FROM manifests), "
+        "(SELECT COUNT(*) FROM uploads)"
     )
     assert row is not None
     return {
@@ -226,47 +230,5 @@ def totals(tx: Tx) -> dict[str, int]:
         "repositories": int(row[2]),
         "tags": int(row[3]),
         "manifests": int(row[4]),
+        "uploads": int(row[5]),
     }
-
-
-def audit_events(
-    tx: Tx,
-    *,
-    actor: str = "",
-    action: str = "",
-    target: str = "",
-    before: int | None = None,
-    limit: int = 100,
-) -> list[dict[str, Any]]:
-    """Audit events, newest first, filtered by exact actor, action prefix (`user.` or
-    `user.create`) and target substring (a repository name, say); keyset by id."""
-    where = ["1 = 1"]
-    params: dict[str, Any] = {"n": limit}
-    if actor:
-        where.append("actor = :actor")
-        params["actor"] = actor
-    if action:
-        where.append("action LIKE :action ESCAPE '\\'")
-        params["action"] = _like(action)[1:]  # a prefix: no leading %
-    if target:
-        where.append("target LIKE :target ESCAPE '\\'")
-        params["target"] = _like(target)
-    if before is not None:
-        where.append("id < :before")
-        params["before"] = before
-    rows = tx.execute(
-        "SELECT id, at, actor, action, target, details FROM audit_events "  # noqa: S608
-        f"WHERE {' AND '.join(where)} ORDER BY id DESC LIMIT :n",
-        params,
-    )
-    return [
-        {
-            "id": int(r[0]),
-            "at": float(r[1]),
-            "actor": r[2],
-            "action": r[3],
-            "target": r[4],
-            "details": json.loads(r[5]) if r[5] else {},
-        }
-        for r in rows
-    ]

@@ -34,6 +34,7 @@ from psycopg import conninfo as pg_conninfo
 from psycopg.pq import TransactionStatus
 from psycopg_pool import ConnectionPool, PoolTimeout
 
+from appliance import backoff
 from appliance.errors import ConfigError, Unavailable
 from appliance.metadata.changes import CHANNEL, ChangeBoard
 from appliance.metadata.db import (
@@ -311,7 +312,7 @@ class PostgresDatabase(Database):
                         raise
                     # Jittered exponential backoff, 2 ms doubling up to about 0.25 s.
                     jitter = random.uniform(0.5, 1.0)  # noqa: S311 (not a secret)
-                    time.sleep(jitter * min(0.25, 0.002 * 2**attempt))
+                    time.sleep(jitter * backoff.delay(attempt, 0.002, 0.25))
         raise AssertionError("unreachable")
 
     async def read(self, fn: Callable[[Tx], T]) -> T:

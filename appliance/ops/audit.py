@@ -113,7 +113,8 @@ def query(
     target: str | None = None,
 ) -> list[dict[str, Any]]:
     """Events matching the filters, newest first, at most `limit`, older than `before_id`
-    (the cursor of the next page)."""
+    (the cursor of the next page). The one audit search: `/api/v1/audit`, the console's audit
+    page and (through `export`) `berth audit export` all filter here, so they agree."""
     clause, params = _filters(since, until, actor, action, target)
     if before_id is not None:
         clause += (" AND " if clause else " WHERE ") + "id < :before"

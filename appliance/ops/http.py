@@ -18,8 +18,6 @@ record: the hot registry routes stay lean (bench/ops.py measures it).
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hmac
 import ipaddress
 import json
@@ -42,8 +40,9 @@ from prometheus_client import (
 )
 from prometheus_client.registry import Collector
 
-from appliance.api.asgi import ASGIApp, Message, Receive, Scope, Send, respond
+from appliance.api.asgi import ASGIApp, Message, Receive, Scope, Send, client_address, respond
 from appliance.api.codes import error_body
+from appliance.api.guard import parse_basic
 from appliance.errors import BerthError
 from appliance.ops import context
 from appliance.ops.logs import scrub
@@ -137,14 +136,8 @@ def render(scrape: ScrapeCollectors | None) -> bytes:
 def basic_user(header: bytes) -> str | None:
     """The user name of an `Authorization: Basic` header value, without checking anything."""
     scheme, _, value = header.decode("latin-1").partition(" ")
-    if scheme.lower() != "basic":
-        return None
-    try:
-        text = base64.b64decode(value.strip(), validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
-        return None
-    user, sep, _ = text.partition(":")
-    return user if sep and user else None
+    pair = parse_basic(value) if scheme.lower() == "basic" else None
+    return pair[0] if pair is not None and pair[0] else None
 
 
 def _with_request_id(send: Send, rid: bytes) -> Send:
@@ -230,7 +223,7 @@ class Readiness:
             return ok, results
 
 
-def client_address(
+def forwarded_client(
     peer: str,
     forwarded: str,
     trusted: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...],
@@ -315,11 +308,10 @@ class OperationsMiddleware:
         if probe and await self._operations_endpoint(scope, path, _with_request_id(send, rid)):
             return
         scope["berth.request_id"] = request_id
-        client = scope.get("client")
-        source = str(client[0]) if client else None
+        source = client_address(scope)
         if forwarded and source is not None and self.trusted_proxies:
-            real = client_address(source, forwarded, self.trusted_proxies)
-            if real != source:  # what every layer below (sign-in, audit, limits) sees
+            real = forwarded_client(source, forwarded, self.trusted_proxies)
+            if real != source:  # what every layer below reads (api/asgi.py, client_address)
                 scope["client"] = (real, 0)
                 source = real
         if path == "/token":

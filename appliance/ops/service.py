@@ -19,11 +19,12 @@ from prometheus_client.registry import Collector
 from quart import request
 from quart_trio import QuartTrio
 
-from appliance.api.asgi import ASGIApp, Scope
+from appliance.api.asgi import ASGIApp, Scope, client_address
 from appliance.api.guard import Caller
 from appliance.auth.service import AccessControl
 from appliance.config import Config, proxy_networks
 from appliance.errors import BerthError
+from appliance.metadata import browse
 from appliance.metadata.db import Database, Tx
 from appliance.metadata.leader import Fence
 from appliance.ops import audit, context
@@ -145,8 +146,7 @@ class Operations:
             admin=principal.admin, robot=principal.kind == "robot"
         ):
             return
-        client = scope.get("client")
-        address = str(client[0]) if client else None
+        address = client_address(scope)
         self.limiter.check(kind, None if actor == "anonymous" else actor, address)
 
     def jobs(self) -> list[Job]:
@@ -182,18 +182,16 @@ class _StateCollector(Collector):
         self.db = db
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        def fn(tx: Tx) -> tuple[Any, ...]:
+        def fn(tx: Tx) -> tuple[dict[str, int], Any, Any]:
             row = tx.one(
-                "SELECT (SELECT COALESCE(SUM(size), 0) FROM blobs), (SELECT COUNT(*) FROM blobs), "
-                "(SELECT COUNT(*) FROM repositories), (SELECT COUNT(*) FROM uploads), "
-                "(SELECT COUNT(*) FROM webhook_events), "
+                "SELECT (SELECT COUNT(*) FROM webhook_events), "
                 "(SELECT COUNT(*) FROM webhook_cursors WHERE failures > 0)"
             )
             assert row is not None
-            return row
+            return browse.totals(tx), row[0], row[1]
 
         try:
-            stored, blobs, repositories, uploads, queued, failing = self.db.run_sync_read(fn)
+            totals, queued, failing = self.db.run_sync_read(fn)
         except BerthError as e:
             log.warning("metrics: cannot read the database: %s", e.message)
             up = GaugeMetricFamily("berth_database_up", "Whether the database answered.")
@@ -202,10 +200,14 @@ class _StateCollector(Collector):
             return
         for name, doc, value in (
             ("berth_database_up", "Whether the database answered.", 1),
-            ("berth_storage_bytes", "Bytes of committed blobs (each digest once).", stored),
-            ("berth_blobs", "Committed blobs.", blobs),
-            ("berth_repositories", "Repositories.", repositories),
-            ("berth_uploads_in_progress", "Upload sessions open.", uploads),
+            (
+                "berth_storage_bytes",
+                "Bytes of committed blobs (each digest once).",
+                totals["bytes"],
+            ),
+            ("berth_blobs", "Committed blobs.", totals["blobs"]),
+            ("berth_repositories", "Repositories.", totals["repositories"]),
+            ("berth_uploads_in_progress", "Upload sessions open.", totals["uploads"]),
             ("berth_webhook_queue_events", "Webhook events waiting or kept.", queued),
             ("berth_webhook_endpoints_failing", "Webhook endpoints retrying.", failing),
         ):

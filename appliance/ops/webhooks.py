@@ -30,6 +30,7 @@ import httpx
 import trio
 from prometheus_client import Counter
 
+from appliance.backoff import delay as retry_delay
 from appliance.config import Config
 from appliance.errors import BerthError, ConfigError, NotFound
 from appliance.metadata.changes import WEBHOOKS
@@ -544,7 +545,7 @@ class Deliverer:
         self._pruned = -math.inf
 
     def backoff(self, failures: int) -> float:
-        return float(min(self.max_backoff, 2 ** min(failures, 16)))
+        return retry_delay(failures, 1.0, self.max_backoff)
 
     async def prepare(self) -> None:
         """Give each configured endpoint its cursor at start-up, so that it gets every event

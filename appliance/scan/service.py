@@ -648,9 +648,7 @@ def open_scanner(
     config: Config, db: Database, registry: Registry, clock: Callable[[], float]
 ) -> Scanner:
     """The scanner of a serving process, with the pull gate installed on `registry`."""
-    unscanned = config["scan.unscanned"]
-    if unscanned not in ("allow", "deny"):
-        raise ConfigError(f"scan.unscanned must be 'allow' or 'deny', not {unscanned!r}")
+    unscanned = config["scan.unscanned"]  # allow or deny: the settings table checked it
     scanner = Scanner(registry, db, clock)
     scanner.enabled = bool(config["scan.enabled"])
     scanner.interval = float(config["scan.interval"])

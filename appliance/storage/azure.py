@@ -61,7 +61,6 @@ import ssl
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, TypeVar
 
 import requests
@@ -85,7 +84,8 @@ from azure.storage.blob import (
     generate_blob_sas,
 )
 
-from appliance.config import Config
+from appliance import backoff
+from appliance.config import Config, read_secret
 from appliance.errors import BlobNotFound, ConfigError, StorageFull, Unavailable, UploadNotFound
 from appliance.oci.digest import Digest, Hasher, new_hasher
 from appliance.storage import layout
@@ -207,20 +207,6 @@ class AzureSettings:
     @property
     def where(self) -> str:
         return f"container {self.container!r} at {self.account_url}"
-
-
-def read_secret(config: Config, section: str, key: str, file_key: str) -> str:
-    """A secret given inline (`key`, may be "" when only a file form exists) or in a file."""
-    value: str = config[f"{section}.{key}"] if key else ""
-    path: str = config[f"{section}.{file_key}"]
-    if value and path:
-        raise ConfigError(f"set {section}.{key} or {section}.{file_key}, not both")
-    if path:
-        try:
-            return Path(path).expanduser().read_text().strip()
-        except OSError as e:
-            raise ConfigError(f"{section}.{file_key}: cannot read {path}: {e.strerror}") from e
-    return value
 
 
 def make_client(settings: AzureSettings) -> ContainerClient:
@@ -345,8 +331,8 @@ class AzureStore:
         return self.client.get_blob_client(self._k(key))
 
     def _backoff(self, attempt: int) -> float:
-        """Full jitter: uniform in [0, min(cap, base·2^attempt)]."""
-        return self._rng.uniform(0, min(5.0, 0.1 * (2**attempt)))
+        """Full jitter: uniform in [0, min(5 s, 0.1 s·2^attempt)]."""
+        return backoff.full_jitter(attempt, 0.1, 5.0, self._rng)
 
     def _translate(self, e: Exception, what: str) -> Exception:
         where = self.settings.where

@@ -73,7 +73,8 @@ import trio
 import urllib3.exceptions
 from botocore.config import Config as BotoConfig
 
-from appliance.config import Config
+from appliance import backoff
+from appliance.config import Config, read_secret
 from appliance.errors import (
     BlobNotFound,
     ConfigError,
@@ -184,18 +185,7 @@ class S3Settings:
     @classmethod
     def from_config(cls, config: Config) -> S3Settings:
         def secret(name: str) -> str:
-            value: str = config[f"storage.s3.{name}"]
-            path: str = config[f"storage.s3.{name}_file"]
-            if value and path:
-                raise ConfigError(f"set storage.s3.{name} or storage.s3.{name}_file, not both")
-            if path:
-                try:
-                    return Path(path).expanduser().read_text().strip()
-                except OSError as e:
-                    raise ConfigError(
-                        f"storage.s3.{name}_file: cannot read {path}: {e.strerror}"
-                    ) from e
-            return value
+            return read_secret(config, "storage.s3", name, f"{name}_file")
 
         settings = cls(
             bucket=config["storage.s3.bucket"],
@@ -219,11 +209,6 @@ class S3Settings:
     def validate(self) -> None:
         if not self.bucket:
             raise ConfigError("storage.s3.bucket must be set when storage.backend is 's3'")
-        if self.addressing not in ("path", "virtual", "auto"):
-            raise ConfigError(
-                f"storage.s3.addressing must be 'path', 'virtual' or 'auto', "
-                f"not {self.addressing!r}"
-            )
         if not MIN_PART <= self.part_size <= MAX_PART:
             raise ConfigError(
                 f"storage.s3.part_size must be between {MIN_PART} (5 MiB) and {MAX_PART} (5 GiB)"
@@ -452,8 +437,8 @@ class S3Store:
         return self.prefix + key
 
     def _backoff(self, attempt: int) -> float:
-        """Full jitter (AWS architecture blog): uniform in [0, min(cap, base·2^attempt)]."""
-        return self._rng.uniform(0, min(5.0, 0.1 * (2**attempt)))
+        """Full jitter: uniform in [0, min(5 s, 0.1 s·2^attempt)]."""
+        return backoff.full_jitter(attempt, 0.1, 5.0, self._rng)
 
     def _translate(self, e: Exception, what: str) -> Exception:
         if isinstance(e, botocore.exceptions.ClientError):

@@ -4,6 +4,7 @@ request id; it is readable through /api/v1 with filters and exported by `berth a
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from appliance.cli import main
 from appliance.ops import audit
 from tests.api import oci
 from tests.api.conftest import FakeClock, api_client
+from tests.console.test_sessions import sign_in
 from tests.ops.conftest import add_user, operations
 
 
@@ -154,3 +156,38 @@ async def test_retention_prunes_old_events(data_dir: Path, clock: FakeClock) -> 
     assert removed == 1
     assert "old.thing" not in {e["action"] for e in left}
     assert "user.create" in {e["action"] for e in left}
+
+
+async def test_the_target_filter_is_one_prefix_match_in_the_api_cli_and_console(
+    data_dir: Path, clock: FakeClock
+) -> None:
+    """`target=bob/` is everything under bob, and nothing that merely contains `bob/`
+    (`carol/bob/...`), whichever of the three asks; `_` and `%` are plain characters."""
+    async with operations(data_dir, clock) as (_, app), api_client(app) as admin:
+        await _seed(app)
+        await oci.push_image(admin, "carol/bob/tool", "1.0")
+        resp = await admin.get("/api/v1/audit", params={"target": "bob/", "limit": 1000})
+        assert resp.status_code == 200, resp.text
+        api_targets = sorted(e["target"] for e in resp.json()["events"])
+        resp = await admin.get("/api/v1/audit", params={"target": "b_b/", "limit": 1000})
+        assert resp.json()["events"] == []
+        async with api_client(app, auth=None) as browser:
+            signed_in = await sign_in(browser)
+            cookie = {"cookie": f"berth_session={signed_in.cookies['berth_session']}"}
+            page = await browser.get("/audit", params={"repository": "bob/"}, headers=cookie)
+            assert page.status_code == 200, page.text[:300]
+            table = page.text.split('<table id="audit">', 1)[1].split("</table>", 1)[0]
+            rows = re.findall(r"<tr><td>.*?</td><td>.*?</td><td>.*?</td><td>(.*?)</td>", table)
+            console_targets = sorted(rows)
+            page = await browser.get("/audit", params={"repository": "b%b/"}, headers=cookie)
+            assert "No events match." in page.text
+    result = CliRunner().invoke(
+        main,
+        ["audit", "export", "--data-dir", str(data_dir), "--target", "bob/"],
+        env={"BERTH_ADMIN_PASSWORD": "x"},
+    )
+    assert result.exit_code == 0, result.output
+    cli_targets = sorted(json.loads(line)["target"] for line in result.stdout.splitlines())
+    assert api_targets
+    assert all(t.startswith("bob/") for t in api_targets), api_targets
+    assert api_targets == console_targets == cli_targets

@@ -16,10 +16,11 @@ import appliance
 from appliance.config import proxy_networks
 from appliance.metadata.db import migrations
 from appliance.ops import audit
-from appliance.ops.http import client_address
+from appliance.ops.http import forwarded_client
 from appliance.version import identity
 from tests.api import oci
 from tests.api.conftest import FakeClock, api_client
+from tests.console.test_sessions import sign_in
 from tests.ops.conftest import add_user, operations
 
 
@@ -113,6 +114,30 @@ async def test_metrics_change_after_a_push(data_dir: Path, clock: FakeClock) -> 
         for _, value in labels:
             assert "team/app" not in value, (name, labels)
             assert "sha256:" not in value, (name, labels)
+
+
+async def test_totals_agree_on_the_overview_the_status_page_and_the_metrics(
+    data_dir: Path, clock: FakeClock
+) -> None:
+    """A repository holding a blob but no manifest (a first push cut short) is not counted as
+    a repository anywhere (`/v2/_catalog` does not list it), while its blob and bytes are."""
+    async with operations(data_dir, clock) as (_, app), api_client(app) as client:
+        await oci.push_image(client, "team/app", "v1")
+        await oci.push_blob(client, "team/half", b"only a layer, no manifest yet")
+        catalog = (await client.get("/v2/_catalog")).json()["repositories"]
+        assert catalog == ["team/app"]
+        metrics = samples((await client.get("/metrics")).text)
+        async with api_client(app, auth=None) as browser:
+            signed_in = await sign_in(browser)
+            cookie = {"cookie": f"berth_session={signed_in.cookies['berth_session']}"}
+            overview = (await browser.get("/", headers=cookie)).text
+            status = (await browser.get("/status", headers=cookie)).text
+    assert metrics[("berth_repositories", ())] == 1
+    assert metrics[("berth_blobs", ())] == 4
+    assert re.search(r'"figure">1</span> repositories', overview), overview
+    assert re.search(r'"figure">4</span> blobs', overview), overview
+    assert "<dt>Repositories</dt><dd>1</dd>" in status, status
+    assert re.search(r"<dd>[^<]* in 4 blobs</dd>", status), status
 
 
 async def test_metrics_behind_a_token(data_dir: Path, clock: FakeClock) -> None:
@@ -215,16 +240,16 @@ def test_the_grafana_dashboard_uses_metrics_that_exist() -> None:
 def test_client_address_walks_forwarded_for_through_trusted_proxies_only() -> None:
     trusted = proxy_networks("127.0.0.1/32, 10.0.0.0/8")
     # Straight from nginx on loopback: the client is the hop it added.
-    assert client_address("127.0.0.1", "203.0.113.7", trusted) == "203.0.113.7"
+    assert forwarded_client("127.0.0.1", "203.0.113.7", trusted) == "203.0.113.7"
     # Through two trusted proxies; the leftmost entry is whatever the client claimed.
-    assert client_address("127.0.0.1", "198.51.100.1, 203.0.113.7, 10.1.2.3", trusted) == (
+    assert forwarded_client("127.0.0.1", "198.51.100.1, 203.0.113.7, 10.1.2.3", trusted) == (
         "203.0.113.7"
     )
     # A peer that is not a trusted proxy is the client, whatever it sends.
-    assert client_address("192.0.2.9", "203.0.113.7", trusted) == "192.0.2.9"
+    assert forwarded_client("192.0.2.9", "203.0.113.7", trusted) == "192.0.2.9"
     # A malformed hop stops the walk at the last good address.
-    assert client_address("127.0.0.1", "203.0.113.7, not-an-ip", trusted) == "127.0.0.1"
-    assert client_address("127.0.0.1", "2001:db8::1", trusted) == "2001:db8::1"
+    assert forwarded_client("127.0.0.1", "203.0.113.7, not-an-ip", trusted) == "127.0.0.1"
+    assert forwarded_client("127.0.0.1", "2001:db8::1", trusted) == "2001:db8::1"
     with pytest.raises(ValueError, match="not an address"):
         proxy_networks("10.0.0.0/8, nonsense")
 
@@ -256,3 +281,41 @@ async def test_forwarded_client_reaches_the_audit_log_only_from_trusted_proxies(
         events = await services.db.read(lambda tx: audit.events(tx, action="user.create"))
     assert events[0]["target"] == "finn"
     assert events[0]["source"] == "127.0.0.1"
+
+
+async def _failed_sign_ins(app: object, headers: dict[str, str]) -> None:
+    """One wrong password through each way in: /v2, /token, /api/v1 and the console form."""
+    async with api_client(app, auth=("gina", "wrong-password")) as wrong:
+        assert (await wrong.get("/v2/", headers=headers)).status_code == 401
+        assert (await wrong.get("/token", headers=headers)).status_code == 401
+        assert (await wrong.get("/api/v1/me", headers=headers)).status_code == 401
+    async with api_client(app, auth=None) as browser:
+        form = await browser.get("/signin", headers=headers)
+        token = re.search(r'name="csrf_token" value="([^"]+)"', form.text)
+        assert token is not None
+        cookie = f"berth_signin_csrf={form.cookies['berth_signin_csrf']}"
+        resp = await browser.post(
+            "/signin",
+            data={"csrf_token": token.group(1), "username": "gina", "password": "wrong"},
+            headers={**headers, "cookie": cookie},
+        )
+        assert resp.status_code != 303
+
+
+@pytest.mark.parametrize(
+    ("trusted", "expected"), [("127.0.0.1/32", "203.0.113.7"), ("10.0.0.0/8", "127.0.0.1")]
+)
+async def test_every_sign_in_path_names_the_same_client_address(
+    data_dir: Path, clock: FakeClock, trusted: str, expected: str
+) -> None:
+    """The address a sign-in is throttled and audited under is the one `X-Forwarded-For`
+    names only when the peer (127.0.0.1 here) is a trusted proxy, through every way in."""
+    forwarded = {"x-forwarded-for": "203.0.113.7"}
+    async with operations(data_dir, clock, **{"server.trusted_proxies": trusted}) as (
+        services,
+        app,
+    ):
+        await _failed_sign_ins(app, forwarded)
+        events = await services.db.read(lambda tx: audit.events(tx, action="signin.failure"))
+    assert len(events) == 4, events
+    assert {(e["source"], e["details"]["address"]) for e in events} == {(expected, expected)}

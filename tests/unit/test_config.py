@@ -425,3 +425,57 @@ def test_config_show_never_prints_secrets(tmp_path):
     assert "secret-value" not in result.output
     assert "access-value" not in result.output
     assert result.output.count('"********"') == len(SECRET_KEYS)
+
+
+@pytest.mark.parametrize(
+    ("table", "line"),
+    [
+        (
+            '[log]\nformat = "xml"\n',
+            "log.format must be one of auto, text, json, not 'xml'",
+        ),
+        (
+            '[metadata]\nauto_migrate = "maybe"\n',
+            "metadata.auto_migrate must be one of auto, yes, no, true, false, on, off, 1, 0, "
+            "not 'maybe'",
+        ),
+        (
+            '[storage.s3]\naddressing = "sideways"\n',
+            "storage.s3.addressing must be one of path, virtual, auto, not 'sideways'",
+        ),
+        ('[storage]\nbackend = "tape"\n', "storage.backend must be one of filesystem, s3, azure"),
+        ('[scan]\nunscanned = "shrug"\n', "scan.unscanned must be one of allow, deny"),
+    ],
+)
+def test_config_check_refuses_a_word_the_table_does_not_allow(
+    tmp_path: Path, table: str, line: str
+) -> None:
+    """`berth config check` refuses what serving would: one line naming the setting, the
+    allowed words and the value given, and a non-zero exit; serving's loader says the same."""
+    path = tmp_path / "berth.toml"
+    path.write_text(table)
+    checked = CliRunner().invoke(main, ["config", "check", str(path)], env={})
+    assert checked.exit_code != 0
+    (said,) = [text for text in checked.output.splitlines() if text.strip()]
+    assert said.startswith("berth: ")
+    assert line in said, said
+    with pytest.raises(ConfigError, match="must be one of"):
+        load(path, environ={})
+    key = said.split(": ")[2].split(" ")[0]
+    variable = "BERTH_" + key.replace(".", "_").upper()
+    with pytest.raises(ConfigError, match=f"^{variable}: {key} must be one of"):
+        load(None, environ={variable: "nonsense"})
+
+
+def test_allowed_words_match_without_regard_to_case() -> None:
+    loaded = load(
+        None,
+        environ={
+            "BERTH_LOG_FORMAT": " JSON ",
+            "BERTH_METADATA_AUTO_MIGRATE": "On",
+            "BERTH_STORAGE_S3_ADDRESSING": "Virtual",
+        },
+    )
+    assert loaded["log.format"] == "json"
+    assert loaded["metadata.auto_migrate"] == "on"
+    assert loaded["storage.s3.addressing"] == "virtual"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from quart import Response, request
 
+from appliance.api.asgi import client_address
 from appliance.auth.ldap import DirectoryUnavailable
 from appliance.auth.secrets import looks_like_token
 from appliance.auth.service import SignInFailed, SignInLocked
@@ -71,7 +72,7 @@ async def signin(ctx: PageContext) -> Response:
             ctx, "Tokens are for registry clients; sign in with your password.", 401, username
         )
     try:
-        principal = await ctx.access.authenticate(username, password, request.remote_addr)
+        principal = await ctx.access.authenticate(username, password, client_address(request.scope))
     except SignInFailed:
         return await signin_form(ctx, "Incorrect user name or password.", 401, username)
     except SignInLocked:

@@ -13,9 +13,10 @@ from appliance.api.inputs import path_id
 from appliance.auth import accounts, credentials
 from appliance.auth.policy import ROBOT_ROLES, ROLES, TOKEN_SCOPES, role_rank
 from appliance.console.framework import BadRequest, NavEntry, PageContext, PageNotFound, page
-from appliance.metadata import browse, identity
+from appliance.metadata import identity
 from appliance.metadata.db import Tx
 from appliance.oci.names import normalize_component
+from appliance.ops import audit
 
 AUDIT_PAGE = 100
 
@@ -278,8 +279,13 @@ async def audit_log(ctx: PageContext) -> Response:
     before = path_id(before_text)
 
     def fn(tx: Tx) -> list[dict[str, Any]]:
-        return browse.audit_events(
-            tx, actor=actor, action=action, target=target, before=before, limit=AUDIT_PAGE + 1
+        return audit.query(
+            tx,
+            actor=actor or None,
+            action=action or None,
+            target=target or None,
+            before_id=before,
+            limit=AUDIT_PAGE + 1,
         )
 
     events = await ctx.access.db.read(fn)

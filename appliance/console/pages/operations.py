@@ -12,7 +12,7 @@ from quart import Response
 from appliance.api.inputs import path_id
 from appliance.console.framework import BadRequest, NavEntry, PageContext, PageNotFound, page
 from appliance.errors import BerthError
-from appliance.metadata import identity
+from appliance.metadata import browse, identity
 from appliance.metadata.db import Tx
 from appliance.omnibus.buildinfo import build_info
 from appliance.ops import webhooks
@@ -52,12 +52,7 @@ async def status(ctx: PageContext) -> Response:
     config = ctx.config
 
     def read(tx: Tx) -> dict[str, Any]:
-        row = tx.one(
-            "SELECT (SELECT COALESCE(SUM(size), 0) FROM blobs), (SELECT COUNT(*) FROM blobs), "
-            "(SELECT COUNT(*) FROM repositories), (SELECT COUNT(*) FROM uploads), "
-            "(SELECT COUNT(*) FROM webhook_events)"
-        )
-        assert row is not None
+        totals = browse.totals(tx)
         cursors = _cursors(tx)
         endpoints = []
         for e in webhooks.config_endpoints(config):
@@ -79,11 +74,11 @@ async def status(ctx: PageContext) -> Response:
                 }
             )
         return {
-            "stored": int(row[0]),
-            "blobs": int(row[1]),
-            "repositories": int(row[2]),
-            "uploads": int(row[3]),
-            "queued": int(row[4]),
+            "stored": totals["bytes"],
+            "blobs": totals["blobs"],
+            "repositories": totals["repositories"],
+            "uploads": totals["uploads"],
+            "queued": int(tx.scalar("SELECT COUNT(*) FROM webhook_events")),
             "endpoints": endpoints,
             "deliveries": webhooks.deliveries(tx, limit=RECENT),
         }
