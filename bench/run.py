@@ -24,6 +24,7 @@ import json
 import os
 import shutil
 import signal
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -167,11 +168,31 @@ class Side:
 
     def processes(self) -> tuple[int | None, list[int]]:
         """(supervisor PID or None, serving PIDs): a Berth with workers supervises them; a
-        single process (Berth --workers 1, the reference) serves by itself."""
-        children = system.proc_tree(self.pid)[1:]
-        if self.kind == "berth" and children:
-            return self.pid, children
+        single process (Berth --workers 1, the reference) serves by itself. Scan workers
+        (`berth scan-worker`, started by the jobs leader for each pushed image) serve nothing."""
+        serving = [c for c in system.children(self.pid) if "scan-worker" not in system.cmdline(c)]
+        if self.kind == "berth" and serving:
+            return self.pid, serving
         return None, [self.pid]
+
+    def scanning(self) -> int:
+        """Images Berth still has to scan (due in its scan queue) plus scan workers running:
+        background work that pushes leave behind (scan.enabled is on by default)."""
+        if self.kind != "berth" or self.server.data_dir is None:
+            return 0
+        workers = sum("scan-worker" in system.cmdline(p) for p in system.proc_tree(self.pid)[1:])
+        db = self.server.data_dir / "berth.db"
+        try:
+            conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+            try:
+                row = conn.execute(
+                    "SELECT COUNT(*) FROM scan_queue WHERE not_before <= ?", (time.time(),)
+                ).fetchone()
+            finally:
+                conn.close()
+        except sqlite3.Error:
+            return workers
+        return workers + int(row[0])
 
     def skopeo_creds(self, flag: str) -> list[str]:
         if self.client.auth_kind == "anonymous" or self.credentials is None:
@@ -211,6 +232,24 @@ class Bench:
     background: system.BackgroundLoad = field(default_factory=system.BackgroundLoad)
     retried: int = 0
 
+    def wait_for_scans(self, timeout: float = 180.0) -> None:
+        """Let every Berth finish scanning what was pushed to it before the next timed run, so
+        one registry's background scans are not billed to another's run. A Berth's scans that
+        start during its own runs (its pushes, its mixed load) stay in its figures: they are
+        part of its defaults."""
+        deadline = time.monotonic() + timeout
+        waited = False
+        while time.monotonic() < deadline:
+            left = {n: side.scanning() for n, side in self.sides.items()}
+            if not any(left.values()):
+                break
+            if not waited:
+                log(f"  waiting for background scans: {left}")
+                waited = True
+            time.sleep(0.5)
+        else:
+            log(f"  background scans still running after {timeout:g} s: measuring anyway")
+
     def quiet_run(
         self, row: Row, side: str, label: str, fn: Callable[[], T], retries: int | None = None
     ) -> T:
@@ -221,6 +260,7 @@ class Bench:
         """
         retries = self.settings.busy_retries if retries is None else retries
         for attempt in range(retries + 1):
+            self.wait_for_scans()
             system.settle()
             with self.background.watch() as usage:
                 value = fn()
@@ -1037,6 +1077,7 @@ def main(argv: list[str] | None = None) -> int:
             )  # fmt: skip
             unused = Row("unused", "", "MiB", False, None)
             time.sleep(2)  # let the last load's connections close
+            bench.wait_for_scans()
             for side in bench.sides.values():
                 idle_memory(side, after, unused)
             rows.append(after)

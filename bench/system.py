@@ -25,6 +25,25 @@ def settle() -> None:
     os.sync()
 
 
+def children(pid: int) -> list[int]:
+    """The living child processes of `pid` (of any of its threads)."""
+    out: list[int] = []
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError, ValueError):
+                out.extend(int(c) for c in (task / "children").read_text().split())
+    return out
+
+
+def cmdline(pid: int) -> list[str]:
+    """The command line of `pid` (empty once it is gone)."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return [a.decode(errors="replace") for a in raw.split(b"\0") if a]
+
+
 def proc_tree(pid: int) -> list[int]:
     """`pid` and all its living descendants (through /proc/PID/task/TID/children)."""
     pids, todo = [], [pid]
