@@ -110,7 +110,7 @@ def main() -> None:
         f"Python {info['python']}; upstream: {info['reference']}; {info['skopeo']}",
         f"- Image: {args.layers} layers of {args.layer_mib} MiB random bytes ({mib:.0f} MiB); "
         f"skopeo copy to an OCI layout, fresh blob info cache; median of {args.repeats}; "
-        f"Berth with {args.workers} serving process(es)",
+        f"Berth with server.workers = {args.workers}",
         "",
         "| pull | s | MB/s | ratio (direct / this) | target |  |",
         "|---|---|---|---|---|---|",
