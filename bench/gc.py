@@ -5,7 +5,8 @@
 1. Throughput: 100,000 unreferenced blobs (one small file each, filesystem store) are queued as
    due, then one `Collector.run()` reclaims them all: items per second, on SQLite and on
    PostgreSQL (a server started in a temporary directory, as the tests do).
-2. Hot path: a `berth serve` (SQLite, filesystem, gc.interval 0.2 s) serves a manifest GET in
+2. Hot path: a `berth serve` at its defaults (`server.workers = "auto"`; SQLite, filesystem,
+   gc.interval 0.2 s) serves a manifest GET in
    a closed loop (4 connections); p99 latency idle, then while its collector works through
    100,000 due blobs. Target: under 2x idle.
 
@@ -38,7 +39,7 @@ if str(REPO_ROOT) not in sys.path:
 import trio  # noqa: E402
 
 from bench import load  # noqa: E402
-from tests.support.servers import ADMIN, ADMIN_PASSWORD, start_berth  # noqa: E402
+from tests.support.servers import ADMIN, ADMIN_PASSWORD, descendants, start_berth  # noqa: E402
 
 REPO = "bench/gc"
 EXTRA_ENV = dict(e.split("=", 1) for e in os.environ.get("BENCH_GC_ENV", "").split() if e)
@@ -225,6 +226,8 @@ def latency(n: int, seconds: float) -> dict[str, Any]:
             "queue_before": depth_before,
             "queue_after": depth_after,
             "p99_ratio": round(busy["p99_ms"] / idle["p99_ms"], 2) if idle["p99_ms"] else None,
+            # Berth at its defaults (server.workers = "auto"): the processes that served
+            "berth_serving_processes": len(descendants(server.proc.pid)) or 1,
         }
     finally:
         server.stop()

@@ -69,11 +69,17 @@ def random_layer(index: int, payload_bytes: int) -> tuple[bytes, str]:
 
 def build_image(layers: int, layer_payload_bytes: int) -> Image:
     """An OCI image with `layers` distinct random layers (fresh random bytes on every call)."""
+    return build_image_sized([layer_payload_bytes] * layers)
+
+
+def build_image_sized(layer_payload_bytes: list[int]) -> Image:
+    """An OCI image with one random layer per size given (fresh random bytes on every call)."""
+    layers = len(layer_payload_bytes)
     blobs: dict[str, bytes] = {}
     layer_descs = []
     diff_ids = []
-    for i in range(layers):
-        blob, diff_id = random_layer(i, layer_payload_bytes)
+    for i, size in enumerate(layer_payload_bytes):
+        blob, diff_id = random_layer(i, size)
         digest = sha256_digest(blob)
         blobs[digest] = blob
         diff_ids.append(diff_id)
@@ -167,8 +173,15 @@ class RegistryClient:
         user, password = self.credentials
         return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
 
+    def basic_headers(self) -> dict[str, str]:
+        """HTTP Basic credentials on every request (nothing for an anonymous registry)."""
+        self._probe()
+        assert self._challenge is not None
+        return {} if self._challenge["scheme"] == "none" else {"Authorization": self._basic()}
+
     def auth_headers(self, repo: str, actions: str = "pull,push") -> dict[str, str]:
-        """Headers that let a request act on `repo`: nothing, Basic, or a fresh bearer token."""
+        """Headers that let a request act on `repo`: nothing, Basic, or a fresh bearer token
+        fetched the way `docker` does (`account`, `scope`, `service` and Basic credentials)."""
         self._probe()
         assert self._challenge is not None
         scheme = self._challenge["scheme"]
@@ -177,7 +190,11 @@ class RegistryClient:
         if scheme == "basic":
             return {"Authorization": self._basic()}
         query = urllib.parse.urlencode(
-            {"service": self._challenge.get("service", ""), "scope": f"repository:{repo}:{actions}"}
+            {
+                "account": self.credentials[0] if self.credentials else "",
+                "scope": f"repository:{repo}:{actions}",
+                "service": self._challenge.get("service", ""),
+            }
         )
         status, _, body = self._request(
             "GET",

@@ -1,7 +1,7 @@
 """Pull-through cache: a pull through Berth's proxy namespace against a direct pull from the
 upstream (the reference registry, CNCF Distribution 2.8).
 
-    python -m bench.proxy [--layers N] [--layer-mib M] [--repeats R] [--workers W] [--record]
+    python -m bench.proxy [--layers N] [--layer-mib M] [--repeats R] [--workers auto|N] [--record]
 
 The upstream holds one image of N random layers. Each repeat times, with skopeo (a fresh blob
 info cache per pull, writing an OCI layout):
@@ -56,7 +56,9 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=8)
     parser.add_argument("--layer-mib", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--workers", type=int, default=1, help="Berth's serving processes")
+    parser.add_argument(
+        "--workers", default="auto", help="Berth's server.workers (default: its default, auto)"
+    )
     parser.add_argument("--record", action="store_true", help="append to bench/RESULTS.md")
     args = parser.parse_args()
 
@@ -108,7 +110,7 @@ def main() -> None:
         f"Python {info['python']}; upstream: {info['reference']}; {info['skopeo']}",
         f"- Image: {args.layers} layers of {args.layer_mib} MiB random bytes ({mib:.0f} MiB); "
         f"skopeo copy to an OCI layout, fresh blob info cache; median of {args.repeats}; "
-        f"Berth with {args.workers} serving process(es)",
+        f"Berth with server.workers = {args.workers}",
         "",
         "| pull | s | MB/s | ratio (direct / this) | target |  |",
         "|---|---|---|---|---|---|",

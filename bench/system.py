@@ -25,6 +25,25 @@ def settle() -> None:
     os.sync()
 
 
+def children(pid: int) -> list[int]:
+    """The living child processes of `pid` (of any of its threads)."""
+    out: list[int] = []
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError, ValueError):
+                out.extend(int(c) for c in (task / "children").read_text().split())
+    return out
+
+
+def cmdline(pid: int) -> list[str]:
+    """The command line of `pid` (empty once it is gone)."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return [a.decode(errors="replace") for a in raw.split(b"\0") if a]
+
+
 def proc_tree(pid: int) -> list[int]:
     """`pid` and all its living descendants (through /proc/PID/task/TID/children)."""
     pids, todo = [], [pid]
@@ -38,51 +57,56 @@ def proc_tree(pid: int) -> list[int]:
     return pids
 
 
-def tree_rss_bytes(pid: int) -> int:
-    """Sum of VmRSS over `pid` and its descendants (shared pages count once per process)."""
-    total = 0
-    for p in proc_tree(pid):
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1]) * 1024
-                    break
-    return total
+def process_rss_bytes(pid: int) -> int:
+    """VmRSS of one process (0 once it is gone)."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
 
 
-class RssSampler:
-    """Samples a process tree's RSS every `interval` seconds in a thread, while in a `with`."""
+def idle_rss_per_process(pid: int, seconds: float = 0.5, interval: float = 0.05) -> dict[int, int]:
+    """Median RSS of each process of a tree (the server and its workers) over a quiet window."""
+    samples: dict[int, list[int]] = {}
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        for p in proc_tree(pid):
+            if rss := process_rss_bytes(p):
+                samples.setdefault(p, []).append(rss)
+        time.sleep(interval)
+    return {p: int(statistics.median(v)) for p, v in samples.items()}
+
+
+class PerProcessPeak:
+    """The largest RSS each process of a tree reached while in a `with`, sampled every
+    `interval` seconds in a thread (processes that appear meanwhile are sampled too)."""
 
     def __init__(self, pid: int, interval: float) -> None:
         self.pid, self.interval = pid, interval
-        self.samples: list[int] = []
+        self.peaks: dict[int, int] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
+    def _sample(self) -> None:
+        for p in proc_tree(self.pid):
+            rss = process_rss_bytes(p)
+            self.peaks[p] = max(self.peaks.get(p, 0), rss)
+
     def _run(self) -> None:
         while True:
-            self.samples.append(tree_rss_bytes(self.pid))
+            self._sample()
             if self._stop.wait(self.interval):
                 return
 
-    def __enter__(self) -> RssSampler:
+    def __enter__(self) -> PerProcessPeak:
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
-        self.samples.append(tree_rss_bytes(self.pid))
-
-
-def idle_rss(pid: int, seconds: float = 0.5, interval: float = 0.05) -> int:
-    """Median RSS of a process tree over a short quiet window."""
-    samples = []
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        samples.append(tree_rss_bytes(pid))
-        time.sleep(interval)
-    return int(statistics.median(samples))
+        self._sample()
 
 
 # --------------------------------------------------------------------------- background load
@@ -231,4 +255,5 @@ def machine_info() -> dict[str, object]:
         "curl": tool_version(["curl", "--version"]).split(" (")[0],
         "wrk": tool_version(["wrk", "--version"]).split(" Copyright")[0],
         "skopeo": tool_version(["skopeo", "--version"]),
+        "docker": tool_version(["docker", "--version"]),
     }
