@@ -118,6 +118,7 @@ class AccessControl:
         self._basic: StampedCache[str, tuple[float, Principal]] = StampedCache()
         self._credentials: StampedCache[str, tuple[float, Principal | None]] = StampedCache()
         self._public: StampedCache[str, frozenset[str]] = StampedCache(1)
+        self._signing_in: dict[str, trio.Lock] = {}  # Basic checks in flight, by credentials
 
     def invalidate(self) -> None:
         """Forget every cached answer (tests; a change needs no call: it touches the stamp)."""
@@ -277,16 +278,28 @@ class AccessControl:
         """`authenticate`, remembering a success (Basic on /v2 and /api/v1) until a change to
         identity facts, the credential's expiry, or `DIRECTORY_TTL` for LDAP."""
         key = self.secret.digest(header)
-        stamp = self.db.changes.stamp(AUTH)
-        hit = self._basic.get(key, stamp)
+        hit = self._basic.get(key, self.db.changes.stamp(AUTH))
         if hit is not None and hit[0] > self.clock():
             return hit[1]
-        principal = await self.authenticate(username, password, address)
-        until = principal.expires_at if principal.expires_at is not None else NEVER
-        if principal.via == "ldap":
-            until = min(until, self.clock() + DIRECTORY_TTL)
-        self._basic.put(key, (until, principal), stamp)
-        return principal
+        # One check per credentials at a time: a client opening many connections at once
+        # (docker, skopeo, a load test) would otherwise run argon2 once per connection on a
+        # cold process. The others wait for that check and take its cached answer.
+        lock = self._signing_in.setdefault(key, trio.Lock())
+        try:
+            async with lock:
+                stamp = self.db.changes.stamp(AUTH)
+                hit = self._basic.get(key, stamp)
+                if hit is not None and hit[0] > self.clock():
+                    return hit[1]
+                principal = await self.authenticate(username, password, address)
+                until = principal.expires_at if principal.expires_at is not None else NEVER
+                if principal.via == "ldap":
+                    until = min(until, self.clock() + DIRECTORY_TTL)
+                self._basic.put(key, (until, principal), stamp)
+                return principal
+        finally:
+            if not lock.locked() and self._signing_in.get(key) is lock:
+                del self._signing_in[key]
 
     # -- LDAP ------------------------------------------------------------------------------
 
