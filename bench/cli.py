@@ -60,7 +60,7 @@ def help_seconds(runs: int) -> list[float]:
     times = []
     for _ in range(runs):
         start = time.perf_counter()
-        subprocess.run([BERTH, "--help"], check=True, stdout=subprocess.DEVNULL)  # noqa: S603
+        subprocess.run([BERTH, "--help"], check=True, stdout=subprocess.DEVNULL)
         times.append(time.perf_counter() - start)
     return times
 
@@ -69,7 +69,7 @@ def supervisor_rss(settle: float) -> tuple[int, int]:
     """(RSS of the supervisor alone, RSS of the whole tree) of an idle `berth serve --workers 2`,
     `settle` seconds after its workers are serving."""
     with tempfile.TemporaryDirectory(prefix="berth-bench-cli-") as tmp:
-        proc = subprocess.Popen(  # noqa: S603
+        proc = subprocess.Popen(
             [BERTH, "serve", "--listen", "127.0.0.1:0", "--data-dir", tmp, "--workers", "2"],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
