@@ -5,7 +5,12 @@ command line before and after a change to its structure).
 ```
 .venv/bin/python -m bench.cli                        # both figures, medians
 .venv/bin/python -m bench.cli --dump-help FILE       # every command's --help, in order
+.venv/bin/python -m bench.cli --baseline DIR         # also the same figures for the `appliance`
+                                                     # package in DIR (git archive REV appliance)
 ```
+
+Runs alternate between the two trees, so that a busy machine slows both alike; CPU time (user +
+system) is reported beside wall time, being less sensitive to the load of others.
 """
 
 from __future__ import annotations
@@ -55,17 +60,27 @@ def dump_help(path: Path) -> int:
     return len(texts)
 
 
-def help_seconds(runs: int) -> list[float]:
-    """Wall time of `berth --help` (a new interpreter each time)."""
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        subprocess.run([BERTH, "--help"], check=True, stdout=subprocess.DEVNULL)
-        times.append(time.perf_counter() - start)
-    return times
+def _env(tree: Path | None) -> dict[str, str]:
+    env = dict(os.environ)
+    if tree is not None:  # its `appliance` package comes first on the path
+        env["PYTHONPATH"] = str(tree)
+    return env
 
 
-def supervisor_rss(settle: float) -> tuple[int, int]:
+def help_seconds(tree: Path | None) -> tuple[float, float]:
+    """(wall, CPU) seconds of one `berth --help` in a new interpreter."""
+    before = os.times()
+    start = time.perf_counter()
+    subprocess.run([BERTH, "--help"], check=True, stdout=subprocess.DEVNULL, env=_env(tree))
+    wall = time.perf_counter() - start
+    after = os.times()
+    cpu = (after.children_user - before.children_user) + (
+        after.children_system - before.children_system
+    )
+    return wall, cpu
+
+
+def supervisor_rss(settle: float, tree: Path | None) -> tuple[int, int]:
     """(RSS of the supervisor alone, RSS of the whole tree) of an idle `berth serve --workers 2`,
     `settle` seconds after its workers are serving."""
     with tempfile.TemporaryDirectory(prefix="berth-bench-cli-") as tmp:
@@ -75,6 +90,7 @@ def supervisor_rss(settle: float) -> tuple[int, int]:
             stderr=subprocess.STDOUT,
             text=True,
             start_new_session=True,
+            env=_env(tree),
         )
         try:
             assert proc.stdout is not None
@@ -103,24 +119,34 @@ def _children(pid: int) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dump-help", type=Path, metavar="FILE")
+    parser.add_argument("--baseline", type=Path, metavar="DIR", help="tree holding appliance/")
     parser.add_argument("--runs", type=int, default=15, help="`berth --help` runs")
     parser.add_argument("--serves", type=int, default=3, help="`berth serve` starts")
     args = parser.parse_args()
     if args.dump_help:
         print(f"{dump_help(args.dump_help)} commands written to {args.dump_help}")
         return
-    times = help_seconds(args.runs)
-    print(
-        f"berth --help: median {statistics.median(times):.3f} s, min {min(times):.3f} s "
-        f"({args.runs} runs; load average {os.getloadavg()[0]:.1f})"
-    )
-    rss = [supervisor_rss(3.0) for _ in range(args.serves)]
-    alone = statistics.median(r[0] for r in rss) / 2**20
-    tree = statistics.median(r[1] for r in rss) / 2**20
-    print(
-        f"berth serve --workers 2, idle: supervisor {alone:.1f} MiB, whole tree {tree:.1f} MiB "
-        f"(median of {args.serves})"
-    )
+    trees: dict[str, Path | None] = {"this checkout": None}
+    if args.baseline is not None:
+        trees["baseline"] = args.baseline.resolve()
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name in trees}
+    for _ in range(args.runs):
+        for name, tree in trees.items():
+            times[name].append(help_seconds(tree))
+    rss: dict[str, list[tuple[int, int]]] = {name: [] for name in trees}
+    for _ in range(args.serves):
+        for name, tree in trees.items():
+            rss[name].append(supervisor_rss(3.0, tree))
+    print(f"load average {os.getloadavg()[0]:.1f}; medians of {args.runs} and {args.serves} runs")
+    for name in trees:
+        wall = statistics.median(t[0] for t in times[name])
+        cpu = statistics.median(t[1] for t in times[name])
+        alone = statistics.median(r[0] for r in rss[name]) / 2**20
+        tree_mib = statistics.median(r[1] for r in rss[name]) / 2**20
+        print(
+            f"{name}: berth --help {wall:.3f} s wall, {cpu:.3f} s CPU; idle serve --workers 2: "
+            f"supervisor {alone:.1f} MiB, whole tree {tree_mib:.1f} MiB"
+        )
 
 
 if __name__ == "__main__":
