@@ -1,9 +1,10 @@
 """The `berth` command line: the root group, and where each command lives.
 
-One module per command group, under this package (a few feature packages keep their own
-command module: lifecycle, backup, importer, scan; `berth ctl` lives in omnibus/). They all
-share cli/common.py. A command's module is imported when that command runs (or when help lists
-it), so `berth serve` and its worker processes load no other command.
+One module per command group, under this package (`berth ctl` lives in omnibus/ctl.py, with the
+installation's templates); they all share cli/common.py. The work itself is done by the
+feature packages; these modules parse options and print. A command's module is imported when
+that command runs (or when help lists it), so `berth serve` and its worker processes load no
+other command.
 """
 
 from __future__ import annotations
@@ -15,28 +16,28 @@ import click
 # name -> "module:attribute" of the command, in the order `berth --help` lists them (by name).
 COMMANDS = {
     "audit": "appliance.cli.audit:audit",
-    "backup": "appliance.backup.cli:backup",
+    "backup": "appliance.cli.backup:backup",
     "ci-trust": "appliance.cli.citrust:ci_trust",
     "config": "appliance.cli.config:config",
     "ctl": "appliance.omnibus.ctl:ctl",
     "db": "appliance.cli.db:db",
-    "fsck": "appliance.lifecycle.cli:fsck",
-    "gc": "appliance.lifecycle.cli:gc",
-    "immutable": "appliance.lifecycle.cli:immutable",
-    "import": "appliance.importer.cli:import_group",
+    "fsck": "appliance.cli.lifecycle:fsck",
+    "gc": "appliance.cli.lifecycle:gc",
+    "immutable": "appliance.cli.lifecycle:immutable",
+    "import": "appliance.cli.importer:import_group",
     "keys": "appliance.cli.keys:keys",
     "migrate": "appliance.cli.db:migrate",
     "mirror": "appliance.cli.mirror:mirror",
-    "policy": "appliance.lifecycle.cli:policy",
-    "quota": "appliance.lifecycle.cli:quota",
-    "restore": "appliance.backup.cli:restore",
-    "scan": "appliance.scan.cli:scan",
-    "scan-worker": "appliance.scan.cli:scan_worker",
+    "policy": "appliance.cli.lifecycle:policy",
+    "quota": "appliance.cli.lifecycle:quota",
+    "restore": "appliance.cli.backup:restore",
+    "scan": "appliance.cli.scan:scan",
+    "scan-worker": "appliance.cli.scan:scan_worker",
     "serve": "appliance.cli.serve:serve",
     "token": "appliance.cli.tokens:token",
-    "usage": "appliance.lifecycle.cli:usage",
+    "usage": "appliance.cli.lifecycle:usage",
     "user": "appliance.cli.users:user",
-    "vulndb": "appliance.scan.cli:vulndb",
+    "vulndb": "appliance.cli.scan:vulndb",
 }
 
 
