@@ -15,7 +15,7 @@ import click
 import trio
 
 from appliance import config as settings
-from appliance.cli.common import config_option_with, fail, load_config
+from appliance.cli.common import config_option_with, data_dir_option, fail, load_config
 from appliance.errors import BerthError
 
 
@@ -31,9 +31,7 @@ def setup_logging(level: str, fmt: str = "text") -> None:
     help="TOML config file (default: ./berth.toml, then /etc/berth/berth.toml, if present)."
 )
 @click.option("--listen", help="HOST:PORT to listen on (server.listen).")
-@click.option(
-    "--data-dir", type=click.Path(path_type=Path, file_okay=False), help="server.data_dir"
-)
+@data_dir_option
 @click.option(
     "--workers",
     metavar="N|auto",
