@@ -221,3 +221,25 @@ def test_the_root_group_loads_its_commands_lazily() -> None:
         assert attribute in defined, spec
     for module in EDGE_MODULES:
         assert "appliance.cli.common" in edges[module], module
+
+
+def test_serve_loads_no_other_command() -> None:
+    """What `berth serve` imports before it decides its role: its own module and the shared
+    one, not the other commands, the web stack or cryptography (the supervisor of N workers
+    stays small; a worker loads the application itself)."""
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    script = (
+        "import sys\n"
+        "from appliance.cli import main\n"
+        "main(['serve', '--help'], standalone_mode=False)\n"
+        "print(' '.join(sorted(m for m in sys.modules if m.startswith('appliance.cli'))))\n"
+        "print(' '.join(sorted({m.split('.')[0] for m in sys.modules})))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=ROOT
+    )
+    commands, roots = done.stdout.splitlines()[-2:]
+    assert commands.split() == ["appliance.cli", "appliance.cli.common", "appliance.cli.serve"]
+    assert {"quart", "quart_trio", "hypercorn", "cryptography"} & set(roots.split()) == set()
