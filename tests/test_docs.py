@@ -25,12 +25,28 @@ def test_every_setting_is_documented(setting):
 
 
 def _commands(group: click.Group, prefix: str = "berth") -> list[str]:
+    """Every command below `group`, hidden ones too (the root group imports its commands'
+    modules on first use, so they are asked for by name)."""
+    ctx = click.Context(group, info_name=prefix)
     out = []
-    for name, command in group.commands.items():
+    for name in group.list_commands(ctx):
+        command = group.get_command(ctx, name)
+        assert command is not None, name
         out.append(f"{prefix} {name}")
         if isinstance(command, click.Group):
             out.extend(_commands(command, f"{prefix} {name}"))
     return out
+
+
+def test_every_command_is_listed():
+    """The walk above sees the commands the root group maps, and more than the root group."""
+    from appliance.cli import COMMANDS  # noqa: PLC0415
+
+    found = _commands(main)
+    assert {f"berth {name}" for name in COMMANDS} <= set(found)
+    assert "berth user add" in found
+    assert "berth ctl doctor" in found
+    assert len(found) > len(COMMANDS)
 
 
 @pytest.mark.parametrize("command", _commands(main))

@@ -16,12 +16,14 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-
-from cryptography import x509
+from typing import TYPE_CHECKING
 
 from appliance import __version__
 from appliance.config import Config
 from appliance.errors import BerthError, ConfigError
+
+if TYPE_CHECKING:  # imported where certificates are read: `berth serve` needs only log_dir
+    from cryptography import x509
 
 SERVICE_USER = "berth"
 # Files a config may name: setting → what it must hold.
@@ -47,6 +49,8 @@ def tls_paths(config: Config) -> tuple[Path, Path]:
 
 
 def _read_certificates(path: Path) -> list[x509.Certificate]:
+    from cryptography import x509  # noqa: PLC0415
+
     return x509.load_pem_x509_certificates(path.read_bytes())
 
 
@@ -66,6 +70,8 @@ def validate_files(config: Config) -> list[str]:
             problems.append(f"{key}: cannot read {kind} {path}: {e.strerror}")
             continue
         if kind == "certificate":
+            from cryptography import x509  # noqa: PLC0415
+
             try:
                 certs = x509.load_pem_x509_certificates(data)
             except ValueError:

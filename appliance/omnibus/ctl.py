@@ -11,6 +11,7 @@ container) it says so and skips the restart.
 from __future__ import annotations
 
 import datetime
+import functools
 import hashlib
 import json
 import os
@@ -23,8 +24,9 @@ from string import Template
 
 import click
 
-from appliance import config as settings
-from appliance.config import Config
+from appliance.cli.common import config_option_with, fail
+from appliance.cli.common import load_config as load_any_config
+from appliance.config import Config, parse_upstreams
 from appliance.errors import BerthError
 from appliance.omnibus import checks
 
@@ -35,13 +37,8 @@ NGINX_UNIT = "berth-nginx.service"
 STATE_FILE = ".reconfigure-state.json"
 
 
-def fail(message: str) -> None:
-    click.echo(f"berth: {message}", err=True)
-    sys.exit(2)
-
-
-def load_config(path: Path | None) -> Config:
-    return settings.load(path)
+# `berth ctl` reads the file it is given (or none), never ./berth.toml by chance.
+load_config = functools.partial(load_any_config, search=False)
 
 
 def templates_dir() -> Path:
@@ -94,7 +91,7 @@ def nginx_prefix(config: Config) -> Path:
 def upstream_servers(config: Config) -> list[str]:
     """The `server` lines of nginx's upstream: the hosts of `nginx.upstreams` with passive
     health checks, or this host's own Berth."""
-    pool = settings.parse_upstreams(config["nginx.upstreams"])
+    pool = parse_upstreams(config["nginx.upstreams"])
     if not pool:
         host, port = config.listen
         if host in ("0.0.0.0", "::", ""):  # noqa: S104 - the wildcard is reached on loopback
@@ -234,13 +231,7 @@ def _load(config_path: Path) -> Config:
     return config
 
 
-_config_option = click.option(
-    "--config",
-    "config_path",
-    type=click.Path(path_type=Path, dir_okay=False),
-    default=DEFAULT_CONFIG,
-    show_default=True,
-)
+_config_option = config_option_with(default=DEFAULT_CONFIG, show_default=True)
 
 
 @click.group()

@@ -8,7 +8,7 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from appliance.cli import main
-from appliance.scan.cli import split_image
+from appliance.cli.scan import split_image
 from tests.scan.test_vulndb import osv_records
 
 

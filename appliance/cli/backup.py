@@ -13,21 +13,25 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import trio
 
-from appliance.cli import fail, load_config
+from appliance.cli.common import (
+    config_option,
+    data_dir_option,
+    fail,
+    load_config,
+    run_with_storage,
+)
 from appliance.config import Config
 from appliance.errors import BerthError
 
-_config_option = click.option(
-    "--config", "config_path", type=click.Path(path_type=Path, dir_okay=False)
-)
-_data_dir_option = click.option(
-    "--data-dir", type=click.Path(path_type=Path, file_okay=False), help="server.data_dir"
-)
+if TYPE_CHECKING:
+    from appliance.metadata.db import Database
+    from appliance.storage.base import BlobStore
+
 _json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 _target_option = click.option(
     "--from",
@@ -38,9 +42,7 @@ _target_option = click.option(
 
 
 def _config(config_path: Path | None, data_dir: Path | None) -> Config:
-    return load_config(
-        config_path, {"server.data_dir": str(data_dir) if data_dir is not None else None}
-    )
+    return load_config(config_path, data_dir=data_dir)
 
 
 def _human(n: float) -> str:
@@ -89,8 +91,9 @@ def _emit(as_json: bool, data: Any, lines: Callable[[], list[str]]) -> None:
             click.echo(line)
 
 
-# Annotated: `appliance.cli` imports this module while it is itself being imported.
-backup: click.Group = click.Group("backup", help="Take, list, verify and prune backups.")
+@click.group()
+def backup() -> None:
+    """Take, list, verify and prune backups."""
 
 
 @backup.command("create")
@@ -105,8 +108,8 @@ backup: click.Group = click.Group("backup", help="Take, list, verify and prune b
     type=click.Path(path_type=Path, dir_okay=False),
     help="Encrypt the secrets with the passphrase in this file (default: backup.passphrase).",
 )
-@_config_option
-@_data_dir_option
+@config_option
+@data_dir_option
 @_json_option
 def backup_create(
     target_url: str | None,
@@ -123,32 +126,25 @@ def backup_create(
     from appliance.backup.create import create_backup  # noqa: PLC0415
     from appliance.backup.crypto import passphrase_from  # noqa: PLC0415
     from appliance.backup.target import default_target_url, open_target  # noqa: PLC0415
-    from appliance.metadata.db import open_metadata  # noqa: PLC0415
-    from appliance.storage import open_store  # noqa: PLC0415
 
     bar = Bar("backup", not as_json)
     try:
         cfg = _config(config_path, data_dir)
         target = open_target(target_url or default_target_url(cfg), cfg)
         passphrase = passphrase_from(cfg, passphrase_file)
-        db = open_metadata(cfg)
+
+        async def go(db: Database, store: BlobStore) -> dict[str, Any]:
+            _, summary = await create_backup(
+                cfg, db, store, target, passphrase=passphrase, progress=bar
+            )
+            return summary
+
         try:
-            store = open_store(cfg)
-
-            async def go() -> dict[str, Any]:
-                await store.check()
-                _, summary = await create_backup(
-                    cfg, db, store, target, passphrase=passphrase, progress=bar
-                )
-                return summary
-
-            summary = trio.run(go)
+            summary = run_with_storage(cfg, go)
         finally:
             bar.close()
-            db.close()
     except BerthError as e:
         fail(e.message)
-        return
     _emit(
         as_json,
         summary,
@@ -164,8 +160,8 @@ def backup_create(
 
 @backup.command("list")
 @_target_option
-@_config_option
-@_data_dir_option
+@config_option
+@data_dir_option
 @_json_option
 def backup_list(
     target_url: str | None, config_path: Path | None, data_dir: Path | None, as_json: bool
@@ -180,7 +176,6 @@ def backup_list(
         found = list_backups(target)
     except BerthError as e:
         fail(e.message)
-        return
 
     def lines() -> list[str]:
         if not found:
@@ -203,8 +198,8 @@ def backup_list(
 @backup.command("verify")
 @click.argument("backup_id")
 @_target_option
-@_config_option
-@_data_dir_option
+@config_option
+@data_dir_option
 @_json_option
 def backup_verify(
     backup_id: str,
@@ -245,7 +240,6 @@ def backup_verify(
         )
     except BerthError as e:
         fail(e.message)
-        return
     _emit(
         as_json,
         result.as_json(),
@@ -290,8 +284,8 @@ def _note_in_database(cfg: Config, fn: Callable[[Any, float], object]) -> None:
 @click.option("--keep-daily", type=click.IntRange(0), help="backup.keep_daily")
 @click.option("--keep-weekly", type=click.IntRange(0), help="backup.keep_weekly")
 @click.option("--dry-run", is_flag=True, help="Say what would go; remove nothing.")
-@_config_option
-@_data_dir_option
+@config_option
+@data_dir_option
 @_json_option
 def backup_prune(  # noqa: PLR0917 (one parameter per option)
     target_url: str | None,
@@ -325,7 +319,6 @@ def backup_prune(  # noqa: PLR0917 (one parameter per option)
             )
     except BerthError as e:
         fail(e.message)
-        return
     verb = "would remove" if dry_run else "removed"
     _emit(
         as_json,
@@ -345,7 +338,7 @@ def backup_prune(  # noqa: PLR0917 (one parameter per option)
     )
 
 
-@click.command("restore")
+@click.command()
 @click.argument("backup_id")
 @_target_option
 @click.option("--force", is_flag=True, help="Replace a destination that is not empty.")
@@ -354,10 +347,10 @@ def backup_prune(  # noqa: PLR0917 (one parameter per option)
     type=click.Path(path_type=Path, dir_okay=False),
     help="The passphrase of an encrypted backup (default: backup.passphrase).",
 )
-@_config_option
-@_data_dir_option
+@config_option
+@data_dir_option
 @_json_option
-def _restore(  # noqa: PLR0917 (one parameter per option)
+def restore(  # noqa: PLR0917 (one parameter per option)
     backup_id: str,
     target_url: str | None,
     force: bool,
@@ -392,7 +385,6 @@ def _restore(  # noqa: PLR0917 (one parameter per option)
         result = trio.run(go)
     except BerthError as e:
         fail(e.message)
-        return
     _emit(
         as_json,
         result,
@@ -402,6 +394,3 @@ def _restore(  # noqa: PLR0917 (one parameter per option)
             f"{cfg.data_dir / 'restored-berth.toml'}",
         ],
     )
-
-
-restore: click.Command = _restore

@@ -19,23 +19,13 @@ from typing import Any, TypeVar
 import click
 import trio
 
+from appliance.cli.common import config_option, data_dir_option, fail, load_config, run_with_storage
 from appliance.errors import BerthError
 
 T = TypeVar("T")
 ACTOR = "cli"
 
-_config_option = click.option(
-    "--config", "config_path", type=click.Path(path_type=Path, dir_okay=False)
-)
-_data_dir_option = click.option(
-    "--data-dir", type=click.Path(path_type=Path, file_okay=False), help="server.data_dir"
-)
 _json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-
-
-def _fail(message: str) -> None:
-    click.echo(f"berth: {message}", err=True)
-    sys.exit(2)
 
 
 def _run(
@@ -44,32 +34,18 @@ def _run(
     work: Callable[[Any, Any, Any], Awaitable[T]],
 ) -> T:
     """Open config, database, store and lifecycle; run `work(config, db, lifecycle)`."""
-    from appliance.cli import load_config  # noqa: PLC0415
     from appliance.lifecycle import Lifecycle  # noqa: PLC0415
-    from appliance.metadata.db import open_metadata  # noqa: PLC0415
-    from appliance.storage import open_store  # noqa: PLC0415
 
     try:
-        overrides = {"server.data_dir": str(data_dir) if data_dir is not None else None}
-        config = load_config(config_path, overrides)
-        db = open_metadata(config)
-    except BerthError as e:
-        _fail(e.message)
-        raise AssertionError from e  # unreachable: _fail exits
-    try:
-        store = open_store(config)
-        lifecycle = Lifecycle.open(config, db, store, time.time, actor=ACTOR, pace=1.0)
+        config = load_config(config_path, data_dir=data_dir)
 
-        async def main() -> T:
-            await store.check()
+        async def with_lifecycle(db: Any, store: Any) -> T:
+            lifecycle = Lifecycle.open(config, db, store, time.time, actor=ACTOR, pace=1.0)
             return await work(config, db, lifecycle)
 
-        return trio.run(main)
+        return run_with_storage(config, with_lifecycle)
     except BerthError as e:
-        _fail(e.message)
-        raise AssertionError from e
-    finally:
-        db.close()
+        fail(e.message)
 
 
 def _size(n: int) -> str:
@@ -91,8 +67,8 @@ def _print(data: Any) -> None:
 @click.command("gc")
 @click.option("--dry-run", is_flag=True, help="Only say what would be removed.")
 @_json_option
-@_config_option
-@_data_dir_option
+@config_option
+@data_dir_option
 def gc(dry_run: bool, as_json: bool, config_path: Path | None, data_dir: Path | None) -> None:
     """Collect garbage that is due now (safe while Berth serves)."""
     from appliance.metadata.leader import leader_lock  # noqa: PLC0415
@@ -146,8 +122,8 @@ def gc(dry_run: bool, as_json: bool, config_path: Path | None, data_dir: Path | 
 @click.option("--repair", is_flag=True, help="Remove orphans older than gc.delay.")
 @click.option("--no-verify", is_flag=True, help="Check sizes only, do not read every blob.")
 @_json_option
-@_config_option
-@_data_dir_option
+@config_option
+@data_dir_option
 def fsck(
     repair: bool, no_verify: bool, as_json: bool, config_path: Path | None, data_dir: Path | None
 ) -> None:
@@ -193,8 +169,8 @@ def fsck(
 @click.command("usage")
 @click.argument("namespace", required=False)
 @_json_option
-@_config_option
-@_data_dir_option
+@config_option
+@data_dir_option
 def usage(
     namespace: str | None, as_json: bool, config_path: Path | None, data_dir: Path | None
 ) -> None:
@@ -228,8 +204,8 @@ def quota() -> None:
 @quota.command("set")
 @click.argument("namespace")
 @click.argument("limit_bytes", type=click.IntRange(0))
-@_config_option
-@_data_dir_option
+@config_option
+@data_dir_option
 def quota_set(
     namespace: str, limit_bytes: int, config_path: Path | None, data_dir: Path | None
 ) -> None:
@@ -244,8 +220,8 @@ def quota_set(
 
 @quota.command("remove")
 @click.argument("namespace")
-@_config_option
-@_data_dir_option
+@config_option
+@data_dir_option
 def quota_remove(namespace: str, config_path: Path | None, data_dir: Path | None) -> None:
     """Remove a namespace's quota."""
 
@@ -257,8 +233,8 @@ def quota_remove(namespace: str, config_path: Path | None, data_dir: Path | None
 
 
 @quota.command("list")
-@_config_option
-@_data_dir_option
+@config_option
+@data_dir_option
 def quota_list(config_path: Path | None, data_dir: Path | None) -> None:
     """List namespace quotas with their usage."""
 
@@ -286,8 +262,8 @@ def immutable() -> None:
 @immutable.command("add")
 @click.argument("namespace")
 @click.argument("pattern")
-@_config_option
-@_data_dir_option
+@config_option
+@data_dir_option
 def immutable_add(
     namespace: str, pattern: str, config_path: Path | None, data_dir: Path | None
 ) -> None:
@@ -303,8 +279,8 @@ def immutable_add(
 @immutable.command("remove")
 @click.argument("namespace")
 @click.argument("rule_id", type=int)
-@_config_option
-@_data_dir_option
+@config_option
+@data_dir_option
 def immutable_remove(
     namespace: str, rule_id: int, config_path: Path | None, data_dir: Path | None
 ) -> None:
@@ -319,8 +295,8 @@ def immutable_remove(
 
 @immutable.command("list")
 @click.argument("namespace", required=False)
-@_config_option
-@_data_dir_option
+@config_option
+@data_dir_option
 def immutable_list(namespace: str | None, config_path: Path | None, data_dir: Path | None) -> None:
     """List immutable tag rules (of one namespace, or all)."""
 
@@ -369,8 +345,8 @@ def _settings(
 @click.option("--older-than-days", type=click.FloatRange(0), help="Only remove older tags.")
 @click.option("--time-basis", type=click.Choice(["push", "pull"]), default="push")
 @click.option("--disabled", is_flag=True, help="Create it switched off.")
-@_config_option
-@_data_dir_option
+@config_option
+@data_dir_option
 def policy_create(  # noqa: PLR0917 (one parameter per option)
     scope: str,
     keep_recent: int | None,
@@ -393,8 +369,8 @@ def policy_create(  # noqa: PLR0917 (one parameter per option)
 
 
 @policy.command("list")
-@_config_option
-@_data_dir_option
+@config_option
+@data_dir_option
 def policy_list(config_path: Path | None, data_dir: Path | None) -> None:
     """List cleanup policies."""
 
@@ -425,8 +401,8 @@ def _show_plan(result: dict[str, Any], verb: str) -> None:
 @policy.command("preview")
 @click.argument("policy_id", type=int)
 @_json_option
-@_config_option
-@_data_dir_option
+@config_option
+@data_dir_option
 def policy_preview(
     policy_id: int, as_json: bool, config_path: Path | None, data_dir: Path | None
 ) -> None:
@@ -445,8 +421,8 @@ def policy_preview(
 @policy.command("run")
 @click.argument("policy_id", type=int)
 @_json_option
-@_config_option
-@_data_dir_option
+@config_option
+@data_dir_option
 def policy_run(
     policy_id: int, as_json: bool, config_path: Path | None, data_dir: Path | None
 ) -> None:
@@ -464,8 +440,8 @@ def policy_run(
 
 @policy.command("enable")
 @click.argument("policy_id", type=int)
-@_config_option
-@_data_dir_option
+@config_option
+@data_dir_option
 def policy_enable(policy_id: int, config_path: Path | None, data_dir: Path | None) -> None:
     """Let a policy run on its schedule."""
 
@@ -478,8 +454,8 @@ def policy_enable(policy_id: int, config_path: Path | None, data_dir: Path | Non
 
 @policy.command("disable")
 @click.argument("policy_id", type=int)
-@_config_option
-@_data_dir_option
+@config_option
+@data_dir_option
 def policy_disable(policy_id: int, config_path: Path | None, data_dir: Path | None) -> None:
     """Stop a policy from running on its schedule."""
 
@@ -492,8 +468,8 @@ def policy_disable(policy_id: int, config_path: Path | None, data_dir: Path | No
 
 @policy.command("delete")
 @click.argument("policy_id", type=int)
-@_config_option
-@_data_dir_option
+@config_option
+@data_dir_option
 def policy_delete(policy_id: int, config_path: Path | None, data_dir: Path | None) -> None:
     """Delete a cleanup policy."""
 
@@ -502,6 +478,3 @@ def policy_delete(policy_id: int, config_path: Path | None, data_dir: Path | Non
 
     _run(config_path, data_dir, work)
     click.echo(f"policy {policy_id} deleted")
-
-
-COMMANDS = (gc, fsck, usage, quota, immutable, policy)

@@ -9,30 +9,25 @@ from pathlib import Path
 import click
 import trio
 
-from appliance.cli import fail, load_config
+from appliance.cli.common import (
+    config_option,
+    data_dir_option,
+    fail,
+    load_config,
+    run_with_services,
+)
 from appliance.errors import BerthError
 
-_config_option = click.option(
-    "--config", "config_path", type=click.Path(path_type=Path, dir_okay=False)
-)
-_data_dir_option = click.option(
-    "--data-dir", type=click.Path(path_type=Path, file_okay=False), help="server.data_dir"
-)
 
-
-def _mirror() -> None:
+@click.group()
+def mirror() -> None:
     """Copy repositories from the upstreams of proxy namespaces ahead of time."""
-
-
-# Typed explicitly: appliance.cli imports this module, and mypy cannot infer a decorated
-# definition's type inside an import cycle.
-mirror: click.Group = click.group("mirror")(_mirror)
 
 
 @mirror.command("sync")
 @click.argument("references", nargs=-1, required=True)
-@_config_option
-@_data_dir_option
+@config_option
+@data_dir_option
 def mirror_sync(
     references: tuple[str, ...], config_path: Path | None, data_dir: Path | None
 ) -> None:
@@ -42,48 +37,38 @@ def mirror_sync(
     from appliance.metadata.db import Tx  # noqa: PLC0415
     from appliance.ops import audit  # noqa: PLC0415
     from appliance.proxy.mirror import Mirror, SyncReport  # noqa: PLC0415
-    from appliance.server import open_services  # noqa: PLC0415
+    from appliance.server import Services  # noqa: PLC0415
 
-    overrides = {"server.data_dir": str(data_dir) if data_dir is not None else None}
-
-    async def run() -> SyncReport:
-        config = load_config(config_path, overrides)
-        services = await open_services(config)
+    async def run(services: Services) -> SyncReport:
+        if services.proxy is None:
+            raise BerthError("no proxy namespaces are configured (proxy.upstreams)")
+        report = SyncReport()
+        copier = Mirror(services.proxy, click.echo)
         try:
-            if services.proxy is None:
-                raise BerthError("no proxy namespaces are configured (proxy.upstreams)")
-            report = SyncReport()
-            copier = Mirror(services.proxy, click.echo)
-            try:
-                for reference in references:
-                    await copier.sync(reference, report)
-            finally:
-                done = report
-
-                def fn(tx: Tx) -> None:
-                    audit.record(
-                        tx,
-                        "cli",
-                        "mirror.sync",
-                        ", ".join(references)[:500],
-                        tags=done.tags,
-                        blobs_fetched=done.blobs_fetched,
-                        bytes_fetched=done.bytes_fetched,
-                    )
-
-                with trio.CancelScope(shield=True):
-                    await services.db.write(fn)
-            return report
+            for reference in references:
+                await copier.sync(reference, report)
         finally:
-            if services.proxy is not None:
-                await services.proxy.aclose()
-            services.close()
+            done = report
+
+            def fn(tx: Tx) -> None:
+                audit.record(
+                    tx,
+                    "cli",
+                    "mirror.sync",
+                    ", ".join(references)[:500],
+                    tags=done.tags,
+                    blobs_fetched=done.blobs_fetched,
+                    bytes_fetched=done.bytes_fetched,
+                )
+
+            with trio.CancelScope(shield=True):
+                await services.db.write(fn)
+        return report
 
     try:
-        report = trio.run(run)
+        report = run_with_services(load_config(config_path, data_dir=data_dir), run)
     except BerthError as e:
         fail(e.message)
-        return
     click.echo(
         f"synced {report.tags} tag(s): {report.blobs_fetched} blob(s) fetched "
         f"({report.bytes_fetched} bytes), {report.blobs_cached} already cached, "
@@ -93,8 +78,8 @@ def mirror_sync(
 
 @mirror.command("status")
 @click.argument("namespace", required=False)
-@_config_option
-@_data_dir_option
+@config_option
+@data_dir_option
 def mirror_status(namespace: str | None, config_path: Path | None, data_dir: Path | None) -> None:
     """List the proxy namespaces and the repositories cached in them."""
     from appliance.metadata.db import open_metadata  # noqa: PLC0415
@@ -102,14 +87,11 @@ def mirror_status(namespace: str | None, config_path: Path | None, data_dir: Pat
     from appliance.proxy.store import ProxyStore  # noqa: PLC0415
 
     try:
-        config = load_config(
-            config_path, {"server.data_dir": str(data_dir) if data_dir is not None else None}
-        )
-        namespaces = parse(config)
+        config = load_config(config_path, data_dir=data_dir)
+        namespaces = parse(config)  # a bad setting is refused before the database is opened
         db = open_metadata(config)
     except BerthError as e:
         fail(e.message)
-        return
     try:
         store = ProxyStore(db, time.time)
         for name, ns in sorted(namespaces.items()):

@@ -22,19 +22,12 @@ from typing import IO, TYPE_CHECKING, Any
 import click
 import trio
 
-from appliance.cli import fail, load_config
+from appliance.cli.common import config_option, data_dir_option, fail, load_config
 from appliance.config import Config
 from appliance.errors import BerthError, ConfigError, Unavailable
 
 if TYPE_CHECKING:  # the modules that do the work are imported when a command runs
     from appliance.importer.service import Options, Progress, Source
-
-_config_option = click.option(
-    "--config", "config_path", type=click.Path(path_type=Path, dir_okay=False)
-)
-_data_dir_option = click.option(
-    "--data-dir", type=click.Path(path_type=Path, file_okay=False), help="server.data_dir"
-)
 
 
 @dataclass(frozen=True)
@@ -79,8 +72,8 @@ _COMMON_OPTIONS = [
         help="Blobs stored at once.",
     ),
     click.option("--json", "as_json", is_flag=True, help="Print the report as JSON."),
-    _config_option,
-    _data_dir_option,
+    config_option,
+    data_dir_option,
 ]
 
 
@@ -97,13 +90,9 @@ def _common(fn: Callable[..., None]) -> Callable[..., None]:
     return command
 
 
-def _import() -> None:
+@click.group("import")
+def import_group() -> None:
     """Move the repositories of another registry into Berth."""
-
-
-# Typed explicitly: appliance.cli imports this module, and mypy cannot infer a decorated
-# definition's type inside an import cycle.
-import_group: click.Group = click.group("import")(_import)
 
 
 @import_group.command("distribution")
@@ -329,13 +318,10 @@ def _run(
         options = _options(common, link=link, untagged=untagged)
     except BerthError as e:
         fail(e.message)
-        return
-    data_dir = common.data_dir
-    overrides = {"server.data_dir": str(data_dir) if data_dir is not None else None}
     line = ProgressLine(sys.stderr)
 
     async def run() -> Any:
-        config = load_config(common.config_path, overrides)
+        config = load_config(common.config_path, data_dir=common.data_dir)
         proxies = proxy_settings.parse(config)
         source = await open_source(config)  # a bad source is refused before Berth is opened
         try:
@@ -355,7 +341,6 @@ def _run(
     except BerthError as e:
         line.clear()
         fail(e.message)
-        return
     except KeyboardInterrupt:
         line.clear()
         click.echo("berth: interrupted; run the same import again to finish it", err=True)

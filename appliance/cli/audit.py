@@ -11,16 +11,10 @@ from typing import Any
 
 import click
 
-from appliance.cli import _open, fail
+from appliance.cli.common import config_option, data_dir_option, fail, open_database
 from appliance.errors import BerthError, InvalidInput
 from appliance.ops import audit as audit_log
 
-_config_option = click.option(
-    "--config", "config_path", type=click.Path(path_type=Path, dir_okay=False)
-)
-_data_dir_option = click.option(
-    "--data-dir", type=click.Path(path_type=Path, file_okay=False), help="server.data_dir"
-)
 _DURATION = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
@@ -40,10 +34,12 @@ def since_value(text: str | None, now: float) -> float | None:
         raise click.BadParameter(e.message) from None
 
 
-audit_group: click.Group = click.Group("audit", help="Read the audit log.")
+@click.group()
+def audit() -> None:
+    """Read the audit log."""
 
 
-@audit_group.command("export")
+@audit.command("export")
 @click.option("--since", help="From this time: 24h, 7d, 2026-01-31, 2026-01-31T12:00:00Z...")
 @click.option("--until", help="Up to (not including) this time, in the same forms.")
 @click.option("--actor", help="Only events by this actor.")
@@ -60,8 +56,8 @@ audit_group: click.Group = click.Group("audit", help="Read the audit log.")
 @click.option(
     "--output", "-o", type=click.Path(path_type=Path, dir_okay=False), help="File to write."
 )
-@_config_option
-@_data_dir_option
+@config_option
+@data_dir_option
 def audit_export(  # noqa: PLR0917 (one parameter per option)
     since: str | None,
     until: str | None,
@@ -83,7 +79,7 @@ def audit_export(  # noqa: PLR0917 (one parameter per option)
         "target": target,
     }
     try:
-        _, db = _open(config_path, data_dir)
+        _, db = open_database(config_path, data_dir)
         try:
             out = output.open("w", encoding="utf-8", newline="") if output else sys.stdout
             try:
@@ -95,7 +91,6 @@ def audit_export(  # noqa: PLR0917 (one parameter per option)
             db.close()
     except BerthError as e:
         fail(e.message)
-        return
     if output:
         click.echo(f"wrote {count} event(s) to {output}", err=True)
 

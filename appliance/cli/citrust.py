@@ -11,24 +11,13 @@ from pathlib import Path
 
 import click
 
-from appliance.cli import _open, fail
+from appliance.cli.common import config_option, data_dir_option, fail, open_database
 from appliance.errors import BerthError
 
-_config_option = click.option(
-    "--config", "config_path", type=click.Path(path_type=Path, dir_okay=False)
-)
-_data_dir_option = click.option(
-    "--data-dir", type=click.Path(path_type=Path, file_okay=False), help="server.data_dir"
-)
 
-
-def _ci_trust() -> None:
+@click.group("ci-trust")
+def ci_trust() -> None:
     """Let CI jobs push and pull with their own identity token (no stored secret)."""
-
-
-# Typed explicitly: appliance.cli imports this module, and mypy cannot infer a decorated
-# definition's type inside an import cycle.
-ci_trust: click.Group = click.group("ci-trust")(_ci_trust)
 
 
 @ci_trust.command("add")
@@ -60,8 +49,8 @@ ci_trust: click.Group = click.group("ci-trust")(_ci_trust)
     help="Claim names of a CI system: its default issuer, and its project claim required.",
 )
 @click.option("--description", default="", help="A note shown with the rule.")
-@_config_option
-@_data_dir_option
+@config_option
+@data_dir_option
 def ci_trust_add(  # noqa: PLR0917 (one parameter per option)
     namespace: str,
     issuer: str,
@@ -90,7 +79,7 @@ def ci_trust_add(  # noqa: PLR0917 (one parameter per option)
             template=template,
             description=description,
         )
-        config, db = _open(config_path, data_dir)
+        config, db = open_database(config_path, data_dir)
         try:
             trust = CiTrust(db, config)
             rule = db.run_sync_write(lambda tx: trust.add(tx, "cli", spec, time.time(), admin=True))
@@ -98,7 +87,6 @@ def ci_trust_add(  # noqa: PLR0917 (one parameter per option)
             db.close()
     except (BerthError, OSError) as e:
         fail(e.message if isinstance(e, BerthError) else str(e))
-        return
     click.echo(
         f"rule {rule.id}: tokens of {rule.issuer} for {rule.audience} may {rule.access} "
         f"{rule.namespace}/{rule.repository}"
@@ -107,22 +95,21 @@ def ci_trust_add(  # noqa: PLR0917 (one parameter per option)
 
 @ci_trust.command("list")
 @click.argument("namespace", required=False)
-@_config_option
-@_data_dir_option
+@config_option
+@data_dir_option
 def ci_trust_list(namespace: str | None, config_path: Path | None, data_dir: Path | None) -> None:
     """List the trust rules (of NAMESPACE, or all): id, namespace, access, repositories,
     issuer, audience, conditions."""
     from appliance.metadata import citrust as records  # noqa: PLC0415
 
     try:
-        _, db = _open(config_path, data_dir)
+        _, db = open_database(config_path, data_dir)
         try:
             rules = db.run_sync_read(lambda tx: records.listed(tx, namespace))
         finally:
             db.close()
     except BerthError as e:
         fail(e.message)
-        return
     for r in rules:
         conditions = " ".join(f"{k}={v}" for k, v in r.claims)
         keys = " (JWKS given)" if r.jwks else ""
@@ -134,15 +121,15 @@ def ci_trust_list(namespace: str | None, config_path: Path | None, data_dir: Pat
 
 @ci_trust.command("remove")
 @click.argument("rule_id", metavar="ID", type=int)
-@_config_option
-@_data_dir_option
+@config_option
+@data_dir_option
 def ci_trust_remove(rule_id: int, config_path: Path | None, data_dir: Path | None) -> None:
     """Remove trust rule ID: jobs it let in are refused from their next sign-in."""
     from appliance.auth.citrust import CiTrust  # noqa: PLC0415
     from appliance.metadata import citrust as records  # noqa: PLC0415
 
     try:
-        _, db = _open(config_path, data_dir)
+        _, db = open_database(config_path, data_dir)
         try:
             db.run_sync_write(
                 lambda tx: CiTrust.remove(tx, "cli", records.require(tx, rule_id), time.time())
@@ -151,5 +138,4 @@ def ci_trust_remove(rule_id: int, config_path: Path | None, data_dir: Path | Non
             db.close()
     except BerthError as e:
         fail(e.message)
-        return
     click.echo(f"removed rule {rule_id}")

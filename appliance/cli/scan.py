@@ -10,18 +10,17 @@ from pathlib import Path
 from typing import Any
 
 import click
-import trio
 
-from appliance.cli import _open, fail, load_config
+from appliance.cli.common import (
+    config_option,
+    data_dir_option,
+    fail,
+    load_config,
+    open_database,
+    run_with_services,
+)
 from appliance.errors import BerthError
 from appliance.oci.digest import is_digest
-
-_config_option = click.option(
-    "--config", "config_path", type=click.Path(path_type=Path, dir_okay=False)
-)
-_data_dir_option = click.option(
-    "--data-dir", type=click.Path(path_type=Path, file_okay=False), help="server.data_dir"
-)
 
 
 def split_image(image: str) -> tuple[str, str]:
@@ -44,7 +43,7 @@ def _table(rows: list[list[str]]) -> str:
     )
 
 
-@click.command("scan")
+@click.command()
 @click.argument("image")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--cached", is_flag=True, help="Show the stored report; do not read the layers.")
@@ -53,9 +52,9 @@ def _table(rows: list[list[str]]) -> str:
     type=click.Choice(["low", "medium", "high", "critical"]),
     help="Exit 3 when a finding is at or above this severity (for CI pipelines).",
 )
-@_config_option
-@_data_dir_option
-def _scan(  # noqa: PLR0917 (one per option)
+@config_option
+@data_dir_option
+def scan(  # noqa: PLR0917 (one per option)
     image: str,
     as_json: bool,
     cached: bool,
@@ -65,30 +64,20 @@ def _scan(  # noqa: PLR0917 (one per option)
 ) -> None:
     """Scan IMAGE (repository:tag or repository@digest) now and print its vulnerabilities."""
     from appliance.scan.matching import RANK  # noqa: PLC0415
-    from appliance.server import open_services  # noqa: PLC0415
+    from appliance.server import Services  # noqa: PLC0415
 
     repository, reference = split_image(image)
 
-    async def run() -> tuple[str, list[Any]]:
-        services = await open_services(
-            load_config(
-                config_path,
-                {"server.data_dir": str(data_dir) if data_dir is not None else None},
-            )
-        )
-        try:
-            assert services.scanner is not None
-            if not cached:
-                await services.scanner.scan(repository, reference)
-            return await services.scanner.report(repository, reference)
-        finally:
-            services.close()
+    async def run(services: Services) -> tuple[str, list[Any]]:
+        assert services.scanner is not None
+        if not cached:
+            await services.scanner.scan(repository, reference)
+        return await services.scanner.report(repository, reference)
 
     try:
-        digest, reports = trio.run(run)
+        digest, reports = run_with_services(load_config(config_path, data_dir=data_dir), run)
     except BerthError as e:
         fail(e.message)
-        return
     if as_json:
         click.echo(
             json.dumps(
@@ -126,16 +115,16 @@ def _scan(  # noqa: PLR0917 (one per option)
             sys.exit(3)
 
 
-@click.group("vulndb")
-def _vulndb() -> None:
+@click.group()
+def vulndb() -> None:
     """Advisory data for vulnerability matching, imported offline."""
 
 
-@_vulndb.command("import")
+@vulndb.command("import")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-@_config_option
-@_data_dir_option
+@config_option
+@data_dir_option
 def vulndb_import(
     paths: tuple[Path, ...], as_json: bool, config_path: Path | None, data_dir: Path | None
 ) -> None:
@@ -146,7 +135,7 @@ def vulndb_import(
 
     failed = False
     try:
-        _, db = _open(config_path, data_dir)
+        _, db = open_database(config_path, data_dir)
         try:
             results = []
             for path in paths:
@@ -160,7 +149,6 @@ def vulndb_import(
             db.close()
     except BerthError as e:
         fail(e.message)
-        return
     if as_json:
         click.echo(
             json.dumps({"imports": [r.as_json() for r in results], "rematched": matched}, indent=2)
@@ -178,23 +166,22 @@ def vulndb_import(
         sys.exit(1)
 
 
-@_vulndb.command("status")
+@vulndb.command("status")
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
-@_config_option
-@_data_dir_option
+@config_option
+@data_dir_option
 def vulndb_status(as_json: bool, config_path: Path | None, data_dir: Path | None) -> None:
     """The advisory data's version, what it holds and the latest imports."""
     from appliance.scan import vulndb as advisories  # noqa: PLC0415
 
     try:
-        _, db = _open(config_path, data_dir)
+        _, db = open_database(config_path, data_dir)
         try:
             state = db.run_sync_read(advisories.status)
         finally:
             db.close()
     except BerthError as e:
         fail(e.message)
-        return
     if as_json:
         click.echo(json.dumps(state, indent=2))
         return
@@ -213,15 +200,9 @@ def vulndb_status(as_json: bool, config_path: Path | None, data_dir: Path | None
 
 
 @click.command("scan-worker", hidden=True)
-def _scan_worker() -> None:
+def scan_worker() -> None:
     """Read one image's layers on stdin and answer its SBOM on stdout (started by the scanner
     for every image it reads; not for people)."""
     from appliance.scan.worker import run_worker  # noqa: PLC0415
 
     run_worker(sys.stdin.buffer, sys.stdout.buffer)
-
-
-# Annotated, so that type checkers need not follow the import cycle with appliance.cli.
-scan: click.Command = _scan
-scan_worker: click.Command = _scan_worker
-vulndb: click.Group = _vulndb

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from appliance.cli import fail, load_config
+from appliance.cli.common import config_option, data_dir_option, fail, load_config
 from appliance.errors import BerthError
 from appliance.metadata.db import (
     Database,
@@ -22,9 +22,7 @@ from appliance.metadata.db import (
 
 
 def _url_and_options(config_path: Path | None, data_dir: Path | None) -> tuple[str, Options]:
-    config = load_config(
-        config_path, {"server.data_dir": str(data_dir) if data_dir is not None else None}
-    )
+    config = load_config(config_path, data_dir=data_dir)
     options = Options(
         readers=1,
         pool_size=2,
@@ -35,10 +33,8 @@ def _url_and_options(config_path: Path | None, data_dir: Path | None) -> tuple[s
 
 
 @click.command()
-@click.option("--config", "config_path", type=click.Path(path_type=Path, dir_okay=False))
-@click.option(
-    "--data-dir", type=click.Path(path_type=Path, file_okay=False), help="server.data_dir"
-)
+@config_option
+@data_dir_option
 @click.option(
     "--status",
     is_flag=True,
