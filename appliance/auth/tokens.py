@@ -214,8 +214,11 @@ class KeyRing:
         return next(k for k in self.keys if k.kid == key.kid)
 
     def import_directory(self, directory: Path) -> int:
-        """Move the `<created>-<kid>.pem` keys an older Berth kept in `directory` into the
-        database, then remove their files (blocking). Returns how many were new."""
+        """Copy the `<created>-<kid>.pem` keys an older Berth kept in `directory` into the
+        database (blocking); returns how many were new. The files stay: during a rolling
+        upgrade a host of the previous version still signs with them, and the tokens it signs
+        must verify here too (removing them is a contract step, left to the administrator once
+        every host runs this version)."""
         found: list[tuple[str, float, str]] = []
         files = sorted(directory.glob("*.pem")) if directory.is_dir() else []
         for path in files:
@@ -233,13 +236,13 @@ class KeyRing:
             return sum(_insert(tx, kid, at, sealed) for kid, at, sealed in found)
 
         added: int = self.db.run_sync_write(fn)
-        for path in files:
-            path.unlink(missing_ok=True)
-        log.warning(
-            "moved %d signing key(s) from %s into the database (sealed with the server secret)",
-            len(files),
-            directory,
-        )
+        if added:
+            log.warning(
+                "copied %d signing key(s) from %s into the database (sealed with the server "
+                "secret); remove the files once no host of an earlier Berth version serves",
+                added,
+                directory,
+            )
         return added
 
     # -- using -------------------------------------------------------------------------------

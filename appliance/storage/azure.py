@@ -72,6 +72,7 @@ from azure.core.exceptions import (
     ClientAuthenticationError,
     HttpResponseError,
     IncompleteReadError,
+    ResourceExistsError,
     ServiceRequestError,
     ServiceResponseError,
 )
@@ -775,8 +776,15 @@ class AzureStore:
                     f"Azure {where} does not exist (create it, or set "
                     "storage.azure.create_container = true)"
                 ) from None
+
+            def create() -> None:
+                # Every worker of the host (and every host) checks at start: the ones that
+                # lose the race find it made, which is what they wanted.
+                with contextlib.suppress(ResourceExistsError):
+                    self.client.create_container()
+
             try:
-                await self._call("creating the container", self.client.create_container)
+                await self._call("creating the container", create)
             except _Missing as e:
                 raise Unavailable(f"cannot create Azure {where}: {e}") from e
             log.info("created Azure %s", where)

@@ -1083,8 +1083,19 @@ class S3Store:
         kwargs: dict[str, Any] = {"Bucket": self.bucket}
         if self.settings.region and self.settings.region != "us-east-1":
             kwargs["CreateBucketConfiguration"] = {"LocationConstraint": self.settings.region}
+
+        def create() -> None:
+            # Every worker of the host (and every host) checks at start: the ones that lose
+            # the race find the bucket made. Whether these keys may use it, the listing after
+            # this says.
+            try:
+                self.client.create_bucket(**kwargs)
+            except botocore.exceptions.ClientError as e:
+                if _error_code(e)[0] not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                    raise
+
         try:
-            await self._call("creating the bucket", lambda: self.client.create_bucket(**kwargs))
+            await self._call("creating the bucket", create)
         except _Missing as e:
             raise Unavailable(f"cannot create S3 {self.settings.where}: {e}") from e
         log.info("created S3 %s", self.settings.where)

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import trio
 from azure.storage.blob import ContainerSasPermissions, generate_container_sas
 
 from appliance.config import load
@@ -213,3 +214,32 @@ async def test_redirect_urls_read_one_blob_briefly_over_https_only() -> None:
     assert datetime.timedelta(minutes=18) < left <= datetime.timedelta(minutes=21)
     off = AzureStore(AzureSettings(container="c", account_name="acct", account_key="a2V5a2V5"))
     assert await off.download_url("blobs/sha256/ab/abc/1") is None
+
+
+async def test_stores_starting_together_all_find_the_container_they_create(
+    azurite: Azurite,
+) -> None:
+    """Every worker of a host checks the store at start, with `create_container` on: those
+    that lose the race to create the container find it made, and start."""
+    name = f"berth-race-{uuid.uuid4().hex[:10]}"
+    stores = [
+        AzureStore(
+            AzureSettings(
+                container=name,
+                account_name=azurite.account,
+                account_key=azurite.key,
+                endpoint=azurite.endpoint,
+                create_container=True,
+                max_attempts=1,
+            )
+        )
+        for _ in range(6)
+    ]
+    try:
+        async with trio.open_nursery() as nursery:
+            for store in stores:
+                nursery.start_soon(store.check)
+    finally:
+        for store in stores:
+            store.close()
+    assert azurite.container(name).exists()

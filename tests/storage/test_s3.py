@@ -12,6 +12,7 @@ import uuid
 from typing import Any
 
 import pytest
+import trio
 
 from appliance.storage.s3 import S3Settings, S3Store
 from tests.storage.suite import PART, SideDoor, StoreSuite
@@ -51,3 +52,29 @@ class TestS3Store(StoreSuite):
     @pytest.fixture
     def side_door(self, seaweedfs: SeaweedFS, suite_bucket: str) -> SideDoor:
         return lambda: bucket_listing(seaweedfs.client, suite_bucket)
+
+
+async def test_stores_starting_together_all_find_the_bucket_they_create(
+    seaweedfs: SeaweedFS,
+) -> None:
+    """Every worker of a host checks the store at start, with `create_bucket` on: those that
+    lose the race to create the bucket find it made, and start."""
+    bucket = f"berth-race-{uuid.uuid4().hex[:10]}"
+    stores = [
+        S3Store(
+            S3Settings(
+                bucket=bucket,
+                endpoint=seaweedfs.endpoint,
+                region=seaweedfs.region,
+                access_key=seaweedfs.access_key,
+                secret_key=seaweedfs.secret_key,
+                create_bucket=True,
+                max_attempts=1,
+            )
+        )
+        for _ in range(6)
+    ]
+    async with trio.open_nursery() as nursery:
+        for store in stores:
+            nursery.start_soon(store.check)
+    seaweedfs.client.head_bucket(Bucket=bucket)
