@@ -28,7 +28,7 @@ from appliance.errors import (
     UploadNotFound,
 )
 from appliance.metadata.changes import StampedCache, repository_topic
-from appliance.metadata.db import Database, Tx
+from appliance.metadata.db import Database, Row, Tx
 from appliance.metadata.leader import Fence, check_fence
 from appliance.oci import mediatypes as mt
 from appliance.oci.digest import Digest
@@ -307,14 +307,7 @@ class MetadataStore:
                 {"digest": digest},
             )
             assert row is not None
-            if self.checks is not None:
-                self.checks.blob_linking(tx, repository, digest, int(row[1]))
-            tx.execute(
-                "INSERT INTO repository_blobs (repository_id, digest, created_at) "
-                "VALUES (:repo, :digest, :now) ON CONFLICT DO NOTHING",
-                {"repo": repo_id, "digest": digest, "now": now},
-            )
-            out.append(BlobRecord(*row))
+            out.append(self._link(tx, repo_id, repository, row, now))
         # A blob nobody references yet must be collected if no manifest ever does.
         enqueue_blobs(tx, [b.digest for b in out], now + self.gc_delay)
         return out
@@ -329,12 +322,12 @@ class MetadataStore:
             return []
         now = self.clock()
 
-        def stored(tx: Tx) -> list[str]:
-            return [
-                d
+        def stored(tx: Tx) -> list[Row]:
+            rows = (
+                tx.one("SELECT digest, size, storage_key FROM blobs WHERE digest = :d", {"d": d})
                 for d in wanted
-                if tx.scalar("SELECT 1 FROM blobs WHERE digest = :d", {"d": d}) is not None
-            ]
+            )
+            return [row for row in rows if row is not None]
 
         if not await self.db.read(stored):
             return []
@@ -342,29 +335,34 @@ class MetadataStore:
         def fn(tx: Tx) -> list[BlobRecord]:
             repo_id = ensure_repository(tx, repository, now)
             out = []
-            for digest in stored(tx):
-                row = tx.one(
-                    "SELECT digest, size, storage_key FROM blobs WHERE digest = :digest",
-                    {"digest": digest},
-                )
-                assert row is not None
-                if self.checks is not None:
-                    self.checks.blob_linking(tx, repository, digest, int(row[1]))
-                tx.execute(
-                    "INSERT INTO repository_blobs (repository_id, digest, created_at) "
-                    "VALUES (:repo, :digest, :now) ON CONFLICT DO NOTHING",
-                    {"repo": repo_id, "digest": digest, "now": now},
-                )
+            for row in stored(tx):
+                out.append(self._link(tx, repo_id, repository, row, now))
                 # A manifest that needs it follows: give it the whole delay, as a mount does.
-                tx.execute(
-                    "UPDATE gc_blob_queue SET review_after = :t "
-                    "WHERE digest = :digest AND review_after < :t",
-                    {"t": now + self.gc_delay, "digest": digest},
-                )
-                out.append(BlobRecord(*row))
+                self._hold_for_manifest(tx, str(row[0]), now)
             return out
 
         return await self.db.write(fn)
+
+    def _link(self, tx: Tx, repo_id: int, repository: str, row: Row, now: float) -> BlobRecord:
+        """Make the stored blob `row` (digest, size, storage key) readable by `repository`,
+        after the write checks (quotas) allow it."""
+        digest = str(row[0])
+        if self.checks is not None:
+            self.checks.blob_linking(tx, repository, digest, int(row[1]))
+        tx.execute(
+            "INSERT INTO repository_blobs (repository_id, digest, created_at) "
+            "VALUES (:repo, :digest, :now) ON CONFLICT DO NOTHING",
+            {"repo": repo_id, "digest": digest, "now": now},
+        )
+        return BlobRecord(*row)
+
+    def _hold_for_manifest(self, tx: Tx, digest: str, now: float) -> None:
+        """A linked blob's manifest is on its way: give it the whole GC delay."""
+        tx.execute(
+            "UPDATE gc_blob_queue SET review_after = :t "
+            "WHERE digest = :digest AND review_after < :t",
+            {"t": now + self.gc_delay, "digest": digest},
+        )
 
     async def mount_blob(self, repository: str, source: str, digest: str) -> BlobRecord | None:
         """Link a blob readable by `source` into `repository`; None if `source` lacks it."""
@@ -380,21 +378,10 @@ class MetadataStore:
             )
             if row is None:
                 return None
-            if self.checks is not None:
-                self.checks.blob_linking(tx, repository, digest, int(row[1]))
             repo_id = ensure_repository(tx, repository, now)
-            tx.execute(
-                "INSERT INTO repository_blobs (repository_id, digest, created_at) "
-                "VALUES (:repo, :digest, :now) ON CONFLICT DO NOTHING",
-                {"repo": repo_id, "digest": digest, "now": now},
-            )
-            # A client that mounts will push its manifest next: give it the whole delay.
-            tx.execute(
-                "UPDATE gc_blob_queue SET review_after = :t "
-                "WHERE digest = :digest AND review_after < :t",
-                {"t": now + self.gc_delay, "digest": digest},
-            )
-            return BlobRecord(*row)
+            record = self._link(tx, repo_id, repository, row, now)
+            self._hold_for_manifest(tx, digest, now)  # a mounting client pushes it next
+            return record
 
         return await self.db.write(fn)
 
