@@ -35,7 +35,6 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import quote
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
@@ -45,6 +44,7 @@ if str(REPO_ROOT) not in sys.path:
 import httpx  # noqa: E402
 
 from bench.system import machine_info  # noqa: E402
+from tests.server.helpers import push_streamed_blob  # noqa: E402
 from tests.support.servers import ADMIN_PASSWORD, berth_command, start_reference_registry  # noqa: E402
 
 MiB = 1 << 20
@@ -64,38 +64,12 @@ def _random(size: int, seed: int) -> Iterator[bytes]:
         yield chunk
 
 
-def push_blob(client: httpx.Client, repo: str, chunks: Iterator[bytes]) -> tuple[str, int]:
-    """POST, one streamed PATCH, PUT: what clients do."""
-    hasher = hashlib.sha256()
-    size = 0
-
-    def body() -> Iterator[bytes]:
-        nonlocal size
-        for chunk in chunks:
-            hasher.update(chunk)
-            size += len(chunk)
-            yield chunk
-
-    start = client.post(f"/v2/{repo}/blobs/uploads/")
-    start.raise_for_status()
-    patched = client.patch(
-        start.headers["location"],
-        content=body(),
-        headers={"content-type": "application/octet-stream"},
-    )
-    patched.raise_for_status()
-    digest = "sha256:" + hasher.hexdigest()
-    location = patched.headers["location"]  # the reference keeps its state in the query
-    separator = "&" if "?" in location else "?"
-    client.put(f"{location}{separator}digest={quote(digest)}").raise_for_status()
-    return digest, size
-
-
 def push_image(client: httpx.Client, repo: str, sizes: list[int], seed: int) -> None:
     config = json.dumps({"architecture": "amd64", "os": "linux", "seed": seed}).encode()
-    config_digest, _ = push_blob(client, repo, iter([config]))
+    config_digest, _ = push_streamed_blob(client, repo, iter([config]))
     layers = [
-        push_blob(client, repo, _random(size, seed * 10_000 + i)) for i, size in enumerate(sizes)
+        push_streamed_blob(client, repo, _random(size, seed * 10_000 + i))
+        for i, size in enumerate(sizes)
     ]
     manifest = {
         "schemaVersion": 2,

@@ -7,8 +7,9 @@ import hashlib
 import json
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 
@@ -31,6 +32,35 @@ def push_blob(client: httpx.Client, repo: str, data: bytes) -> str:
     resp = client.post(f"/v2/{repo}/blobs/uploads/", params={"digest": sha(data)}, content=data)
     assert resp.status_code == 201, resp.text
     return sha(data)
+
+
+def push_streamed_blob(client: httpx.Client, repo: str, chunks: Iterator[bytes]) -> tuple[str, int]:
+    """POST, one streamed PATCH, PUT, as clients push a large layer (to Berth or to the
+    reference registry, which keeps its upload state in the location's query); returns the
+    digest and size of what was sent."""
+    hasher = hashlib.sha256()
+    size = 0
+
+    def body() -> Iterator[bytes]:
+        nonlocal size
+        for chunk in chunks:
+            hasher.update(chunk)
+            size += len(chunk)
+            yield chunk
+
+    start = client.post(f"/v2/{repo}/blobs/uploads/")
+    start.raise_for_status()
+    patched = client.patch(
+        start.headers["location"],
+        content=body(),
+        headers={"content-type": "application/octet-stream"},
+    )
+    patched.raise_for_status()
+    digest = "sha256:" + hasher.hexdigest()
+    location = patched.headers["location"]
+    separator = "&" if "?" in location else "?"
+    client.put(f"{location}{separator}digest={quote(digest)}").raise_for_status()
+    return digest, size
 
 
 def one_layer_manifest(config: bytes, layer: bytes) -> bytes:

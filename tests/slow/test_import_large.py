@@ -10,12 +10,12 @@ import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import quote
 
 import httpx
 import pytest
 
 from tests.importer.conftest import berth_env, tags_in
+from tests.server.helpers import push_streamed_blob
 from tests.slow.test_large_blobs import GIB, _RssSampler
 from tests.support.servers import berth_command, start_reference_registry
 
@@ -29,28 +29,6 @@ def _chunks(size: int) -> Iterator[bytes]:
     block = os.urandom(MIB)
     for i in range(size // MIB):
         yield i.to_bytes(8, "big") + block[8:]
-
-
-def _push_blob(client: httpx.Client, repo: str, chunks: Iterator[bytes]) -> tuple[str, int]:
-    hasher = hashlib.sha256()
-    size = 0
-
-    def body() -> Iterator[bytes]:
-        nonlocal size
-        for chunk in chunks:
-            hasher.update(chunk)
-            size += len(chunk)
-            yield chunk
-
-    start = client.post(f"/v2/{repo}/blobs/uploads/")
-    start.raise_for_status()
-    patched = client.patch(start.headers["location"], content=body())
-    patched.raise_for_status()
-    digest = "sha256:" + hasher.hexdigest()
-    location = patched.headers["location"]
-    separator = "&" if "?" in location else "?"
-    client.put(f"{location}{separator}digest={quote(digest)}").raise_for_status()
-    return digest, size
 
 
 def _import(data: Path, *args: str) -> tuple[dict[str, object], int]:
@@ -76,8 +54,8 @@ def test_a_large_layer_imported_three_ways(tmp_path: Path) -> None:
     try:
         with httpx.Client(base_url=registry.url, timeout=1800) as client:
             config = b'{"architecture":"amd64","os":"linux"}'
-            config_digest, _ = _push_blob(client, "big/image", iter([config]))
-            layer, size = _push_blob(client, "big/image", _chunks(GIB))
+            config_digest, _ = push_streamed_blob(client, "big/image", iter([config]))
+            layer, size = push_streamed_blob(client, "big/image", _chunks(GIB))
             manifest = {
                 "schemaVersion": 2,
                 "mediaType": OCI_MANIFEST,
