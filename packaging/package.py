@@ -84,6 +84,8 @@ def stage(root: Path, executable: Path) -> None:
     doc = root / "usr/share/doc/berth"
     doc.mkdir(parents=True)
     shutil.copy2(ROOT / "README.md", doc / "README.md")
+    # The manual: README.md is its front door and links into docs/, kept beside it.
+    shutil.copytree(ROOT / "docs", doc / "docs")
     shutil.copy2(ROOT / "CHANGELOG.md", doc / "CHANGELOG.md")
 
 
@@ -196,6 +198,7 @@ if [ "$1" = 0 ]; then
 %config(noreplace) %attr(0640,root,berth) /etc/berth/berth.toml
 /usr/lib/systemd/system/berth.service
 %doc /usr/share/doc/berth/README.md
+%doc /usr/share/doc/berth/docs
 %doc /usr/share/doc/berth/CHANGELOG.md
 %dir %attr(0750,berth,berth) /var/opt/berth
 %dir %attr(0750,berth,berth) /var/log/berth

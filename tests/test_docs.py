@@ -1,7 +1,9 @@
-"""The documentation covers what the code declares: every setting and every command."""
+"""The documentation covers what the code declares: every setting (its row in the settings
+table of docs/configuration.md) and every command (somewhere in README.md or docs/)."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import click
@@ -10,18 +12,28 @@ import pytest
 from appliance.cli import main
 from appliance.config import SETTINGS
 
-README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+ROOT = Path(__file__).resolve().parents[1]
+SETTINGS_TABLE = (ROOT / "docs" / "configuration.md").read_text()
+MANUAL = "\n".join(
+    path.read_text() for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+)
 
 
 @pytest.mark.parametrize("setting", SETTINGS, ids=lambda s: s.key)
 def test_every_setting_is_documented(setting):
-    row = next((line for line in README.splitlines() if f"| `{setting.key}` |" in line), None)
-    assert row is not None, f"{setting.key} is missing from the README's settings table"
+    row = next(
+        (line for line in SETTINGS_TABLE.splitlines() if f"| `{setting.key}` |" in line), None
+    )
+    assert row is not None, (
+        f"{setting.key} is missing from the settings table (docs/configuration.md)"
+    )
     assert f"`{setting.env}`" in row
     assert setting.help in row
     if setting.choices:  # the words the table allows, as the table has them
         allowed = "Allowed: " + ", ".join(f"`{word}`" for word in setting.choices) + "."
-        assert allowed in row, f"{setting.key}: its README row should say {allowed}"
+        assert allowed in row, (
+            f"{setting.key}: its row in docs/configuration.md should say {allowed}"
+        )
 
 
 def _commands(group: click.Group, prefix: str = "berth") -> list[str]:
@@ -51,4 +63,37 @@ def test_every_command_is_listed():
 
 @pytest.mark.parametrize("command", _commands(main))
 def test_every_command_is_documented(command):
-    assert command in README, f"`{command}` is not in the README"
+    assert command in MANUAL, f"`{command}` is in neither README.md nor docs/"
+
+
+def _anchors(markdown: str) -> set[str]:
+    """The anchors a Markdown renderer gives the headings (lower case, punctuation dropped,
+    spaces as hyphens), outside code blocks."""
+    anchors, fenced = set(), False
+    for line in markdown.splitlines():
+        if line.startswith("```"):
+            fenced = not fenced
+        elif not fenced and line.startswith("#"):
+            title = line.lstrip("#").strip().lower()
+            anchors.add(re.sub(r"[^\w\- ]", "", title).replace(" ", "-"))
+    return anchors
+
+
+MANUAL_PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+LINK = re.compile(r"\]\(([^)\s]+)\)")
+
+
+@pytest.mark.parametrize("page", MANUAL_PAGES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_link_between_the_pages_leads_somewhere(page):
+    """A relative link names a file that exists and, with `#anchor`, a heading it has: the
+    manual moved from README.md to docs/, and links are what breaks when text moves."""
+    broken = []
+    for target in LINK.findall(page.read_text()):
+        if re.match(r"[a-z]+:", target):  # http:, https:, mailto:
+            continue
+        path, _, anchor = target.partition("#")
+        file = (page.parent / path).resolve() if path else page
+        checks_anchor = bool(anchor) and file.suffix == ".md"
+        if not file.exists() or (checks_anchor and anchor not in _anchors(file.read_text())):
+            broken.append(target)
+    assert broken == [], f"{page.name}: links leading nowhere: {broken}"

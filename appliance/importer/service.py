@@ -13,7 +13,7 @@ queue the collector's reviews, check quotas and immutable-tag rules, and record 
 and webhook event of each push. The actor is `import` (`ops/context.py`), and each manifest is
 `pushed_by` `import`.
 
-Decisions (README, "Moving in from another registry"):
+Decisions (docs/importing.md, "Moving in from another registry"):
 
 * **Blobs.** A blob Berth stores already (for any repository) is only recorded as readable by
   the new one. A file on the same file system as a filesystem store is hard-linked (no byte

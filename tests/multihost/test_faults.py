@@ -79,7 +79,7 @@ def faulty(tmp_path_factory: pytest.TempPathFactory, seaweedfs: SeaweedFS) -> It
 
 @pytest.fixture(scope="module")
 def haproxy(faulty: Faulty, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Balancer]:
-    """HAProxy with the README's example configuration in front of the same two hosts."""
+    """HAProxy with docs/scaling.md's example configuration in front of the same two hosts."""
     balancer = start_haproxy(tmp_path_factory.mktemp("haproxy"), faulty.cluster.hosts, free_port())
     try:
         yield balancer

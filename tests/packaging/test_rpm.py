@@ -33,6 +33,10 @@ def test_rpm_files(rpm_file: Path):
         "/usr/lib/systemd/system/berth.service",
         "/var/opt/berth",
         "/var/log/berth",
+        # The manual: the front door and its pages, linked from it by relative paths.
+        "/usr/share/doc/berth/README.md",
+        "/usr/share/doc/berth/docs/configuration.md",
+        "/usr/share/doc/berth/docs/identity.md",
     ):
         assert path in listing, path
     dump = rpm_q(rpm_file, "--dump")

@@ -295,12 +295,12 @@ def leaders(host: Host) -> list[int]:
     return [int(generation) for generation, _ in LEADING.findall(host.log())]
 
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+SCALING = Path(__file__).resolve().parents[2] / "docs" / "scaling.md"
 
 
 @dataclass
 class Balancer:
-    """HAProxy in front of the hosts, with the README's example configuration."""
+    """HAProxy in front of the hosts, with the manual's example configuration (docs/scaling.md)."""
 
     url: str
     proc: subprocess.Popen[bytes]
@@ -317,9 +317,9 @@ class Balancer:
 
 
 def haproxy_config(hosts: list[Host], port: int, pem: Path) -> str:
-    """The README's HAProxy example, bound to loopback `port`, with `pem` and `hosts`."""
-    found = re.search(r"HAProxy, with active checks.*?```\n(.*?)```", README.read_text(), re.S)
-    assert found is not None, "the README has no HAProxy example"
+    """The HAProxy example of docs/scaling.md, bound to loopback `port`, with `pem` and `hosts`."""
+    found = re.search(r"HAProxy, with active checks.*?```\n(.*?)```", SCALING.read_text(), re.S)
+    assert found is not None, "docs/scaling.md has no HAProxy example"
     text = found.group(1)
     text = text.replace(
         "bind :443 ssl crt /etc/haproxy/registry.pem", f"bind 127.0.0.1:{port} ssl crt {pem}"
