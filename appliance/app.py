@@ -55,32 +55,22 @@ def create_app(
     web = create_web_app()
     # Quart's routes (console, /api/v1) take small bodies: the same read timeout, in total.
     web.config["BODY_TIMEOUT"] = config["server.read_timeout"]
-    from appliance.api.manage import register_management_api  # noqa: PLC0415
+    from appliance.api import manage  # noqa: PLC0415 (/api/v1)
 
-    route = register_management_api(web, access)
-    from appliance.scan.api import register_scan_api  # noqa: PLC0415
-
-    register_scan_api(route, access)
-    from appliance.api import citrust as citrust_api  # noqa: PLC0415 (CI trust rules)
-
-    citrust_api.register(route, access)
-    if lifecycle is not None:  # usage, quotas, immutable tags, cleanup policies
-        from appliance.lifecycle.api import register as register_lifecycle  # noqa: PLC0415
-
-        register_lifecycle(route, lifecycle)
+    manage.register(
+        web,
+        access,
+        lifecycle_service=lifecycle,
+        backup_service=backups,
+        allow_private_webhooks=config["webhooks.allow_private_targets"],
+    )
     from appliance.console import register_console  # noqa: PLC0415
 
     console = register_console(web, registry, access, config, access.clock)
     if lifecycle is not None:  # the console's storage pages (appliance/console/pages/storage.py)
         console.extras["lifecycle"] = lifecycle
-    if backups is not None:  # backups: the management API's routes and the console's page
-        from appliance.backup.api import register as register_backups  # noqa: PLC0415
-
-        register_backups(route, backups)
+    if backups is not None:  # the console's backup page (appliance/console/pages/backups.py)
         console.extras["backups"] = backups
-    from appliance.ops import api as ops_api  # noqa: PLC0415 (audit log, webhooks)
-
-    ops_api.register(route, access.db, allow_private=config["webhooks.allow_private_targets"])
     if ops is not None:
         ops.register_web(web)
 

@@ -1,9 +1,9 @@
 """Import rules of appliance/, read from the source (the AST), not by importing it.
 
 1. Only the edges import click or Quart: the command line (appliance/cli/ and `berth ctl` in
-   omnibus/), the APIs (appliance/api/ and the features'
-   `api.py`) and the console. Imports inside functions count too: a domain module that needs
-   Quart for one function is still tied to the web layer.
+   omnibus/), the APIs (appliance/api/, the management API in api/manage/ included) and the
+   console. A feature package holds no web module of its own. Imports inside functions count
+   too: a domain module that needs Quart for one function is still tied to the web layer.
 2. No import cycles among appliance modules at module level. Imports inside functions (and
    under `if TYPE_CHECKING:`) run later, once every module is loaded, so they are not edges.
 
@@ -160,11 +160,7 @@ def cycles(edges: dict[str, set[str]]) -> list[frozenset[str]]:
 
 
 def is_edge(name: str) -> bool:
-    return (
-        any(name == p or name.startswith(p + ".") for p in EDGE_PACKAGES)
-        or name in EDGE_MODULES
-        or name.rpartition(".")[2] == "api"
-    )
+    return any(name == p or name.startswith(p + ".") for p in EDGE_PACKAGES) or name in EDGE_MODULES
 
 
 def test_only_the_edges_import_click_or_quart() -> None:

@@ -1,20 +1,21 @@
 """Untrusted values of management requests: JSON bodies, their fields, and numeric ids.
 
-Every `/api/v1` body goes through `decode_object` (read by `api.manage.json_body`): it must be
-sent as `application/json` (else UnsupportedMediaType, a 415), be at most MAX_BODY bytes
-(BodyTooLarge, a 413), nest at most MAX_DEPTH deep, hold no NaN, Infinity or number too large
-for a float, and be an object (InvalidInput, a 400). Its fields are then taken with the typed
+Every `/api/v1` body goes through `decode_object` (read by `api.manage.reply.json_body`): it
+must be sent as `application/json` (else UnsupportedMediaType, a 415), be at most MAX_BODY
+bytes (BodyTooLarge, a 413), nest at most MAX_DEPTH deep, hold no NaN, Infinity or number too
+large for a float, and be an object (InvalidInput, a 400). Its fields are then taken with the typed
 getters below, which name the field and the type wanted: a value of the wrong type is a 400,
 never a Python exception (`float([1])`) turned into a 500 or into its own text.
 
 `path_id` bounds numeric ids in paths and forms to what the database holds (64 bits): any other
-text names nothing. Nothing here does I/O.
+text names nothing; `parse_time` reads a time filter. Nothing here does I/O.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from datetime import UTC, datetime
 from typing import Any
 
 from appliance.errors import BodyTooLarge, InvalidInput, UnsupportedMediaType
@@ -176,6 +177,29 @@ def path_id(text: str) -> int | None:
     return value if 0 < value <= MAX_ID else None
 
 
+def parse_time(text: str | None) -> float | None:
+    """A time filter: seconds since the epoch, or an ISO 8601 date or time (UTC if no zone)."""
+    if text is None or text == "":
+        return None
+    try:
+        seconds = float(text)
+    except ValueError:
+        pass
+    else:
+        if not math.isfinite(seconds):
+            raise InvalidInput(f"not a time: {text[:50]!r}")
+        return seconds
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise InvalidInput(
+            f"not a time: {text[:50]!r} (use seconds since the epoch or ISO 8601)"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
 __all__ = [
     "MAX_BODY",
     "MAX_DEPTH",
@@ -185,6 +209,7 @@ __all__ = [
     "flag",
     "mapping",
     "number",
+    "parse_time",
     "path_id",
     "required_text",
     "string_map",

@@ -3,7 +3,7 @@
 `AccessControl` ties together the stores (`metadata.identity`), passwords (argon2id), hashed
 tokens (HMAC), the JWT signer and verifier, LDAP, CI identity tokens (`auth/citrust.py`:
 `docker login -u oidc -p "$ID_TOKEN"`) and the sign-in throttle. The HTTP layers
-(`api/guard.py`, `api/token.py`, `api/manage.py`) call it; it knows nothing of HTTP.
+(`api/guard.py`, `api/token.py`, `api/manage/`) call it; it knows nothing of HTTP.
 
 Every registry JWT names the credential that minted it (`auth/credentials.py`), and every
 request re-checks that credential and intersects the token's grant with the holder's rights

@@ -26,7 +26,7 @@ def since_value(text: str | None, now: float) -> float | None:
     unit = _DURATION.get(text[-1:])
     if unit is not None and text[:-1].replace(".", "", 1).isdigit():
         return now - float(text[:-1]) * unit
-    from appliance.ops.api import parse_time  # noqa: PLC0415 (it brings Quart: keep CLI start fast)
+    from appliance.api.inputs import parse_time  # noqa: PLC0415 (what /api/v1/audit reads too)
 
     try:
         return parse_time(text)

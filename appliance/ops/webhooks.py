@@ -397,6 +397,33 @@ def namespace_endpoints(tx: Tx, namespace: str | None = None) -> list[Endpoint]:
     return [Endpoint(f"ns:{r[0]}", r[1], r[2], parse_actions(r[3]), r[4], int(r[0])) for r in rows]
 
 
+def endpoint_listing(tx: Tx, namespace: str) -> list[dict[str, Any]]:
+    """The namespace's endpoints as the management API lists them: the URL redacted, and each
+    one's delivery state (how far delivered, failures, next attempt, last error)."""
+    cursors = {
+        r[0]: r[1:]
+        for r in tx.execute(
+            "SELECT endpoint, last_event_id, failures, next_attempt_at, last_error "
+            "FROM webhook_cursors"
+        )
+    }
+    out = []
+    for e in namespace_endpoints(tx, namespace):
+        state = cursors.get(e.key)
+        out.append(
+            {
+                "id": e.id,
+                "url": redact_url(e.url),
+                "actions": ",".join(sorted(e.actions)),
+                "delivered_through": state[0] if state else None,
+                "failures": state[1] if state else 0,
+                "next_attempt_at": state[2] if state else None,
+                "last_error": state[3] if state else None,
+            }
+        )
+    return out
+
+
 def add_endpoint(
     tx: Tx, actor: str, namespace: str, url: str, *, actions: str, secret: str | None = None
 ) -> tuple[int, str]:

@@ -1,4 +1,5 @@
-"""Pull policy per namespace, and the gate the manifest GET path asks.
+"""Pull policy per namespace: its records (each change audited) and the gate the manifest GET
+path asks.
 
 A namespace's policy refuses pulls of images with a finding at or above `block_severity`,
 except for advisories on its allow-list, each until its own expiry. Images without a report
@@ -24,11 +25,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from appliance.errors import Denied
+from appliance.errors import Denied, InvalidInput
+from appliance.metadata import identity
 from appliance.metadata.db import Database, Tx
 from appliance.oci import mediatypes as mt
 from appliance.oci.names import namespace_of
-from appliance.scan.matching import RANK
+from appliance.ops import audit
+from appliance.scan import vulndb
+from appliance.scan.matching import RANK, SEVERITIES
 from appliance.scan.vulndb import SCAN_TOPIC
 
 UNSCANNED = ("default", "allow", "deny")
@@ -87,6 +91,103 @@ def load_policies(tx: Tx) -> dict[str, Policy]:
             "SELECT namespace, block_severity, unscanned FROM scan_policies"
         )
     }
+
+
+def policy_of(tx: Tx, namespace: str) -> Policy | None:
+    """The namespace's policy with its exceptions; None when it has none."""
+    return load_policies(tx).get(namespace)
+
+
+def set_policy(  # noqa: PLR0917 (one per field)
+    tx: Tx, actor: str, namespace: str, block_severity: str, unscanned: str, now: float
+) -> None:
+    """Create or change a namespace's policy (audited). Raises InvalidInput for bad values."""
+    if block_severity.lower() not in SEVERITIES:
+        raise InvalidInput(f"block_severity must be one of {', '.join(SEVERITIES)}")
+    if unscanned not in UNSCANNED:
+        raise InvalidInput(f"unscanned must be one of {', '.join(UNSCANNED)}")
+    identity.require_namespace(tx, namespace)
+    tx.execute(
+        "INSERT INTO scan_policies (namespace, block_severity, unscanned, updated_at) "
+        "VALUES (:ns, :sev, :u, :now) ON CONFLICT (namespace) DO UPDATE SET "
+        "block_severity = excluded.block_severity, unscanned = excluded.unscanned, "
+        "updated_at = excluded.updated_at",
+        {"ns": namespace, "sev": block_severity.lower(), "u": unscanned, "now": now},
+    )
+    audit.record(
+        tx,
+        actor,
+        "scan.policy.set",
+        namespace,
+        at=now,
+        block_severity=block_severity.lower(),
+        unscanned=unscanned,
+    )
+    vulndb.bump_generation(tx)
+
+
+def delete_policy(tx: Tx, actor: str, namespace: str, now: float) -> bool:
+    gone = tx.execute(
+        "DELETE FROM scan_policies WHERE namespace = :ns RETURNING namespace", {"ns": namespace}
+    )
+    if gone:
+        audit.record(tx, actor, "scan.policy.delete", namespace, at=now)
+        vulndb.bump_generation(tx)
+    return bool(gone)
+
+
+def set_exception(  # noqa: PLR0917 (one per field)
+    tx: Tx,
+    actor: str,
+    namespace: str,
+    advisory_id: str,
+    expires_at: float | None,
+    reason: str,
+    now: float,
+) -> None:
+    """Accept `advisory_id` in `namespace` until `expires_at` (audited)."""
+    if not advisory_id or len(advisory_id) > 200:
+        raise InvalidInput("an advisory id is required (at most 200 characters)")
+    if expires_at is not None and expires_at <= now:
+        raise InvalidInput("expires_at is in the past")
+    if tx.scalar("SELECT 1 FROM scan_policies WHERE namespace = :ns", {"ns": namespace}) is None:
+        raise InvalidInput(f"namespace {namespace} has no vulnerability policy")
+    tx.execute(
+        "INSERT INTO scan_exceptions (namespace, advisory_id, expires_at, reason, created_at, "
+        "created_by) VALUES (:ns, :a, :e, :r, :now, :by) ON CONFLICT (namespace, advisory_id) "
+        "DO UPDATE SET expires_at = excluded.expires_at, reason = excluded.reason, "
+        "created_at = excluded.created_at, created_by = excluded.created_by",
+        {
+            "ns": namespace,
+            "a": advisory_id,
+            "e": expires_at,
+            "r": reason[:500],
+            "now": now,
+            "by": actor,
+        },
+    )
+    audit.record(
+        tx,
+        actor,
+        "scan.exception.set",
+        f"{namespace}:{advisory_id}",
+        at=now,
+        expires_at=expires_at,
+        reason=reason[:500],
+    )
+    vulndb.bump_generation(tx)
+
+
+def delete_exception(tx: Tx, actor: str, namespace: str, advisory_id: str, now: float) -> bool:
+    gone = tx.execute(
+        "DELETE FROM scan_exceptions WHERE namespace = :ns AND advisory_id = :a "
+        "RETURNING advisory_id",
+        {"ns": namespace, "a": advisory_id},
+    )
+    if gone:
+        audit.record(tx, actor, "scan.exception.delete", f"{namespace}:{advisory_id}", at=now)
+        vulndb.bump_generation(tx)
+    return bool(gone)
 
 
 def generation(tx: Tx) -> int:

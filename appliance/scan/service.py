@@ -268,6 +268,20 @@ def _notify(tx: Tx, digest: str, findings: list[Finding]) -> None:
         )
 
 
+def report_in(tx: Tx, repository: str, digest: str) -> tuple[bool, Report | None]:
+    """(whether `repository` holds manifest `digest`, its report if scanned). Reports are kept
+    per digest: without the first check a caller could read any namespace's report by naming
+    a repository of their own."""
+    held = tx.scalar(
+        "SELECT 1 FROM manifests m JOIN repositories r ON r.id = m.repository_id "
+        "WHERE r.name = :name AND m.digest = :digest",
+        {"name": repository, "digest": digest},
+    )
+    if held is None:
+        return False, None
+    return True, read_report(tx, digest)
+
+
 def read_report(tx: Tx, digest: str) -> Report | None:
     row = tx.one(
         "SELECT digest, status, error, packages, scanned_at, vulndb_version, sbom_digest "

@@ -211,7 +211,7 @@ MATRIX: list[tuple[str, str, Any, tuple[int, ...]]] = [
         {"name": "t", "scopes": ["read_registry"]},
         (401, 201, 201, 201, 201, 201, 201, 403, 403, 403, 403),
     ),
-    # backups (appliance/backup/api.py): instance admins only; no backup by that id is a 404
+    # backups (api/manage/backups.py): instance admins only; no backup by that id is a 404
     ("GET", "/api/v1/backups", None, (401, 403, 403, 403, 403, 403, 200, 403, 403, 403, 403)),
     (
         "POST",
@@ -243,7 +243,8 @@ MATRIX: list[tuple[str, str, Any, tuple[int, ...]]] = [
         {"dry_run": True},
         (401, 403, 403, 403, 403, 403, 200, 403, 403, 403, 403),
     ),
-    # operations (appliance/ops/api.py): the audit log for admins, webhooks for maintainers
+    # operations (api/manage/audit.py, webhooks.py): the audit log for admins, webhooks for
+    # maintainers
     ("GET", "/api/v1/audit", None, (401, 403, 403, 403, 403, 403, 200, 403, 403, 403, 403)),
     (
         "GET",
@@ -275,7 +276,7 @@ MATRIX: list[tuple[str, str, Any, tuple[int, ...]]] = [
         None,
         (401, 403, 403, 403, 404, 404, 404, 403, 403, 403, 403),
     ),
-    # CI trust rules (appliance/api/citrust.py): for maintainers; GitHub's issuer is one they
+    # CI trust rules (api/manage/citrust.py): for maintainers; GitHub's issuer is one they
     # may name (ci_trust.issuers)
     (
         "GET",
@@ -312,7 +313,7 @@ MATRIX: list[tuple[str, str, Any, tuple[int, ...]]] = [
         {"token": "not-a-token"},
         (401, 403, 403, 403, 200, 200, 200, 403, 403, 403, 403),
     ),
-    # vulnerability scanning (appliance/scan/api.py): nothing is scanned or set up here, so an
+    # vulnerability scanning (api/manage/scanning.py): nothing is scanned or set up here, so an
     # allowed read of a report or policy is a 404
     ("GET", "/api/v1/vulndb", None, (401, 200, 200, 200, 200, 200, 200, 403, 403, 403, 200)),
     (

@@ -23,7 +23,7 @@ from appliance.lifecycle.rules import Rules
 from appliance.metadata import identity
 from appliance.metadata.db import Database, Options, open_database
 from appliance.ops import webhooks
-from appliance.scan import api as scan_api
+from appliance.scan import policy as scan_policy
 from appliance.scan.policy import PullGate
 from tests.support.postgres import migrated
 
@@ -96,13 +96,13 @@ async def test_scan_pull_policies(hosts: tuple[Database, Database]) -> None:
     here, there = hosts
     gate = PullGate(there, clock)
     assert await gate._current() == {}
-    await here.write(lambda tx: scan_api.set_policy(tx, "admin", "team", "high", "deny", NOW))
+    await here.write(lambda tx: scan_policy.set_policy(tx, "admin", "team", "high", "deny", NOW))
 
     async def has_policy() -> bool:
         return "team" in await gate._current()
 
     await seen_within("a new pull policy", has_policy, 1.0)
-    await here.write(lambda tx: scan_api.delete_policy(tx, "admin", "team", NOW))
+    await here.write(lambda tx: scan_policy.delete_policy(tx, "admin", "team", NOW))
 
     async def no_policy() -> bool:
         return "team" not in await gate._current()

@@ -15,7 +15,7 @@ from appliance.metadata.db import Tx
 from appliance.oci import mediatypes as mt
 from appliance.oci.digest import is_digest
 from appliance.oci.names import validate_name
-from appliance.scan import api as scan_api
+from appliance.scan import policy as pull_policy
 from appliance.scan import vulndb
 from appliance.scan.matching import SEVERITIES
 from appliance.scan.policy import UNSCANNED, invalidate, load_policies
@@ -78,12 +78,12 @@ async def scan_policy(ctx: PageContext, ns: str) -> Response:
                 unscanned = form.get("unscanned", "default")
 
                 def set_it(tx: Tx) -> None:
-                    scan_api.set_policy(tx, actor, ns, severity, unscanned, now)
+                    pull_policy.set_policy(tx, actor, ns, severity, unscanned, now)
 
                 await ctx.change(set_it)
                 notice = "Policy saved."
             elif action == "remove":
-                await ctx.change(lambda tx: scan_api.delete_policy(tx, actor, ns, now))
+                await ctx.change(lambda tx: pull_policy.delete_policy(tx, actor, ns, now))
                 notice = "Policy removed."
             elif action == "except":
                 advisory = form.get("advisory", "").strip()
@@ -91,13 +91,15 @@ async def scan_policy(ctx: PageContext, ns: str) -> Response:
                 reason = form.get("reason", "")
 
                 def add(tx: Tx) -> None:
-                    scan_api.set_exception(tx, actor, ns, advisory, expires, reason, now)
+                    pull_policy.set_exception(tx, actor, ns, advisory, expires, reason, now)
 
                 await ctx.change(add)
                 notice = f"{advisory} is accepted in {ns}."
             elif action == "unexcept":
                 advisory = form.get("advisory", "")
-                await ctx.change(lambda tx: scan_api.delete_exception(tx, actor, ns, advisory, now))
+                await ctx.change(
+                    lambda tx: pull_policy.delete_exception(tx, actor, ns, advisory, now)
+                )
                 notice = f"{advisory} is no longer accepted."
             else:
                 raise BadRequest("unknown action")
