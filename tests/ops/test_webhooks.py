@@ -119,6 +119,9 @@ async def test_namespace_endpoints_get_only_their_namespace(
             assert "secret" not in listed[0]
             log = await dana.get(f"/api/v1/namespaces/dana/webhooks/{hook['id']}/deliveries")
             assert [d["status"] for d in log.json()] == [200]
+            # The id names the webhook however it is written (leading zeros included).
+            padded = await dana.get(f"/api/v1/namespaces/dana/webhooks/0{hook['id']}/deliveries")
+            assert padded.json() == log.json()
             gone = await dana.delete(f"/api/v1/namespaces/dana/webhooks/{hook['id']}")
             assert gone.status_code == 200
             assert (await dana.get("/api/v1/namespaces/dana/webhooks")).json() == []

@@ -99,7 +99,7 @@ async def webhook_deliveries(hooks: Webhooks, who: Principal, ns: str, webhook_i
     def fn(tx: Tx) -> list[dict[str, Any]] | None:
         if not any(e.id == number for e in webhooks.namespace_endpoints(tx, ns)):
             return None
-        return webhooks.deliveries(tx, f"ns:{webhook_id}")
+        return webhooks.deliveries(tx, f"ns:{number}")
 
     found = await hooks.db.read(fn)
     if found is None:

@@ -1,6 +1,6 @@
 """Who may do what: namespaces (members, visibility, robots), personal access tokens, users,
 and the audit log. Every change goes through `auth.accounts`, which audits it in its
-transaction; rights are those of the management API (`api/manage.py`)."""
+transaction; rights are those of the management API (`appliance/api/manage/`)."""
 
 from __future__ import annotations
 
