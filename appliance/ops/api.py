@@ -18,8 +18,18 @@ from appliance.api import inputs
 from appliance.api.manage import RouteDecorator, _error, _json, json_body
 from appliance.auth.policy import Principal, may_manage
 from appliance.errors import InvalidInput
+from appliance.metadata import audit
 from appliance.metadata.db import Database, Tx
-from appliance.ops import audit, webhooks
+from appliance.metadata.events import ACTIONS
+from appliance.webhooks.endpoints import (
+    add_endpoint,
+    check_url,
+    namespace_endpoints,
+    private_target,
+    redact_url,
+    remove_endpoint,
+)
+from appliance.webhooks.records import deliveries
 
 S = {"type": "string"}
 MAX_PAGE = 1000
@@ -98,15 +108,15 @@ def register(route: RouteDecorator, db: Database, *, allow_private: bool = False
             return _error(403, "you may not do this")
         data = await json_body()
         inputs.required_text(data, "url")
-        actions = inputs.text(data, "actions") or ",".join(webhooks.ACTIONS)
+        actions = inputs.text(data, "actions") or ",".join(ACTIONS)
         secret = inputs.text(data, "secret")
-        webhooks.check_url(data["url"])
+        check_url(data["url"])
         if not allow_private:
-            refused = await trio.to_thread.run_sync(webhooks.private_target, data["url"])
+            refused = await trio.to_thread.run_sync(private_target, data["url"])
             if refused is not None:
                 return _error(400, f"{refused}: not allowed as a webhook target")
         endpoint_id, key = await db.write(
-            lambda tx: webhooks.add_endpoint(
+            lambda tx: add_endpoint(
                 tx,
                 who.actor,
                 ns,
@@ -126,7 +136,7 @@ def register(route: RouteDecorator, db: Database, *, allow_private: bool = False
         number = inputs.path_id(webhook_id)
         if number is None:
             return _error(404, "no such webhook")
-        await db.write(lambda tx: webhooks.remove_endpoint(tx, who.actor, ns, number))
+        await db.write(lambda tx: remove_endpoint(tx, who.actor, ns, number))
         return _json({})
 
     @route(
@@ -142,9 +152,9 @@ def register(route: RouteDecorator, db: Database, *, allow_private: bool = False
             return _error(404, "no such webhook")
 
         def fn(tx: Tx) -> list[dict[str, Any]] | None:
-            if not any(e.id == number for e in webhooks.namespace_endpoints(tx, ns)):
+            if not any(e.id == number for e in namespace_endpoints(tx, ns)):
                 return None
-            return webhooks.deliveries(tx, f"ns:{webhook_id}")
+            return deliveries(tx, f"ns:{webhook_id}")
 
         found = await db.read(fn)
         if found is None:
@@ -155,7 +165,7 @@ def register(route: RouteDecorator, db: Database, *, allow_private: bool = False
     async def all_deliveries(who: Principal) -> Response:
         if not who.admin:
             return _error(403, "only admins read every delivery log")
-        return _json(await db.read(webhooks.deliveries))
+        return _json(await db.read(deliveries))
 
 
 def _endpoints(tx: Tx, namespace: str) -> list[dict[str, Any]]:
@@ -167,12 +177,12 @@ def _endpoints(tx: Tx, namespace: str) -> list[dict[str, Any]]:
         )
     }
     out = []
-    for e in webhooks.namespace_endpoints(tx, namespace):
+    for e in namespace_endpoints(tx, namespace):
         state = cursors.get(e.key)
         out.append(
             {
                 "id": e.id,
-                "url": webhooks.redact_url(e.url),
+                "url": redact_url(e.url),
                 "actions": ",".join(sorted(e.actions)),
                 "delivered_through": state[0] if state else None,
                 "failures": state[1] if state else 0,

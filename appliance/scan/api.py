@@ -13,10 +13,9 @@ from appliance.api.manage import RouteDecorator, json_body
 from appliance.auth.policy import Principal, may_manage
 from appliance.auth.service import AccessControl
 from appliance.errors import InvalidInput, InvalidName
-from appliance.metadata import identity
+from appliance.metadata import audit, identity
 from appliance.metadata.db import Tx
 from appliance.oci.names import namespace_of, validate_name
-from appliance.ops import audit
 from appliance.scan import vulndb
 from appliance.scan.matching import SEVERITIES
 from appliance.scan.policy import UNSCANNED, Policy, invalidate, load_policies
