@@ -10,6 +10,7 @@ from quart_trio import QuartTrio
 
 from appliance.api.asgi import ASGIApp, Pace, Receive, Scope, Send
 from appliance.api.guard import Guard
+from appliance.api.middleware import label_routes
 from appliance.api.token import TokenEndpoint
 from appliance.api.v2 import RegistryAPI
 from appliance.auth.service import AccessControl
@@ -17,7 +18,7 @@ from appliance.backup.service import BackupService
 from appliance.config import Config
 from appliance.config import load as load_config
 from appliance.lifecycle import Lifecycle
-from appliance.ops.service import Operations
+from appliance.operations import Operations
 from appliance.proxy.service import PullThrough
 from appliance.registry import Registry
 
@@ -72,7 +73,7 @@ def create_app(
     if backups is not None:  # the console's backup page (appliance/console/pages/backups.py)
         console.extras["backups"] = backups
     if ops is not None:
-        ops.register_web(web)
+        label_routes(web)
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":

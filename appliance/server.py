@@ -39,10 +39,10 @@ from appliance.lifecycle import Lifecycle
 from appliance.metadata.db import Database, open_metadata
 from appliance.metadata.leader import leader_lock
 from appliance.metadata.store import MetadataStore
-from appliance.ops.jobs import Job, Scheduler, run_jobs
-from appliance.ops.service import Operations
+from appliance.operations import Operations
 from appliance.proxy.service import PullThrough, open_proxy
 from appliance.registry import Registry
+from appliance.runtime.jobs import Job, Scheduler, run_jobs
 from appliance.scan.service import Scanner, open_scanner
 from appliance.storage import open_store
 
@@ -133,7 +133,7 @@ class Services:
     registry: Registry
     access: AccessControl
     proxy: PullThrough | None = None  # proxy namespaces' pull-through cache (proxy.upstreams)
-    ops: Operations | None = None  # metrics, health, rate limits, webhooks (ops/service.py)
+    ops: Operations | None = None  # metrics, health, rate limits, webhooks (operations.py)
     lifecycle: Lifecycle | None = None  # gc, cleanup policies, immutable tags, quotas
     scanner: Scanner | None = None  # SBOMs, advisories, the pull policy (scan/service.py)
     backups: BackupService | None = None  # backups: schedule, API (backup/service.py)
@@ -176,7 +176,8 @@ async def open_services(config: Config, clock: Callable[[], float] = time.time) 
 async def background_jobs(
     config: Config, services: Services, *, task_status: trio.TaskStatus[None]
 ) -> None:
-    """Campaign for the jobs leadership; while leading, run the background jobs (ops/jobs.py)."""
+    """Campaign for the jobs leadership; while leading, run the background jobs
+    (runtime/jobs.py)."""
     lock = leader_lock(services.db, "jobs", ttl=config["jobs.lease"], clock=time.time)
     scheduler = Scheduler(
         [

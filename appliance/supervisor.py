@@ -14,7 +14,7 @@ requests (DESIGN.md), so Berth does it itself. The supervisor:
 
 Children drain and exit when the supervisor dies, so none is left orphaned.
 Background jobs are not the supervisor's business: each child campaigns for the jobs
-leadership through the database, and exactly one leads (ops/jobs.py).
+leadership through the database, and exactly one leads (runtime/jobs.py).
 """
 
 from __future__ import annotations

@@ -46,14 +46,17 @@ from tests.support.servers import start_berth  # noqa: E402
 # Innermost matching frame decides; the first pattern that matches a frame wins.
 # py-spy names a frame "function (path/relative/to/site-packages.py:line)".
 CATEGORIES: list[tuple[str, str]] = [
-    ("logging (access log, JSON lines)", r"\((logging/|json/|appliance/ops/logs)"),
-    ("metrics", r"\((prometheus_client/|appliance/ops/metrics)"),
+    ("logging (access log, JSON lines)", r"\((logging/|json/|appliance/runtime/logs)"),
+    ("metrics", r"\((prometheus_client/|appliance/runtime/metrics)"),
     ("h11 (HTTP/1.1 parsing and framing)", r"\(h11/"),
     ("thread hops (to_thread, thread cache)", r"\(trio/(_threads|_core/_thread_cache)"),
     ("hypercorn (server, protocol, ASGI glue)", r"\(hypercorn/"),
     ("guard (credential check)", r"\((appliance/api/guard|appliance/auth/|jwt/|joserfc/)"),
     ("metadata read (cache, store)", r"\((appliance/metadata/|appliance/registry/|sqlite3/)"),
-    ("middleware (ops: request id, limits)", r"\((appliance/ops/|appliance/server|appliance/app)"),
+    (
+        "middleware (ops: request id, limits)",
+        r"\((appliance/api/middleware|appliance/operations|appliance/server|appliance/app)",
+    ),
     ("response (API dispatch, headers, body)", r"\(appliance/api/"),
     ("trio: waiting for sockets (epoll)", r"\(trio/_core/_io_epoll|get_events"),
     # the send()/recv() system calls themselves: the kernel's loopback TCP work
@@ -104,7 +107,7 @@ def wrk(url: str, seconds: float, connections: int, authorization: str) -> dict[
 def classify(stack: list[str]) -> str:
     if stack and re.search(WORKER_THREAD, stack[0]):
         joined = ";".join(stack)
-        if re.search(r"\(appliance/ops/logs", joined):  # the access log's writer thread
+        if re.search(r"\(appliance/runtime/logs", joined):  # the access log's writer thread
             return "logging (access log, JSON lines)"
         if re.search(r"\((appliance/metadata/|appliance/registry/|sqlite3/)", joined):
             return "metadata read (cache, store)"

@@ -6,6 +6,8 @@
    too: a domain module that needs Quart for one function is still tied to the web layer.
 2. No import cycles among appliance modules at module level. Imports inside functions (and
    under `if TYPE_CHECKING:`) run later, once every module is loaded, so they are not edges.
+3. Layers: no module imports, at module level, a module of a layer above its own (`LAYERS`,
+   bottom-up). Modules of one layer may import each other (a feature may use another).
 
 What does not follow the rules yet is listed below, each with its reason; an entry that no
 longer applies fails the test too, so the lists only shrink.
@@ -32,11 +34,74 @@ EDGE_MODULES = {
 EDGE_ALLOWED = {
     "appliance.app": "builds the QuartTrio application that serves /v2, /api/v1 and the "
     "console: the web edge's root",
-    "appliance.ops.service": "labels the web app's requests for the metrics (register_web); "
-    "moves next to the API when ops/ is split by layer (issue 19, item 3)",
 }
 # Module-level import cycles that remain, as sets of modules -> why.
 CYCLES_ALLOWED: dict[frozenset[str], str] = {}
+
+# The layers, bottom-up: a module belongs to the layer of its longest listed prefix.
+LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    # What everything may use: domain errors, settings, the request context, small helpers.
+    (
+        "base",
+        (
+            "appliance",
+            "appliance.errors",
+            "appliance.config",
+            "appliance.version",
+            "appliance.backoff",
+            "appliance.filemodes",
+            "appliance.context",
+        ),
+    ),
+    ("oci", ("appliance.oci",)),  # pure OCI knowledge, no I/O
+    # Records and bytes: the metadata database (with the records written in the caller's
+    # transaction: audit rows, queued events) and the blob store.
+    ("records", ("appliance.metadata", "appliance.storage")),
+    ("runtime", ("appliance.runtime",)),  # process infrastructure: logs, metrics, jobs, ...
+    (
+        "features",
+        (
+            "appliance.registry",
+            "appliance.auth",
+            "appliance.lifecycle",
+            "appliance.backup",
+            "appliance.scan",
+            "appliance.proxy",
+            "appliance.importer",
+            "appliance.webhooks",
+        ),
+    ),
+    # The edges: HTTP (/v2, /api/v1, middleware), the console, the command line, the install.
+    (
+        "edges",
+        (
+            "appliance.api",
+            "appliance.console",
+            "appliance.cli",
+            "appliance.omnibus",
+        ),
+    ),
+    # What assembles a running Berth from all of the above.
+    (
+        "assembly",
+        (
+            "appliance.app",
+            "appliance.operations",
+            "appliance.server",
+            "appliance.supervisor",
+            "appliance.__main__",
+        ),
+    ),
+)
+# (module, imported module) -> why `module` may import a layer above its own, for now.
+UPWARD_ALLOWED: dict[tuple[str, str], str] = {
+    ("appliance.proxy.service", "appliance.api.asgi"): "the pull-through cache streams an "
+    "upstream blob to the client as it arrives, so it writes raw ASGI messages (Send, "
+    "header_list); the ASGI types belong below the features",
+    ("appliance.proxy.service", "appliance.api"): "the package of appliance.api.asgi, above",
+    ("appliance.scan.service", "appliance.supervisor"): "starts scan workers the way the "
+    "supervisor starts serving workers (program_command); belongs in runtime/",
+}
 
 
 def module_name(path: Path) -> str:
@@ -163,6 +228,29 @@ def is_edge(name: str) -> bool:
     return any(name == p or name.startswith(p + ".") for p in EDGE_PACKAGES) or name in EDGE_MODULES
 
 
+def layer(name: str, layers: tuple[tuple[str, tuple[str, ...]], ...] = LAYERS) -> int:
+    """The index of `name`'s layer in `layers` (bottom-up)."""
+    best, found = -1, None
+    for i, (_, prefixes) in enumerate(layers):
+        for prefix in prefixes:
+            if (name == prefix or name.startswith(prefix + ".")) and len(prefix) > best:
+                best, found = len(prefix), i
+    assert found is not None, f"{name} is in no layer: add it to LAYERS"
+    return found
+
+
+def upward(
+    edges: dict[str, set[str]], layers: tuple[tuple[str, tuple[str, ...]], ...] = LAYERS
+) -> set[tuple[str, str]]:
+    """The module-level imports of a layer above the importer's own."""
+    return {
+        (name, target)
+        for name, targets in edges.items()
+        for target in targets
+        if layer(target, layers) > layer(name, layers)
+    }
+
+
 def test_only_the_edges_import_click_or_quart() -> None:
     offenders = set()
     for name, tree in modules().items():
@@ -177,6 +265,33 @@ def test_no_import_cycles_at_module_level() -> None:
     found = set(cycles(graph(modules())))
     assert found - CYCLES_ALLOWED.keys() == set(), "new import cycles"
     assert CYCLES_ALLOWED.keys() - found == set(), "allowed, but gone: remove from the list"
+
+
+def test_no_module_imports_a_layer_above_its_own() -> None:
+    found = upward(graph(modules()))
+    assert found - UPWARD_ALLOWED.keys() == set(), "imports of a higher layer"
+    assert UPWARD_ALLOWED.keys() - found == set(), "allowed, but gone: remove from the list"
+
+
+def test_the_layer_rule_finds_upward_imports() -> None:
+    """What the layer check would catch: the metadata importing the runtime (as
+    metadata/store.py once imported the operations package), or an edge's module imported by
+    a feature; imports within a layer and downward pass."""
+    layers = (("low", ("x.low",)), ("edges", ("x.edge",)), ("top", ("x.top",)))
+    edges = {
+        "x.low.store": {"x.edge.events"},
+        "x.low.db": set(),
+        "x.edge.http": {"x.low.db", "x.edge.events"},
+        "x.edge.events": set(),
+        "x.top.app": {"x.edge.http", "x.low.feature"},
+        "x.low.feature": {"x.edge.http"},
+    }
+    assert upward(edges, layers) == {
+        ("x.low.store", "x.edge.events"),
+        ("x.low.feature", "x.edge.http"),
+    }
+    assert layer("appliance.metadata.audit") < layer("appliance.runtime.jobs")
+    assert layer("appliance.api.manage.lifecycle") > layer("appliance.lifecycle.gc")
 
 
 def test_the_cycle_finder_finds_cycles() -> None:

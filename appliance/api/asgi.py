@@ -34,8 +34,9 @@ BATCH = 1 << 20
 def client_address(scope: Mapping[str, object]) -> str | None:
     """The client a request comes from, as every layer (sign-in, audit, rate limits, logs) must
     name it: the peer, or the client named in `X-Forwarded-For` when the peer is a trusted proxy.
-    The operations middleware decides that once per request (`ops/http.py`, `forwarded_client`,
-    with `server.trusted_proxies`) and puts the answer in the scope; read it only here."""
+    The operations middleware decides that once per request (`api/middleware.py`,
+    `forwarded_client`, with `server.trusted_proxies`) and puts the answer in the scope; read it
+    only here."""
     client = scope.get("client")
     return str(client[0]) if isinstance(client, (tuple, list)) and client else None
 

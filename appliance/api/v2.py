@@ -28,9 +28,9 @@ from appliance.api.asgi import (
 )
 from appliance.api.codes import error_body, error_for
 from appliance.api.guard import AuthProblem, Caller, Guard
+from appliance.api.ratelimit import RateLimited
 from appliance.errors import InvalidName, RangeInvalid, SizeInvalid
 from appliance.oci import mediatypes as mt
-from appliance.ops.ratelimit import RateLimited
 from appliance.registry import Registry
 from appliance.storage.filesystem import FilesystemStore
 

@@ -15,11 +15,10 @@ from appliance.auth.credentials import MintLimits
 from appliance.auth.policy import ROBOT_ROLES, ROLES, TOKEN_SCOPES
 from appliance.auth.secrets import ServerSecret
 from appliance.errors import Conflict, InvalidName
-from appliance.metadata import identity
+from appliance.metadata import audit, identity
 from appliance.metadata.db import Tx
 from appliance.metadata.identity import RobotRecord, TokenRecord, UserRecord
 from appliance.oci.names import validate_component
-from appliance.ops import audit
 
 
 def _check_role(role: str, allowed: tuple[str, ...]) -> str:

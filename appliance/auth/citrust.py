@@ -53,10 +53,10 @@ from appliance.auth.jwks import ForeignTokenError, IssuerKeys, KeysUnavailable
 from appliance.auth.policy import Principal, RepositoryGrant
 from appliance.config import Config
 from appliance.errors import InvalidName
+from appliance.metadata import audit
 from appliance.metadata import citrust as records
 from appliance.metadata.citrust import TrustRule
 from appliance.metadata.db import Database, Tx
-from appliance.ops import audit
 
 log = logging.getLogger("berth.auth")
 

@@ -44,11 +44,10 @@ from appliance.auth.ldap import GroupRole, mapped_roles, parse_group_roles
 from appliance.auth.policy import Principal
 from appliance.config import Config
 from appliance.errors import BerthError, ConfigError, Conflict
-from appliance.metadata import identity
+from appliance.metadata import audit, identity
 from appliance.metadata.db import Tx
 from appliance.metadata.identity import UserRecord
 from appliance.oci.names import normalize_component
-from appliance.ops import audit
 
 STATE_TTL = 600.0
 CLOCK_SKEW = 60

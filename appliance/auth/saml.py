@@ -28,11 +28,10 @@ from typing import Any
 from appliance.auth.ldap import GroupRole, mapped_roles, parse_group_roles
 from appliance.config import Config
 from appliance.errors import BerthError, ConfigError, Conflict
-from appliance.metadata import identity
+from appliance.metadata import audit, identity
 from appliance.metadata.db import Tx
 from appliance.metadata.identity import UserRecord
 from appliance.oci.names import normalize_component
-from appliance.ops import audit
 
 METADATA_TTL = 3600.0
 REQUEST_TTL = 600.0

@@ -47,13 +47,12 @@ from appliance.auth.tokens import (
 )
 from appliance.config import Config
 from appliance.errors import BerthError, Conflict, InvalidName
-from appliance.metadata import identity
+from appliance.metadata import audit, identity
 from appliance.metadata.changes import StampedCache
 from appliance.metadata.db import Database, Tx
 from appliance.metadata.identity import AUTH, UserRecord
 from appliance.oci.names import normalize_component
-from appliance.ops import audit
-from appliance.ops.buckets import SharedBuckets
+from appliance.runtime.buckets import SharedBuckets
 
 log = logging.getLogger("berth.auth")
 

@@ -1,7 +1,7 @@
 """Slow down, then lock, repeated failed sign-ins per account and per client address.
 
 Failures are counted in a leaky bucket per key, shared by every serving process of the host
-(ops/buckets.py): each failure adds one, and `threshold` failures leak away over `window`
+(runtime/buckets.py): each failure adds one, and `threshold` failures leak away over `window`
 seconds. After `slow_after` failures still counted, each further failure is answered after a
 growing delay (up to `max_delay`); when `threshold` are counted the key is locked for
 `lockout` seconds, during which even the right password is refused. Unknown account names are
@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from appliance import backoff
-from appliance.ops.buckets import SharedBuckets
+from appliance.runtime.buckets import SharedBuckets
 
 
 class SignInThrottle:

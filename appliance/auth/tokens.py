@@ -39,9 +39,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from appliance.auth.secrets import ServerSecret
 from appliance.errors import BerthError
+from appliance.metadata import audit
 from appliance.metadata.changes import KEYS
 from appliance.metadata.db import Database, Tx
-from appliance.ops import audit
 
 log = logging.getLogger("berth.auth")
 

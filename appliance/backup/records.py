@@ -1,6 +1,6 @@
 """The `backups` table (migration 0007), the GC hold a running backup keeps, and the metrics.
 
-Every change here is audited in its own transaction (`ops/audit.py`): a backup's start is not
+Every change here is audited in its own transaction (`metadata/audit.py`): a backup's start is not
 a change of the registry, its end is (`backup.create` or `backup.failed`), as are a verify
 (`backup.verify`), a prune (`backup.prune`) and a restore (`backup.restore`, written into the
 restored database).
@@ -13,9 +13,9 @@ from typing import Any
 
 from prometheus_client import Counter, Gauge
 
+from appliance.metadata import audit, events
 from appliance.metadata.db import Tx
-from appliance.ops import audit, webhooks
-from appliance.ops.metrics import REGISTRY
+from appliance.runtime.metrics import REGISTRY
 
 LAST_SUCCESS = Gauge(
     "berth_backup_last_success_timestamp_seconds",
@@ -164,7 +164,7 @@ def fail(tx: Tx, backup_id: str, *, now: float, error: str, actor: str, where: s
         {"id": backup_id, "now": now, "error": error[:2000]},
     )
     audit.record(tx, actor, "backup.failed", backup_id, at=now, where=where, error=error[:500])
-    webhooks.emit(
+    events.emit(
         tx,
         "backup",
         repository="",

@@ -44,10 +44,10 @@ from appliance.backup.layout import FileEntry, Manifest
 from appliance.backup.target import DirTarget, Target, azure_target, s3_target
 from appliance.backup.verify import fetch_file, load_manifest, verify_backup
 from appliance.config import Config
+from appliance.metadata import audit
 from appliance.metadata.changes import EVERYTHING
 from appliance.metadata.copy import NOT_COPIED, copy_database, tables
 from appliance.metadata.db import Database, Options, Tx, open_database, redact
-from appliance.ops import audit
 from appliance.storage import open_store
 from appliance.storage.base import BlobStore, Progress
 from appliance.storage.layout import new_upload_id

@@ -26,8 +26,8 @@ from appliance.config import Config
 from appliance.errors import BerthError, Conflict, NotFound
 from appliance.metadata.db import Database, Tx
 from appliance.metadata.leader import Fence
-from appliance.ops.cron import Cron
-from appliance.ops.jobs import Job
+from appliance.runtime.cron import Cron
+from appliance.runtime.jobs import Job
 from appliance.storage.base import BlobStore
 
 log = logging.getLogger("berth.backup")

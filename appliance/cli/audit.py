@@ -13,7 +13,7 @@ import click
 
 from appliance.cli.common import config_option, data_dir_option, fail, open_database
 from appliance.errors import BerthError, InvalidInput
-from appliance.ops import audit as audit_log
+from appliance.metadata import audit as audit_log
 
 _DURATION = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 

@@ -34,8 +34,8 @@ def mirror_sync(
     """Copy REFERENCES (NAMESPACE/REPO:TAG, NAMESPACE/REPO@DIGEST, or NAMESPACE/REPO for every
     tag) from the upstream of their proxy namespace into the cache. Idempotent: run it again
     after an interruption and it fetches only what is missing."""
+    from appliance.metadata import audit  # noqa: PLC0415
     from appliance.metadata.db import Tx  # noqa: PLC0415
-    from appliance.ops import audit  # noqa: PLC0415
     from appliance.proxy.mirror import Mirror, SyncReport  # noqa: PLC0415
     from appliance.server import Services  # noqa: PLC0415
 

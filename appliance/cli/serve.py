@@ -20,8 +20,8 @@ from appliance.errors import BerthError
 
 
 def setup_logging(level: str, fmt: str = "text") -> None:
-    """Text or JSON lines on stderr, with request ids and without secrets (ops/logs.py)."""
-    from appliance.ops import logs  # noqa: PLC0415
+    """Text or JSON lines on stderr, with request ids and without secrets (runtime/logs.py)."""
+    from appliance.runtime import logs  # noqa: PLC0415
 
     logs.setup(level, fmt)
 

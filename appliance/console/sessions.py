@@ -20,10 +20,9 @@ from dataclasses import dataclass
 
 from appliance.auth.policy import Principal
 from appliance.auth.secrets import ServerSecret
-from appliance.metadata import identity
+from appliance.metadata import audit, identity
 from appliance.metadata.db import Database, Tx
 from appliance.metadata.identity import UserRecord
-from appliance.ops import audit
 
 TOUCH_EVERY = 60.0
 

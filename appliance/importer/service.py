@@ -10,7 +10,7 @@ children first and the tagged one last.
 Everything is written as a push would be (`Registry`): blobs verified against their digests
 before they become visible, manifests stored only with all they need, in transactions that
 queue the collector's reviews, check quotas and immutable-tag rules, and record the audit row
-and webhook event of each push. The actor is `import` (`ops/context.py`), and each manifest is
+and webhook event of each push. The actor is `import` (`context.py`), and each manifest is
 `pushed_by` `import`.
 
 Decisions (docs/importing.md, "Moving in from another registry"):
@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from appliance import context
 from appliance.auth import accounts
 from appliance.errors import (
     BerthError,
@@ -66,13 +67,12 @@ from appliance.importer.report import (
     Item,
     Report,
 )
-from appliance.metadata import identity
+from appliance.metadata import audit, identity
 from appliance.metadata.db import Tx
 from appliance.oci import mediatypes as mt
 from appliance.oci.digest import is_digest
 from appliance.oci.manifest import Descriptor, Manifest
 from appliance.oci.names import namespace_of, validate_component, validate_name, validate_tag
-from appliance.ops import audit, context
 from appliance.registry import Registry, copy
 from appliance.registry.copy import (
     FetchedManifest,

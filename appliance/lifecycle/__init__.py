@@ -18,7 +18,7 @@ from appliance.lifecycle.pulls import PullTracker
 from appliance.lifecycle.rules import Rules
 from appliance.metadata.db import Database
 from appliance.metadata.leader import Fence
-from appliance.ops.jobs import Job
+from appliance.runtime.jobs import Job
 from appliance.storage.base import BlobStore
 
 

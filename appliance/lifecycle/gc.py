@@ -34,11 +34,11 @@ from typing import Any
 import trio
 from prometheus_client import Counter, Gauge
 
+from appliance.metadata import audit, events
 from appliance.metadata.db import Database, Tx
 from appliance.metadata.leader import Fence, check_fence
 from appliance.metadata.store import drop_manifest
-from appliance.ops import audit, webhooks
-from appliance.ops.metrics import REGISTRY
+from appliance.runtime.metrics import REGISTRY
 from appliance.storage.base import BlobStore, BulkDelete
 
 log = logging.getLogger("berth.gc")
@@ -249,7 +249,7 @@ class Collector:
             generated = drop_manifest(tx, manifest_id, later)
             if row is not None:  # subscribers hear of it as of any other delete
                 for gone in [row[1], *generated]:
-                    webhooks.emit(
+                    events.emit(
                         tx, "delete", repository=row[0], digest=gone, actor=self.actor, gc=True
                     )
             out.manifests += 1 + len(generated)

@@ -32,6 +32,7 @@ from typing import Any
 from appliance.errors import Denied, InvalidName, NotFound
 from appliance.lifecycle.gc import manifest_needed
 from appliance.lifecycle.rules import Rules, _in_namespace
+from appliance.metadata import audit, events
 from appliance.metadata.changes import repository_topic
 from appliance.metadata.db import Database, Tx
 from appliance.metadata.leader import Fence, check_fence
@@ -39,7 +40,6 @@ from appliance.metadata.store import drop_manifest
 from appliance.oci import patterns
 from appliance.oci.names import validate_name
 from appliance.oci.patterns import TagPattern
-from appliance.ops import audit, webhooks
 
 log = logging.getLogger("berth.lifecycle")
 
@@ -471,7 +471,7 @@ class Policies:
                     policy=policy.id,
                     digest=digest,
                 )
-                webhooks.emit(
+                events.emit(
                     tx,
                     "delete",
                     repository=repo,
@@ -516,7 +516,7 @@ class Policies:
                 audit.record(
                     tx, actor, "manifest.delete", f"{row[0]}@{gone}", at=now, policy=policy.id
                 )
-                webhooks.emit(
+                events.emit(
                     tx, "delete", repository=row[0], digest=gone, actor=actor, policy=policy.id
                 )
             result.manifests += 1 + len(generated)

@@ -24,11 +24,11 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from appliance.errors import Denied, InvalidName, NotFound
+from appliance.metadata import audit
 from appliance.metadata.db import Database, Tx
 from appliance.oci import patterns
 from appliance.oci.names import namespace_of, validate_component, validate_name
 from appliance.oci.patterns import TagPattern
-from appliance.ops import audit
 
 log = logging.getLogger("berth.lifecycle")
 

@@ -63,7 +63,7 @@ EVERYTHING = "*"  # a topic that stands for every topic (a restore replaced ever
 # `repository_topic`; rules, `lifecycle.rules.TOPIC`; pull verdicts, `scan.vulndb.SCAN_TOPIC`):
 # each is touched by every write that changes what its caches hold.
 KEYS = "keys"  # token-signing keys (auth/tokens.py)
-WEBHOOKS = "webhooks"  # webhook endpoints (ops/webhooks.py)
+WEBHOOKS = "webhooks"  # webhook endpoints (webhooks/endpoints.py)
 
 
 def repository_topic(name: str) -> str:

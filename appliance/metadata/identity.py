@@ -2,7 +2,7 @@
 
 Every function is a piece of a unit of work: it takes the caller's `Tx` and runs portable
 `:name` SQL, so the API, the CLI and the LDAP sync compose them into one transaction together
-with the audit row that describes the change (`ops.audit.record`). Nothing here hashes or
+with the audit row that describes the change (`metadata.audit.record`). Nothing here hashes or
 checks a secret: callers pass hashes in (see `auth.passwords`, `auth.secrets`).
 
 Every change to a fact a credential check rests on (a user's password, admin flag or

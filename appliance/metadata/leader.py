@@ -1,6 +1,6 @@
 """Leader election through the metadata database, and the fencing token.
 
-Background jobs run in one process at a time (ops/jobs.py decides what runs; this module only
+Background jobs run in one process at a time (runtime/jobs.py decides what runs; this module only
 decides who). Two locks, one contract (`LeaderLock`):
 
 * PostgreSQL: a session advisory lock, held on a dedicated connection for as long as the leader

@@ -27,13 +27,13 @@ from appliance.errors import (
     TooMany,
     UploadNotFound,
 )
+from appliance.metadata import events
 from appliance.metadata.changes import StampedCache, repository_topic
 from appliance.metadata.db import Database, Row, Tx
 from appliance.metadata.leader import Fence, check_fence
 from appliance.oci import mediatypes as mt
 from appliance.oci.digest import Digest
 from appliance.oci.manifest import Manifest
-from appliance.ops import events
 
 
 @dataclass(frozen=True)

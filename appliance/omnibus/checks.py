@@ -90,7 +90,7 @@ def validate_files(config: Config) -> list[str]:
         except ConfigError as e:
             problems.append(e.message)
     if config["backup.schedule"]:
-        from appliance.ops.cron import Cron  # noqa: PLC0415
+        from appliance.runtime.cron import Cron  # noqa: PLC0415
 
         try:
             Cron(config["backup.schedule"])
@@ -253,12 +253,12 @@ def check_storage(config: Config) -> Iterator[Finding]:
 
 
 def check_hosts(config: Config, now: float | None = None) -> Iterator[Finding]:
-    """The hosts serving this registry (ops/hosts.py) must agree with this one: the same server
+    """The hosts serving this registry (runtime/hosts.py) must agree with this one: the same server
     secret, schema version and blob store. Another Berth version is a warning (an upgrade
     under way); a host not seen for a minute is listed as gone."""
     from appliance.auth.secrets import ServerSecret  # noqa: PLC0415
     from appliance.metadata.db import Options, open_database  # noqa: PLC0415
-    from appliance.ops.hosts import list_hosts, storage_of  # noqa: PLC0415
+    from appliance.runtime.hosts import list_hosts, storage_of  # noqa: PLC0415
 
     url = config.metadata_url
     if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite://")).exists():

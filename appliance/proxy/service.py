@@ -10,7 +10,7 @@ it can be, and otherwise fetched from the namespace's upstream on first use:
 * **Blobs** are streamed from upstream to the client while the same bytes go into an upload
   (`Registry.upload_monolithic`): the digest is verified before the blob becomes visible and a
   failure leaves nothing behind. Concurrent pulls of one uncached blob share one upstream fetch,
-  in this process (single flight) and across the host's workers (a host lock, ops/hostlocks.py);
+  in this process (single flight) and across the host's workers (a host lock, runtime/hostlocks.py);
   the others wait for it and are served from the cache.
 * **Tags** are served from the cache for `proxy.tag_ttl` seconds after they were last checked,
   then re-validated with a HEAD (digest compared). When the upstream cannot be reached (or
@@ -48,14 +48,14 @@ from appliance.metadata.store import BlobRecord, ManifestRecord
 from appliance.oci import manifest as manifests
 from appliance.oci.digest import Digest, is_digest
 from appliance.oci.names import namespace_of, readable_reference, validate_name
-from appliance.ops.hostlocks import HostLocks
-from appliance.ops.metrics import REGISTRY
 from appliance.proxy import settings
 from appliance.proxy.settings import ProxyNamespace
 from appliance.proxy.store import CachedTag, ProxyStore
 from appliance.proxy.upstream import Upstream, UpstreamInvalid, UpstreamNotFound
 from appliance.registry import Registry
 from appliance.registry.copy import FetchedManifest, read_ahead
+from appliance.runtime.hostlocks import HostLocks
+from appliance.runtime.metrics import REGISTRY
 
 log = logging.getLogger("berth.proxy")
 

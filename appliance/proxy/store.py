@@ -12,9 +12,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from appliance.errors import ConfigError
+from appliance.metadata import audit
 from appliance.metadata.db import Database, Tx
 from appliance.metadata.store import ensure_repository
-from appliance.ops import audit
 
 
 @dataclass(frozen=True)

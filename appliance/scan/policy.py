@@ -26,11 +26,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from appliance.errors import Denied, InvalidInput
-from appliance.metadata import identity
+from appliance.metadata import audit, identity
 from appliance.metadata.db import Database, Tx
 from appliance.oci import mediatypes as mt
 from appliance.oci.names import namespace_of
-from appliance.ops import audit
 from appliance.scan import vulndb
 from appliance.scan.matching import RANK, SEVERITIES
 from appliance.scan.vulndb import SCAN_TOPIC

@@ -36,15 +36,16 @@ from appliance.errors import (
     ManifestBlobUnknown,
     ManifestInvalid,
 )
+from appliance.metadata import events
 from appliance.metadata.db import Database, Tx
 from appliance.metadata.leader import Fence
 from appliance.metadata.store import ManifestRecord
 from appliance.oci import manifest as manifests
 from appliance.oci import mediatypes as mt
 from appliance.oci.digest import Digest
-from appliance.ops.jobs import Job
-from appliance.ops.metrics import REGISTRY
 from appliance.registry import Registry
+from appliance.runtime.jobs import Job
+from appliance.runtime.metrics import REGISTRY
 from appliance.scan import sbom as sboms
 from appliance.scan import vulndb
 from appliance.scan.layers import LayerError, Limits
@@ -251,14 +252,12 @@ def save_findings(
 
 def _notify(tx: Tx, digest: str, findings: list[Finding]) -> None:
     """A webhook event per repository holding the image."""
-    from appliance.ops import webhooks  # noqa: PLC0415
-
     for (repository,) in tx.execute(
         "SELECT r.name FROM manifests m JOIN repositories r ON r.id = m.repository_id "
         "WHERE m.digest = :d",
         {"d": digest},
     ):
-        webhooks.emit(
+        events.emit(
             tx,
             "vulnerability",
             repository=repository,

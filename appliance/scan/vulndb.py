@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from appliance.errors import BerthError
+from appliance.metadata import audit
 from appliance.metadata.db import Tx
-from appliance.ops import audit
 from appliance.scan.matching import RANK, SEVERITIES, Affected, normalize_name
 
 log = logging.getLogger("berth.scan")

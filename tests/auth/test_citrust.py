@@ -19,8 +19,8 @@ from appliance.auth import accounts
 from appliance.auth.citrust import RuleSpec
 from appliance.auth.globs import check_glob, glob_match
 from appliance.errors import InvalidName
+from appliance.metadata import audit
 from appliance.metadata import citrust as records
-from appliance.ops import audit
 from appliance.server import Services, open_services
 from tests.api.conftest import FakeClock, api_client, make_config
 from tests.auth.conftest import PASSWORD, add_user

@@ -10,8 +10,8 @@ from click.testing import CliRunner
 from appliance import config as settings
 from appliance.auth.tokens import stored_keys
 from appliance.cli import main
+from appliance.metadata import audit
 from appliance.metadata.db import open_metadata
-from appliance.ops import audit
 from appliance.server import open_services
 
 

@@ -16,9 +16,9 @@ import pytest
 
 from appliance.auth import accounts
 from appliance.metadata.db import Tx
-from appliance.ops import webhooks
 from appliance.scan.service import _save_report
 from appliance.server import Services
+from appliance.webhooks.endpoints import add_endpoint
 from tests.api.conftest import api_client
 from tests.api.oci import blob_data, digest, image_manifest
 from tests.auth.conftest import Cast
@@ -624,9 +624,7 @@ async def seed_secret(services: Services, client: httpx.AsyncClient) -> dict[str
         for image in (secret_digest, team_digest):
             _save_report(tx, image, "ok", None, '{"components": []}', None, 0, now)
         accounts.create_robot(tx, "test", services.access.secret, "secret", "spy", "reader", now)
-        hook, _ = webhooks.add_endpoint(
-            tx, "test", "secret", "http://93.184.216.34/secret", actions="push"
-        )
+        hook, _ = add_endpoint(tx, "test", "secret", "http://93.184.216.34/secret", actions="push")
         return int(hook)
 
     hook = await services.db.write(side_door)

@@ -18,8 +18,8 @@ from appliance.backup.prune import Retention, prune, select
 from appliance.backup.restore import restore_backup
 from appliance.backup.target import DirTarget
 from appliance.backup.verify import list_backups, load_manifest, verify_backup
+from appliance.metadata import audit
 from appliance.metadata.db import Tx
-from appliance.ops import audit
 from appliance.server import Services
 from tests.api.oci import digest as digest_of
 from tests.api.oci import push_image
@@ -335,7 +335,7 @@ async def test_the_schedule_runs_backups_at_the_cron_times(tmp_path: Path) -> No
 
     async def main() -> list[tuple[str, float, str]]:
         from appliance.metadata.leader import Fence  # noqa: PLC0415
-        from appliance.ops.jobs import Scheduler  # noqa: PLC0415
+        from appliance.runtime.jobs import Scheduler  # noqa: PLC0415
 
         def wall() -> float:  # also read from worker threads, so not trio.current_time()
             return base + mock.current_time()

@@ -10,8 +10,8 @@ import trio.testing
 
 from appliance.errors import ConfigError
 from appliance.metadata.leader import Fence
-from appliance.ops.cron import Cron
-from appliance.ops.jobs import Job, Scheduler
+from appliance.runtime.cron import Cron
+from appliance.runtime.jobs import Job, Scheduler
 
 FENCE = Fence("jobs", 1)
 

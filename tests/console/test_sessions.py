@@ -12,8 +12,8 @@ import httpx
 import pytest
 
 from appliance.app import create_app
+from appliance.metadata import audit
 from appliance.metadata.db import Tx
-from appliance.ops import audit
 from appliance.server import Services, open_services
 from tests.api.conftest import (  # noqa: F401 (fixtures shared with tests/api)
     ADMIN,

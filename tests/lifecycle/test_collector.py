@@ -14,7 +14,7 @@ from appliance.errors import ManifestBlobUnknown, ManifestNotFound
 from appliance.lifecycle.gc import RECLAIMED_BYTES, RECLAIMED_ITEMS, GcSettings
 from appliance.metadata.leader import LeadershipLost, leader_lock
 from appliance.oci import mediatypes as mt
-from appliance.ops.metrics import REGISTRY
+from appliance.runtime.metrics import REGISTRY
 from tests.lifecycle.world import World, descriptor, image_manifest, index_manifest, sha
 
 REPO = "team/app"

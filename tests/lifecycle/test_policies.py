@@ -10,7 +10,7 @@ import pytest
 
 from appliance.errors import Denied, InvalidName, ManifestNotFound
 from appliance.lifecycle.pulls import PullTracker
-from appliance.ops import audit
+from appliance.metadata import audit
 from tests.lifecycle.world import World, descriptor, image_manifest, index_manifest, sha
 
 REPO = "team/app"

@@ -15,9 +15,9 @@ import pytest
 from appliance.app import create_app
 from appliance.auth import accounts
 from appliance.auth.passwords import hash_password
+from appliance.metadata import audit
 from appliance.metadata.db import Tx
 from appliance.oci import mediatypes as mt
-from appliance.ops import audit
 from appliance.server import Services, open_services
 from tests.api.conftest import (
     ADMIN,

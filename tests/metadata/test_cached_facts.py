@@ -3,7 +3,7 @@ its own stamp file, as two machines have) on one PostgreSQL database, a change m
 and seen by the other within a second. No time-to-live is involved: the clocks never move.
 
 Covered here: immutable-tag rules and quotas (lifecycle/rules.py), the scan pull policies
-(scan/policy.py), whether any webhook endpoint wants pull events (ops/webhooks.py), and the
+(scan/policy.py), whether any webhook endpoint wants pull events (webhooks/batching.py), and the
 token-signing keys (auth/tokens.py). Credentials, roles and public namespaces follow the
 `auth` stamp (tests/server/test_workers.py, tests/multihost/)."""
 
@@ -22,9 +22,10 @@ from appliance.auth.tokens import KeyRing
 from appliance.lifecycle.rules import Rules
 from appliance.metadata import identity
 from appliance.metadata.db import Database, Options, open_database
-from appliance.ops import webhooks
 from appliance.scan import policy as scan_policy
 from appliance.scan.policy import PullGate
+from appliance.webhooks.batching import PullEvents
+from appliance.webhooks.endpoints import add_endpoint, remove_endpoint
 from tests.support.postgres import migrated
 
 NOW = 1_800_000_000.0
@@ -112,7 +113,7 @@ async def test_scan_pull_policies(hosts: tuple[Database, Database]) -> None:
 
 async def test_webhook_endpoints_wanting_pulls(hosts: tuple[Database, Database]) -> None:
     here, there = hosts
-    events = webhooks.PullEvents(there)
+    events = PullEvents(there)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(events.run, False, 0.05)
 
@@ -124,12 +125,10 @@ async def test_webhook_endpoints_wanting_pulls(hosts: tuple[Database, Database])
 
         await seen_within("the first look", not_wanted, 1.0)
         endpoint, _ = await here.write(
-            lambda tx: webhooks.add_endpoint(
-                tx, "admin", "team", "https://hooks.example/in", actions="pull"
-            )
+            lambda tx: add_endpoint(tx, "admin", "team", "https://hooks.example/in", actions="pull")
         )
         await seen_within("an endpoint that wants pulls", wanted, 1.0)
-        await here.write(lambda tx: webhooks.remove_endpoint(tx, "admin", "team", endpoint))
+        await here.write(lambda tx: remove_endpoint(tx, "admin", "team", endpoint))
         await seen_within("the endpoint's removal", not_wanted, 1.0)
         nursery.cancel_scope.cancel()
 

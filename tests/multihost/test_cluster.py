@@ -394,7 +394,7 @@ def test_rate_limits_count_across_hosts_within_the_documented_precision(
 ) -> None:
     """A client sending pulls round-robin to the three hosts as fast as it can: over the
     period, the hosts together admit no more than the rate plus the documented slack
-    ((hosts - 1) x (burst + rate x interval), ops/limitsync.py), where hosts that did not tell
+    ((hosts - 1) x (burst + rate x interval), runtime/limitsync.py), where hosts that did not tell
     each other would admit three times the rate."""
     password = make_user(cluster, "limited")
     with cluster.hosts[0].client() as api:

@@ -12,7 +12,7 @@ from typing import Any
 from click.testing import CliRunner
 
 from appliance.cli import main
-from appliance.ops import audit
+from appliance.metadata import audit
 from tests.api import oci
 from tests.api.conftest import FakeClock, api_client
 from tests.console.test_sessions import sign_in

@@ -1,4 +1,4 @@
-"""This host among several (ops/hosts.py) and `berth ctl doctor`'s agreement check
+"""This host among several (runtime/hosts.py) and `berth ctl doctor`'s agreement check
 (omnibus/checks.py `check_hosts`), on a real SQLite database: each host's row, two hosts under
 one name, the host agent's lock, and every disagreement the doctor must name."""
 
@@ -18,7 +18,7 @@ from appliance import config as settings
 from appliance.auth.secrets import ServerSecret
 from appliance.metadata.db import Database, open_database
 from appliance.omnibus.checks import check_hosts
-from appliance.ops.hosts import STALE, HostAgent, HostRecord, ThisHost, instance_id, list_hosts
+from appliance.runtime.hosts import STALE, HostAgent, HostRecord, ThisHost, instance_id, list_hosts
 
 
 def make_config(data: Path, **overrides: object) -> settings.Config:
@@ -106,7 +106,7 @@ def doctor(config: settings.Config, now: float | None = None) -> list[tuple[str,
 
 
 def put(db: Database, record: HostRecord) -> None:
-    from appliance.ops.hosts import _visit  # noqa: PLC0415 (the row writer under test)
+    from appliance.runtime.hosts import _visit  # noqa: PLC0415 (the row writer under test)
 
     db.run_sync_write(lambda tx: _visit(tx, record))
 
@@ -138,7 +138,7 @@ def test_doctor_before_any_host_served_needs_no_secret(tmp_path: Path) -> None:
 
 
 def test_doctor_names_every_disagreement(data: Path, db: Database) -> None:
-    from appliance.ops.hosts import storage_of  # noqa: PLC0415
+    from appliance.runtime.hosts import storage_of  # noqa: PLC0415
 
     config = make_config(data)
     fingerprint = ServerSecret.load(config.secret_path).fingerprint

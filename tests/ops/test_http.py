@@ -13,10 +13,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 import appliance
+from appliance.api.middleware import forwarded_client
 from appliance.config import proxy_networks
+from appliance.metadata import audit
 from appliance.metadata.db import migrations
-from appliance.ops import audit
-from appliance.ops.http import forwarded_client
 from appliance.version import identity
 from tests.api import oci
 from tests.api.conftest import FakeClock, api_client

@@ -8,7 +8,7 @@ import trio.testing
 
 from appliance.errors import Unavailable
 from appliance.metadata.leader import Fence, LeadershipLost
-from appliance.ops.jobs import Job, Scheduler, run_jobs
+from appliance.runtime.jobs import Job, Scheduler, run_jobs
 
 FENCE = Fence("jobs", 7)
 

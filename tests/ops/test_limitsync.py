@@ -1,4 +1,4 @@
-"""Rate limits and lockouts across hosts (ops/limitsync.py): what one host's buckets gave out,
+"""Rate limits and lockouts across hosts (runtime/limitsync.py): what one host's buckets gave out,
 locked and reset reaches another's, hostile or broken messages change nothing, messages stay
 within what NOTIFY carries, and the channel works on a real PostgreSQL."""
 
@@ -13,9 +13,9 @@ import pytest
 import trio
 
 from appliance.metadata.db import MAX_MESSAGE, Options, open_database
-from appliance.ops.buckets import SharedBuckets, _hash
-from appliance.ops.hosts import HostAgent
-from appliance.ops.limitsync import CHANNEL, LimitSync, Table, encode
+from appliance.runtime.buckets import SharedBuckets, _hash
+from appliance.runtime.hosts import HostAgent
+from appliance.runtime.limitsync import CHANNEL, LimitSync, Table, encode
 
 RATE, BURST = 1.0, 5.0
 NOW = 1000.0

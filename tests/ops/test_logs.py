@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from appliance.ops import context, logs
+from appliance import context
+from appliance.runtime import logs
 
 SECRETS = [
     (
@@ -124,7 +125,7 @@ def test_a_slow_stderr_does_not_hold_up_the_thread_that_logs() -> None:
 def test_queued_lines_are_written_before_the_process_exits(tmp_path: Path) -> None:
     code = (
         "import logging\n"
-        "from appliance.ops import logs\n"
+        "from appliance.runtime import logs\n"
         "logs.setup('info', 'text')\n"
         "for i in range(2000):\n"
         "    logging.getLogger('berth').info('line %d', i)\n"

@@ -10,8 +10,17 @@ from pathlib import Path
 import pytest
 
 from appliance import config as settings
+from appliance import context
+from appliance.metadata import audit
 from appliance.metadata.db import DIALECTS, Database, Tx, open_database
-from appliance.ops import audit, context, webhooks
+from appliance.metadata.events import emit
+from appliance.webhooks.delivery import Deliverer
+from appliance.webhooks.endpoints import (
+    add_endpoint,
+    namespace_endpoints,
+    redact_url,
+    remove_endpoint,
+)
 
 
 @pytest.fixture(params=DIALECTS)
@@ -63,24 +72,24 @@ async def test_webhook_queue_and_endpoints(db: Database) -> None:
 
     db.run_sync_write(seed)
     endpoint_id, secret = db.run_sync_write(
-        lambda tx: webhooks.add_endpoint(
+        lambda tx: add_endpoint(
             tx, "alice", "team", "https://u:p@hooks.example/x?k=v", actions="push"
         )
     )
     assert len(secret) >= 32
-    db.run_sync_write(lambda tx: webhooks.emit(tx, "push", repository="team/app", tag="1"))
-    db.run_sync_write(lambda tx: webhooks.emit(tx, "delete", repository="other/app"))
-    found = db.run_sync_read(lambda tx: webhooks.namespace_endpoints(tx, "team"))
+    db.run_sync_write(lambda tx: emit(tx, "push", repository="team/app", tag="1"))
+    db.run_sync_write(lambda tx: emit(tx, "delete", repository="other/app"))
+    found = db.run_sync_read(lambda tx: namespace_endpoints(tx, "team"))
     assert [(e.id, e.namespace, sorted(e.actions)) for e in found] == [
         (endpoint_id, "team", ["push"])
     ]
-    assert webhooks.redact_url(found[0].url) == "https://hooks.example/x"
+    assert redact_url(found[0].url) == "https://hooks.example/x"
     config = settings.load(None, environ={}, overrides={"webhooks.endpoints": ""})
-    deliverer = webhooks.Deliverer(db, config)
+    deliverer = Deliverer(db, config)
     await deliverer.prune()
     left = db.run_sync_read(lambda tx: tx.execute("SELECT action FROM webhook_events ORDER BY id"))
     assert [r[0] for r in left] == ["push", "delete"]  # the team endpoint has not had them
-    db.run_sync_write(lambda tx: webhooks.remove_endpoint(tx, "alice", "team", endpoint_id))
+    db.run_sync_write(lambda tx: remove_endpoint(tx, "alice", "team", endpoint_id))
     await deliverer.prune()
     # Nobody listens: everything goes but the newest event, which keeps the numbering going.
     left = db.run_sync_read(lambda tx: tx.execute("SELECT action FROM webhook_events ORDER BY id"))

@@ -15,7 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from appliance.ops import webhooks
+from appliance.webhooks.endpoints import add_endpoint, internal_reason, private_target
+from appliance.webhooks.records import deliveries
 from tests.api import oci
 from tests.api.conftest import FakeClock, api_client
 from tests.ops.conftest import Receiver, operations
@@ -48,7 +49,7 @@ PUBLIC = "93.184.215.14"  # a global unicast address
     ],
 )
 def test_addresses_that_are_not_public_are_refused(address: str, reason: str) -> None:
-    why = webhooks.internal_reason(ipaddress.ip_address(address))
+    why = internal_reason(ipaddress.ip_address(address))
     assert why is not None
     assert reason in why
 
@@ -57,7 +58,7 @@ def test_addresses_that_are_not_public_are_refused(address: str, reason: str) ->
     "address", [PUBLIC, "8.8.8.8", "2606:4700:4700::1111", "::ffff:8.8.8.8", "64:ff9b::808:808"]
 )
 def test_public_addresses_are_allowed(address: str) -> None:
-    assert webhooks.internal_reason(ipaddress.ip_address(address)) is None
+    assert internal_reason(ipaddress.ip_address(address)) is None
 
 
 async def test_internal_urls_are_refused_when_saved(data_dir: Path, clock: FakeClock) -> None:
@@ -111,16 +112,14 @@ async def test_dns_rebinding_cannot_lead_a_delivery_inward(
     resolver, asked = rebinding(PUBLIC, "127.0.0.1")
     url = "https://hooks.rebind.example:8443/hook"
     # Saved: the check sees the public answer (an attacker times it so).
-    assert webhooks.private_target(url, rebinding(PUBLIC)[0]) is None
+    assert private_target(url, rebinding(PUBLIC)[0]) is None
     recorder = Recorder()
     async with operations(data_dir, clock) as (services, app), api_client(app) as admin:
         assert services.ops is not None
         deliverer = services.ops.deliverer
         deliverer.resolver = resolver
         deliverer.transport = httpx.MockTransport(recorder)
-        await services.db.write(
-            lambda tx: webhooks.add_endpoint(tx, "admin", "admin", url, actions="push")
-        )
+        await services.db.write(lambda tx: add_endpoint(tx, "admin", "admin", url, actions="push"))
         await oci.push_image(admin, "admin/app", "1")
         assert await deliverer.run_once() == 1
         assert asked == ["hooks.rebind.example"]  # once: the connection did not ask again
@@ -133,7 +132,7 @@ async def test_dns_rebinding_cannot_lead_a_delivery_inward(
         await oci.push_image(admin, "admin/app", "2", seed="two")
         assert await deliverer.run_once() == 0
         assert len(recorder.requests) == 1  # nothing sent
-        log = await services.db.read(webhooks.deliveries)
+        log = await services.db.read(deliveries)
     assert log[0]["error"] == (
         "refused: hooks.rebind.example leads to 127.0.0.1, an internal address (loopback) "
         "(webhooks.allow_private_targets)"
@@ -149,12 +148,10 @@ async def test_a_name_with_one_private_address_is_refused(data_dir: Path, clock:
         deliverer.resolver = lambda host, port: [PUBLIC, "10.1.2.3"]
         deliverer.transport = httpx.MockTransport(recorder)
         url = "http://intranet.example/hook"
-        await services.db.write(
-            lambda tx: webhooks.add_endpoint(tx, "admin", "admin", url, actions="push")
-        )
+        await services.db.write(lambda tx: add_endpoint(tx, "admin", "admin", url, actions="push"))
         await oci.push_image(admin, "admin/app", "1")
         assert await deliverer.run_once() == 0
-        log = await services.db.read(webhooks.deliveries)
+        log = await services.db.read(deliveries)
     assert recorder.requests == []
     assert "intranet.example leads to 10.1.2.3, an internal address (private)" in log[0]["error"]
 
@@ -172,9 +169,7 @@ async def test_allowed_private_targets_are_still_pinned(
         assert services.ops is not None
         services.ops.deliverer.resolver = resolver
         url = f"http://hook.invalid:{port}/hook"
-        await services.db.write(
-            lambda tx: webhooks.add_endpoint(tx, "admin", "admin", url, actions="push")
-        )
+        await services.db.write(lambda tx: add_endpoint(tx, "admin", "admin", url, actions="push"))
         await oci.push_image(admin, "admin/app", "1")
         assert await services.ops.deliverer.run_once() == 1
     assert asked == ["hook.invalid"]
@@ -192,10 +187,10 @@ async def test_redirects_are_not_followed(
     async with operations(data_dir, clock, **allow) as (services, app), api_client(app) as admin:
         assert services.ops is not None
         await services.db.write(
-            lambda tx: webhooks.add_endpoint(tx, "admin", "admin", receiver.url, actions="push")
+            lambda tx: add_endpoint(tx, "admin", "admin", receiver.url, actions="push")
         )
         await oci.push_image(admin, "admin/app", "1")
         assert await services.ops.deliverer.run_once() == 0
-        log = await services.db.read(webhooks.deliveries)
+        log = await services.db.read(deliveries)
     assert len(receiver.requests) == 1
     assert (log[0]["status"], log[0]["error"]) == (307, "HTTP 307 (redirects are not followed)")

@@ -13,7 +13,10 @@ import pytest
 from appliance.backup import BackupError
 from appliance.backup.create import create_backup
 from appliance.backup.target import DirTarget
-from appliance.ops import webhooks
+from appliance.metadata.events import ACTIONS
+from appliance.webhooks.delivery import ENVELOPE_MEDIA_TYPE, PRUNE_INTERVAL
+from appliance.webhooks.endpoints import add_endpoint
+from appliance.webhooks.records import deliveries
 from tests.api import oci
 from tests.api.conftest import FakeClock, api_client, make_config
 from tests.ops.conftest import Receiver, add_user, operations, start_receiver
@@ -60,10 +63,10 @@ async def test_events_arrive_in_order_signed_and_after_an_outage(
         assert events[2]["target"]["digest"] == second
         assert len({e["id"] for e in events}) == 4
         headers, body = receiver.requests[0]
-        assert headers["content-type"] == webhooks.ENVELOPE_MEDIA_TYPE
+        assert headers["content-type"] == ENVELOPE_MEDIA_TYPE
         expected = hmac.new(b"hook-secret", body, hashlib.sha256).hexdigest()
         assert headers["x-berth-signature-256"] == f"sha256={expected}"
-        log = await services.db.read(webhooks.deliveries)
+        log = await services.db.read(deliveries)
         statuses = [d["status"] for d in reversed(log) if d["status"] is not None]
         assert statuses == [503, 200]
         assert any(d["error"] and d["status"] is None for d in log)  # the dead one
@@ -144,12 +147,12 @@ async def test_namespace_webhooks_may_not_call_inward(
             assert "internal address" in resp.json()["error"]
         # Registered while allowed (or its name re-pointed since): refused at delivery.
         await services.db.write(
-            lambda tx: webhooks.add_endpoint(tx, "admin", "admin", receiver.url, actions="push")
+            lambda tx: add_endpoint(tx, "admin", "admin", receiver.url, actions="push")
         )
         await oci.push_image(admin, "admin/app", "1")
         assert await services.ops.deliverer.run_once() == 0
         assert receiver.requests == []
-        log = await services.db.read(webhooks.deliveries)
+        log = await services.db.read(deliveries)
         assert "refused" in log[0]["error"]
 
 
@@ -171,7 +174,7 @@ async def test_a_failed_backup_reaches_instance_endpoints_only(
         async with api_client(app, auth=("dana", "dana-password-1")) as dana:
             resp = await dana.post(
                 "/api/v1/namespaces/dana/webhooks",
-                json={"url": receiver.url + "/dana", "actions": ",".join(webhooks.ACTIONS)},
+                json={"url": receiver.url + "/dana", "actions": ",".join(ACTIONS)},
             )
             assert resp.status_code == 201, resp.text
         with pytest.raises(BackupError):
@@ -209,7 +212,7 @@ async def test_a_pass_counts_every_endpoint_whatever_finishes_last(
                 await oci.push_image(admin, "team/app", "v1", seed="one")
                 await oci.push_image(admin, "team/app", "v2", seed="two")
             assert await services.ops.deliverer.run_once() == 2
-            log = await services.db.read(webhooks.deliveries)
+            log = await services.db.read(deliveries)
     assert len(receiver.events()) == 2
     assert sorted(d["status"] for d in log) == [200, 503]
 
@@ -227,7 +230,7 @@ async def test_events_after_the_queue_was_emptied_are_delivered(
             for tag in ("1", "2", "3"):
                 await oci.push_image(admin, "team/app", tag, seed=tag)
             assert await deliverer.run_once() == 3
-            clock.advance(webhooks.PRUNE_INTERVAL + 1)
+            clock.advance(PRUNE_INTERVAL + 1)
             assert await deliverer.run_once() == 0  # housekeeping: the queue is pruned
             await oci.push_image(admin, "team/app", "4", seed="4")
             assert await deliverer.run_once() == 1

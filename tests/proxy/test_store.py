@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from appliance.errors import ConfigError
+from appliance.metadata import audit
 from appliance.metadata.db import Database, Tx, open_database
-from appliance.ops import audit
 from appliance.proxy.store import ProxyStore
 
 

@@ -14,7 +14,7 @@ import pytest
 import trio
 
 from appliance.oci import manifest as manifests
-from appliance.ops.metrics import REGISTRY
+from appliance.runtime.metrics import REGISTRY
 from appliance.scan import vulndb
 from appliance.scan.service import rematch_all
 from appliance.server import Services

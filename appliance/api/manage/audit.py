@@ -13,7 +13,7 @@ from appliance.api.manage.routing import Routes
 from appliance.auth.policy import Principal
 from appliance.auth.service import AccessControl
 from appliance.errors import InvalidInput
-from appliance.ops import audit
+from appliance.metadata import audit
 
 MAX_PAGE = 1000
 

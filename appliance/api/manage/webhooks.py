@@ -1,7 +1,7 @@
 """Webhook routes of the management API: a namespace's maintainers manage its endpoints (each
 change audited) and read their delivery log; instance admins read every delivery log.
 
-A target URL is checked (`ops/webhooks.py`), and unless `webhooks.allow_private_targets` is
+A target URL is checked (`webhooks/endpoints.py`), and unless `webhooks.allow_private_targets` is
 on, refused when its host resolves to a private, loopback or link-local address.
 """
 
@@ -18,7 +18,8 @@ from appliance.api.manage.reply import error, forbidden, json_body, json_respons
 from appliance.api.manage.routing import Routes, S
 from appliance.auth.policy import Principal, may_manage
 from appliance.metadata.db import Database, Tx
-from appliance.ops import webhooks
+from appliance.metadata.events import ACTIONS
+from appliance.webhooks import endpoints, records
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,7 +37,7 @@ routes: Routes[Webhooks] = Routes()
 async def list_webhooks(hooks: Webhooks, who: Principal, ns: str) -> Response:
     if not may_manage(who, ns, "maintainer"):
         return forbidden()
-    return json_response(await hooks.db.read(lambda tx: webhooks.endpoint_listing(tx, ns)))
+    return json_response(await hooks.db.read(lambda tx: endpoints.endpoint_listing(tx, ns)))
 
 
 @routes(
@@ -51,15 +52,15 @@ async def create_webhook(hooks: Webhooks, who: Principal, ns: str) -> Response:
         return forbidden()
     data = await json_body()
     inputs.required_text(data, "url")
-    actions = inputs.text(data, "actions") or ",".join(webhooks.ACTIONS)
+    actions = inputs.text(data, "actions") or ",".join(ACTIONS)
     secret = inputs.text(data, "secret")
-    webhooks.check_url(data["url"])
+    endpoints.check_url(data["url"])
     if not hooks.allow_private:
-        refused = await trio.to_thread.run_sync(webhooks.private_target, data["url"])
+        refused = await trio.to_thread.run_sync(endpoints.private_target, data["url"])
         if refused is not None:
             return error(400, f"{refused}: not allowed as a webhook target")
     endpoint_id, key = await hooks.db.write(
-        lambda tx: webhooks.add_endpoint(
+        lambda tx: endpoints.add_endpoint(
             tx,
             who.actor,
             ns,
@@ -80,7 +81,7 @@ async def delete_webhook(hooks: Webhooks, who: Principal, ns: str, webhook_id: s
     number = inputs.path_id(webhook_id)
     if number is None:
         return error(404, "no such webhook")
-    await hooks.db.write(lambda tx: webhooks.remove_endpoint(tx, who.actor, ns, number))
+    await hooks.db.write(lambda tx: endpoints.remove_endpoint(tx, who.actor, ns, number))
     return json_response({})
 
 
@@ -97,9 +98,9 @@ async def webhook_deliveries(hooks: Webhooks, who: Principal, ns: str, webhook_i
         return error(404, "no such webhook")
 
     def fn(tx: Tx) -> list[dict[str, Any]] | None:
-        if not any(e.id == number for e in webhooks.namespace_endpoints(tx, ns)):
+        if not any(e.id == number for e in endpoints.namespace_endpoints(tx, ns)):
             return None
-        return webhooks.deliveries(tx, f"ns:{number}")
+        return records.deliveries(tx, f"ns:{number}")
 
     found = await hooks.db.read(fn)
     if found is None:
@@ -111,4 +112,4 @@ async def webhook_deliveries(hooks: Webhooks, who: Principal, ns: str, webhook_i
 async def all_deliveries(hooks: Webhooks, who: Principal) -> Response:
     if not who.admin:
         return forbidden("only admins read every delivery log")
-    return json_response(await hooks.db.read(webhooks.deliveries))
+    return json_response(await hooks.db.read(records.deliveries))

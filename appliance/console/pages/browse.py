@@ -12,13 +12,12 @@ from quart import Response, request
 from appliance.api.inputs import depth
 from appliance.console.framework import BadRequest, NavEntry, PageContext, PageNotFound, page
 from appliance.errors import BerthError
-from appliance.metadata import browse
+from appliance.metadata import audit, browse
 from appliance.metadata.browse import TagRow
 from appliance.metadata.db import Tx
 from appliance.oci import mediatypes as mt
 from appliance.oci.digest import is_digest
 from appliance.oci.names import namespace_of, validate_name, validate_tag
-from appliance.ops import audit
 
 REPOSITORY_PAGE = 50
 TAG_PAGE = 100

@@ -13,10 +13,9 @@ from appliance.api.inputs import path_id
 from appliance.auth import accounts, credentials
 from appliance.auth.policy import ROBOT_ROLES, ROLES, TOKEN_SCOPES, role_rank
 from appliance.console.framework import BadRequest, NavEntry, PageContext, PageNotFound, page
-from appliance.metadata import identity
+from appliance.metadata import audit, identity
 from appliance.metadata.db import Tx
 from appliance.oci.names import normalize_component
-from appliance.ops import audit
 
 AUDIT_PAGE = 100
 

@@ -1,6 +1,6 @@
 """Operations pages: the instance's status (health, what it holds, limits, webhooks) for
 admins, and each namespace's webhook endpoints for its maintainers. Changes go through
-`ops.webhooks`, which audits them in their transaction; the audit log page is manage.py's."""
+`webhooks.endpoints`, which audits them in their transaction; the audit log page is manage.py's."""
 
 from __future__ import annotations
 
@@ -14,8 +14,18 @@ from appliance.console.framework import BadRequest, NavEntry, PageContext, PageN
 from appliance.errors import BerthError
 from appliance.metadata import browse, identity
 from appliance.metadata.db import Tx
+from appliance.metadata.events import ACTIONS
 from appliance.omnibus.buildinfo import build_info
-from appliance.ops import webhooks
+from appliance.webhooks.endpoints import (
+    add_endpoint,
+    check_url,
+    config_endpoints,
+    namespace_endpoints,
+    private_target,
+    redact_url,
+    remove_endpoint,
+)
+from appliance.webhooks.records import deliveries
 
 RECENT = 20
 
@@ -55,20 +65,20 @@ async def status(ctx: PageContext) -> Response:
         totals = browse.totals(tx)
         cursors = _cursors(tx)
         endpoints = []
-        for e in webhooks.config_endpoints(config):
+        for e in config_endpoints(config):
             endpoints.append(
                 {
                     "where": "instance",
-                    "url": webhooks.redact_url(e.url),
+                    "url": redact_url(e.url),
                     "actions": ", ".join(sorted(e.actions)),
                     **cursors.get(e.key, {}),
                 }
             )
-        for e in webhooks.namespace_endpoints(tx):
+        for e in namespace_endpoints(tx):
             endpoints.append(
                 {
                     "where": e.namespace,
-                    "url": webhooks.redact_url(e.url),
+                    "url": redact_url(e.url),
                     "actions": ", ".join(sorted(e.actions)),
                     **cursors.get(e.key, {}),
                 }
@@ -80,7 +90,7 @@ async def status(ctx: PageContext) -> Response:
             "uploads": totals["uploads"],
             "queued": int(tx.scalar("SELECT COUNT(*) FROM webhook_events")),
             "endpoints": endpoints,
-            "deliveries": webhooks.deliveries(tx, limit=RECENT),
+            "deliveries": deliveries(tx, limit=RECENT),
         }
 
     state = await ctx.access.db.read(read)
@@ -133,42 +143,40 @@ async def namespace_webhooks(ctx: PageContext, ns: str) -> Response:
             endpoint_id = path_id(form.get("id", ""))
             if endpoint_id is None:
                 raise BadRequest("no such webhook")
-            await ctx.change(lambda tx: webhooks.remove_endpoint(tx, actor, ns, endpoint_id))
+            await ctx.change(lambda tx: remove_endpoint(tx, actor, ns, endpoint_id))
             return await ctx.redirect(f"/namespaces/{ns}/webhooks", "Webhook removed.")
         url = form.get("url", "").strip()
-        actions = ",".join(a for a in webhooks.ACTIONS if form.get(f"on_{a}") == "on")
+        actions = ",".join(a for a in ACTIONS if form.get(f"on_{a}") == "on")
         if not actions:
             raise BadRequest("choose at least one event: push, pull or delete")
         try:
-            webhooks.check_url(url)
+            check_url(url)
         except BerthError as e:
             raise BadRequest(e.message) from None
         if not ctx.config["webhooks.allow_private_targets"]:
-            refused = await trio.to_thread.run_sync(webhooks.private_target, url)
+            refused = await trio.to_thread.run_sync(private_target, url)
             if refused is not None:
                 raise BadRequest(f"{refused}: not allowed as a webhook target")
-        _, secret = await ctx.change(
-            lambda tx: webhooks.add_endpoint(tx, actor, ns, url, actions=actions)
-        )
+        _, secret = await ctx.change(lambda tx: add_endpoint(tx, actor, ns, url, actions=actions))
         return await ctx.render(
             "webhook_secret.html",
             title=f"Webhook added to {ns}",
             secret=secret,
-            url=webhooks.redact_url(url),
+            url=redact_url(url),
             back=f"/namespaces/{ns}/webhooks",
         )
 
     def read(tx: Tx) -> list[dict[str, Any]]:
         cursors = _cursors(tx)
         out = []
-        for e in webhooks.namespace_endpoints(tx, ns):
+        for e in namespace_endpoints(tx, ns):
             out.append(
                 {
                     "id": e.id,
-                    "url": webhooks.redact_url(e.url),
+                    "url": redact_url(e.url),
                     "actions": ", ".join(sorted(e.actions)),
                     **cursors.get(e.key, {}),
-                    "deliveries": webhooks.deliveries(tx, e.key, limit=5),
+                    "deliveries": deliveries(tx, e.key, limit=5),
                 }
             )
         return out
@@ -179,5 +187,5 @@ async def namespace_webhooks(ctx: PageContext, ns: str) -> Response:
         title=f"Webhooks of {ns}",
         ns=ns,
         endpoints=endpoints,
-        actions=webhooks.ACTIONS,
+        actions=ACTIONS,
     )

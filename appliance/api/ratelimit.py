@@ -2,7 +2,7 @@
 
 A bucket holds up to `burst` tokens and refills at `rate` tokens a second; each request takes
 one token from its user's bucket and one from its address's bucket, and is refused while either
-is empty. The buckets are shared by every serving process of the host (ops/buckets.py), so the
+is empty. The buckets are shared by every serving process of the host (runtime/buckets.py), so the
 configured rate holds for the host whatever worker a request reaches.
 
 Refusals carry what a client needs to back off: `Retry-After` (seconds) and the
@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from prometheus_client import Counter
 
 from appliance.config import Config
-from appliance.ops.buckets import SharedBuckets
-from appliance.ops.metrics import REGISTRY
+from appliance.runtime.buckets import SharedBuckets
+from appliance.runtime.metrics import REGISTRY
 
 KINDS = ("pull", "push", "signin")
 

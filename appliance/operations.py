@@ -4,6 +4,10 @@
 pull-event buffer, the readiness probe, the scrape-time metrics, the webhook deliverer and the
 audit-retention job. `server.open_services` builds it; `app.create_app` wraps the ASGI app in
 its middleware; `server.background_jobs` runs its `jobs()` in the leader.
+
+It sits beside `app.py` and `server.py`, above the layers it assembles: the process runtime
+(`runtime/`: host, limit sync, jobs), a feature (`webhooks/`) and the HTTP edge (`api/`:
+middleware, rate limits). It imports no web framework.
 """
 
 from __future__ import annotations
@@ -16,26 +20,26 @@ from typing import Any
 import trio
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
-from quart import request
-from quart_trio import QuartTrio
 
+from appliance import context
 from appliance.api.asgi import ASGIApp, Scope, client_address
 from appliance.api.guard import Caller
+from appliance.api.middleware import OperationsMiddleware, Readiness, ScrapeCollectors
+from appliance.api.ratelimit import RateLimiter
 from appliance.auth.service import AccessControl
 from appliance.config import Config, proxy_networks
 from appliance.errors import BerthError
-from appliance.metadata import browse
+from appliance.metadata import audit, browse
 from appliance.metadata.db import Database, Tx
 from appliance.metadata.leader import Fence
-from appliance.ops import audit, context
-from appliance.ops.buckets import SharedBuckets
-from appliance.ops.hosts import HostInfoCollector, ThisHost
-from appliance.ops.http import OperationsMiddleware, Readiness, ScrapeCollectors
-from appliance.ops.jobs import Job
-from appliance.ops.limitsync import LimitSync, Table
-from appliance.ops.ratelimit import RateLimiter
-from appliance.ops.webhooks import Deliverer, PullEvents, config_endpoints, delivery_job
+from appliance.runtime.buckets import SharedBuckets
+from appliance.runtime.hosts import HostInfoCollector, ThisHost
+from appliance.runtime.jobs import Job
+from appliance.runtime.limitsync import LimitSync, Table
 from appliance.storage.base import BlobStore
+from appliance.webhooks.batching import PullEvents
+from appliance.webhooks.delivery import Deliverer, delivery_job
+from appliance.webhooks.endpoints import config_endpoints
 
 log = logging.getLogger("berth.ops")
 
@@ -114,16 +118,6 @@ class Operations:
             trusted_proxies=proxy_networks(self.config["server.trusted_proxies"]),
             host=self.host.name,
         )
-
-    def register_web(self, web: QuartTrio) -> None:
-        """Label the web app's requests with their route template (for the metrics)."""
-
-        @web.before_request
-        async def route_label() -> None:
-            rule = request.url_rule
-            if rule is not None:
-                scope: dict[str, Any] = request.scope  # type: ignore[assignment]
-                scope["berth.route"] = rule.rule
 
     async def admit(self, scope: Scope, handler: str, method: str) -> None:
         """After sign-in, before a /v2 handler: name the actor, apply the rate limits.

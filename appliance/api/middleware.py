@@ -1,6 +1,6 @@
 """The operations layer around every HTTP request, as raw ASGI middleware.
 
-For each request it sets the request context (`ops/context.py`: request id and client
+For each request it sets the request context (`context.py`: request id and client
 address), answers `X-Request-Id`, counts the request in the metrics (by route template, never
 the raw path), and writes one access-log line. It also serves the operations endpoints itself,
 before any routing or sign-in:
@@ -13,7 +13,8 @@ before any routing or sign-in:
     /metrics    Prometheus text format (optionally behind a bearer token)
 
 What a request costs here is a few dictionary lookups, one histogram observation and one log
-record: the hot registry routes stay lean (bench/ops.py measures it).
+record: the hot registry routes stay lean (bench/ops.py measures it). The console's and the
+management API's requests are labelled with their Quart route template (`label_routes`).
 """
 
 from __future__ import annotations
@@ -39,16 +40,18 @@ from prometheus_client import (
     multiprocess,
 )
 from prometheus_client.registry import Collector
+from quart import request
+from quart_trio import QuartTrio
 
+from appliance import context
 from appliance.api.asgi import ASGIApp, Message, Receive, Scope, Send, client_address, respond
 from appliance.api.codes import error_body
 from appliance.api.guard import parse_basic
+from appliance.api.ratelimit import RateLimited, RateLimiter
 from appliance.errors import BerthError
-from appliance.ops import context
-from appliance.ops.logs import scrub
-from appliance.ops.metrics import REGISTRY
-from appliance.ops.ratelimit import RateLimited, RateLimiter
-from appliance.ops.webhooks import PullEvents
+from appliance.runtime.logs import scrub
+from appliance.runtime.metrics import REGISTRY
+from appliance.webhooks.batching import PullEvents
 
 access_log = logging.getLogger("berth.access")
 log = logging.getLogger("berth.ops")
@@ -154,6 +157,17 @@ def _route(scope: Scope) -> str:
     if handler is None:
         return "other"
     return V2_ROUTES.get(handler, handler)
+
+
+def label_routes(web: QuartTrio) -> None:
+    """Label the web app's requests with their route template (for the metrics)."""
+
+    @web.before_request
+    async def route_label() -> None:
+        rule = request.url_rule
+        if rule is not None:
+            scope: dict[str, Any] = request.scope  # type: ignore[assignment]
+            scope["berth.route"] = rule.rule
 
 
 _SECRET_ARGS = frozenset(

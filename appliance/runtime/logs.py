@@ -1,7 +1,7 @@
 """Logging: text on a terminal, JSON lines otherwise; a request id on every line; no secrets.
 
 `setup(level, format)` configures the root logger once per process. Every record gets the id
-of the request it was written for (`ops/context.py`; `-` outside a request), and its message
+of the request it was written for (`context.py`; `-` outside a request), and its message
 is scrubbed of anything that looks like a credential (Authorization values, Berth tokens, JWTs,
 password or token query parameters) before any handler sees it: a secret that slips into a
 message by mistake never reaches a file.
@@ -25,7 +25,7 @@ import threading
 import time
 from typing import Any, TextIO
 
-from appliance.ops import context
+from appliance import context
 
 # Every pattern here runs on text a client controls (request paths, query strings, user
 # agents), so each must fail in linear time: quantifiers whose class cannot contain what

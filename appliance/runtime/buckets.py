@@ -6,7 +6,7 @@ take an exclusive `flock` on it (and a thread lock, since `flock` does not separ
 one process) for the few microseconds a read-modify-write lasts. A process without a data
 directory (a test's in-process app) keeps the table in its own memory.
 
-Across hosts (ops/limitsync.py), what a process takes, locks and resets is also noted in its
+Across hosts (runtime/limitsync.py), what a process takes, locks and resets is also noted in its
 `outbox` (when `noting` is on), sent to the other hosts every second, and applied there by
 `charge`, `lock_key` and `reset_key`: a charge takes tokens without asking, so a bucket may go
 below zero, and that debt is what keeps several hosts to one rate over time.
@@ -69,7 +69,7 @@ class SharedBuckets:
 
     def __init__(self, path: Path | None = None) -> None:
         self.path = path
-        self.noting = False  # keep an outbox for the other hosts (ops/limitsync.py)
+        self.noting = False  # keep an outbox for the other hosts (runtime/limitsync.py)
         self._outbox = Outbox()
         self._thread_lock = threading.Lock()
         self._fd: int | None = None

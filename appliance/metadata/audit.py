@@ -7,7 +7,7 @@ a change and its audit row commit (or roll back) together. `actor` is who did it
 never contain a secret.
 
 The source address and request id are taken from the request being served
-(`ops/context.py`), so callers do not pass them; outside a request both are NULL.
+(`context.py`), so callers do not pass them; outside a request both are NULL.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from appliance import context
 from appliance.metadata.db import Tx
 from appliance.metadata.leader import Fence, check_fence
-from appliance.ops import context
 
 
 def record(

@@ -3,7 +3,7 @@
 Declare a metric at module level, on `REGISTRY`:
 
     from prometheus_client import Counter
-    from appliance.ops.metrics import REGISTRY
+    from appliance.runtime.metrics import REGISTRY
 
     PUSHES = Counter("berth_pushes", "Manifests pushed.", ["namespace"], registry=REGISTRY)
 

@@ -1,6 +1,6 @@
 """The request a piece of work is done for: its id and the client's address.
 
-Set once per HTTP request by the operations middleware (`ops/http.py`) in a context variable,
+Set once per HTTP request by the operations middleware (`api/middleware.py`) in a context variable,
 so that code far from HTTP (an audit row written in a worker thread, a log line) can name the
 request without it being passed down. trio copies context variables into the tasks it starts,
 and `trio.to_thread.run_sync` runs its function in a copy of the caller's context, so the

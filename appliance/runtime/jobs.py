@@ -10,7 +10,7 @@ it in the same transaction: a former leader that was paused cannot delete anythi
 another process has taken over.
 
 Time: the scheduler sleeps on trio's clock, so tests drive it with `trio.testing.MockClock`.
-A job with a cron expression (`ops/cron.py`) runs at the wall-clock times it names; the wall
+A job with a cron expression (`runtime/cron.py`) runs at the wall-clock times it names; the wall
 clock is injected too (`Scheduler(jobs, wall_clock=...)`), so a test can start at 02:59 UTC and
 see the 03:00 run without waiting.
 
@@ -32,7 +32,7 @@ import trio
 
 from appliance.errors import BerthError
 from appliance.metadata.leader import Fence, LeaderLock, LeadershipLost
-from appliance.ops.cron import Cron
+from appliance.runtime.cron import Cron
 
 log = logging.getLogger("berth.jobs")
 

@@ -8,7 +8,7 @@ checks that the hosts seen lately agree (omnibus/checks.py); a disagreement (ano
 another bucket) means tokens or blobs made on one host fail on another.
 
 A few chores are the host's, not each worker's: the heartbeat, and applying what other hosts'
-rate limits counted (ops/limitsync.py) to the buckets the host's workers share. The worker that
+rate limits counted (runtime/limitsync.py) to the buckets the host's workers share. The worker that
 holds an exclusive lock on `<data_dir>/run/host-agent` does them (`HostAgent`); when it dies the
 kernel drops the lock and another worker takes it at its next look.
 """

@@ -1,7 +1,7 @@
 """Rate limits and sign-in lockouts that count across hosts: what each host's buckets gave out
 is told to the other hosts every `ratelimit.sync_interval` seconds, and subtracted there.
 
-One host's workers already share their buckets (ops/buckets.py). Between hosts:
+One host's workers already share their buckets (runtime/buckets.py). Between hosts:
 
     worker takes a token ─▶ noted in its outbox ─▶ every interval: NOTIFY berth_limits
     (any host)                                      {"host": id, "tables": {...}}
@@ -10,7 +10,7 @@ One host's workers already share their buckets (ops/buckets.py). Between hosts:
       charge the host's shared buckets (a debt if need be), copy locks and resets
 
 Every worker sends what it noted itself; on each receiving host only the host agent
-(ops/hosts.py) applies a message, since the host's workers share the buckets it changes, and
+(runtime/hosts.py) applies a message, since the host's workers share the buckets it changes, and
 a host ignores its own messages. A charge may take a bucket below zero: the debt refills at
 the key's rate, so that over time the hosts together keep to one rate.
 
@@ -39,8 +39,8 @@ import trio
 
 from appliance.errors import BerthError
 from appliance.metadata.db import MAX_MESSAGE, Database
-from appliance.ops.buckets import Outbox, SharedBuckets
-from appliance.ops.hosts import HostAgent
+from appliance.runtime.buckets import Outbox, SharedBuckets
+from appliance.runtime.hosts import HostAgent
 
 log = logging.getLogger("berth.ops")
 

@@ -1,1 +1,0 @@
-"""Operations: audit log (and, later, metrics, logging, jobs, rate limits, webhooks)."""
