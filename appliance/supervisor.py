@@ -36,6 +36,7 @@ import trio
 from appliance.config import Config
 from appliance.errors import ConfigError
 from appliance.metadata.db import open_metadata
+from appliance.runtime.program import program_command
 
 log = logging.getLogger("berth.supervisor")
 
@@ -240,13 +241,6 @@ def forget_metrics_of(pid: int) -> None:
         from prometheus_client import multiprocess  # noqa: PLC0415
 
         multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
-
-
-def program_command() -> list[str]:
-    """How this program starts itself again (a serving worker, a scan worker): the single
-    executable is its own interpreter; otherwise this Python runs the package."""
-    frozen = getattr(sys, "frozen", False)
-    return [sys.executable] if frozen else [sys.executable, "-m", "appliance"]
 
 
 def child_command(config_path: str | None, data_dir: str | None, listen: str | None) -> list[str]:

@@ -99,8 +99,6 @@ UPWARD_ALLOWED: dict[tuple[str, str], str] = {
     "upstream blob to the client as it arrives, so it writes raw ASGI messages (Send, "
     "header_list); the ASGI types belong below the features",
     ("appliance.proxy.service", "appliance.api"): "the package of appliance.api.asgi, above",
-    ("appliance.scan.service", "appliance.supervisor"): "starts scan workers the way the "
-    "supervisor starts serving workers (program_command); belongs in runtime/",
 }
 
 

@@ -46,6 +46,7 @@ from appliance.oci.digest import Digest
 from appliance.registry import Registry
 from appliance.runtime.jobs import Job
 from appliance.runtime.metrics import REGISTRY
+from appliance.runtime.program import program_command
 from appliance.scan import sbom as sboms
 from appliance.scan import vulndb
 from appliance.scan.layers import LayerError, Limits
@@ -54,7 +55,6 @@ from appliance.scan.packages import OsRelease
 from appliance.scan.policy import PullGate
 from appliance.scan.vulndb import AdvisoryIndex, bump_generation
 from appliance.scan.worker import Extraction, Layer, WorkerSettings, extract
-from appliance.supervisor import program_command
 
 log = logging.getLogger("berth.scan")
 

@@ -2,7 +2,7 @@
 
 Layers are hostile input, so the serving process never parses them. For each image the jobs
 leader starts this program again as `berth scan-worker` (the single executable is its own
-interpreter: `supervisor.program_command`), writes one header line (the image, the layers'
+interpreter: `runtime.program.program_command`), writes one header line (the image, the layers'
 labels and sizes, the bounds) and then every layer's compressed bytes, in order, to its
 standard input, and reads one answer from its standard output: a JSON line (packages, the
 bounds that cut the reading, the SBOM's size, or an error) followed by the SBOM.
