@@ -27,9 +27,10 @@ import hypercorn.trio.run
 import hypercorn.trio.tcp_server
 import trio
 from hypercorn.config import Config as HypercornConfig
+from hypercorn.events import Closed, Event, RawData, Updated
 from hypercorn.trio import serve as hypercorn_serve
 
-from appliance.api.asgi import ASGIApp, Message, Receive, Scope, Send
+from appliance.api.asgi import ASGIApp, ClientDisconnected, Message, Receive, Scope, Send
 from appliance.api.codes import error_body
 from appliance.app import create_app
 from appliance.auth.service import AccessControl, open_access_control
@@ -61,10 +62,45 @@ BUSY_RESPONSE = (
 )
 
 
+class PeerGone(ClientDisconnected, OSError):
+    """A send on a connection whose client has gone (it reset the connection, or closed it
+    with part of an answer unread): nothing more can reach it. An OSError, as ASGI asks of a
+    send on a closed connection, so hypercorn's connection task ends quietly when it meets it
+    outside the application."""
+
+
 class LimitedTCPServer(hypercorn.trio.tcp_server.TCPServer):
     """hypercorn's per-connection handler, holding one of `server.max_connections` places
     (`config.berth_connections`, a CapacityLimiter) while the connection lives. Hypercorn has
-    no such limit, and builds this class by name in `hypercorn.trio.run`, hence the swap."""
+    no such limit, and builds this class by name in `hypercorn.trio.run`, hence the swap.
+
+    It also lets a connection end as soon as its client has gone. hypercorn swallows a failed
+    send and lets the application stream the rest of its answer into nothing (a blob read to
+    its end from storage), then starts the keep-alive timer for a next request that cannot
+    come: the connection, and its place, outlived the client by `server.idle_timeout`."""
+
+    _peer_gone = False  # a send failed: the client reset or closed the connection
+    _read_closed = False  # the client closed its side (or reset): no next request can come
+
+    async def protocol_send(self, event: Event) -> None:
+        if isinstance(event, RawData):
+            if self._peer_gone:
+                raise PeerGone("the client has gone")
+            async with self.send_lock:
+                try:
+                    with trio.CancelScope(shield=True):
+                        await self.stream.send_all(event.data)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    self._peer_gone = True
+            if self._peer_gone:
+                await self.protocol.handle(Closed())
+                # The application's send raises: a streamed answer stops here (api/v2.py
+                # takes it as the client disconnecting).
+                raise PeerGone("the client has gone")
+            return
+        if isinstance(event, Updated) and event.idle and self._read_closed:
+            return  # an answer ended after the client closed: close now, not after a timeout
+        await super().protocol_send(event)
 
     async def run(self) -> None:
         places: trio.CapacityLimiter | None = getattr(self.config, "berth_connections", None)
@@ -84,7 +120,9 @@ class LimitedTCPServer(hypercorn.trio.tcp_server.TCPServer):
     async def _read_data(self) -> None:
         await super()._read_data()
         # The client closed (or timed out): hypercorn would keep this connection's task, and
-        # so its place, until the keep-alive timer runs out; stop the timer instead.
+        # so its place, until the keep-alive timer runs out; stop the timer instead, and keep
+        # an answer still being sent from starting it again when it ends (protocol_send).
+        self._read_closed = True
         await self.idle_task.stop()
 
     async def _idle_timeout(self) -> None:
