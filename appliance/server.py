@@ -15,12 +15,15 @@ flood cannot hold memory and clients retry with back-off.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
+import select
 import signal
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 
 import h11
 import hypercorn.trio.run
@@ -51,6 +54,14 @@ log = logging.getLogger("berth")
 
 # Hypercorn reads 64 KiB per receive; 1 MiB lets blob uploads run at disk speed (DESIGN.md).
 hypercorn.trio.tcp_server.MAX_RECV = 1 << 20
+
+# A zero-copy send hands the kernel this much of a file per call (fewer calls, each in a worker
+# thread, as a read from storage may wait on the disk); the socket takes what its buffer holds.
+SENDFILE_PIECE = 8 << 20
+SEND_TURN = 256 << 20  # at most this much per thread hop: a shutdown waits for one turn
+SEND_PATIENCE_MS = 20  # a full socket is waited on in the thread this long, then in trio
+ZERO_COPY = "http.response.zerocopysend"  # ASGI's extension (appliance/api/v2.py uses it)
+_SENDFILE = "berth.sendfile"  # the connection's sendfile, handed to `zero_copy` in the scope
 
 _BUSY = error_body("UNAVAILABLE", "too many connections to this server; try again shortly")
 BUSY_RESPONSE = (
@@ -103,6 +114,10 @@ class LimitedTCPServer(hypercorn.trio.tcp_server.TCPServer):
         await super().protocol_send(event)
 
     async def run(self) -> None:
+        if isinstance(self.stream, trio.SocketStream):  # plain TCP: the kernel may send files
+            # hypercorn copies this dict into each request's scope["state"] (`zero_copy`
+            # takes it out again); a new dict, as the given one is shared by every connection.
+            self.state = {**self.state, _SENDFILE: self._sendfile}
         places: trio.CapacityLimiter | None = getattr(self.config, "berth_connections", None)
         if places is None:
             await super().run()
@@ -116,6 +131,33 @@ class LimitedTCPServer(hypercorn.trio.tcp_server.TCPServer):
             await super().run()
         finally:
             places.release()
+
+    async def _sendfile(self, fd: int, offset: int, count: int) -> None:
+        """Send `count` bytes of the file `fd` from `offset` as response body, with sendfile(2):
+        from the page cache to the socket, never through this process. h11 is told of the
+        bytes (it checks them against the Content-Length) without being given them."""
+        connection = getattr(self.protocol.protocol, "connection", None)
+        if not isinstance(connection, h11.Connection):
+            raise TypeError("a zero-copy send needs an HTTP/1.1 connection")
+        connection.send_with_data_passthrough(h11.Data(data=_Span(count)))  # type: ignore[arg-type]
+        if self._peer_gone:
+            raise PeerGone("the client has gone")
+        sock = self.stream.socket
+        async with self.send_lock:
+            while count > 0:
+                part = partial(_send_file_part, sock.fileno(), fd, offset, min(count, SEND_TURN))
+                try:
+                    sent = await trio.to_thread.run_sync(part)
+                except (BrokenPipeError, ConnectionResetError):
+                    self._peer_gone = True
+                    break
+                offset += sent
+                count -= sent
+                if sent == 0:  # the client reads slowly: wait here, where it can be cancelled
+                    await trio.lowlevel.wait_writable(sock)
+        if self._peer_gone:
+            await self.protocol.handle(Closed())
+            raise PeerGone("the client has gone")
 
     async def _read_data(self) -> None:
         await super()._read_data()
@@ -152,6 +194,66 @@ class LimitedTCPServer(hypercorn.trio.tcp_server.TCPServer):
 
 
 hypercorn.trio.run.TCPServer = LimitedTCPServer  # type: ignore[attr-defined]
+
+
+def _send_file_part(sock: int, fd: int, offset: int, count: int) -> int:
+    """In a worker thread: sendfile(2) `count` bytes of `fd` from `offset` to the (non-blocking)
+    socket, waiting for room in it up to SEND_PATIENCE at a time; returns the bytes sent, fewer
+    once the client stops reading for that long (the event loop then waits for it). One
+    thread hop for many sends, where a hop per send would cost as much as the send."""
+    poller = select.poll()
+    poller.register(sock, select.POLLOUT)
+    sent = 0
+    while sent < count:
+        try:
+            n = os.sendfile(sock, fd, offset + sent, min(count - sent, SENDFILE_PIECE))
+        except BlockingIOError:
+            if not poller.poll(SEND_PATIENCE_MS):
+                break
+            continue
+        if n == 0:  # the file is shorter than it was when opened
+            raise OSError(errno.EIO, "blob file ended early")
+        sent += n
+    return sent
+
+
+class _Span:
+    """What h11 is given for bytes sent past it: only their number (Content-Length framing
+    passes the data object through untouched)."""
+
+    __slots__ = ("length",)
+
+    def __init__(self, length: int) -> None:
+        self.length = length
+
+    def __len__(self) -> int:
+        return self.length
+
+
+def zero_copy(app: ASGIApp) -> ASGIApp:
+    """Offer ASGI's zero-copy send (`http.response.zerocopysend`: a file, an offset and a
+    count) on connections that can do it, and carry it out with the connection's sendfile."""
+
+    async def zero_copy_app(scope: Scope, receive: Receive, send: Send) -> None:
+        state = scope.get("state")
+        sendfile = state.pop(_SENDFILE, None) if isinstance(state, dict) else None
+        if sendfile is None or scope["type"] != "http":
+            await app(scope, receive, send)
+            return
+        scope.setdefault("extensions", {})[ZERO_COPY] = {}
+
+        async def sending(message: Message) -> None:
+            if message["type"] != ZERO_COPY:
+                await send(message)
+                return
+            file = message["file"]
+            await sendfile(file.fileno(), message.get("offset", 0), message["count"])
+            if not message.get("more_body", False):
+                await send({"type": "http.response.body", "body": b""})
+
+        await app(scope, receive, sending)
+
+    return zero_copy_app
 
 
 def _between_requests(protocol: object) -> bool:
@@ -379,7 +481,7 @@ async def serve(
                 if config["server.max_connections"] > 0:
                     hc.berth_connections = trio.CapacityLimiter(config["server.max_connections"])  # type: ignore[attr-defined]
                 await hypercorn_serve(
-                    draining.wrap(app),  # type: ignore[arg-type]
+                    zero_copy(draining.wrap(app)),  # type: ignore[arg-type]
                     hc,
                     shutdown_trigger=draining.wait,
                     task_status=task_status,
