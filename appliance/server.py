@@ -15,6 +15,8 @@ flood cannot hold memory and clients retry with back-off.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import errno
 import logging
 import os
@@ -382,6 +384,44 @@ class Draining:
         return draining_app
 
 
+TRIM_INTERVAL = 10.0  # seconds between returns of the C allocator's free memory
+
+
+def _load_malloc_trim() -> Callable[[int], int] | None:
+    """glibc's malloc_trim, or None where the C library has none (musl, macOS)."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        trim: Callable[[int], int] = libc.malloc_trim
+    except (OSError, AttributeError):
+        return None
+    return trim
+
+
+_MALLOC_TRIM = _load_malloc_trim()
+
+
+def trim_memory() -> bool:
+    """Give the C allocator's free memory back to the system; False where it cannot.
+
+    A burst (1 MiB request bodies read by several threads, argon2 password checks, thousands
+    of small responses) leaves glibc's heaps holding freed memory it keeps for reuse: a
+    serving process stayed 25-30 MiB above its idle size after the bench's loads."""
+    if _MALLOC_TRIM is None:
+        return False
+    _MALLOC_TRIM(0)
+    return True
+
+
+async def trim_memory_regularly(*, task_status: trio.TaskStatus[None]) -> None:
+    """Trim every TRIM_INTERVAL, in a worker thread (it walks the heaps: about a millisecond)."""
+    task_status.started()
+    if _MALLOC_TRIM is None:
+        return
+    while True:
+        await trio.sleep(TRIM_INTERVAL)
+        await trio.to_thread.run_sync(trim_memory)
+
+
 def tell_ready(fd: int) -> None:
     """Tell the supervisor this worker answers requests (it may be waiting to say so)."""
     _tell(fd, b"R")
@@ -469,6 +509,7 @@ async def serve(
             # Other hosts' writes reach this process's caches (metadata/changes.py).
             await nursery.start(services.db.watch_changes)
             await nursery.start(background_jobs, config, services)
+            await nursery.start(trim_memory_regularly)
             if services.ops is not None:
                 await nursery.start(services.ops.run)
             if services.lifecycle is not None:
