@@ -61,6 +61,7 @@ hypercorn.trio.tcp_server.MAX_RECV = 1 << 20
 # thread, as a read from storage may wait on the disk); the socket takes what its buffer holds.
 SENDFILE_PIECE = 8 << 20
 SEND_TURN = 256 << 20  # at most this much per thread hop: a shutdown waits for one turn
+INLINE_SEND = 256 << 10  # up to this much is sent from the event loop's thread (page cache)
 SEND_PATIENCE_MS = 20  # a full socket is waited on in the thread this long, then in trio
 ZERO_COPY = "http.response.zerocopysend"  # ASGI's extension (appliance/api/v2.py uses it)
 _SENDFILE = "berth.sendfile"  # the connection's sendfile, handed to `zero_copy` in the scope
@@ -146,6 +147,18 @@ class LimitedTCPServer(hypercorn.trio.tcp_server.TCPServer):
             raise PeerGone("the client has gone")
         sock = self.stream.socket
         async with self.send_lock:
+            if count <= INLINE_SEND:  # a small layer or config: likely one call, no thread hop
+                try:
+                    sent = os.sendfile(sock.fileno(), fd, offset, count)
+                except BlockingIOError:
+                    sent = 0
+                except (BrokenPipeError, ConnectionResetError):
+                    self._peer_gone = True
+                    count = sent = 0
+                if count and not sent:
+                    await trio.lowlevel.wait_writable(sock)
+                offset += sent
+                count -= sent
             while count > 0:
                 part = partial(_send_file_part, sock.fileno(), fd, offset, min(count, SEND_TURN))
                 try:
