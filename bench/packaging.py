@@ -73,9 +73,9 @@ def push_blob(url: str, size: int, verify: ssl.SSLContext) -> str:
     with httpx.Client(base_url=url, auth=(ADMIN, ADMIN_PASSWORD), timeout=600, verify=verify) as c:
         start = c.post("/v2/bench/big/blobs/uploads/")
         start.raise_for_status()
+        location = start.headers["location"]  # the reference's carries its own query
         put = c.put(
-            start.headers["location"],
-            params={"digest": digest},
+            f"{location}{'&' if '?' in location else '?'}digest={digest}",
             content=body(),
             headers={"content-type": "application/octet-stream"},
         )
