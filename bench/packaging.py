@@ -223,8 +223,8 @@ def main() -> None:
         ]
     lines += [
         machine,
-        f"- Blob {args.size / 2**30:.2f} GiB, curl to /dev/null, median of 3 rounds; "
-        "start-up: restart on an existing data dir, median of 5",
+        f"- Blob {args.size / 2**30:.2f} GiB, curl to /dev/null, median of 3 rounds"
+        + ("" if args.only == "nginx" else "; start-up: restart on an existing data dir, median 5"),
         "",
         *rows,
         "",
