@@ -97,7 +97,7 @@ class LimitedTCPServer(hypercorn.trio.tcp_server.TCPServer):
     _read_closed = False  # the client closed its side (or reset): no next request can come
 
     async def protocol_send(self, event: Event) -> None:
-        if isinstance(event, RawData):
+        if isinstance(event, RawData) and _h11_connection(self.protocol) is not None:
             if self._peer_gone:
                 raise PeerGone("the client has gone")
             async with self.send_lock:
@@ -139,8 +139,8 @@ class LimitedTCPServer(hypercorn.trio.tcp_server.TCPServer):
         """Send `count` bytes of the file `fd` from `offset` as response body, with sendfile(2):
         from the page cache to the socket, never through this process. h11 is told of the
         bytes (it checks them against the Content-Length) without being given them."""
-        connection = getattr(self.protocol.protocol, "connection", None)
-        if not isinstance(connection, h11.Connection):
+        connection = _h11_connection(self.protocol)
+        if connection is None:
             raise TypeError("a zero-copy send needs an HTTP/1.1 connection")
         connection.send_with_data_passthrough(h11.Data(data=_Span(count)))  # type: ignore[arg-type]
         if self._peer_gone:
@@ -247,12 +247,13 @@ class _Span:
 
 def zero_copy(app: ASGIApp) -> ASGIApp:
     """Offer ASGI's zero-copy send (`http.response.zerocopysend`: a file, an offset and a
-    count) on connections that can do it, and carry it out with the connection's sendfile."""
+    count) on connections that can do it (plain TCP, HTTP/1.x), and carry it out with the
+    connection's sendfile."""
 
     async def zero_copy_app(scope: Scope, receive: Receive, send: Send) -> None:
         state = scope.get("state")
         sendfile = state.pop(_SENDFILE, None) if isinstance(state, dict) else None
-        if sendfile is None or scope["type"] != "http":
+        if sendfile is None or scope["type"] != "http" or scope.get("http_version") == "2":
             await app(scope, receive, send)
             return
         scope.setdefault("extensions", {})[ZERO_COPY] = {}
@@ -271,11 +272,17 @@ def zero_copy(app: ASGIApp) -> ASGIApp:
     return zero_copy_app
 
 
+def _h11_connection(protocol: object) -> h11.Connection | None:
+    """The h11 state of a connection hypercorn serves as HTTP/1.1; None for other protocols."""
+    connection = getattr(getattr(protocol, "protocol", None), "connection", None)
+    return connection if isinstance(connection, h11.Connection) else None
+
+
 def _between_requests(protocol: object) -> bool:
     """Whether an HTTP/1.1 connection has no request in flight (h11 idle on both sides).
     Other protocols (HTTP/2 has its own shutdown) count as idle, as hypercorn treats them."""
-    connection = getattr(getattr(protocol, "protocol", None), "connection", None)
-    if not isinstance(connection, h11.Connection):
+    connection = _h11_connection(protocol)
+    if connection is None:
         return True
     return connection.our_state is h11.IDLE and connection.their_state is h11.IDLE
 
