@@ -365,6 +365,7 @@ class OperationsMiddleware:
                 body = message.get("body")
                 if body:
                     sent += len(body)
+                sent += message.get("count", 0)  # a zero-copy send (http.response.zerocopysend)
             await send(message)
 
         if self.metrics_enabled:

@@ -23,6 +23,7 @@ from appliance.api.asgi import (
     Request,
     Scope,
     Send,
+    header_list,
     respond,
     respond_stream,
 )
@@ -44,6 +45,9 @@ API_VERSION = "registry/2.0"
 # are then handed back to it under this internal location, aliased to the storage root.
 ACCEL_HEADER = "x-berth-accel"
 ACCEL_PREFIX = "/_berth_blobs/"
+# ASGI's zero-copy send extension: a file range the server sends without the bytes passing
+# through the application (appliance/server.py offers it on plain TCP connections).
+ZERO_COPY = "http.response.zerocopysend"
 MAX_PAGE = 10_000
 JSON = "application/json"
 
@@ -476,6 +480,18 @@ class RegistryAPI:
             # (sendfile, and it answers Range itself). Only nginx sets this header.
             accel = {"x-accel-redirect": ACCEL_PREFIX + blob.storage_key}
             await respond(send, 200, {"docker-content-digest": blob.digest, **accel})
+            return
+        store = self.registry.store
+        if ZERO_COPY in request.scope.get("extensions", {}) and isinstance(store, FilesystemStore):
+            # The server sends the file's bytes itself (sendfile): no copy through this process.
+            # Opened (and its length checked) before the status line, as below.
+            file = await store.open_range(blob.storage_key, start, length)
+            try:
+                await send({"type": "http.response.start", "status": status,
+                            "headers": header_list(headers)})  # fmt: skip
+                await send({"type": ZERO_COPY, "file": file, "offset": start, "count": length})
+            finally:
+                file.close()
             return
         body = self.registry.read_blob(blob, start, length)
         # The first piece is read before the status line, so that storage being unreachable

@@ -301,6 +301,24 @@ class FilesystemStore:
         path = self._upload(upload_id).parent
         await _run(lambda: shutil.rmtree(path, ignore_errors=True), "an upload")
 
+    async def open_range(self, key: str, start: int, length: int) -> BinaryIO:
+        """The open file of `key` (unbuffered), checked to hold `start + length` bytes, for a
+        server that sends it without reading it into this process (sendfile). The caller
+        closes it. Raises BlobNotFound when the file is missing, Unavailable when short."""
+        path = self._path(key)
+
+        def opened() -> BinaryIO:
+            f = path.open("rb", buffering=0)
+            if os.fstat(f.fileno()).st_size >= start + length:
+                return f
+            f.close()
+            raise Unavailable(f"blob at {key} is shorter than recorded")
+
+        try:
+            return await _run(opened, "a blob")
+        except FileNotFoundError:
+            raise BlobNotFound(f"blob bytes missing at {key}") from None
+
     async def read(self, key: str, start: int, length: int) -> AsyncIterator[bytes]:
         """The bytes of `key` from `start`, in pieces of READ_PIECE, each read in a worker
         thread while the caller sends the one before (the copy out of the page cache and the

@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import threading
 from collections.abc import Callable, Iterator
@@ -24,6 +25,7 @@ import pytest
 
 from tests.api.live import (
     RawResponse,
+    address,
     blob_copies,
     connect,
     files_under,
@@ -82,6 +84,53 @@ def push(client: httpx.Client, name: str, data: bytes) -> str:
     resp = client.post(f"/v2/{name}/blobs/uploads/", params={"digest": d}, content=data)
     assert resp.status_code == 201, resp.text
     return d
+
+
+# -- blob downloads: the server sends the file itself (zero-copy) -------------------------
+
+
+def test_blob_downloads_over_a_real_socket_are_exact(shared: Server, http: httpx.Client) -> None:
+    """Over plain TCP the server hands a blob's bytes to the kernel (sendfile): whole blobs
+    larger than one send, ranges, and a reader slower than the sender all get the exact
+    bytes; the connection stays usable for the next request; the access log counts them."""
+    data = os.urandom(9 * MIB + 12345)  # more than one sendfile piece (8 MiB)
+    d = push(http, "zerocopy/app", data)
+    target = f"/v2/zerocopy/app/blobs/{d}"
+    whole = http.get(target)
+    assert whole.status_code == 200
+    assert whole.headers["content-length"] == str(len(data))
+    assert whole.content == data
+    part = http.get(target, headers={"range": "bytes=1000-8389607"})
+    assert part.status_code == 206
+    assert part.headers["content-range"] == f"bytes 1000-8389607/{len(data)}"
+    assert part.content == data[1000:8389608]
+    tail = http.get(target, headers={"range": "bytes=-77"})
+    assert (tail.status_code, tail.content) == (206, data[-77:])
+    # A reader with a small buffer that takes its time: the server waits for the socket.
+    with contextlib.closing(socket.socket()) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+        sock.settimeout(30)
+        sock.connect(address(shared))
+        for _ in range(2):  # twice on one connection: the first answer ended cleanly
+            sock.sendall(request_head(shared, "GET", target))
+            resp = read_response(sock)
+            assert resp.status == 200
+            assert resp.body == data
+    wait_for(
+        "three access-log lines", lambda: log_count(shared, f"GET {target} 200 {len(data)} ") >= 3
+    )
+
+
+def test_a_blob_whose_file_vanished_is_an_error_over_a_real_socket(
+    shared: Server, http: httpx.Client
+) -> None:
+    data = os.urandom(4096)
+    d = push(http, "zerocopy/gone", data)
+    for path in blob_copies(storage_of(shared), d):
+        path.unlink()
+    resp = http.get(f"/v2/zerocopy/gone/blobs/{d}")
+    assert resp.status_code == 404, resp.text
+    assert resp.json()["errors"][0]["code"] == "BLOB_UNKNOWN"
 
 
 # -- clients that disconnect -------------------------------------------------------------

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import socket
+import struct
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -225,6 +226,79 @@ def test_connections_beyond_the_limit_get_503_and_are_closed(limited_server: Ser
                 break
             time.sleep(0.05)
         assert answer.startswith(b"HTTP/1.1 401"), answer[:200]
+    finally:
+        for sock in held:
+            sock.close()
+
+
+def _push_blob(server: Server, data: bytes) -> str:
+    location = _upload(server)
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    r = httpx.put(
+        location,
+        params={"digest": digest},
+        content=data,
+        headers={"authorization": AUTH, "content-type": "application/octet-stream"},
+        timeout=60,
+    )
+    assert r.status_code == 201, r.text
+    return digest
+
+
+def _place_is_freed(server: Server) -> bytes:
+    """A new connection's answer once the server has had CUT_WITHIN to free a place."""
+    deadline = time.monotonic() + CUT_WITHIN
+    while True:
+        with _connect(server) as again:
+            answer = _request(again)
+        if answer.startswith(b"HTTP/1.1 401") or time.monotonic() > deadline:
+            return answer
+        time.sleep(0.05)
+
+
+def _hold_every_place(server: Server, places: int) -> list[socket.socket]:
+    """`places` kept-alive connections, each answered once. Connections the test closed just
+    before (its uploads) free their places once the server has seen them close: until then,
+    try again."""
+    deadline = time.monotonic() + CUT_WITHIN
+    while True:
+        held = [_connect(server) for _ in range(places)]
+        answers = [_request(sock) for sock in held]
+        if all(a.startswith(b"HTTP/1.1 401") for a in answers):
+            return held
+        for sock in held:
+            sock.close()
+        assert time.monotonic() < deadline, answers
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("reset", [False, True], ids=["close", "reset"])
+@pytest.mark.parametrize("answer", ["small", "blob"])
+def test_a_connection_closed_with_its_answer_unread_frees_its_place(
+    limited_server: Server, answer: str, reset: bool
+) -> None:
+    """A kept-alive client that goes away in the middle of an answer (a small one already in
+    the socket buffers, or a blob larger than they hold, still being sent), with a close or a
+    reset (SO_LINGER 0), gives its place back once the server sees it go."""
+    request = b"GET /v2/ HTTP/1.1\r\nHost: berth\r\n\r\n"
+    if answer == "blob":
+        digest = _push_blob(limited_server, bytes(range(256)) * (64 * 1024))  # 16 MiB
+        request = (
+            f"GET /v2/slow/app/blobs/{digest} HTTP/1.1\r\nHost: berth\r\n"
+            f"Authorization: {AUTH}\r\n\r\n"
+        ).encode()
+    held = _hold_every_place(limited_server, 3)
+    try:
+        leaving = held[0]  # kept alive after its first answer; now asks again
+        leaving.sendall(request)
+        assert leaving.recv(12).startswith(b"HTTP/1.1 200" if answer == "blob" else b"HTTP/1.1")
+        with _connect(limited_server) as extra:  # all places are taken
+            assert _read_all(extra).startswith(b"HTTP/1.1 503")
+        if reset:
+            leaving.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        held.pop(0).close()  # the rest of the answer unread
+        answer_now = _place_is_freed(limited_server)
+        assert answer_now.startswith(b"HTTP/1.1 401"), answer_now[:200]
     finally:
         for sock in held:
             sock.close()
