@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from quart_trio import QuartTrio
 
-from appliance.api.asgi import ASGIApp, Pace, Receive, Scope, Send
+from appliance.api.asgi import ASGIApp, ClientDisconnected, Pace, Receive, Scope, Send
 from appliance.api.guard import Guard
 from appliance.api.middleware import label_routes
 from appliance.api.token import TokenEndpoint
@@ -84,6 +84,12 @@ def create_app(
             if path == "/token":
                 await token(scope, receive, send)
                 return
-        await web(scope, receive, send)  # type: ignore[arg-type]
+        try:
+            await web(scope, receive, send)  # type: ignore[arg-type]
+        except* ClientDisconnected:
+            # The client went away in the middle of a console or /api/v1 answer (the server's
+            # send raises, as ASGI asks; Quart's nursery wraps it in a group): nothing more can
+            # reach it, and it is no error of ours. Anything else in the group still raises.
+            pass
 
     return app if ops is None else ops.wrap(app)
