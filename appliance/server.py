@@ -43,6 +43,7 @@ from appliance.ops.jobs import Job, Scheduler, run_jobs
 from appliance.ops.service import Operations
 from appliance.proxy.service import PullThrough, open_proxy
 from appliance.registry import Registry
+from appliance.registry.effects import write_effects
 from appliance.scan.service import Scanner, open_scanner
 from appliance.storage import open_store
 
@@ -149,7 +150,7 @@ async def open_services(config: Config, clock: Callable[[], float] = time.time) 
     try:
         store = open_store(config)
         await store.check()
-        meta = MetadataStore(db, clock, config["gc.delay"])
+        meta = MetadataStore(db, clock, config["gc.delay"], effects=write_effects())
         lifecycle = Lifecycle.open(config, db, store, clock)
         meta.checks = lifecycle.rules  # immutable tags and quotas, inside each write
         registry = Registry(

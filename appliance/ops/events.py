@@ -1,8 +1,9 @@
 """Registry changes, recorded once: an audit row and a webhook event, in the change's own
 transaction.
 
-The metadata store calls these from inside the unit of work that makes the change, so the
-record exists exactly when the change committed. The actor is the current request's caller
+The metadata store runs these from inside the unit of work that makes the change, through its
+write hook (`Recorded`, registered at assembly: registry/effects.py), so the record exists
+exactly when the change committed. The actor is the current request's caller
 (`ops/context.py`): a signed-in user, `robot:<ns>+<name>`, or `system` outside a request.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from appliance.metadata.db import Tx
+from appliance.metadata.store import Pushed, WriteEffects
 from appliance.ops import audit, context, webhooks
 
 
@@ -67,3 +69,27 @@ def blob_deleted(tx: Tx, repository: str, digest: str) -> None:
         media_type="application/octet-stream",
         actor=actor,
     )
+
+
+class Recorded(WriteEffects):
+    """The registry's write hook (metadata/store.py) as audit rows and webhook events."""
+
+    def manifest_pushed(self, tx: Tx, push: Pushed) -> None:
+        manifest_pushed(
+            tx,
+            push.repository,
+            push.digest,
+            push.manifest.media_type,
+            push.size,
+            push.tag,
+            push.moved_from,
+        )
+
+    def tag_deleted(self, tx: Tx, repository: str, tag: str, digest: str, *, audited: bool) -> None:
+        tag_deleted(tx, repository, tag, digest, audited=audited)
+
+    def manifest_deleted(self, tx: Tx, repository: str, digest: str, tags: list[str]) -> None:
+        manifest_deleted(tx, repository, digest, tags)
+
+    def blob_deleted(self, tx: Tx, repository: str, digest: str) -> None:
+        blob_deleted(tx, repository, digest)

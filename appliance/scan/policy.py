@@ -28,6 +28,7 @@ from appliance.errors import Denied
 from appliance.metadata.db import Database, Tx
 from appliance.oci import mediatypes as mt
 from appliance.oci.names import namespace_of
+from appliance.scan import records
 from appliance.scan.matching import RANK
 from appliance.scan.vulndb import SCAN_TOPIC
 
@@ -77,20 +78,16 @@ class Worst:
 
 def load_policies(tx: Tx) -> dict[str, Policy]:
     exceptions: dict[str, dict[str, float | None]] = {}
-    for ns, advisory, expires in tx.execute(
-        "SELECT namespace, advisory_id, expires_at FROM scan_exceptions"
-    ):
+    for ns, advisory, expires in records.exceptions(tx):
         exceptions.setdefault(ns, {})[advisory] = None if expires is None else float(expires)
     return {
         str(ns): Policy(str(ns), str(sev), str(unscanned), exceptions.get(ns, {}))
-        for ns, sev, unscanned in tx.execute(
-            "SELECT namespace, block_severity, unscanned FROM scan_policies"
-        )
+        for ns, sev, unscanned in records.policies(tx)
     }
 
 
 def generation(tx: Tx) -> int:
-    return int(tx.scalar("SELECT generation FROM scan_generation WHERE id = 1") or 0)
+    return records.generation(tx)
 
 
 @dataclass(frozen=True)
@@ -107,17 +104,13 @@ def findings_for(tx: Tx, digests: list[str]) -> Scanned | None:
     out: list[Worst] = []
     complete = True
     for digest in digests:
-        status = tx.scalar("SELECT status FROM scan_reports WHERE digest = :d", {"d": digest})
+        status = records.report_status(tx, digest)
         if status not in ("ok", "incomplete"):
             return None
         complete = complete and status == "ok"
         out.extend(
             Worst(int(r[0]), r[1], r[2], r[3], r[4], r[5])
-            for r in tx.execute(
-                "SELECT rank, advisory_id, severity, package, installed, fixed "
-                "FROM scan_findings WHERE digest = :d",
-                {"d": digest},
-            )
+            for r in records.ranked_findings(tx, digest)
         )
     out.sort(key=lambda w: (-w.rank, w.advisory_id, w.package))
     return Scanned(out, complete)

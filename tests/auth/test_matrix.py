@@ -17,7 +17,7 @@ import pytest
 from appliance.auth import accounts
 from appliance.metadata.db import Tx
 from appliance.ops import webhooks
-from appliance.scan.service import _save_report
+from appliance.scan.records import save_report
 from appliance.server import Services
 from tests.api.conftest import api_client
 from tests.api.oci import blob_data, digest, image_manifest
@@ -621,7 +621,7 @@ async def seed_secret(services: Services, client: httpx.AsyncClient) -> dict[str
 
     def side_door(tx: Tx) -> int:
         for image in (secret_digest, team_digest):
-            _save_report(tx, image, "ok", None, '{"components": []}', None, 0, now)
+            save_report(tx, image, "ok", None, '{"components": []}', None, 0, now)
         accounts.create_robot(tx, "test", services.access.secret, "secret", "spy", "reader", now)
         hook, _ = webhooks.add_endpoint(
             tx, "test", "secret", "http://93.184.216.34/secret", actions="push"
