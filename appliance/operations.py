@@ -30,7 +30,7 @@ from appliance.auth.service import AccessControl
 from appliance.config import Config, proxy_networks
 from appliance.errors import BerthError
 from appliance.metadata import audit, browse
-from appliance.metadata.db import Database, Tx
+from appliance.metadata.db import Database, Tx, ping
 from appliance.metadata.leader import Fence
 from appliance.runtime.buckets import SharedBuckets
 from appliance.runtime.hosts import HostInfoCollector, ThisHost
@@ -103,7 +103,7 @@ class Operations:
         await self.deliverer.prepare()
 
     async def _probe_database(self) -> None:
-        await self.db.read(lambda tx: tx.scalar("SELECT 1"))
+        await self.db.read(ping)
 
     def wrap(self, app: ASGIApp) -> OperationsMiddleware:
         return OperationsMiddleware(
@@ -177,12 +177,7 @@ class _StateCollector(Collector):
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         def fn(tx: Tx) -> tuple[dict[str, int], Any, Any]:
-            row = tx.one(
-                "SELECT (SELECT COUNT(*) FROM webhook_events), "
-                "(SELECT COUNT(*) FROM webhook_cursors WHERE failures > 0)"
-            )
-            assert row is not None
-            return browse.totals(tx), row[0], row[1]
+            return browse.totals(tx), *browse.webhook_backlog(tx)
 
         try:
             totals, queued, failing = self.db.run_sync_read(fn)

@@ -48,6 +48,7 @@ from appliance.metadata.store import MetadataStore
 from appliance.operations import Operations
 from appliance.proxy.service import PullThrough, open_proxy
 from appliance.registry import Registry
+from appliance.registry.effects import write_effects
 from appliance.runtime.jobs import Job, Scheduler, run_jobs
 from appliance.scan.service import Scanner, open_scanner
 from appliance.storage import open_store
@@ -311,7 +312,7 @@ async def open_services(config: Config, clock: Callable[[], float] = time.time) 
     try:
         store = open_store(config)
         await store.check()
-        meta = MetadataStore(db, clock, config["gc.delay"])
+        meta = MetadataStore(db, clock, config["gc.delay"], effects=write_effects())
         lifecycle = Lifecycle.open(config, db, store, clock)
         meta.checks = lifecycle.rules  # immutable tags and quotas, inside each write
         registry = Registry(

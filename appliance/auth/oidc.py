@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
-from appliance.auth import credentials, jwks
+from appliance.auth import credentials, jwks, records
 from appliance.auth.jwks import ForeignTokenError, IssuerKeys, KeysUnavailable
 from appliance.auth.ldap import GroupRole, mapped_roles, parse_group_roles
 from appliance.auth.policy import Principal
@@ -360,11 +360,9 @@ def remember(  # noqa: PLR0917
     tx: Tx, provider: str, pending: Pending, binding: str, target: str, now: float
 ) -> None:
     """Remember a sign-in sent to `provider` (in `tx`); expired ones are dropped."""
-    tx.execute("DELETE FROM oidc_states WHERE expires_at < :now", {"now": now})
-    tx.execute(
-        "INSERT INTO oidc_states (state_hash, provider, binding_hash, nonce, code_verifier, "
-        "next_path, created_at, expires_at) VALUES (:state, :provider, :binding, :nonce, "
-        ":verifier, :next, :now, :exp)",
+    records.drop_expired_oidc_states(tx, now)
+    records.insert_oidc_state(
+        tx,
         {
             "state": digest(pending.state),
             "provider": provider,
@@ -394,14 +392,10 @@ class Taken:
 def take(tx: Tx, state: str) -> Taken | None:
     """Take the pending sign-in `state` names out of the database (in `tx`): whatever is then
     found wrong with it, it is pending no more. None when there is none."""
-    rows = tx.execute(
-        "DELETE FROM oidc_states WHERE state_hash = :state RETURNING provider, binding_hash, "
-        "nonce, code_verifier, next_path, expires_at",
-        {"state": digest(state)},
-    )
-    if not rows:
+    row = records.take_oidc_state(tx, digest(state))
+    if row is None:
         return None
-    provider, binding_hash, nonce, verifier, target, expires = rows[0]
+    provider, binding_hash, nonce, verifier, target, expires = row
     return Taken(
         state,
         str(provider),
@@ -428,11 +422,8 @@ def accept(taken: Taken | None, provider: str, binding: str, now: float) -> tupl
 
 
 def _user_by_subject(tx: Tx, source: str, subject: str) -> UserRecord | None:
-    row = tx.one(
-        "SELECT name FROM users WHERE source = :source AND external_id = :sub",
-        {"source": source, "sub": subject},
-    )
-    return None if row is None else identity.user_by_name(tx, str(row[0]))
+    name = records.user_name_by_subject(tx, source, subject)
+    return None if name is None else identity.user_by_name(tx, name)
 
 
 def sign_in_user(tx: Tx, provider: OidcProvider, who: OidcIdentity, now: float) -> Principal:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from appliance.auth import records
 from appliance.auth.ldap import GroupRole, mapped_roles, parse_group_roles
 from appliance.config import Config
 from appliance.errors import BerthError, ConfigError, Conflict
@@ -222,20 +223,14 @@ class SamlProvider:
 
 
 def remember_request(tx: Tx, request_id: str, now: float) -> None:
-    tx.execute("DELETE FROM saml_requests WHERE expires_at < :now", {"now": now})
-    tx.execute(
-        "INSERT INTO saml_requests (request_id, created_at, expires_at) VALUES (:id, :now, :exp)",
-        {"id": request_id, "now": now, "exp": now + REQUEST_TTL},
-    )
+    records.drop_expired_saml_requests(tx, now)
+    records.insert_saml_request(tx, request_id, now, now + REQUEST_TTL)
 
 
 def consume_request(tx: Tx, request_id: str, now: float) -> bool:
     """Whether `request_id` was ours and still pending; it is pending no more."""
-    gone = tx.execute(
-        "DELETE FROM saml_requests WHERE request_id = :id RETURNING expires_at",
-        {"id": request_id},
-    )
-    return bool(gone) and float(gone[0][0]) >= now
+    expires = records.take_saml_request(tx, request_id)
+    return expires is not None and expires >= now
 
 
 def sign_in_user(tx: Tx, provider: SamlProvider, who: SamlIdentity, now: float) -> UserRecord:

@@ -37,6 +37,8 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from appliance.auth import records
+from appliance.auth.records import stored_keys
 from appliance.auth.secrets import ServerSecret
 from appliance.errors import BerthError
 from appliance.metadata import audit
@@ -91,21 +93,11 @@ def _context(kid: str) -> str:
     return f"signing key {kid}"  # a sealed key opens only under its own kid
 
 
-def stored_keys(tx: Tx) -> list[tuple[str, float, str]]:
-    """(kid, created_at, sealed) of every signing key, oldest first."""
-    rows = tx.execute("SELECT kid, created_at, sealed FROM signing_keys ORDER BY created_at, kid")
-    return [(str(r[0]), float(r[1]), str(r[2])) for r in rows]
-
-
 def _insert(tx: Tx, kid: str, created: float, sealed: str) -> bool:
-    added = tx.execute(
-        "INSERT INTO signing_keys (kid, created_at, sealed) VALUES (:kid, :at, :sealed) "
-        "ON CONFLICT (kid) DO NOTHING RETURNING kid",
-        {"kid": kid, "at": created, "sealed": sealed},
-    )
+    added = records.insert_signing_key(tx, kid, created, sealed)
     if added:
         tx.touch(KEYS)
-    return bool(added)
+    return added
 
 
 class KeyRing:
@@ -182,7 +174,7 @@ class KeyRing:
         now = self.clock()
 
         def fn(tx: Tx) -> None:
-            if tx.scalar("SELECT COUNT(*) FROM signing_keys") == 0:
+            if records.count_signing_keys(tx) == 0:
                 _insert(tx, key.kid, now, sealed)
 
         self.db.run_sync_write(fn)
@@ -205,7 +197,7 @@ class KeyRing:
                 if successor + self.overlap < now
             ]
             for kid in dropped:
-                tx.execute("DELETE FROM signing_keys WHERE kid = :kid", {"kid": kid})
+                records.delete_signing_key(tx, kid)
             tx.touch(KEYS)
             audit.record(tx, actor, "keys.rotate", key.kid, at=now, dropped=dropped)
 

@@ -43,11 +43,12 @@ import trio
 from appliance import __version__
 from appliance.backup import BackupError, berth_error_in, crypto, layout, plain_error, records
 from appliance.backup.layout import FileEntry, Manifest
+from appliance.backup.records import SnapshotBlob
 from appliance.backup.target import Target
 from appliance.config import Config
 from appliance.errors import BerthError
-from appliance.metadata.copy import copy_database, ordered, tables
-from appliance.metadata.db import Database, Tx, too_new_error
+from appliance.metadata.copy import clear_records, copy_database, tables
+from appliance.metadata.db import Database, too_new_error
 from appliance.storage.base import BlobStore
 
 log = logging.getLogger("berth.backup")
@@ -56,14 +57,6 @@ Progress = Callable[[int, int], None]  # bytes done, bytes in all
 HOLD_TTL = 300.0
 RENEW_EVERY = 30.0
 PARALLEL = 4
-PROCESS_STATE = ("gc_holds", "leader_leases", "uploads")
-
-
-@dataclass(frozen=True)
-class SnapshotBlob:
-    digest: str
-    size: int
-    storage_key: str
 
 
 def snapshot_metadata(db: Database, dest: Path, schema: int | None = None) -> None:
@@ -92,51 +85,7 @@ def snapshot_metadata(db: Database, dest: Path, schema: int | None = None) -> No
             copy_database(db, snap, schema=schema)
         finally:
             snap.close()
-    conn = sqlite3.connect(str(dest), isolation_level=None)
-    try:
-        present = {
-            r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
-        }
-        conn.execute("BEGIN")
-        for table in PROCESS_STATE:
-            if table in present:
-                conn.execute(f"DELETE FROM {table}")  # noqa: S608 (a fixed name)
-        if "backups" in present:
-            conn.execute("DELETE FROM backups WHERE status = 'running'")
-        conn.execute("COMMIT")
-        conn.execute("PRAGMA journal_mode = DELETE")  # one self-contained file
-        conn.execute("VACUUM")
-    finally:
-        conn.close()
-
-
-def clear_records(db: Database) -> None:
-    """Delete every row of every table but `schema_version`, children first (blocking)."""
-
-    def fn(tx: Tx) -> None:
-        names = [t for t in tables(tx) if t != "schema_version"]
-        for name in reversed(ordered(tx, names)):
-            tx.execute(f'DELETE FROM "{name}"')  # noqa: S608 (a name from the catalog)
-
-    db.run_sync_write(fn)
-
-
-def snapshot_facts(path: Path) -> tuple[int, list[SnapshotBlob]]:
-    """The schema version and the blobs of a snapshot file (blocking)."""
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    try:
-        version = conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version").fetchone()
-        blobs = [
-            SnapshotBlob(str(d), int(s), str(k))
-            for d, s, k in conn.execute(
-                "SELECT digest, size, storage_key FROM blobs ORDER BY digest"
-            )
-        ]
-    except sqlite3.Error as e:
-        raise BackupError(f"cannot read the metadata snapshot: {e}") from e
-    finally:
-        conn.close()
-    return int(version[0]), blobs
+    records.scrub_snapshot(dest)
 
 
 def collect_secrets(config: Config) -> dict[str, bytes]:
@@ -361,7 +310,7 @@ async def _take(  # noqa: PLR0917 (one call site)
     await trio.to_thread.run_sync(snapshot_metadata, db, snapshot, behind)
     if after_snapshot is not None:
         await after_snapshot()
-    version, blobs = await trio.to_thread.run_sync(snapshot_facts, snapshot)
+    version, blobs = await trio.to_thread.run_sync(records.snapshot_facts, snapshot)
     present = await trio.to_thread.run_sync(target.files, "blobs/")
     missing = [
         b

@@ -8,11 +8,16 @@ restored database).
 
 from __future__ import annotations
 
+import hashlib
+import sqlite3
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import Counter, Gauge
 
+from appliance.backup import BackupError
+from appliance.backup.layout import Manifest
 from appliance.metadata import audit, events
 from appliance.metadata.db import Tx
 from appliance.runtime.metrics import REGISTRY
@@ -236,3 +241,111 @@ def observe_success(record: BackupRecord) -> None:
     LAST_DURATION.set(record.finished_at - record.started_at)
     LAST_SIZE.set(record.size)
     LAST_COPIED.set(record.copied)
+
+
+def mark_interrupted(tx: Tx, now: float, stale: float) -> None:
+    """Running backups whose process last renewed before `stale` failed (interrupted)."""
+    tx.execute(
+        "UPDATE backups SET status = 'failed', error = 'interrupted', finished_at = "
+        ":now WHERE status = 'running' AND heartbeat_at < :stale",
+        {"now": now, "stale": stale},
+    )
+
+
+def running_backup(tx: Tx, fresh: float) -> str | None:
+    """The id of a running backup renewed since `fresh`, if any."""
+    row = tx.one(
+        "SELECT id FROM backups WHERE status = 'running' AND heartbeat_at >= :fresh",
+        {"fresh": fresh},
+    )
+    return None if row is None else str(row[0])
+
+
+def repoint_blobs(tx: Tx, keys: dict[str, str]) -> None:
+    """Each blob's storage key (digest → key), as the restored store holds it."""
+    tx.executemany(
+        "UPDATE blobs SET storage_key = :key WHERE digest = :digest",
+        [{"digest": d, "key": k} for d, k in keys.items()],
+    )
+
+
+# -- the snapshot file of a backup (SQLite, whatever the source's dialect) ----------------------
+
+# Process state left out of a snapshot: it means nothing to the restored registry.
+PROCESS_STATE = ("gc_holds", "leader_leases", "uploads")
+
+
+@dataclass(frozen=True)
+class SnapshotBlob:
+    digest: str
+    size: int
+    storage_key: str
+
+
+def scrub_snapshot(dest: Path) -> None:
+    """Clear the process state and running backup rows out of the snapshot file `dest`, and
+    make it one self-contained file (blocking)."""
+    conn = sqlite3.connect(str(dest), isolation_level=None)
+    try:
+        present = {
+            r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        }
+        conn.execute("BEGIN")
+        for table in PROCESS_STATE:
+            if table in present:
+                conn.execute(f"DELETE FROM {table}")  # noqa: S608 (a fixed name)
+        if "backups" in present:
+            conn.execute("DELETE FROM backups WHERE status = 'running'")
+        conn.execute("COMMIT")
+        conn.execute("PRAGMA journal_mode = DELETE")  # one self-contained file
+        conn.execute("VACUUM")
+    finally:
+        conn.close()
+
+
+def snapshot_facts(path: Path) -> tuple[int, list[SnapshotBlob]]:
+    """The schema version and the blobs of a snapshot file (blocking)."""
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        version = conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version").fetchone()
+        blobs = [
+            SnapshotBlob(str(d), int(s), str(k))
+            for d, s, k in conn.execute(
+                "SELECT digest, size, storage_key FROM blobs ORDER BY digest"
+            )
+        ]
+    except sqlite3.Error as e:
+        raise BackupError(f"cannot read the metadata snapshot: {e}") from e
+    finally:
+        conn.close()
+    return int(version[0]), blobs
+
+
+def check_snapshot(path: Path, manifest: Manifest) -> list[str]:
+    """What is wrong inside a metadata snapshot file (blocking)."""
+    problems: list[str] = []
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    except sqlite3.Error as e:
+        return [f"the metadata snapshot does not open: {e}"]
+    try:
+        if conn.execute("PRAGMA integrity_check").fetchone()[0] != "ok":
+            problems.append("the metadata snapshot fails SQLite's integrity check")
+        for digest, payload in conn.execute("SELECT digest, payload FROM manifests"):
+            algorithm = str(digest).partition(":")[0]
+            if f"{algorithm}:{hashlib.new(algorithm, bytes(payload)).hexdigest()}" != digest:
+                problems.append(f"manifest {digest}: stored bytes do not match the digest")
+        held = {b.digest for b in manifest.blobs}
+        listed = {str(r[0]) for r in conn.execute("SELECT digest FROM blobs")}
+        if listed != held:
+            problems.append(
+                f"the snapshot lists {len(listed)} blobs, the manifest {len(held)}: they differ"
+            )
+        for (digest,) in conn.execute("SELECT DISTINCT digest FROM manifest_layers"):
+            if digest not in held:
+                problems.append(f"a manifest needs blob {digest}, which the backup lacks")
+    except (sqlite3.Error, ValueError) as e:
+        problems.append(f"the metadata snapshot is unreadable: {e}")
+    finally:
+        conn.close()
+    return problems

@@ -38,15 +38,15 @@ from appliance.backup import (
     berth_error_in,
     crypto,
     plain_error,
+    records,
 )
-from appliance.backup.create import clear_records
 from appliance.backup.layout import FileEntry, Manifest
 from appliance.backup.target import DirTarget, Target, azure_target, s3_target
 from appliance.backup.verify import fetch_file, load_manifest, verify_backup
 from appliance.config import Config
 from appliance.metadata import audit
 from appliance.metadata.changes import EVERYTHING
-from appliance.metadata.copy import NOT_COPIED, copy_database, tables
+from appliance.metadata.copy import clear_records, copy_database, row_counts
 from appliance.metadata.db import Database, Options, Tx, open_database, redact
 from appliance.storage import open_store
 from appliance.storage.base import BlobStore, Progress
@@ -74,14 +74,6 @@ def store_view(config: Config) -> Target:
     return DirTarget(config.storage_root)
 
 
-def _counts(tx: Tx) -> dict[str, int]:
-    return {
-        name: int(tx.scalar(f'SELECT COUNT(*) FROM "{name}"'))  # noqa: S608
-        for name in tables(tx)
-        if name not in NOT_COPIED
-    }
-
-
 def _seeded() -> dict[str, int]:
     """Rows a freshly migrated database already holds (migrations may seed a table)."""
     from appliance.metadata.sqlite import SqliteDatabase  # noqa: PLC0415
@@ -90,14 +82,14 @@ def _seeded() -> dict[str, int]:
         fresh = SqliteDatabase(Path(tmp) / "fresh.db", readers=1)
         try:
             fresh.migrate()
-            return fresh.run_sync_read(_counts)
+            return fresh.run_sync_read(row_counts)
         finally:
             fresh.close()
 
 
 def _records_in(db: Database) -> list[str]:
     seeded = _seeded()
-    counts = db.run_sync_read(_counts)
+    counts = db.run_sync_read(row_counts)
     return [name for name, n in sorted(counts.items()) if n > seeded.get(name, 0)]
 
 
@@ -171,10 +163,7 @@ def _prepare_snapshot(path: Path, keys: dict[str, str], latest: int) -> None:
         snap.migrate()
 
         def point(tx: Tx) -> None:
-            tx.executemany(
-                "UPDATE blobs SET storage_key = :key WHERE digest = :digest",
-                [{"digest": d, "key": k} for d, k in keys.items()],
-            )
+            records.repoint_blobs(tx, keys)
 
         snap.run_sync_write(point)
     finally:

@@ -87,16 +87,8 @@ class BackupService:
 
         def fn(tx: Tx) -> str | None:
             # A running row whose process stopped renewing is marked failed, not trusted.
-            tx.execute(
-                "UPDATE backups SET status = 'failed', error = 'interrupted', finished_at = "
-                ":now WHERE status = 'running' AND heartbeat_at < :stale",
-                {"now": now, "stale": now - HOLD_TTL},
-            )
-            row = tx.one(
-                "SELECT id FROM backups WHERE status = 'running' AND heartbeat_at >= :fresh",
-                {"fresh": now - 3 * RENEW_EVERY},
-            )
-            return None if row is None else str(row[0])
+            records.mark_interrupted(tx, now, now - HOLD_TTL)
+            return records.running_backup(tx, now - 3 * RENEW_EVERY)
 
         running = await self.db.write(fn)
         if running is not None or self._lock.locked():

@@ -9,7 +9,6 @@ digest, and every blob a manifest needs is one the backup holds.
 from __future__ import annotations
 
 import hashlib
-import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import Any
 
 import trio
 
-from appliance.backup import BackupCorrupt, BackupError, layout
+from appliance.backup import BackupCorrupt, BackupError, layout, records
 from appliance.backup.layout import FileEntry, Manifest
 from appliance.backup.target import Target
 
@@ -82,36 +81,6 @@ def check_file(target: Target, entry: FileEntry) -> str | None:
     if f"{algorithm}:{hasher.hexdigest()}" != entry.digest:
         return f"{entry.path}: content does not match its digest {entry.digest}"
     return None
-
-
-def check_snapshot(path: Path, manifest: Manifest) -> list[str]:
-    """What is wrong inside a metadata snapshot file (blocking)."""
-    problems: list[str] = []
-    try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    except sqlite3.Error as e:
-        return [f"the metadata snapshot does not open: {e}"]
-    try:
-        if conn.execute("PRAGMA integrity_check").fetchone()[0] != "ok":
-            problems.append("the metadata snapshot fails SQLite's integrity check")
-        for digest, payload in conn.execute("SELECT digest, payload FROM manifests"):
-            algorithm = str(digest).partition(":")[0]
-            if f"{algorithm}:{hashlib.new(algorithm, bytes(payload)).hexdigest()}" != digest:
-                problems.append(f"manifest {digest}: stored bytes do not match the digest")
-        held = {b.digest for b in manifest.blobs}
-        listed = {str(r[0]) for r in conn.execute("SELECT digest FROM blobs")}
-        if listed != held:
-            problems.append(
-                f"the snapshot lists {len(listed)} blobs, the manifest {len(held)}: they differ"
-            )
-        for (digest,) in conn.execute("SELECT DISTINCT digest FROM manifest_layers"):
-            if digest not in held:
-                problems.append(f"a manifest needs blob {digest}, which the backup lacks")
-    except (sqlite3.Error, ValueError) as e:
-        problems.append(f"the metadata snapshot is unreadable: {e}")
-    finally:
-        conn.close()
-    return problems
 
 
 def fetch_file(target: Target, entry: FileEntry, dest: Path) -> None:
@@ -194,7 +163,7 @@ async def verify_backup(
     local = work / f"verify-{backup_id}.db"
     try:
         await trio.to_thread.run_sync(fetch_file, target, meta, local)
-        result.problems += await trio.to_thread.run_sync(check_snapshot, local, manifest)
+        result.problems += await trio.to_thread.run_sync(records.check_snapshot, local, manifest)
     except BackupCorrupt as e:
         if e.message not in result.problems:
             result.problems.append(e.message)

@@ -83,8 +83,8 @@ def mirror_sync(
 def mirror_status(namespace: str | None, config_path: Path | None, data_dir: Path | None) -> None:
     """List the proxy namespaces and the repositories cached in them."""
     from appliance.metadata.db import open_metadata  # noqa: PLC0415
+    from appliance.proxy.records import ProxyStore  # noqa: PLC0415
     from appliance.proxy.settings import parse  # noqa: PLC0415
-    from appliance.proxy.store import ProxyStore  # noqa: PLC0415
 
     try:
         config = load_config(config_path, data_dir=data_dir)

@@ -18,6 +18,7 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from appliance.auth import records
 from appliance.auth.policy import Principal
 from appliance.auth.secrets import ServerSecret
 from appliance.metadata import audit, identity
@@ -80,14 +81,10 @@ class SessionStore:
 
         def fn(tx: Tx) -> None:
             if old is not None:
-                tx.execute("DELETE FROM console_sessions WHERE id_hash = :h", {"h": old})
-            tx.execute(
-                "DELETE FROM console_sessions WHERE expires_at < :now OR last_seen_at < :idle",
-                {"now": now, "idle": now - self.idle},
-            )
-            tx.execute(
-                "INSERT INTO console_sessions (id_hash, user_id, csrf, via, created_at, "
-                "last_seen_at, expires_at) VALUES (:h, :uid, :csrf, :via, :now, :now, :exp)",
+                records.delete_session(tx, old)
+            records.drop_stale_sessions(tx, now, now - self.idle)
+            records.insert_session(
+                tx,
                 {
                     "h": id_hash,
                     "uid": user_id,
@@ -110,11 +107,7 @@ class SessionStore:
         now = self.clock()
 
         def read(tx: Tx) -> tuple[Session | None, float]:
-            row = tx.one(
-                "SELECT user_id, csrf, via, last_seen_at, expires_at, notice "
-                "FROM console_sessions WHERE id_hash = :h",
-                {"h": id_hash},
-            )
+            row = records.session_row(tx, id_hash)
             if row is None:
                 return None, 0.0
             user_id, csrf, via, seen, expires, notice = row
@@ -128,27 +121,13 @@ class SessionStore:
 
         session, seen = await self.db.read(read)
         if session is not None and (session.notice is not None or now - seen >= TOUCH_EVERY):
-
-            def touch(tx: Tx) -> None:
-                tx.execute(
-                    "UPDATE console_sessions SET last_seen_at = :now, notice = NULL "
-                    "WHERE id_hash = :h",
-                    {"now": now, "h": id_hash},
-                )
-
-            await self.db.write(touch)
+            await self.db.write(lambda tx: records.session_seen(tx, id_hash, now))
         return session
 
     async def set_notice(self, id_hash: str, text: str) -> None:
         """A one-line message shown on the session's next page ("Tag deleted")."""
 
-        def fn(tx: Tx) -> None:
-            tx.execute(
-                "UPDATE console_sessions SET notice = :n WHERE id_hash = :h",
-                {"n": text[:500], "h": id_hash},
-            )
-
-        await self.db.write(fn)
+        await self.db.write(lambda tx: records.set_session_notice(tx, id_hash, text[:500]))
 
     async def end(self, session_id: str) -> None:
         """Sign out: the session is deleted and the sign-out audited (a stale or unknown
@@ -156,14 +135,10 @@ class SessionStore:
         id_hash = self.secret.digest(session_id)
 
         def fn(tx: Tx) -> None:
-            row = tx.one(
-                "SELECT u.name, s.via FROM console_sessions s JOIN users u ON u.id = s.user_id "
-                "WHERE s.id_hash = :h",
-                {"h": id_hash},
-            )
+            row = records.session_owner(tx, id_hash)
             if row is None:
                 return
-            tx.execute("DELETE FROM console_sessions WHERE id_hash = :h", {"h": id_hash})
+            records.delete_session(tx, id_hash)
             audit.record(tx, row[0], "signout", row[0], via=row[1])
 
         await self.db.write(fn)

@@ -73,6 +73,7 @@ from appliance.oci import mediatypes as mt
 from appliance.oci.digest import is_digest
 from appliance.oci.manifest import Descriptor, Manifest
 from appliance.oci.names import namespace_of, validate_component, validate_name, validate_tag
+from appliance.proxy import records as proxy_records
 from appliance.registry import Registry, copy
 from appliance.registry.copy import (
     FetchedManifest,
@@ -374,9 +375,7 @@ class Importer:
         if state is None:
 
             def fn(tx: Tx) -> str:
-                if name in self.proxies or tx.scalar(
-                    "SELECT 1 FROM proxy_namespaces WHERE name = :n", {"n": name}
-                ):
+                if name in self.proxies or proxy_records.is_proxy_namespace(tx, name):
                     return "proxy"
                 return "exists" if identity.namespace_by_name(tx, name) else "absent"
 

@@ -16,6 +16,7 @@ from appliance.lifecycle.rules import Rules
 from appliance.metadata.db import Database, open_metadata
 from appliance.metadata.store import MetadataStore
 from appliance.registry import Registry
+from appliance.registry.effects import write_effects
 from appliance.storage import open_store
 
 
@@ -32,7 +33,7 @@ async def open_target(config: Config) -> Target:
     try:
         store = open_store(config)
         await store.check()
-        meta = MetadataStore(db, time.time, config["gc.delay"])
+        meta = MetadataStore(db, time.time, config["gc.delay"], effects=write_effects())
         meta.checks = Rules(db, time.time)
         registry = Registry(
             meta,

@@ -26,6 +26,7 @@ from typing import Any
 import trio
 
 from appliance.errors import BerthError, BlobNotFound
+from appliance.lifecycle import records
 from appliance.metadata.db import Database, Tx
 from appliance.oci.digest import Digest, new_hasher
 from appliance.storage import layout
@@ -52,11 +53,7 @@ class FsckReport:
 
 
 def _known(tx: Tx) -> tuple[dict[str, tuple[str, int]], set[str]]:
-    keys = {
-        r[2]: (r[0], int(r[1])) for r in tx.iterate("SELECT digest, size, storage_key FROM blobs")
-    }
-    uploads = {r[0] for r in tx.execute("SELECT id FROM uploads")}
-    return keys, uploads
+    return records.blob_keys(tx), records.upload_ids(tx)
 
 
 async def _hash(store: BlobStore, key: str, size: int, algorithm: str) -> Digest:

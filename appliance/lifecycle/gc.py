@@ -27,13 +27,15 @@ the blob gone and fails with MANIFEST_BLOB_UNKNOWN.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import trio
 from prometheus_client import Counter, Gauge
 
+from appliance.lifecycle import records
+from appliance.lifecycle.records import blobs_freed, held, manifest_needed
 from appliance.metadata import audit, events
 from appliance.metadata.db import Database, Tx
 from appliance.metadata.leader import Fence, check_fence
@@ -117,42 +119,6 @@ class _Batch:
     gone: list[tuple[str, int, str]] = field(default_factory=list)  # digest, size, key
 
 
-def _ids(prefix: str, values: Sequence[Any]) -> tuple[str, dict[str, Any]]:
-    """`(:p0, :p1, ...)` and its parameters, for an IN list."""
-    names = [f"{prefix}{i}" for i in range(len(values))]
-    return "(" + ", ".join(":" + n for n in names) + ")", dict(zip(names, values, strict=True))
-
-
-def held(tx: Tx, now: float) -> bool:
-    """Whether an unexpired gc hold exists (a snapshot reader is copying)."""
-    return (
-        tx.scalar("SELECT 1 FROM gc_holds WHERE expires_at > :now LIMIT 1", {"now": now})
-        is not None
-    )
-
-
-def manifest_needed(tx: Tx, manifest_id: int, referrers: bool) -> bool:
-    """Whether the manifest must stay: a tag or an index needs it, it is a referrer whose
-    subject is present (or `referrers` is off), or it no longer exists (nothing to remove)."""
-    row = tx.one(
-        "SELECT m.subject_digest, "
-        "EXISTS (SELECT 1 FROM tags t WHERE t.manifest_id = m.id), "
-        "EXISTS (SELECT 1 FROM manifest_references r WHERE r.child_id = m.id), "
-        "EXISTS (SELECT 1 FROM manifests s WHERE s.repository_id = m.repository_id "
-        "AND s.digest = m.subject_digest) "
-        "FROM manifests m WHERE m.id = :id",
-        {"id": manifest_id},
-    )
-    if row is None:
-        return True  # already gone: nothing to remove
-    subject, tagged, listed, subject_present = row
-    if tagged or listed:
-        return True
-    if subject is not None:
-        return not referrers or bool(subject_present)
-    return False
-
-
 class Collector:
     """Collects what the queues say may be garbage (see the module docstring)."""
 
@@ -193,38 +159,7 @@ class Collector:
             return None
         return now - max(0.0, s.untagged_age - s.delay)
 
-    def _due_manifests_sql(self, now: float, locking: bool) -> tuple[str, dict[str, Any]]:
-        untagged_before = self._untagged_before(now)
-        sql = (
-            "SELECT q.manifest_id FROM gc_manifest_queue q "
-            "JOIN manifests m ON m.id = q.manifest_id WHERE "
-            "((m.subject_digest IS NULL AND :untagged = 1 AND q.review_after <= :ub) "
-            "OR (m.subject_digest IS NOT NULL AND q.review_after <= :now)) "
-            "ORDER BY q.review_after LIMIT :n"
-        )
-        if locking:
-            sql += " FOR UPDATE OF q SKIP LOCKED"
-        params = {
-            "untagged": 0 if untagged_before is None else 1,
-            "ub": untagged_before if untagged_before is not None else 0.0,
-            "now": now,
-            "n": self.settings.batch,
-        }
-        return sql, params
-
     # -- one batch, one transaction --------------------------------------------------------
-
-    def _sweep_queue(self, tx: Tx, now: float) -> None:
-        """Drop due manifest rows that need no review: the manifest is gone, tagged again or
-        listed by an index (each of those events queues it again when it ends)."""
-        tx.execute(
-            "DELETE FROM gc_manifest_queue WHERE review_after <= :now AND ("
-            "NOT EXISTS (SELECT 1 FROM manifests m WHERE m.id = gc_manifest_queue.manifest_id) "
-            "OR EXISTS (SELECT 1 FROM tags t WHERE t.manifest_id = gc_manifest_queue.manifest_id) "
-            "OR EXISTS (SELECT 1 FROM manifest_references r "
-            "WHERE r.child_id = gc_manifest_queue.manifest_id))",
-            {"now": now},
-        )
 
     def _manifest_batch(self, tx: Tx, fence: Fence | None, now: float, sweep: bool) -> _Batch:
         if fence is not None:
@@ -232,20 +167,21 @@ class Collector:
         if held(tx, now):
             return _Batch(held=True)
         if sweep:
-            self._sweep_queue(tx, now)
-        sql, params = self._due_manifests_sql(now, tx.dialect == "postgresql")
-        ids = [int(r[0]) for r in tx.execute(sql, params)]
+            records.sweep_manifest_queue(tx, now)
+        ids = records.due_manifests(
+            tx,
+            now,
+            self._untagged_before(now),
+            self.settings.batch,
+            locking=tx.dialect == "postgresql",
+        )
         out = _Batch(taken=len(ids))
         later = now + self.settings.delay
         for manifest_id in ids:
-            tx.execute("DELETE FROM gc_manifest_queue WHERE manifest_id = :id", {"id": manifest_id})
+            records.unqueue_manifest(tx, manifest_id)
             if manifest_needed(tx, manifest_id, self.settings.referrers):
                 continue
-            row = tx.one(
-                "SELECT r.name, m.digest FROM manifests m JOIN repositories r "
-                "ON r.id = m.repository_id WHERE m.id = :id",
-                {"id": manifest_id},
-            )
+            row = records.manifest_name(tx, manifest_id)
             generated = drop_manifest(tx, manifest_id, later)
             if row is not None:  # subscribers hear of it as of any other delete
                 for gone in [row[1], *generated]:
@@ -260,35 +196,15 @@ class Collector:
             check_fence(tx, fence)
         if held(tx, now):
             return _Batch(held=True)
-        sql = (
-            "SELECT digest FROM gc_blob_queue WHERE review_after <= :now "
-            "ORDER BY review_after LIMIT :n"
-        )
-        if tx.dialect == "postgresql":
-            sql += " FOR UPDATE SKIP LOCKED"
-        due = [r[0] for r in tx.execute(sql, {"now": now, "n": self.settings.batch})]
+        due = records.due_blobs(tx, now, self.settings.batch, locking=tx.dialect == "postgresql")
         out = _Batch(taken=len(due))
         if not due:
             return out
-        in_list, params = _ids("d", due)
-        tx.execute(f"DELETE FROM gc_blob_queue WHERE digest IN {in_list}", params)  # noqa: S608
+        records.unqueue_blobs(tx, due)
         # Access from repositories none of whose manifests use the blob (pushed or mounted,
         # never referenced within the delay).
-        unlinked = tx.execute(
-            f"DELETE FROM repository_blobs WHERE digest IN {in_list} AND NOT EXISTS ("  # noqa: S608
-            "SELECT 1 FROM manifest_layers ml JOIN manifests m ON m.id = ml.manifest_id "
-            "WHERE ml.digest = repository_blobs.digest "
-            "AND m.repository_id = repository_blobs.repository_id) RETURNING digest",
-            params,
-        )
-        out.unlinked = len(unlinked)
-        gone = tx.execute(
-            f"DELETE FROM blobs WHERE digest IN {in_list} "  # noqa: S608
-            "AND NOT EXISTS (SELECT 1 FROM repository_blobs rb WHERE rb.digest = blobs.digest) "
-            "AND NOT EXISTS (SELECT 1 FROM manifest_layers ml WHERE ml.digest = blobs.digest) "
-            "RETURNING digest, size, storage_key",
-            params,
-        )
+        out.unlinked = len(records.unlink_unused(tx, due))
+        gone = records.delete_unreferenced_blobs(tx, due)
         out.gone = [(r[0], int(r[1]), r[2]) for r in gone]
         return out
 
@@ -394,10 +310,7 @@ class Collector:
         def fn(tx: Tx) -> tuple[int, int]:
             if result.blobs or result.manifests or result.unlinked:
                 audit.record(tx, self.actor, "gc.collect", "registry", at=now, **result.as_json())
-            return (
-                int(tx.scalar("SELECT COUNT(*) FROM gc_blob_queue")),
-                int(tx.scalar("SELECT COUNT(*) FROM gc_manifest_queue")),
-            )
+            return records.queued_blobs(tx), records.queued_manifests(tx)
 
         if result.blobs or result.manifests or result.unlinked:
             blobs, manifests = await self.db.write(fn)
@@ -413,71 +326,16 @@ class Collector:
 
         def fn(tx: Tx) -> DryRun:
             out = DryRun(held=held(tx, now))
-            out.queued_blobs = int(tx.scalar("SELECT COUNT(*) FROM gc_blob_queue"))
-            out.queued_manifests = int(tx.scalar("SELECT COUNT(*) FROM gc_manifest_queue"))
-            row = tx.one(
-                "SELECT COUNT(*), COALESCE(SUM(b.size), 0) FROM gc_blob_queue q "
-                "JOIN blobs b ON b.digest = q.digest WHERE q.review_after <= :now "
-                "AND NOT EXISTS (SELECT 1 FROM manifest_layers ml WHERE ml.digest = q.digest)",
-                {"now": now},
-            )
-            assert row is not None
-            out.blobs, out.blob_bytes = int(row[0]), int(row[1])
-            untagged_before = self._untagged_before(now)
-            sql = (
-                "SELECT m.id FROM gc_manifest_queue q JOIN manifests m ON m.id = q.manifest_id "
-                "WHERE ((m.subject_digest IS NULL AND :untagged = 1 AND q.review_after <= :ub) "
-                "OR (m.subject_digest IS NOT NULL AND q.review_after <= :now))"
-            )
-            params = {
-                "untagged": 0 if untagged_before is None else 1,
-                "ub": untagged_before if untagged_before is not None else 0.0,
-                "now": now,
-            }
+            out.queued_blobs = records.queued_blobs(tx)
+            out.queued_manifests = records.queued_manifests(tx)
+            out.blobs, out.blob_bytes = records.due_unused_blobs(tx, now)
             going = [
-                int(r[0])
-                for r in tx.execute(sql, params)
-                if not manifest_needed(tx, int(r[0]), self.settings.referrers)
+                manifest_id
+                for manifest_id in records.all_due_manifests(tx, now, self._untagged_before(now))
+                if not manifest_needed(tx, manifest_id, self.settings.referrers)
             ]
             out.manifests = len(going)
             out.then_blobs, out.then_bytes = blobs_freed(tx, going)
             return out
 
         return await self.db.read(fn)
-
-
-def blobs_freed(tx: Tx, manifest_ids: Sequence[int]) -> tuple[int, int]:
-    """How many blobs, and bytes, no manifest outside `manifest_ids` uses while some of them
-    do: what removing those manifests frees (once the collector has reviewed the blobs)."""
-    if not manifest_ids:
-        return 0, 0
-    going = set(manifest_ids)
-    digests: set[str] = set()
-    ids = sorted(going)
-    for i in range(0, len(ids), 500):
-        in_list, params = _ids("m", ids[i : i + 500])
-        digests.update(
-            r[0]
-            for r in tx.execute(
-                f"SELECT DISTINCT digest FROM manifest_layers WHERE manifest_id IN {in_list}",  # noqa: S608
-                params,
-            )
-        )
-    count = total = 0
-    ordered = sorted(digests)
-    for i in range(0, len(ordered), 500):
-        in_list, params = _ids("d", ordered[i : i + 500])
-        users: dict[str, set[int]] = {}
-        for digest, manifest_id in tx.execute(
-            f"SELECT digest, manifest_id FROM manifest_layers WHERE digest IN {in_list}",  # noqa: S608
-            params,
-        ):
-            users.setdefault(digest, set()).add(int(manifest_id))
-        sizes: dict[str, int] = dict(
-            tx.execute(f"SELECT digest, size FROM blobs WHERE digest IN {in_list}", params)  # noqa: S608
-        )
-        for digest, used_by in users.items():
-            if used_by <= going:
-                count += 1
-                total += int(sizes.get(digest, 0))
-    return count, total

@@ -30,8 +30,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from appliance.errors import Denied, InvalidName, NotFound
-from appliance.lifecycle.gc import manifest_needed
-from appliance.lifecycle.rules import Rules, _in_namespace
+from appliance.lifecycle import records
+from appliance.lifecycle.records import manifest_needed
+from appliance.lifecycle.rules import Rules
 from appliance.metadata import audit, events
 from appliance.metadata.changes import repository_topic
 from appliance.metadata.db import Database, Tx
@@ -165,12 +166,6 @@ class _Rollback(Exception):  # a control-flow signal, not an error
         self.result = result
 
 
-_COLUMNS = (
-    "id, scope, settings, enabled, created_by, created_at, updated_at, previewed_at, "
-    "last_run_at, last_result"
-)
-
-
 def _policy(row: tuple[Any, ...]) -> Policy:
     return Policy(
         int(row[0]),
@@ -187,16 +182,11 @@ def _policy(row: tuple[Any, ...]) -> Policy:
 
 
 def list_policies(tx: Tx, scope: str | None = None) -> list[Policy]:
-    sql = f"SELECT {_COLUMNS} FROM cleanup_policies"  # noqa: S608
-    params: dict[str, Any] = {}
-    if scope is not None:
-        sql += " WHERE scope = :scope"
-        params["scope"] = scope
-    return [_policy(r) for r in tx.execute(sql + " ORDER BY id", params)]
+    return [_policy(r) for r in records.policy_rows(tx, scope)]
 
 
 def get_policy(tx: Tx, policy_id: int) -> Policy:
-    row = tx.one(f"SELECT {_COLUMNS} FROM cleanup_policies WHERE id = :id", {"id": policy_id})  # noqa: S608
+    row = records.policy_row(tx, policy_id)
     if row is None:
         raise NotFound(f"no cleanup policy {policy_id}")
     return _policy(row)
@@ -239,9 +229,8 @@ class Policies:
         now = self.clock()
 
         def fn(tx: Tx) -> Policy:
-            row = tx.one(
-                "INSERT INTO cleanup_policies (scope, settings, enabled, created_by, created_at, "
-                "updated_at) VALUES (:scope, :settings, :enabled, :by, :now, :now) RETURNING id",
+            policy_id = records.insert_policy(
+                tx,
                 {
                     "scope": scope,
                     "settings": json.dumps(parsed.as_json(), sort_keys=True),
@@ -250,18 +239,17 @@ class Policies:
                     "now": now,
                 },
             )
-            assert row is not None
             audit.record(
                 tx,
                 actor,
                 "policy.create",
                 scope,
                 at=now,
-                policy=int(row[0]),
+                policy=policy_id,
                 settings=parsed.as_json(),
                 enabled=enabled,
             )
-            return get_policy(tx, int(row[0]))
+            return get_policy(tx, policy_id)
 
         return await self.db.write(fn)
 
@@ -279,20 +267,11 @@ class Policies:
         def fn(tx: Tx) -> Policy:
             current = get_policy(tx, policy_id)
             if parsed is not None and parsed != current.settings:
-                tx.execute(
-                    "UPDATE cleanup_policies SET settings = :s, updated_at = :now, "
-                    "previewed_at = NULL WHERE id = :id",
-                    {
-                        "s": json.dumps(parsed.as_json(), sort_keys=True),
-                        "now": now,
-                        "id": policy_id,
-                    },
+                records.set_policy_settings(
+                    tx, policy_id, json.dumps(parsed.as_json(), sort_keys=True), now
                 )
             if enabled is not None:
-                tx.execute(
-                    "UPDATE cleanup_policies SET enabled = :e, updated_at = :now WHERE id = :id",
-                    {"e": int(enabled), "now": now, "id": policy_id},
-                )
+                records.set_policy_enabled(tx, policy_id, enabled, now)
             audit.record(
                 tx,
                 actor,
@@ -312,7 +291,7 @@ class Policies:
 
         def fn(tx: Tx) -> None:
             current = get_policy(tx, policy_id)
-            tx.execute("DELETE FROM cleanup_policies WHERE id = :id", {"id": policy_id})
+            records.delete_policy(tx, policy_id)
             audit.record(tx, actor, "policy.delete", current.scope, at=now, policy=policy_id)
 
         await self.db.write(fn)
@@ -341,10 +320,7 @@ class Policies:
             raise AssertionError("unreachable")
 
         def mark(tx: Tx) -> None:
-            tx.execute(
-                "UPDATE cleanup_policies SET previewed_at = :now WHERE id = :id",
-                {"now": now, "id": policy_id},
-            )
+            records.policy_previewed(tx, policy_id, now)
             audit.record(tx, actor, "policy.preview", str(policy_id), at=now, **result.summary())
 
         await self.db.write(mark)
@@ -364,10 +340,7 @@ class Policies:
                     "changed: preview it first"
                 )
             result = self._apply(tx, policy, now, actor)
-            tx.execute(
-                "UPDATE cleanup_policies SET last_run_at = :now, last_result = :r WHERE id = :id",
-                {"now": now, "r": json.dumps(result.summary()), "id": policy_id},
-            )
+            records.policy_ran(tx, policy_id, now, json.dumps(result.summary()))
             audit.record(
                 tx, actor, "policy.run", policy.scope, at=now, policy=policy_id, **result.summary()
             )
@@ -426,24 +399,10 @@ class Policies:
                 f"{policy.settings.problem}; the policy removes nothing until it is changed"
             )
             return result
-        if "/" in policy.scope:
-            repos = tx.execute(
-                "SELECT id, name FROM repositories WHERE name = :n", {"n": policy.scope}
-            )
-        else:
-            inside, params = _in_namespace("name", policy.scope)
-            repos = tx.execute(
-                f"SELECT id, name FROM repositories WHERE {inside} ORDER BY name",  # noqa: S608
-                params,
-            )
+        repos = records.repositories_in_scope(tx, policy.scope)
         touched: list[int] = []
         for repo_id, repo in repos:
-            tags = tx.execute(
-                "SELECT t.name, t.manifest_id, m.digest, t.updated_at, t.pulled_at FROM tags t "
-                "JOIN manifests m ON m.id = t.manifest_id WHERE t.repository_id = :r "
-                "ORDER BY t.name",
-                {"r": repo_id},
-            )
+            tags = records.tags_with_times(tx, repo_id)
             for i in self._chosen(policy, tags, now):
                 name, manifest_id, digest, pushed, pulled = tags[i]
                 entry = {
@@ -457,10 +416,7 @@ class Policies:
                 if rule is not None:
                     result.protected.append({**entry, "rule": rule.id})
                     continue
-                tx.execute(
-                    "DELETE FROM tags WHERE repository_id = :r AND name = :n",
-                    {"r": repo_id, "n": name},
-                )
+                records.delete_tag(tx, repo_id, name)
                 tx.touch(repository_topic(repo))
                 audit.record(
                     tx,
@@ -489,28 +445,10 @@ class Policies:
             manifest_id = pending.pop()
             if manifest_needed(tx, manifest_id, self.referrers):
                 continue
-            row = tx.one(
-                "SELECT r.name, m.digest FROM manifests m JOIN repositories r "
-                "ON r.id = m.repository_id WHERE m.id = :id",
-                {"id": manifest_id},
-            )
+            row = records.manifest_name(tx, manifest_id)
             assert row is not None
-            layers.update(
-                r[0]
-                for r in tx.execute(
-                    "SELECT digest FROM manifest_layers WHERE manifest_id = :id",
-                    {"id": manifest_id},
-                )
-            )
-            follow = [
-                int(r[0])
-                for r in tx.execute(
-                    "SELECT child_id FROM manifest_references WHERE parent_id = :id "
-                    "UNION SELECT m.id FROM manifests m JOIN manifests s ON s.repository_id = "
-                    "m.repository_id AND s.digest = m.subject_digest WHERE s.id = :id",
-                    {"id": manifest_id},
-                )
-            ]
+            layers.update(records.layers_of(tx, manifest_id))
+            follow = records.dependents(tx, manifest_id)
             generated = drop_manifest(tx, manifest_id, now + self.delay)
             for gone in [row[1], *generated]:
                 audit.record(
@@ -522,12 +460,7 @@ class Policies:
             result.manifests += 1 + len(generated)
             pending.extend(follow)
         for digest in sorted(layers):
-            if (
-                tx.scalar("SELECT 1 FROM manifest_layers WHERE digest = :d LIMIT 1", {"d": digest})
-                is None
-            ):
+            if not records.layer_in_use(tx, digest):
                 result.blobs += 1
-                result.unique_bytes += int(
-                    tx.scalar("SELECT size FROM blobs WHERE digest = :d", {"d": digest}) or 0
-                )
+                result.unique_bytes += records.blob_size(tx, digest)
         return result

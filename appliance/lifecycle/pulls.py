@@ -14,7 +14,8 @@ from collections.abc import Callable
 import trio
 
 from appliance.errors import BerthError
-from appliance.metadata.db import Database, Tx
+from appliance.lifecycle import records
+from appliance.metadata.db import Database
 
 log = logging.getLogger("berth.pulls")
 
@@ -36,15 +37,7 @@ class PullTracker:
             return 0
         rows = [{"repo": r, "tag": t, "at": at} for (r, t), at in pending.items()]
 
-        def fn(tx: Tx) -> None:
-            tx.executemany(
-                "UPDATE tags SET pulled_at = :at WHERE name = :tag AND repository_id = "
-                "(SELECT id FROM repositories WHERE name = :repo) "
-                "AND (pulled_at IS NULL OR pulled_at < :at)",
-                rows,
-            )
-
-        await self.db.write(fn)
+        await self.db.write(lambda tx: records.note_pulls(tx, rows))
         return len(rows)
 
     async def run(

@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from appliance.errors import Denied, InvalidName, NotFound
+from appliance.lifecycle import records
 from appliance.metadata import audit
 from appliance.metadata.db import Database, Tx
 from appliance.oci import patterns
@@ -95,48 +96,20 @@ class Usage:
         }
 
 
-def _in_namespace(column: str, ns: str) -> tuple[str, dict[str, str]]:
-    """SQL matching repository names of namespace `ns` (the name itself, or `ns/...`): a
-    range on the unique index of names rather than a LIKE pattern."""
-    return (
-        f"({column} = :ns OR ({column} >= :lo AND {column} < :hi))",
-        # '0' is the character after '/': every `ns/...` name sorts between the two bounds.
-        {"ns": ns, "lo": ns + "/", "hi": ns + "0"},
-    )
-
-
 def namespace_usage(tx: Tx, ns: str) -> Usage:
-    inside, params = _in_namespace("r.name", ns)
-    outside, _ = _in_namespace("o_r.name", ns)
-    row = tx.one(
-        "SELECT COUNT(*), COALESCE(SUM(b.size), 0), COALESCE(SUM(CASE WHEN EXISTS ("  # noqa: S608
-        "SELECT 1 FROM repository_blobs o JOIN repositories o_r ON o_r.id = o.repository_id "
-        f"WHERE o.digest = b.digest AND NOT {outside}) THEN b.size ELSE 0 END), 0) "
-        "FROM blobs b WHERE b.digest IN (SELECT rb.digest FROM repository_blobs rb "
-        f"JOIN repositories r ON r.id = rb.repository_id WHERE {inside})",
-        params,
-    )
-    assert row is not None
+    row = records.namespace_usage(tx, ns)
     return Usage(ns, int(row[0]), int(row[1]), int(row[2]))
 
 
 def repository_usage(tx: Tx, ns: str) -> list[Usage]:
     """Usage of every repository of `ns`; `shared` is what another repository also holds."""
-    inside, params = _in_namespace("r.name", ns)
-    rows = tx.execute(
-        "SELECT r.name, COUNT(*), COALESCE(SUM(b.size), 0), COALESCE(SUM(CASE WHEN EXISTS ("  # noqa: S608
-        "SELECT 1 FROM repository_blobs o WHERE o.digest = rb.digest "
-        "AND o.repository_id <> rb.repository_id) THEN b.size ELSE 0 END), 0) "
-        "FROM repository_blobs rb JOIN repositories r ON r.id = rb.repository_id "
-        f"JOIN blobs b ON b.digest = rb.digest WHERE {inside} GROUP BY r.name ORDER BY r.name",
-        params,
-    )
+    rows = records.repository_usage(tx, ns)
     return [Usage(r[0], int(r[1]), int(r[2]), int(r[3])) for r in rows]
 
 
 def namespaces_in_use(tx: Tx) -> list[str]:
     """Namespaces that hold at least one repository."""
-    names = {namespace_of(r[0]) for r in tx.execute("SELECT name FROM repositories")}
+    names = {namespace_of(name) for name in records.repository_names(tx)}
     return sorted(names)
 
 
@@ -202,16 +175,7 @@ class Rules:
         limit = self._quotas.get(ns)
         if limit is None:
             return
-        inside, params = _in_namespace("r.name", ns)
-        row = tx.one(
-            "SELECT COALESCE(SUM(b.size), 0), COALESCE(MAX(CASE WHEN b.digest = :d "  # noqa: S608
-            "THEN 1 ELSE 0 END), 0) FROM blobs b WHERE b.digest IN (SELECT rb.digest "
-            "FROM repository_blobs rb JOIN repositories r ON r.id = rb.repository_id "
-            f"WHERE {inside})",
-            {**params, "d": digest},
-        )
-        assert row is not None
-        usage, held = int(row[0]), bool(row[1])
+        usage, held = records.usage_with(tx, ns, digest)
         if not held and usage + size > limit:
             raise Denied(
                 f"quota of namespace {ns} exceeded: it holds {usage} bytes, this blob "
@@ -224,14 +188,7 @@ class Rules:
         return namespace_of(repository) in self._quotas
 
     def held_size(self, tx: Tx, repository: str, digest: str) -> int:
-        inside, params = _in_namespace("r.name", namespace_of(repository))
-        size = tx.scalar(
-            "SELECT b.size FROM blobs b WHERE b.digest = :d AND EXISTS (SELECT 1 "  # noqa: S608
-            "FROM repository_blobs rb JOIN repositories r ON r.id = rb.repository_id "
-            f"WHERE rb.digest = b.digest AND {inside})",
-            {**params, "d": digest},
-        )
-        return 0 if size is None else int(size)
+        return records.held_size(tx, namespace_of(repository), digest)
 
     def upload_growing(self, tx: Tx, repository: str, upload_id: str, total: int) -> None:
         """Open uploads count against the quota while they are written: committed bytes, plus
@@ -242,15 +199,7 @@ class Rules:
         if limit is None:
             return
         usage = namespace_usage(tx, ns).total
-        inside, params = _in_namespace("r.name", ns)
-        held = int(
-            tx.scalar(
-                "SELECT COALESCE(SUM(CASE WHEN u.reserved > u.size THEN u.reserved "  # noqa: S608
-                "ELSE u.size END), 0) FROM uploads u JOIN repositories r "
-                f"ON r.id = u.repository_id WHERE {inside} AND u.id <> :id",
-                {**params, "id": upload_id},
-            )
-        )
+        held = records.uploads_held(tx, ns, upload_id)
         if usage + held + total > limit:
             raise Denied(
                 f"quota of namespace {ns} exceeded: it holds {usage} bytes and its other open "
@@ -282,9 +231,7 @@ class Rules:
         self._fresh(tx)
         if not self._immutable.get(namespace_of(repository)):
             return
-        for (tag,) in tx.execute(
-            "SELECT name FROM tags WHERE manifest_id = :id ORDER BY name", {"id": manifest_id}
-        ):
+        for tag in records.tags_of_manifest(tx, manifest_id):
             self.tag_deleting(tx, repository, tag)
 
     # -- changes (audited) ----------------------------------------------------------------
@@ -295,11 +242,7 @@ class Rules:
         now = self.clock()
 
         def fn(tx: Tx) -> ImmutableRule:
-            tx.execute(
-                "INSERT INTO immutable_tag_rules (namespace, pattern, created_by, created_at) "
-                "VALUES (:ns, :p, :by, :now) ON CONFLICT (namespace, pattern) DO NOTHING",
-                {"ns": namespace, "p": pattern, "by": actor, "now": now},
-            )
+            records.insert_immutable_rule(tx, namespace, pattern, actor, now)
             rule = next(r for r in list_immutable_rules(tx, namespace) if r.pattern == pattern)
             tx.touch(TOPIC)
             audit.record(
@@ -316,12 +259,8 @@ class Rules:
         now = self.clock()
 
         def fn(tx: Tx) -> None:
-            gone = tx.execute(
-                "DELETE FROM immutable_tag_rules WHERE id = :id AND namespace = :ns "
-                "RETURNING pattern",
-                {"id": rule_id, "ns": namespace},
-            )
-            if not gone:
+            pattern = records.delete_immutable_rule(tx, namespace, rule_id)
+            if pattern is None:
                 raise NotFound(f"no immutable tag rule {rule_id} in namespace {namespace}")
             tx.touch(TOPIC)
             audit.record(
@@ -331,7 +270,7 @@ class Rules:
                 namespace,
                 at=now,
                 rule=rule_id,
-                pattern=gone[0][0],
+                pattern=pattern,
             )
 
         try:
@@ -346,13 +285,7 @@ class Rules:
         now = self.clock()
 
         def fn(tx: Tx) -> Quota:
-            tx.execute(
-                "INSERT INTO namespace_quotas (namespace, limit_bytes, updated_by, updated_at) "
-                "VALUES (:ns, :n, :by, :now) ON CONFLICT (namespace) DO UPDATE SET "
-                "limit_bytes = excluded.limit_bytes, updated_by = excluded.updated_by, "
-                "updated_at = excluded.updated_at",
-                {"ns": namespace, "n": limit_bytes, "by": actor, "now": now},
-            )
+            records.upsert_quota(tx, namespace, limit_bytes, actor, now)
             audit.record(tx, actor, "quota.set", namespace, at=now, limit_bytes=limit_bytes)
             tx.touch(TOPIC)
             return Quota(namespace, limit_bytes, actor, now)
@@ -366,14 +299,11 @@ class Rules:
         now = self.clock()
 
         def fn(tx: Tx) -> None:
-            gone = tx.execute(
-                "DELETE FROM namespace_quotas WHERE namespace = :ns RETURNING limit_bytes",
-                {"ns": namespace},
-            )
-            if not gone:
+            limit = records.delete_quota(tx, namespace)
+            if limit is None:
                 raise NotFound(f"namespace {namespace} has no quota")
             tx.touch(TOPIC)
-            audit.record(tx, actor, "quota.delete", namespace, at=now, limit_bytes=gone[0][0])
+            audit.record(tx, actor, "quota.delete", namespace, at=now, limit_bytes=limit)
 
         try:
             await self.db.write(fn)
@@ -400,18 +330,10 @@ class Rules:
 
 
 def list_immutable_rules(tx: Tx, namespace: str | None = None) -> list[ImmutableRule]:
-    sql = "SELECT id, namespace, pattern, created_by, created_at FROM immutable_tag_rules"
-    params: dict[str, Any] = {}
-    if namespace is not None:
-        sql += " WHERE namespace = :ns"
-        params["ns"] = namespace
-    rows = tx.execute(sql + " ORDER BY namespace, id", params)
+    rows = records.immutable_rules(tx, namespace)
     return [ImmutableRule(int(r[0]), r[1], r[2], r[3], float(r[4])) for r in rows]
 
 
 def list_quotas(tx: Tx) -> list[Quota]:
-    rows = tx.execute(
-        "SELECT namespace, limit_bytes, updated_by, updated_at FROM namespace_quotas "
-        "ORDER BY namespace"
-    )
+    rows = records.quotas(tx)
     return [Quota(r[0], int(r[1]), r[2], float(r[3])) for r in rows]

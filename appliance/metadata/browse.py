@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from appliance.metadata.db import Tx
+from appliance.metadata.db import Row, Tx
 
 
 @dataclass(frozen=True)
@@ -232,3 +232,25 @@ def totals(tx: Tx) -> dict[str, int]:
         "manifests": int(row[4]),
         "uploads": int(row[5]),
     }
+
+
+def webhook_cursors(tx: Tx) -> list[Row]:
+    """(endpoint key, last event delivered, failures, next attempt at, last error) of every
+    webhook endpoint's delivery cursor (the status page)."""
+    return tx.execute(
+        "SELECT endpoint, last_event_id, failures, next_attempt_at, last_error FROM webhook_cursors"
+    )
+
+
+def queued_webhook_events(tx: Tx) -> int:
+    return int(tx.scalar("SELECT COUNT(*) FROM webhook_events"))
+
+
+def webhook_backlog(tx: Tx) -> tuple[int, int]:
+    """(webhook events queued, endpoints whose last delivery failed): the metrics' gauges."""
+    row = tx.one(
+        "SELECT (SELECT COUNT(*) FROM webhook_events), "
+        "(SELECT COUNT(*) FROM webhook_cursors WHERE failures > 0)"
+    )
+    assert row is not None
+    return int(row[0]), int(row[1])

@@ -167,3 +167,8 @@ def delete(tx: Tx, rule_id: int) -> None:
     """Remove a rule; what was signed in with it stops working on its next request."""
     tx.execute("DELETE FROM ci_trust_rules WHERE id = :id", {"id": rule_id})
     tx.touch(identity.AUTH)
+
+
+def count(tx: Tx) -> int:
+    """How many rules there are (the status page)."""
+    return int(tx.scalar("SELECT COUNT(*) FROM ci_trust_rules"))

@@ -160,3 +160,23 @@ def copy_database(
         return target.run_sync_write(write)
 
     return source.run_sync_read(read)
+
+
+def clear_records(db: Database) -> None:
+    """Delete every row of every table but `schema_version`, children first (blocking)."""
+
+    def fn(tx: Tx) -> None:
+        names = [t for t in tables(tx) if t != "schema_version"]
+        for name in reversed(ordered(tx, names)):
+            tx.execute(f'DELETE FROM "{name}"')  # noqa: S608 (a name from the catalog)
+
+    db.run_sync_write(fn)
+
+
+def row_counts(tx: Tx) -> dict[str, int]:
+    """Rows of every table a copy carries, by table."""
+    return {
+        name: int(tx.scalar(f'SELECT COUNT(*) FROM "{name}"'))  # noqa: S608
+        for name in tables(tx)
+        if name not in NOT_COPIED
+    }

@@ -91,6 +91,11 @@ class Tx(Protocol):
         ...
 
 
+def ping(tx: Tx) -> None:
+    """The cheapest statement: whether the database answers (health checks)."""
+    tx.scalar("SELECT 1")
+
+
 @dataclass(frozen=True)
 class Migration:
     version: int

@@ -7,8 +7,9 @@ event exists exactly when its change committed; the leader delivers it later
 (`application/vnd.docker.distribution.events.v1+json`), so receivers written for it work
 unchanged.
 
-The metadata store calls the registry-change functions below from inside the unit of work that
-makes the change. The actor is the current request's caller (`context.py`): a signed-in user,
+The metadata store runs the registry-change functions below from inside the unit of work that
+makes the change, through its write hook (`Recorded` in registry/effects.py, registered at
+assembly). The actor is the current request's caller (`context.py`): a signed-in user,
 `robot:<ns>+<name>`, or `system` outside a request.
 """
 

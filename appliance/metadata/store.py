@@ -27,7 +27,6 @@ from appliance.errors import (
     TooMany,
     UploadNotFound,
 )
-from appliance.metadata import events
 from appliance.metadata.changes import StampedCache, repository_topic
 from appliance.metadata.db import Database, Row, Tx
 from appliance.metadata.leader import Fence, check_fence
@@ -98,21 +97,6 @@ def enqueue_blobs(tx: Tx, digests: Sequence[str], review_after: float) -> None:
             "THEN gc_blob_queue.review_after ELSE excluded.review_after END",
             [{"d": d, "t": review_after} for d in digests],
         )
-
-
-_IMAGE_CONFIGS = frozenset(
-    {"application/vnd.oci.image.config.v1+json", "application/vnd.docker.container.image.v1+json"}
-)
-
-
-def _is_image(manifest: Manifest) -> bool:
-    """An image whose layers are a filesystem: not an index, an artifact or a referrer."""
-    return (
-        manifest.config is not None
-        and manifest.config.media_type in _IMAGE_CONFIGS
-        and manifest.subject is None
-        and not manifest.is_index
-    )
 
 
 def enqueue_manifests(tx: Tx, ids: Sequence[int], review_after: float) -> None:
@@ -219,9 +203,51 @@ class WriteChecks(Protocol):
         again costs no quota), else 0."""
 
 
+@dataclass(frozen=True)
+class Pushed:
+    """A manifest PUT, as its transaction wrote it."""
+
+    repository: str
+    digest: str
+    manifest_id: int
+    manifest: Manifest
+    size: int  # bytes of the manifest itself
+    tag: str | None
+    moved_from: str | None  # the digest `tag` pointed at before, when it moved
+    created: bool  # a new manifest row (False: the same bytes were pushed before)
+    at: float
+
+
+class WriteEffects:
+    """The one hook for what a registry write sets off beyond its own rows: audit rows and
+    webhook events (metadata/events.py), the scan queue (scan/records.py). Features subclass it,
+    override what they need, and are registered at assembly (`MetadataStore.effects`,
+    registry/effects.py), so this module imports none of them.
+
+    Each method runs inside the write's own transaction, after the change and its checks:
+    what it writes commits with the change or not at all, and it must have no effect outside
+    `tx` (a PostgreSQL unit of work may run again). The collector's queues are not effects:
+    they are the store's own invariant (a blob or manifest that may have lost its last
+    reference is queued whatever else is registered) and `drop_manifest` writes them too.
+    """
+
+    def manifest_pushed(self, tx: Tx, push: Pushed) -> None:
+        """A manifest was stored (and `push.tag` pointed at it)."""
+
+    def tag_deleted(self, tx: Tx, repository: str, tag: str, digest: str, *, audited: bool) -> None:
+        """`tag` (at `digest`) was removed; `audited`: the caller wrote its own audit row."""
+
+    def manifest_deleted(self, tx: Tx, repository: str, digest: str, tags: list[str]) -> None:
+        """Manifest `digest` was removed, with `tags` that pointed at it."""
+
+    def blob_deleted(self, tx: Tx, repository: str, digest: str) -> None:
+        """`repository` can no longer read blob `digest`."""
+
+
 class MetadataStore:
     """Registry records on one Database. `clock` gives the time; `gc_delay` the review delay;
-    `checks` the rules writes must pass (none when None)."""
+    `checks` the rules writes must pass (none when None); `effects` what each write sets off
+    in its transaction, in order (none when empty)."""
 
     def __init__(
         self,
@@ -229,11 +255,13 @@ class MetadataStore:
         clock: Callable[[], float],
         gc_delay: float = 86400.0,
         checks: WriteChecks | None = None,
+        effects: Sequence[WriteEffects] = (),
     ) -> None:
         self.db = db
         self.clock = clock
         self.gc_delay = gc_delay
         self.checks = checks
+        self.effects = list(effects)
         # Manifests by (repository, reference), good while the repository's change stamp
         # holds (metadata/changes.py): a pull answered from memory, no query, no thread hop.
         self._manifests: StampedCache[tuple[str, str], ManifestRecord] = StampedCache(
@@ -415,7 +443,8 @@ class MetadataStore:
             )
             if gone:
                 enqueue_blobs(tx, [digest], now + self.gc_delay)
-                events.blob_deleted(tx, repository, digest)
+                for effect in self.effects:
+                    effect.blob_deleted(tx, repository, digest)
             return bool(gone)
 
         return await self.db.write(fn)
@@ -698,12 +727,6 @@ class MetadataStore:
                 if tag is None and manifest.subject is None:
                     # Untagged and not a referrer: a candidate for untagged-manifest cleanup.
                     _enqueue_manifest(tx, manifest_id, now + self.gc_delay)
-                if _is_image(manifest):
-                    # Its SBOM is extracted in the background (appliance/scan/service.py).
-                    tx.execute(
-                        "INSERT INTO scan_queue (manifest_id, queued_at) VALUES (:m, :now)",
-                        {"m": manifest_id, "now": now},
-                    )
             else:
                 manifest_id = int(
                     tx.scalar(
@@ -739,9 +762,19 @@ class MetadataStore:
                     moved_from = tx.scalar(
                         "SELECT digest FROM manifests WHERE id = :id", {"id": int(previous)}
                     )
-            events.manifest_pushed(
-                tx, repository, digest_s, manifest.media_type, len(payload), tag, moved_from
+            pushed = Pushed(
+                repository,
+                digest_s,
+                manifest_id,
+                manifest,
+                len(payload),
+                tag,
+                moved_from,
+                created=bool(inserted),
+                at=now,
             )
+            for effect in self.effects:
+                effect.manifest_pushed(tx, pushed)
             tx.touch(repository_topic(repository))
             return PutResult(bool(inserted), digest_s)
 
@@ -803,7 +836,8 @@ class MetadataStore:
             if audit is not None:
                 audit(tx)
             digest = tx.scalar("SELECT digest FROM manifests WHERE id = :id", {"id": gone[0][0]})
-            events.tag_deleted(tx, repository, tag, str(digest), audited=audit is not None)
+            for effect in self.effects:
+                effect.tag_deleted(tx, repository, tag, str(digest), audited=audit is not None)
 
         await self.db.write(fn)
 
@@ -844,9 +878,10 @@ class MetadataStore:
             # Referrers (signatures, SBOMs) pushed by clients are queued: the collector decides
             # whether they go with their subject (gc.referrers). Berth's own go now.
             generated = drop_manifest(tx, manifest_id, now + self.gc_delay)
-            for artifact in generated:
-                events.manifest_deleted(tx, repository, artifact, [])
-            events.manifest_deleted(tx, repository, digest, sorted(tags))
+            for effect in self.effects:
+                for artifact in generated:
+                    effect.manifest_deleted(tx, repository, artifact, [])
+                effect.manifest_deleted(tx, repository, digest, sorted(tags))
 
         await self.db.write(fn)
 

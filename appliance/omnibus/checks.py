@@ -258,7 +258,8 @@ def check_hosts(config: Config, now: float | None = None) -> Iterator[Finding]:
     under way); a host not seen for a minute is listed as gone."""
     from appliance.auth.secrets import ServerSecret  # noqa: PLC0415
     from appliance.metadata.db import Options, open_database  # noqa: PLC0415
-    from appliance.runtime.hosts import list_hosts, storage_of  # noqa: PLC0415
+    from appliance.metadata.hosts import list_hosts  # noqa: PLC0415
+    from appliance.runtime.hosts import storage_of  # noqa: PLC0415
 
     url = config.metadata_url
     if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite://")).exists():

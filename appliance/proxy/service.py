@@ -49,8 +49,8 @@ from appliance.oci import manifest as manifests
 from appliance.oci.digest import Digest, is_digest
 from appliance.oci.names import namespace_of, readable_reference, validate_name
 from appliance.proxy import settings
+from appliance.proxy.records import CachedTag, ProxyStore
 from appliance.proxy.settings import ProxyNamespace
-from appliance.proxy.store import CachedTag, ProxyStore
 from appliance.proxy.upstream import Upstream, UpstreamInvalid, UpstreamNotFound
 from appliance.registry import Registry
 from appliance.registry.copy import FetchedManifest, read_ahead

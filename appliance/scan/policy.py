@@ -30,7 +30,7 @@ from appliance.metadata import audit, identity
 from appliance.metadata.db import Database, Tx
 from appliance.oci import mediatypes as mt
 from appliance.oci.names import namespace_of
-from appliance.scan import vulndb
+from appliance.scan import records, vulndb
 from appliance.scan.matching import RANK, SEVERITIES
 from appliance.scan.vulndb import SCAN_TOPIC
 
@@ -80,15 +80,11 @@ class Worst:
 
 def load_policies(tx: Tx) -> dict[str, Policy]:
     exceptions: dict[str, dict[str, float | None]] = {}
-    for ns, advisory, expires in tx.execute(
-        "SELECT namespace, advisory_id, expires_at FROM scan_exceptions"
-    ):
+    for ns, advisory, expires in records.exceptions(tx):
         exceptions.setdefault(ns, {})[advisory] = None if expires is None else float(expires)
     return {
         str(ns): Policy(str(ns), str(sev), str(unscanned), exceptions.get(ns, {}))
-        for ns, sev, unscanned in tx.execute(
-            "SELECT namespace, block_severity, unscanned FROM scan_policies"
-        )
+        for ns, sev, unscanned in records.policies(tx)
     }
 
 
@@ -106,13 +102,7 @@ def set_policy(  # noqa: PLR0917 (one per field)
     if unscanned not in UNSCANNED:
         raise InvalidInput(f"unscanned must be one of {', '.join(UNSCANNED)}")
     identity.require_namespace(tx, namespace)
-    tx.execute(
-        "INSERT INTO scan_policies (namespace, block_severity, unscanned, updated_at) "
-        "VALUES (:ns, :sev, :u, :now) ON CONFLICT (namespace) DO UPDATE SET "
-        "block_severity = excluded.block_severity, unscanned = excluded.unscanned, "
-        "updated_at = excluded.updated_at",
-        {"ns": namespace, "sev": block_severity.lower(), "u": unscanned, "now": now},
-    )
+    records.put_policy(tx, namespace, block_severity.lower(), unscanned, now)
     audit.record(
         tx,
         actor,
@@ -126,9 +116,7 @@ def set_policy(  # noqa: PLR0917 (one per field)
 
 
 def delete_policy(tx: Tx, actor: str, namespace: str, now: float) -> bool:
-    gone = tx.execute(
-        "DELETE FROM scan_policies WHERE namespace = :ns RETURNING namespace", {"ns": namespace}
-    )
+    gone = records.delete_policy(tx, namespace)
     if gone:
         audit.record(tx, actor, "scan.policy.delete", namespace, at=now)
         vulndb.bump_generation(tx)
@@ -149,22 +137,9 @@ def set_exception(  # noqa: PLR0917 (one per field)
         raise InvalidInput("an advisory id is required (at most 200 characters)")
     if expires_at is not None and expires_at <= now:
         raise InvalidInput("expires_at is in the past")
-    if tx.scalar("SELECT 1 FROM scan_policies WHERE namespace = :ns", {"ns": namespace}) is None:
+    if not records.has_policy(tx, namespace):
         raise InvalidInput(f"namespace {namespace} has no vulnerability policy")
-    tx.execute(
-        "INSERT INTO scan_exceptions (namespace, advisory_id, expires_at, reason, created_at, "
-        "created_by) VALUES (:ns, :a, :e, :r, :now, :by) ON CONFLICT (namespace, advisory_id) "
-        "DO UPDATE SET expires_at = excluded.expires_at, reason = excluded.reason, "
-        "created_at = excluded.created_at, created_by = excluded.created_by",
-        {
-            "ns": namespace,
-            "a": advisory_id,
-            "e": expires_at,
-            "r": reason[:500],
-            "now": now,
-            "by": actor,
-        },
-    )
+    records.put_exception(tx, namespace, advisory_id, expires_at, reason[:500], now, actor)
     audit.record(
         tx,
         actor,
@@ -178,11 +153,7 @@ def set_exception(  # noqa: PLR0917 (one per field)
 
 
 def delete_exception(tx: Tx, actor: str, namespace: str, advisory_id: str, now: float) -> bool:
-    gone = tx.execute(
-        "DELETE FROM scan_exceptions WHERE namespace = :ns AND advisory_id = :a "
-        "RETURNING advisory_id",
-        {"ns": namespace, "a": advisory_id},
-    )
+    gone = records.delete_exception(tx, namespace, advisory_id)
     if gone:
         audit.record(tx, actor, "scan.exception.delete", f"{namespace}:{advisory_id}", at=now)
         vulndb.bump_generation(tx)
@@ -190,7 +161,7 @@ def delete_exception(tx: Tx, actor: str, namespace: str, advisory_id: str, now: 
 
 
 def generation(tx: Tx) -> int:
-    return int(tx.scalar("SELECT generation FROM scan_generation WHERE id = 1") or 0)
+    return records.generation(tx)
 
 
 @dataclass(frozen=True)
@@ -207,17 +178,13 @@ def findings_for(tx: Tx, digests: list[str]) -> Scanned | None:
     out: list[Worst] = []
     complete = True
     for digest in digests:
-        status = tx.scalar("SELECT status FROM scan_reports WHERE digest = :d", {"d": digest})
+        status = records.report_status(tx, digest)
         if status not in ("ok", "incomplete"):
             return None
         complete = complete and status == "ok"
         out.extend(
             Worst(int(r[0]), r[1], r[2], r[3], r[4], r[5])
-            for r in tx.execute(
-                "SELECT rank, advisory_id, severity, package, installed, fixed "
-                "FROM scan_findings WHERE digest = :d",
-                {"d": digest},
-            )
+            for r in records.ranked_findings(tx, digest)
         )
     out.sort(key=lambda w: (-w.rank, w.advisory_id, w.package))
     return Scanned(out, complete)

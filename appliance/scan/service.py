@@ -47,8 +47,8 @@ from appliance.registry import Registry
 from appliance.runtime.jobs import Job
 from appliance.runtime.metrics import REGISTRY
 from appliance.runtime.program import program_command
+from appliance.scan import records, vulndb
 from appliance.scan import sbom as sboms
-from appliance.scan import vulndb
 from appliance.scan.layers import LayerError, Limits
 from appliance.scan.matching import RANK, SEVERITIES, Affected, affected_by, distro_matches
 from appliance.scan.packages import OsRelease
@@ -213,16 +213,10 @@ def save_findings(
     tx: Tx, digest: str, findings: list[Finding], version: int, now: float
 ) -> list[Finding]:
     """Replace an image's findings; return the critical ones it did not have before."""
-    before = {
-        (r[0], r[1])
-        for r in tx.execute(
-            "SELECT advisory_id, purl FROM scan_findings WHERE digest = :d", {"d": digest}
-        )
-    }
-    tx.execute("DELETE FROM scan_findings WHERE digest = :d", {"d": digest})
-    tx.executemany(
-        "INSERT INTO scan_findings (digest, advisory_id, purl, package, installed, fixed, "
-        "severity, rank, summary) VALUES (:d, :a, :p, :n, :i, :f, :s, :r, :sum)",
+    before = records.finding_keys(tx, digest)
+    records.clear_findings(tx, digest)
+    records.add_findings(
+        tx,
         [
             {
                 "d": digest,
@@ -238,10 +232,7 @@ def save_findings(
             for f in findings
         ],
     )
-    tx.execute(
-        "UPDATE scan_reports SET vulndb_version = :v, matched_at = :now WHERE digest = :d",
-        {"v": version, "now": now, "d": digest},
-    )
+    records.mark_matched(tx, digest, version, now)
     new_critical = [
         f for f in findings if f.severity == "critical" and (f.advisory_id, f.purl) not in before
     ]
@@ -252,11 +243,7 @@ def save_findings(
 
 def _notify(tx: Tx, digest: str, findings: list[Finding]) -> None:
     """A webhook event per repository holding the image."""
-    for (repository,) in tx.execute(
-        "SELECT r.name FROM manifests m JOIN repositories r ON r.id = m.repository_id "
-        "WHERE m.digest = :d",
-        {"d": digest},
-    ):
+    for repository in records.repositories_holding(tx, digest):
         events.emit(
             tx,
             "vulnerability",
@@ -271,31 +258,18 @@ def report_in(tx: Tx, repository: str, digest: str) -> tuple[bool, Report | None
     """(whether `repository` holds manifest `digest`, its report if scanned). Reports are kept
     per digest: without the first check a caller could read any namespace's report by naming
     a repository of their own."""
-    held = tx.scalar(
-        "SELECT 1 FROM manifests m JOIN repositories r ON r.id = m.repository_id "
-        "WHERE r.name = :name AND m.digest = :digest",
-        {"name": repository, "digest": digest},
-    )
-    if held is None:
+    if not records.repository_holds(tx, repository, digest):
         return False, None
     return True, read_report(tx, digest)
 
 
 def read_report(tx: Tx, digest: str) -> Report | None:
-    row = tx.one(
-        "SELECT digest, status, error, packages, scanned_at, vulndb_version, sbom_digest "
-        "FROM scan_reports WHERE digest = :d",
-        {"d": digest},
-    )
+    row = records.report_row(tx, digest)
     if row is None:
         return None
     findings = [
         Finding(r[0], r[1], r[2], r[3], r[4], r[5], r[6] or "")
-        for r in tx.execute(
-            "SELECT advisory_id, severity, package, purl, installed, fixed, summary "
-            "FROM scan_findings WHERE digest = :d ORDER BY rank DESC, advisory_id, package",
-            {"d": digest},
-        )
+        for r in records.findings(tx, digest)
     ]
     return Report(row[0], row[1], row[2], int(row[3]), float(row[4]), int(row[5]), row[6], findings)
 
@@ -312,10 +286,7 @@ def rematch_all(
 
     def load(tx: Tx) -> tuple[int, AdvisoryIndex, list[str]]:
         version = vulndb.current_version(tx)
-        sql = "SELECT digest FROM scan_reports WHERE status IN ('ok', 'incomplete')"
-        if only_stale:
-            sql += " AND vulndb_version < :v"
-        digests = [r[0] for r in tx.execute(sql + " ORDER BY digest", {"v": version})]
+        digests = records.matched_digests(tx, version, only_stale=only_stale)
         return version, vulndb.load_index(tx) if digests else AdvisoryIndex([]), digests
 
     version, index, digests = run_read(load)
@@ -324,10 +295,7 @@ def rematch_all(
         chunk = digests[start : start + 100]
 
         def sboms_of(tx: Tx, c: list[str] = chunk) -> list[tuple[str, Any]]:
-            return [
-                (d, tx.scalar("SELECT sbom FROM scan_reports WHERE digest = :d", {"d": d}))
-                for d in c
-            ]
+            return [(d, records.sbom(tx, d)) for d in c]
 
         documents = run_read(sboms_of)
         results = [(d, match(index, doc, memo)) for d, doc in documents if doc]
@@ -344,15 +312,12 @@ def rematch_all(
 def refresh_metrics(tx: Tx) -> None:
     """Set the gauges from the database (the reports of images still stored)."""
     counts = dict.fromkeys(SEVERITIES, 0)
-    for severity, n in tx.execute(
-        "SELECT f.severity, COUNT(*) FROM scan_findings f WHERE EXISTS "
-        "(SELECT 1 FROM manifests m WHERE m.digest = f.digest) GROUP BY f.severity"
-    ):
+    for severity, n in records.findings_by_severity(tx):
         counts[str(severity)] = int(n)
     for severity, n in counts.items():
         FINDINGS.labels(severity).set(n)
     statuses = dict.fromkeys(STATUSES, 0)
-    for status, n in tx.execute("SELECT status, COUNT(*) FROM scan_reports GROUP BY status"):
+    for status, n in records.reports_by_status(tx):
         statuses[str(status)] = int(n)
     for status, n in statuses.items():
         IMAGES.labels(status).set(n)
@@ -405,8 +370,8 @@ class Scanner:
             log.warning("scan of %s@%s failed: %s", repository, digest, message)
 
             def failed(tx: Tx) -> None:
-                _save_report(tx, digest, "error", message, None, None, 0, now)
-                tx.execute("DELETE FROM scan_findings WHERE digest = :d", {"d": digest})
+                records.save_report(tx, digest, "error", message, None, None, 0, now)
+                records.clear_findings(tx, digest)
                 bump_generation(tx)
 
             await self.db.write(failed)
@@ -438,7 +403,9 @@ class Scanner:
         findings = await trio.to_thread.run_sync(match_packages, index, os, pkgs)
 
         def save(tx: Tx) -> None:
-            _save_report(tx, digest, status, error, document.decode(), sbom_digest, count, now)
+            records.save_report(
+                tx, digest, status, error, document.decode(), sbom_digest, count, now
+            )
             save_findings(tx, digest, findings, version, now)
             bump_generation(tx)
 
@@ -521,13 +488,7 @@ class Scanner:
         now = self.clock()
 
         def due(tx: Tx) -> list[tuple[int, str, str, str, bytes, int]]:
-            rows = tx.execute(
-                "SELECT q.manifest_id, r.name, m.digest, m.media_type, m.payload, q.attempts "
-                "FROM scan_queue q JOIN manifests m ON m.id = q.manifest_id "
-                "JOIN repositories r ON r.id = m.repository_id "
-                "WHERE q.not_before <= :now ORDER BY q.queued_at, q.manifest_id LIMIT :n",
-                {"now": now, "n": BATCH},
-            )
+            rows = records.due(tx, now, BATCH)
             return [(int(r[0]), r[1], r[2], r[3], bytes(r[4]), int(r[5])) for r in rows]
 
         handled = 0
@@ -550,7 +511,7 @@ class Scanner:
                     )
                 )
                 continue
-            await self.db.write(functools.partial(_dequeue, manifest_id=manifest_id))
+            await self.db.write(functools.partial(records.dequeue, manifest_id=manifest_id))
             handled += 1
         await trio.to_thread.run_sync(
             lambda: rematch_all(
@@ -564,11 +525,7 @@ class Scanner:
         parsed = manifests.parse(payload, media_type)
         if not is_image(parsed):
             return
-        existing = await self.db.read(
-            lambda tx: tx.one(
-                "SELECT status, sbom FROM scan_reports WHERE digest = :d", {"d": digest}
-            )
-        )
+        existing = await self.db.read(lambda tx: records.status_and_sbom(tx, digest))
         if existing is not None and existing[0] in SCANNED and existing[1]:
             # Scanned in another repository: this one gets the referrer too.
             await self._attach(repository, digest, media_type, len(payload), existing[1].encode())
@@ -588,39 +545,11 @@ class Scanner:
         return record.digest, await self.db.read(fn)
 
 
-def _save_report(  # noqa: PLR0917 (one per column)
-    tx: Tx,
-    digest: str,
-    status: str,
-    error: str | None,
-    document: str | None,
-    sbom_digest: str | None,
-    packages: int,
-    now: float,
-) -> None:
-    tx.execute(
-        "INSERT INTO scan_reports (digest, status, error, sbom, sbom_digest, packages, "
-        "scanned_at) VALUES (:d, :s, :e, :doc, :sd, :p, :now) ON CONFLICT (digest) DO UPDATE "
-        "SET status = excluded.status, error = excluded.error, sbom = excluded.sbom, "
-        "sbom_digest = excluded.sbom_digest, packages = excluded.packages, "
-        "scanned_at = excluded.scanned_at",
-        {
-            "d": digest,
-            "s": status,
-            "e": error,
-            "doc": document,
-            "sd": sbom_digest,
-            "p": packages,
-            "now": now,
-        },
-    )
-
-
 def _retry(
     tx: Tx, *, manifest_id: int, attempts: int, message: str, digest: str, now: float
 ) -> None:
     if attempts + 1 >= MAX_ATTEMPTS:
-        _save_report(
+        records.save_report(
             tx,
             digest,
             "error",
@@ -630,16 +559,9 @@ def _retry(
             0,
             now,
         )
-        tx.execute("DELETE FROM scan_queue WHERE manifest_id = :m", {"m": manifest_id})
+        records.dequeue(tx, manifest_id)
         return
-    tx.execute(
-        "UPDATE scan_queue SET attempts = attempts + 1, not_before = :t WHERE manifest_id = :m",
-        {"t": now + 60.0 * 2**attempts, "m": manifest_id},
-    )
-
-
-def _dequeue(tx: Tx, *, manifest_id: int) -> None:
-    tx.execute("DELETE FROM scan_queue WHERE manifest_id = :m", {"m": manifest_id})
+    records.postpone(tx, manifest_id, now + 60.0 * 2**attempts)
 
 
 def incomplete_message(cuts: list[str], shown: int = 5) -> str:

@@ -16,7 +16,7 @@ import pytest
 
 from appliance.auth import accounts
 from appliance.metadata.db import Tx
-from appliance.scan.service import _save_report
+from appliance.scan.records import save_report
 from appliance.server import Services
 from appliance.webhooks.endpoints import add_endpoint
 from tests.api.conftest import api_client
@@ -622,7 +622,7 @@ async def seed_secret(services: Services, client: httpx.AsyncClient) -> dict[str
 
     def side_door(tx: Tx) -> int:
         for image in (secret_digest, team_digest):
-            _save_report(tx, image, "ok", None, '{"components": []}', None, 0, now)
+            save_report(tx, image, "ok", None, '{"components": []}', None, 0, now)
         accounts.create_robot(tx, "test", services.access.secret, "secret", "spy", "reader", now)
         hook, _ = add_endpoint(tx, "test", "secret", "http://93.184.216.34/secret", actions="push")
         return int(hook)

@@ -20,6 +20,7 @@ from appliance.lifecycle.rules import Rules
 from appliance.metadata.db import Database
 from appliance.metadata.store import MetadataStore
 from appliance.registry import Registry
+from appliance.registry.effects import write_effects
 from appliance.storage.base import BlobStore
 from tests.metadata.suite import descriptor, encode, sha
 from tests.metadata.suite import image as image_manifest
@@ -126,7 +127,7 @@ def build_world(db: Database, store: BlobStore, settings: GcSettings | None = No
     clock = Clock()
     settings = settings or GcSettings(delay=100.0, batch=7, untagged_age=1000.0)
     rules = Rules(db, clock)
-    meta = MetadataStore(db, clock, settings.delay, checks=rules)
+    meta = MetadataStore(db, clock, settings.delay, checks=rules, effects=write_effects())
     registry = Registry(meta, store, clock=clock)
     return World(db, store, clock, meta, registry, rules, settings)
 

@@ -30,7 +30,7 @@ from appliance.errors import (
 )
 from appliance.metadata.db import Database, Tx
 from appliance.metadata.leader import Fence, LeaderLock, LeadershipLost, check_fence, leader_lock
-from appliance.metadata.store import MetadataStore
+from appliance.metadata.store import MetadataStore, Pushed, WriteEffects
 from appliance.oci import manifest as manifests
 from appliance.oci import mediatypes as mt
 from appliance.oci.digest import Digest
@@ -451,6 +451,77 @@ class MetadataSuite:
         )
         assert sorted(r[0] for r in queued) == sorted([sha(b"{}"), sha(b"l1"), sha(b"l2")])
         assert await self.rows(database, "SELECT manifest_id FROM manifest_layers") == []
+
+    # -- the write hook ------------------------------------------------------------------
+
+    async def test_write_effects_run_in_the_change_s_transaction(
+        self, database: Database, clock: Clock
+    ) -> None:
+        """Registered effects hear of each push and delete, in order, inside its transaction
+        (they see its rows); an effect that raises undoes the change; a refused change sets
+        nothing off."""
+        seen: list[tuple[Any, ...]] = []
+
+        class Recording(WriteEffects):
+            def manifest_pushed(self, tx: Tx, push: Pushed) -> None:
+                visible = tx.scalar(
+                    "SELECT digest FROM manifests WHERE id = :id", {"id": push.manifest_id}
+                )
+                seen.append(("push", push.digest, push.tag, push.moved_from, push.created))
+                assert visible == push.digest
+                if push.tag == "explode":
+                    raise RuntimeError("refused by the effect")
+
+            def tag_deleted(
+                self, tx: Tx, repository: str, tag: str, digest: str, *, audited: bool
+            ) -> None:
+                seen.append(("untag", tag, digest, audited))
+
+            def manifest_deleted(
+                self, tx: Tx, repository: str, digest: str, tags: list[str]
+            ) -> None:
+                seen.append(("delete", digest, tags))
+
+            def blob_deleted(self, tx: Tx, repository: str, digest: str) -> None:
+                seen.append(("unlink", digest))
+
+        meta = MetadataStore(database, clock, gc_delay=100.0, effects=[Recording()])
+        first = await self.push_image(meta, REPO, b"{}", [b"1"], "v1")
+        second = await self.push_image(meta, REPO, b"{}", [b"2"], "v1")
+        await self.put(meta, REPO, image(b"{}", [b"2"]), "v2")
+        assert seen == [
+            ("push", first, "v1", None, True),
+            ("push", second, "v1", first, True),
+            ("push", second, "v2", None, False),
+        ]
+        seen.clear()
+        with pytest.raises(RuntimeError, match="refused by the effect"):
+            await self.push_image(meta, REPO, b"{}", [b"3"], "explode")
+        with pytest.raises(ManifestNotFound):  # the push rolled back with its effect
+            await meta.manifest(REPO, "explode", by_digest=False)
+        payload = image(b"{}", [b"3"])
+        with pytest.raises(Conflict):
+            await meta.put_manifest(
+                REPO,
+                Digest.parse(sha(payload)),
+                manifests.parse(payload, mt.OCI_MANIFEST),
+                payload,
+                "v2",
+                move_tag=False,
+            )
+        assert [s[0] for s in seen] == ["push"]  # the exploded one only; the conflict: none
+        seen.clear()
+        await meta.delete_tag(REPO, "v2")
+        await meta.delete_manifest(REPO, first)
+        await meta.unlink_blob(REPO, sha(b"1"))
+        assert seen == [
+            ("untag", "v2", second, False),
+            ("delete", first, []),
+            ("unlink", sha(b"1")),
+        ]
+        # Without registered effects the store writes no feature's records.
+        assert await self.rows(database, "SELECT COUNT(*) FROM scan_queue") == [(0,)]
+        assert await self.rows(database, "SELECT COUNT(*) FROM audit_events") == [(0,)]
 
     # -- referrers -----------------------------------------------------------------------
 

@@ -17,8 +17,9 @@ from appliance import __version__
 from appliance import config as settings
 from appliance.auth.secrets import ServerSecret
 from appliance.metadata.db import Database, open_database
+from appliance.metadata.hosts import STALE, HostRecord, list_hosts
 from appliance.omnibus.checks import check_hosts
-from appliance.runtime.hosts import STALE, HostAgent, HostRecord, ThisHost, instance_id, list_hosts
+from appliance.runtime.hosts import HostAgent, ThisHost, instance_id
 
 
 def make_config(data: Path, **overrides: object) -> settings.Config:
@@ -106,7 +107,7 @@ def doctor(config: settings.Config, now: float | None = None) -> list[tuple[str,
 
 
 def put(db: Database, record: HostRecord) -> None:
-    from appliance.runtime.hosts import _visit  # noqa: PLC0415 (the row writer under test)
+    from appliance.metadata.hosts import visit as _visit  # noqa: PLC0415 (the row writer under test)
 
     db.run_sync_write(lambda tx: _visit(tx, record))
 

@@ -12,7 +12,7 @@ import pytest
 from appliance.errors import ConfigError
 from appliance.metadata import audit
 from appliance.metadata.db import Database, Tx, open_database
-from appliance.proxy.store import ProxyStore
+from appliance.proxy.records import ProxyStore
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

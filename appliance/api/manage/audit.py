@@ -1,5 +1,5 @@
 """The audit log route of the management API: events newest first, for instance admins,
-filtered by time, actor, action and target, a page at a time (`ops/audit.py` reads them)."""
+filtered by time, actor, action and target, a page at a time (`metadata/audit.py` reads them)."""
 
 from __future__ import annotations
 

@@ -12,8 +12,8 @@ from quart import Response
 from appliance.api.inputs import path_id
 from appliance.console.framework import BadRequest, NavEntry, PageContext, PageNotFound, page
 from appliance.errors import BerthError
-from appliance.metadata import browse, identity
-from appliance.metadata.db import Tx
+from appliance.metadata import browse, citrust, identity
+from appliance.metadata.db import Tx, ping
 from appliance.metadata.events import ACTIONS
 from appliance.omnibus.buildinfo import build_info
 from appliance.webhooks.endpoints import (
@@ -38,10 +38,7 @@ def _cursors(tx: Tx) -> dict[str, dict[str, Any]]:
             "next_attempt_at": r[3],
             "last_error": r[4],
         }
-        for r in tx.execute(
-            "SELECT endpoint, last_event_id, failures, next_attempt_at, last_error "
-            "FROM webhook_cursors"
-        )
+        for r in browse.webhook_cursors(tx)
     }
 
 
@@ -50,7 +47,7 @@ async def status(ctx: PageContext) -> Response:
     ctx.require_admin()
     checks: dict[str, str] = {}
     try:
-        await ctx.access.db.read(lambda tx: tx.scalar("SELECT 1"))
+        await ctx.access.db.read(ping)
         checks["database"] = "ok"
     except BerthError as e:
         checks["database"] = e.message
@@ -88,7 +85,7 @@ async def status(ctx: PageContext) -> Response:
             "blobs": totals["blobs"],
             "repositories": totals["repositories"],
             "uploads": totals["uploads"],
-            "queued": int(tx.scalar("SELECT COUNT(*) FROM webhook_events")),
+            "queued": browse.queued_webhook_events(tx),
             "endpoints": endpoints,
             "deliveries": deliveries(tx, limit=RECENT),
         }
@@ -97,7 +94,7 @@ async def status(ctx: PageContext) -> Response:
     # Sign-in providers: each answers its discovery document (bounded: auth/jwks.py).
     oidc_providers = ctx.services.extras.get("oidc") or {}
     sign_in = [await p.status() for p in oidc_providers.values()]
-    ci_rules = await ctx.access.db.read(lambda tx: tx.scalar("SELECT COUNT(*) FROM ci_trust_rules"))
+    ci_rules = await ctx.access.db.read(citrust.count)
     try:
         schema = await trio.to_thread.run_sync(ctx.access.db.schema_status)
         schema_text = f"{schema.current} (this Berth knows up to {schema.latest})"

@@ -7,8 +7,8 @@ from quart import Response
 
 from appliance.console.framework import NavEntry, PageContext, page
 from appliance.metadata import identity
+from appliance.proxy.records import ProxyStore
 from appliance.proxy.settings import parse
-from appliance.proxy.store import ProxyStore
 
 
 @page("/proxy", nav=NavEntry("Proxy cache", "/proxy", order=60))

@@ -16,6 +16,7 @@ from appliance.oci import mediatypes as mt
 from appliance.oci.digest import is_digest
 from appliance.oci.names import validate_name
 from appliance.scan import policy as pull_policy
+from appliance.scan import records as scan_records
 from appliance.scan import vulndb
 from appliance.scan.matching import SEVERITIES
 from appliance.scan.policy import UNSCANNED, invalidate, load_policies
@@ -110,11 +111,7 @@ async def scan_policy(ctx: PageContext, ns: str) -> Response:
 
     def read(tx: Tx) -> dict[str, Any]:
         policy = load_policies(tx).get(ns)
-        rows = tx.execute(
-            "SELECT advisory_id, expires_at, reason, created_by FROM scan_exceptions "
-            "WHERE namespace = :ns ORDER BY advisory_id",
-            {"ns": ns},
-        )
+        rows = scan_records.exceptions_of(tx, ns)
         return {"policy": policy, "exceptions": rows}
 
     state = await db.read(read)

@@ -39,6 +39,10 @@ class RepositoryStatus:
     last_validated: float | None
 
 
+def is_proxy_namespace(tx: Tx, name: str) -> bool:
+    return tx.scalar("SELECT 1 FROM proxy_namespaces WHERE name = :n", {"n": name}) is not None
+
+
 class ProxyStore:
     def __init__(self, db: Database, clock: Callable[[], float]) -> None:
         self.db = db
