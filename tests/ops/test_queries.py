@@ -4,27 +4,9 @@ PostgreSQL alike."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from pathlib import Path
-
-import pytest
-
 from appliance import config as settings
-from appliance.metadata.db import DIALECTS, Database, Tx, open_database
+from appliance.metadata.db import Database, Tx
 from appliance.ops import audit, context, webhooks
-
-
-@pytest.fixture(params=DIALECTS)
-def db(
-    request: pytest.FixtureRequest, tmp_path: Path, postgres_database: Callable[[], str]
-) -> Iterator[Database]:
-    url = f"sqlite:///{tmp_path / 'm.db'}" if request.param == "sqlite" else postgres_database()
-    database = open_database(url)
-    database.migrate()
-    try:
-        yield database
-    finally:
-        database.close()
 
 
 def test_audit_filters(db: Database) -> None:
