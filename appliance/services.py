@@ -7,7 +7,8 @@ Three depths, each built on the one before, so a command opens no more than it u
   blob store, both checked (backups);
 - `open_services(serving=False)`: also the registry, with the rules every write must pass
   (immutable tags, quotas) and the lifecycle (gc, cleanup policies): what `berth gc` or
-  `berth import` writes through. Nothing is registered or started, and no file is written;
+  `berth import` writes through. Nothing is registered or started: no accounts or keys made,
+  no proxy namespaces claimed, no host record, no jobs;
 - `open_services()`: also access control, the proxy, operations (metrics, webhooks, the host
   record), the scanner and backups: what `berth serve` runs (and `berth mirror sync` and
   `berth scan`, which work as the server does).
