@@ -24,7 +24,6 @@ import select
 import signal
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from functools import partial
 
 import h11
@@ -38,20 +37,11 @@ from hypercorn.trio import serve as hypercorn_serve
 from appliance.api.asgi import ASGIApp, ClientDisconnected, Message, Receive, Scope, Send
 from appliance.api.codes import error_body
 from appliance.app import create_app
-from appliance.auth.service import AccessControl, open_access_control
-from appliance.backup.service import BackupService
+from appliance.auth.service import AccessControl
 from appliance.config import Config
-from appliance.lifecycle import Lifecycle
-from appliance.metadata.db import Database, open_metadata
 from appliance.metadata.leader import leader_lock
-from appliance.metadata.store import MetadataStore
-from appliance.operations import Operations
-from appliance.proxy.service import PullThrough, open_proxy
-from appliance.registry import Registry
-from appliance.registry.effects import write_effects
 from appliance.runtime.jobs import Job, Scheduler, run_jobs
-from appliance.scan.service import Scanner, open_scanner
-from appliance.storage import open_store
+from appliance.services import Services, open_services
 
 log = logging.getLogger("berth")
 
@@ -288,54 +278,6 @@ def _between_requests(protocol: object) -> bool:
     return connection.our_state is h11.IDLE and connection.their_state is h11.IDLE
 
 
-@dataclass
-class Services:
-    """What a running Berth is made of; closed by `close()`."""
-
-    db: Database
-    registry: Registry
-    access: AccessControl
-    proxy: PullThrough | None = None  # proxy namespaces' pull-through cache (proxy.upstreams)
-    ops: Operations | None = None  # metrics, health, rate limits, webhooks (operations.py)
-    lifecycle: Lifecycle | None = None  # gc, cleanup policies, immutable tags, quotas
-    scanner: Scanner | None = None  # SBOMs, advisories, the pull policy (scan/service.py)
-    backups: BackupService | None = None  # backups: schedule, API (backup/service.py)
-
-    def close(self) -> None:
-        self.db.close()
-
-
-async def open_services(config: Config, clock: Callable[[], float] = time.time) -> Services:
-    """Open the metadata database (migrating it when `metadata.auto_migrate` allows) and the
-    blob store, and check both."""
-    db = await trio.to_thread.run_sync(open_metadata, config)
-    try:
-        store = open_store(config)
-        await store.check()
-        meta = MetadataStore(db, clock, config["gc.delay"], effects=write_effects())
-        lifecycle = Lifecycle.open(config, db, store, clock)
-        meta.checks = lifecycle.rules  # immutable tags and quotas, inside each write
-        registry = Registry(
-            meta,
-            store,
-            clock=clock,
-            max_manifest_size=config["manifests.max_size"],
-            upload_expiry=config["uploads.expiry"],
-            max_open_uploads=config["uploads.max_open_per_account"],
-        )
-        access = await open_access_control(db, config, clock)
-        proxy = await open_proxy(config, db, registry, clock)
-        ops = Operations(config, db, store, access=access)
-        await ops.start()
-        scanner = open_scanner(config, db, registry, clock)
-        backups = BackupService(config, db, store, clock)
-    except BaseException:
-        db.close()
-        raise
-    registry.on_tag_resolved = lifecycle.pulls.seen
-    return Services(db, registry, access, proxy, ops, lifecycle, scanner, backups)
-
-
 async def background_jobs(
     config: Config, services: Services, *, task_status: trio.TaskStatus[None]
 ) -> None:
@@ -362,10 +304,10 @@ async def background_jobs(
     )
 
 
-def ldap_jobs(config: Config, access: AccessControl) -> list[Job]:
+def ldap_jobs(config: Config, access: AccessControl | None) -> list[Job]:
     """Re-read LDAP users' groups on a schedule (a user removed from a group loses the role)."""
     interval = config["ldap.sync_interval"]
-    if access.ldap is None or interval <= 0:
+    if access is None or access.ldap is None or interval <= 0:
         return []
 
     async def sync(fence: object) -> None:
@@ -517,6 +459,7 @@ async def serve(
         stack.close()
         raise
     try:
+        assert services.access is not None  # opened when serving
         app = create_app(
             services.registry,
             config["server.public_url"],

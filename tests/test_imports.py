@@ -86,6 +86,8 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
         "assembly",
         (
             "appliance.app",
+            "appliance.services",
+            "appliance.importer.target",
             "appliance.operations",
             "appliance.server",
             "appliance.supervisor",

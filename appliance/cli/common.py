@@ -20,7 +20,7 @@ from appliance.errors import BerthError
 
 if TYPE_CHECKING:  # opened when a command runs, not when the command line starts
     from appliance.metadata.db import Database, Tx
-    from appliance.server import Services
+    from appliance.services import Services
     from appliance.storage.base import BlobStore
 
 T = TypeVar("T")
@@ -111,42 +111,44 @@ def run_with_storage(
     *,
     migrate: bool | None = None,
 ) -> T:
-    """Open the metadata database and the blob store of `config`, check the store, and run
-    `work(db, store)` under trio. For commands that need the data but not a serving Berth
-    (lifecycle, backups): nothing else is opened or registered. Raises BerthError."""
+    """Open the metadata database and the blob store of `config` (`services.open_storage`),
+    and run `work(db, store)` under trio. For commands that need the data but not a serving
+    Berth (backups): nothing else is opened or registered. Raises BerthError."""
     import trio  # noqa: PLC0415
 
-    from appliance.metadata.db import open_metadata  # noqa: PLC0415
-    from appliance.storage import open_store  # noqa: PLC0415
-
-    db = open_metadata(config, migrate=migrate)
-    try:
-        store = open_store(config)
-
-        async def main() -> T:
-            await store.check()
-            return await work(db, store)
-
-        return trio.run(main)
-    finally:
-        db.close()
-
-
-def run_with_services(config: settings.Config, work: Callable[[Services], Awaitable[T]]) -> T:
-    """Open the services of a running Berth (`server.open_services`, the one place they are
-    assembled: the database, the store, the rules, the proxy, the scanner, ...) and run
-    `work(services)` under trio; closes them after. Raises BerthError."""
-    import trio  # noqa: PLC0415
-
-    from appliance.server import open_services  # noqa: PLC0415
+    from appliance.services import open_storage  # noqa: PLC0415
 
     async def main() -> T:
-        services = await open_services(config)
+        db, store = await open_storage(config, migrate=migrate)
+        try:
+            return await work(db, store)
+        finally:
+            db.close()
+
+    return trio.run(main)
+
+
+def run_with_services(
+    config: settings.Config,
+    work: Callable[[Services], Awaitable[T]],
+    *,
+    serving: bool = True,
+    actor: str = "system",
+    pace: float = 0.5,
+) -> T:
+    """Open the services of `config` (`services.open_services`, the one place they are
+    assembled: with `serving`, all of a running Berth's; without, the database, the store,
+    the registry and the lifecycle only) and run `work(services)` under trio; closes them
+    after. Raises BerthError."""
+    import trio  # noqa: PLC0415
+
+    from appliance.services import open_services  # noqa: PLC0415
+
+    async def main() -> T:
+        services = await open_services(config, serving=serving, actor=actor, pace=pace)
         try:
             return await work(services)
         finally:
-            if services.proxy is not None:
-                await services.proxy.aclose()
-            services.close()
+            await services.aclose()
 
     return trio.run(main)

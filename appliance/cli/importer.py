@@ -332,7 +332,7 @@ def _run(
                 )
                 return await importer.run()
             finally:
-                target.db.close()
+                target.close()
         finally:
             await source.aclose()
 

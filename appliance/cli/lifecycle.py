@@ -14,13 +14,22 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 import trio
 
-from appliance.cli.common import config_option, data_dir_option, fail, load_config, run_with_storage
+from appliance.cli.common import (
+    config_option,
+    data_dir_option,
+    fail,
+    load_config,
+    run_with_services,
+)
 from appliance.errors import BerthError
+
+if TYPE_CHECKING:
+    from appliance.services import Services
 
 T = TypeVar("T")
 ACTOR = "cli"
@@ -34,16 +43,13 @@ def _run(
     work: Callable[[Any, Any, Any], Awaitable[T]],
 ) -> T:
     """Open config, database, store and lifecycle; run `work(config, db, lifecycle)`."""
-    from appliance.lifecycle import Lifecycle  # noqa: PLC0415
-
     try:
         config = load_config(config_path, data_dir=data_dir)
 
-        async def with_lifecycle(db: Any, store: Any) -> T:
-            lifecycle = Lifecycle.open(config, db, store, time.time, actor=ACTOR, pace=1.0)
-            return await work(config, db, lifecycle)
+        async def with_lifecycle(services: Services) -> T:
+            return await work(config, services.db, services.lifecycle)
 
-        return run_with_storage(config, with_lifecycle)
+        return run_with_services(config, with_lifecycle, serving=False, actor=ACTOR, pace=1.0)
     except BerthError as e:
         fail(e.message)
 

@@ -37,7 +37,7 @@ def mirror_sync(
     from appliance.metadata import audit  # noqa: PLC0415
     from appliance.metadata.db import Tx  # noqa: PLC0415
     from appliance.proxy.mirror import Mirror, SyncReport  # noqa: PLC0415
-    from appliance.server import Services  # noqa: PLC0415
+    from appliance.services import Services  # noqa: PLC0415
 
     async def run(services: Services) -> SyncReport:
         if services.proxy is None:

@@ -64,7 +64,7 @@ def scan(  # noqa: PLR0917 (one per option)
 ) -> None:
     """Scan IMAGE (repository:tag or repository@digest) now and print its vulnerabilities."""
     from appliance.scan.matching import RANK  # noqa: PLC0415
-    from appliance.server import Services  # noqa: PLC0415
+    from appliance.services import Services  # noqa: PLC0415
 
     repository, reference = split_image(image)
 

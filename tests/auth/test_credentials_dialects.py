@@ -4,33 +4,14 @@ change's own transaction (SQLite and PostgreSQL run the same units of work)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
 from pathlib import Path
-
-import pytest
 
 from appliance.auth import accounts, credentials
 from appliance.auth.secrets import ServerSecret
 from appliance.metadata import identity
-from appliance.metadata.db import Database, Options, Tx, open_database
+from appliance.metadata.db import Database, Tx
 
 NOW = 1_800_000_000.0
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'berth.db'}"
-    else:
-        make: Callable[[], str] = request.getfixturevalue("postgres_database")
-        url = make()
-    database = open_database(url, Options(changes_path=tmp_path / "changes"))
-    database.changes.trust()
-    try:
-        database.migrate()
-        yield database
-    finally:
-        database.close()
 
 
 def test_tokens_die_with_what_minted_them(db: Database, tmp_path: Path) -> None:

@@ -8,9 +8,6 @@ ends like any user's, and a sign-in that lowers a mapped role ends their console
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from pathlib import Path
-
 import pytest
 
 from appliance.auth import citrust, credentials, oidc
@@ -20,23 +17,9 @@ from appliance.auth.policy import repository_actions
 from appliance.metadata import citrust as records
 from appliance.metadata import identity
 from appliance.metadata.citrust import TrustRule
-from appliance.metadata.db import Database, Options, Tx, open_database
+from appliance.metadata.db import Database, Tx
 
 NOW = 1_800_000_000.0
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db(
-    request: pytest.FixtureRequest, tmp_path: Path, postgres_database: Callable[[], str]
-) -> Iterator[Database]:
-    url = f"sqlite:///{tmp_path / 'm.db'}" if request.param == "sqlite" else postgres_database()
-    database = open_database(url, Options(changes_path=tmp_path / "changes"))
-    database.changes.trust()
-    database.migrate()
-    try:
-        yield database
-    finally:
-        database.close()
 
 
 def finish(db: Database, provider: str, browser: str, now: float) -> tuple[Pending, str]:

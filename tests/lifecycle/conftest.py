@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from appliance.metadata.db import Database, open_database
+from appliance.metadata.db import Database
 from appliance.storage.filesystem import FilesystemStore
 from tests.lifecycle.world import (
     World,
@@ -17,6 +17,7 @@ from tests.lifecycle.world import (
     lifecycle_container,
     s3_store,
 )
+from tests.support.dialects import fresh_url, open_migrated
 
 __all__ = ["lifecycle_bucket", "lifecycle_container"]
 
@@ -25,21 +26,11 @@ BACKENDS = ["sqlite-fs", "postgresql-fs", "sqlite-s3", "sqlite-azure"]
 STORES = {"s3": s3_store, "azure": azure_store}
 
 
-def _open(request: pytest.FixtureRequest, tmp_path: Path, dialect: str) -> Database:
-    if dialect == "sqlite":
-        url = f"sqlite:///{tmp_path / 'berth.db'}"
-    else:
-        url = request.getfixturevalue("postgres_database")()
-    db = open_database(url)
-    db.migrate()
-    return db
-
-
 @pytest.fixture(params=BACKENDS)
 def world(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[World]:
     """A registry on each backend combination."""
     dialect, storage = request.param.split("-")
-    db = _open(request, tmp_path, dialect)
+    db = open_migrated(fresh_url(request, tmp_path, dialect))
     make = STORES.get(storage)
     store = make(request) if make else FilesystemStore(tmp_path / "storage")
     try:
@@ -48,11 +39,8 @@ def world(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[World]:
         db.close()
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_world(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[World]:
-    """A registry on each metadata database, with filesystem storage (rules and policies)."""
-    db = _open(request, tmp_path, request.param)
-    try:
-        yield build_world(db, FilesystemStore(tmp_path / "storage"))
-    finally:
-        db.close()
+@pytest.fixture
+def db_world(db: Database, tmp_path: Path) -> World:
+    """A registry on each metadata database (the shared `db`), with filesystem storage (rules
+    and policies)."""
+    return build_world(db, FilesystemStore(tmp_path / "storage"))

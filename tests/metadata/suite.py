@@ -1,8 +1,9 @@
 """The metadata conformance suite, written once and run over every dialect.
 
-A backend's test file subclasses `MetadataSuite` and provides two fixtures: `database` (a
-fresh, migrated, empty `Database`) and `make_database` (another connection to that same
-database, for tests that need two processes' worth of pools). Everything else is here:
+A dialect's test file subclasses `MetadataSuite` and pins its `dialect` fixture; the suite takes
+`database` (a fresh, migrated, empty `Database`: the shared `db` of tests/support/dialects.py)
+and `make_database` (another connection to that same database, for tests that need two
+processes' worth of pools) from it. Everything else is here:
 repositories, blobs, manifests, tags, referrers, uploads, pagination, deletes, leadership, and
 the rules that must hold under concurrency. Each test also looks through a side door (plain SQL)
 to check that nothing inconsistent was left behind.
@@ -28,7 +29,7 @@ from appliance.errors import (
     RepositoryNotFound,
     UploadNotFound,
 )
-from appliance.metadata.db import Database, Tx
+from appliance.metadata.db import Database, Tx, open_database
 from appliance.metadata.leader import Fence, LeaderLock, LeadershipLost, check_fence, leader_lock
 from appliance.metadata.store import MetadataStore, Pushed, WriteEffects
 from appliance.oci import manifest as manifests
@@ -82,15 +83,15 @@ def index(children: list[bytes]) -> bytes:
 
 
 class MetadataSuite:
-    """Subclass and provide the `database` and `make_database` fixtures."""
+    """Subclass and define the `dialect` fixture (tests/support/dialects.py)."""
 
     @pytest.fixture
-    def database(self) -> Database:
-        raise NotImplementedError
+    def database(self, db: Database) -> Database:
+        return db
 
     @pytest.fixture
-    def make_database(self) -> Callable[[], Database]:
-        raise NotImplementedError
+    def make_database(self, database_url: str) -> Callable[[], Database]:
+        return lambda: open_database(database_url)
 
     @pytest.fixture
     def clock(self) -> Clock:

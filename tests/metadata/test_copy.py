@@ -12,6 +12,7 @@ import trio
 from appliance.metadata.db import Database, open_database
 from appliance.metadata.store import MetadataStore
 from tests.metadata.suite import Clock, MetadataSuite, image, index
+from tests.support.dialects import open_migrated
 from tests.support.servers import berth_command
 
 
@@ -56,8 +57,7 @@ def test_db_copy_from_sqlite_to_postgres(
 ) -> None:
     source_url = f"sqlite:///{tmp_path / 'berth.db'}"
     target_url = postgres_database()
-    source = open_database(source_url)
-    source.migrate()
+    source = open_migrated(source_url)
     try:
         trio.run(_populate, source)
         before = trio.run(_snapshot, source)

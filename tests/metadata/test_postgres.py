@@ -4,32 +4,21 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 import trio
 
 from appliance.errors import Unavailable
-from appliance.metadata.db import Database, MetadataError, Options, Tx, open_database
+from appliance.metadata.db import MetadataError, Options, Tx, open_database
 from appliance.metadata.leader import AdvisoryLock, LeaderLock
 from tests.metadata.suite import Clock, MetadataSuite
 
 
 class TestPostgres(MetadataSuite):
     @pytest.fixture
-    def url(self, postgres_database: Callable[[], str]) -> str:
-        return postgres_database()
-
-    @pytest.fixture
-    def database(self, url: str) -> Iterator[Database]:
-        db = open_database(url)
-        db.migrate()
-        yield db
-        db.close()
-
-    @pytest.fixture
-    def make_database(self, url: str) -> Callable[[], Database]:
-        return lambda: open_database(url)
+    def dialect(self) -> str:
+        return "postgresql"
 
     async def lose(self, lock: LeaderLock, clock: Clock) -> None:
         assert isinstance(lock, AdvisoryLock)

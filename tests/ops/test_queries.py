@@ -4,15 +4,10 @@ PostgreSQL alike."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from pathlib import Path
-
-import pytest
-
 from appliance import config as settings
 from appliance import context
 from appliance.metadata import audit
-from appliance.metadata.db import DIALECTS, Database, Tx, open_database
+from appliance.metadata.db import Database, Tx
 from appliance.metadata.events import emit
 from appliance.webhooks.delivery import Deliverer
 from appliance.webhooks.endpoints import (
@@ -21,19 +16,6 @@ from appliance.webhooks.endpoints import (
     redact_url,
     remove_endpoint,
 )
-
-
-@pytest.fixture(params=DIALECTS)
-def db(
-    request: pytest.FixtureRequest, tmp_path: Path, postgres_database: Callable[[], str]
-) -> Iterator[Database]:
-    url = f"sqlite:///{tmp_path / 'm.db'}" if request.param == "sqlite" else postgres_database()
-    database = open_database(url)
-    database.migrate()
-    try:
-        yield database
-    finally:
-        database.close()
 
 
 def test_audit_filters(db: Database) -> None:

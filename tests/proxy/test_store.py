@@ -4,30 +4,13 @@ manifests and the status listing."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 
 from appliance.errors import ConfigError
 from appliance.metadata import audit
-from appliance.metadata.db import Database, Tx, open_database
+from appliance.metadata.db import Database, Tx
 from appliance.proxy.records import ProxyStore
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'm.db'}"
-    else:
-        factory: Callable[[], str] = request.getfixturevalue("postgres_database")
-        url = factory()
-    database = open_database(url)
-    database.migrate()
-    try:
-        yield database
-    finally:
-        database.close()
 
 
 async def test_records_round_trip(db: Database) -> None:

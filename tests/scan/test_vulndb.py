@@ -7,33 +7,15 @@ from __future__ import annotations
 import io
 import json
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
-from appliance.metadata.db import Database, open_database
+from appliance.metadata.db import Database
 from appliance.scan import sbom, vulndb
 from appliance.scan.layers import read_image
 from appliance.scan.service import match
 from tests.scan import fixtures as fx
 
 NOW = 1_800_000_000.0
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
-    """A migrated metadata database of each dialect."""
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'meta.db'}"
-    else:
-        url = request.getfixturevalue("postgres_database")()
-    database = open_database(url)
-    database.migrate()
-    try:
-        yield database
-    finally:
-        database.close()
 
 
 def image_sbom() -> bytes:

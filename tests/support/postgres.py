@@ -208,13 +208,9 @@ def _has_locale(name: str) -> bool:
 
 def migrated(url: str) -> str:
     """Migrate the database at `url` as `berth migrate` would; return `url`."""
-    from appliance.metadata.db import open_database  # noqa: PLC0415
+    from tests.support.dialects import open_migrated  # noqa: PLC0415
 
-    db = open_database(url)
-    try:
-        db.migrate()
-    finally:
-        db.close()
+    open_migrated(url).close()
     return url
 
 
