@@ -66,6 +66,11 @@ def process_rss_bytes(pid: int) -> int:
     return 0
 
 
+def tree_rss_bytes(pid: int) -> int:
+    """VmRSS of `pid` and its living descendants, summed."""
+    return sum(process_rss_bytes(p) for p in proc_tree(pid))
+
+
 def idle_rss_per_process(pid: int, seconds: float = 0.5, interval: float = 0.05) -> dict[int, int]:
     """Median RSS of each process of a tree (the server and its workers) over a quiet window."""
     samples: dict[int, list[int]] = {}
