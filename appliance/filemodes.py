@@ -94,13 +94,25 @@ def loose(paths: Iterable[Path], *, deep: bool = False) -> list[Change]:
     return out
 
 
+def _chmod_no_follow(path: Path, mode: int) -> None:
+    """chmod without following a symbolic link. glibc does that through /proc; where /proc is
+    not mounted (a chroot, a bare container) Python raises NotImplementedError, and the path,
+    already seen by `loose` not to be a link, is changed by name (re-checked just before)."""
+    try:
+        os.chmod(path, mode, follow_symlinks=False)
+    except NotImplementedError:
+        if stat.S_ISLNK(path.lstat().st_mode):
+            return  # became a link meanwhile: not ours to change
+        os.chmod(path, mode)
+
+
 def tighten(paths: Iterable[Path], *, deep: bool = False) -> tuple[list[Change], list[str]]:
     """Remove other users' access (and the group's write) from `paths` (with `deep`, from
     everything below them too). Returns what changed and what could not be changed."""
     changed, failed = [], []
     for change in loose(paths, deep=deep):
         try:
-            os.chmod(change.path, change.after, follow_symlinks=False)
+            _chmod_no_follow(change.path, change.after)
         except OSError as e:
             failed.append(f"{change.path}: {e.strerror or 'cannot change its mode'}")
             continue

@@ -7,10 +7,11 @@ from __future__ import annotations
 import os
 import stat
 import subprocess
+import sys
 from pathlib import Path
 
 from tests.server.helpers import AUTH, client_for, push_image
-from tests.support.servers import berth_command, start_berth
+from tests.support.servers import berth_command, start_berth, unavailable
 
 OPEN_TO_OTHERS = 0o027  # any access for other users, or writing for the group
 
@@ -105,3 +106,37 @@ def test_doctor_reports_an_open_data_directory(tmp_path: Path) -> None:
     assert f"[warn] privacy: {data / 'secret'} is open to other users (0644)" in doctor.stdout
     assert "berth ctl doctor --fix" in doctor.stdout
     assert stat.S_IMODE(data.stat().st_mode) == 0o755  # a doctor without --fix changes nothing
+
+
+def test_tightening_works_where_proc_is_not_mounted(tmp_path: Path) -> None:
+    """A chroot or a bare container may have no /proc, through which glibc changes a mode
+    without following a link: Python then refuses (NotImplementedError), and `berth serve`
+    of an upgraded install in such a root stopped at its first start. Run for real in a mount
+    namespace without /proc."""
+    if os.geteuid() != 0:
+        unavailable("a mount namespace (unshare) needs root")
+    loose = tmp_path / "loose"
+    loose.write_text("a secret")
+    loose.chmod(0o644)
+    shared = tmp_path / "shared"
+    shared.write_text("another program's file")
+    shared.chmod(0o644)
+    link = tmp_path / "link"
+    link.symlink_to(shared)  # a link is never changed, nor what it points at
+    script = (
+        "import sys; from pathlib import Path; from appliance.filemodes import tighten; "
+        "changed, failed = tighten([Path(p) for p in sys.argv[1:]]); "
+        "print(len(changed), len(failed))"
+    )
+    without_proc = 'umount -l /proc && test ! -e /proc/self && exec "$0" "$@"'
+    unshare = ["unshare", "--mount", "--propagation", "private", "--fork", "sh", "-c"]
+    run = subprocess.run(
+        [*unshare, without_proc, sys.executable, "-c", script, str(loose), str(link)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == ["1", "0"]
+    assert stat.S_IMODE(loose.stat().st_mode) == 0o640
+    assert stat.S_IMODE(shared.stat().st_mode) == 0o644
