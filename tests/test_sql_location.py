@@ -30,8 +30,6 @@ SQL = re.compile(
 ALLOWED = {
     "appliance.scan.packages": "reads the RPM package database (a SQLite file) found in an "
     "image's layers: the image's data, not Berth's records",
-    "appliance.scan.vulndb": "the advisory data's records module (vulndb_* tables) together "
-    "with the OSV and Debian tracker parsers whose output only it stores, batch by batch",
 }
 
 

@@ -296,3 +296,131 @@ def delete_exception(tx: Tx, namespace: str, advisory_id: str) -> bool:
         {"ns": namespace, "a": advisory_id},
     )
     return bool(gone)
+
+
+# -- the advisory data (scan/vulndb.py reads the sources and decides; these store it) ---------
+
+
+def advisory_hash(tx: Tx, source: str, advisory_id: str) -> str | None:
+    """The content hash of the stored advisory, None when there is none."""
+    value = tx.scalar(
+        "SELECT content_hash FROM vulndb_advisories WHERE source = :s AND id = :id",
+        {"s": source, "id": advisory_id},
+    )
+    return None if value is None else str(value)
+
+
+def delete_advisory(tx: Tx, source: str, advisory_id: str) -> None:
+    tx.execute(
+        "DELETE FROM vulndb_advisories WHERE source = :s AND id = :id",
+        {"s": source, "id": advisory_id},
+    )
+
+
+def clear_affected(tx: Tx, source: str, advisory_id: str) -> None:
+    tx.execute(
+        "DELETE FROM vulndb_affected WHERE source = :s AND advisory_id = :id",
+        {"s": source, "id": advisory_id},
+    )
+
+
+def insert_advisory(tx: Tx, params: Params) -> None:
+    """`params`: s (source), id, sev, sum, mod, h (content hash), imp (import id)."""
+    tx.execute(
+        "INSERT INTO vulndb_advisories (source, id, severity, summary, modified, "
+        "content_hash, import_id) VALUES (:s, :id, :sev, :sum, :mod, :h, :imp)",
+        params,
+    )
+
+
+def update_advisory(tx: Tx, params: Params) -> None:
+    """`params` as for `insert_advisory`."""
+    tx.execute(
+        "UPDATE vulndb_advisories SET severity = :sev, summary = :sum, modified = :mod, "
+        "content_hash = :h, import_id = :imp WHERE source = :s AND id = :id",
+        params,
+    )
+
+
+def add_affected(tx: Tx, rows: Sequence[Params]) -> None:
+    """`rows`: s, id, eco, distro, pkg, ranges (JSON), versions (JSON), sev."""
+    tx.executemany(
+        "INSERT INTO vulndb_affected (source, advisory_id, ecosystem, distro, package, "
+        "ranges, versions, severity) VALUES (:s, :id, :eco, :distro, :pkg, :ranges, "
+        ":versions, :sev)",
+        rows,
+    )
+
+
+def start_import(tx: Tx, path: str, now: float) -> int:
+    """A new import's number (its counts filled in by `finish_import`)."""
+    rows = tx.execute(
+        "INSERT INTO vulndb_imports (source, path, imported_at, added, changed, unchanged, "
+        "failed) VALUES ('', :path, :now, 0, 0, 0, 0) RETURNING id",
+        {"path": path, "now": now},
+    )
+    return int(rows[0][0])
+
+
+def finish_import(tx: Tx, params: Params) -> None:
+    """`params`: id, source, a (added), c (changed), u (unchanged), f (failed)."""
+    tx.execute(
+        "UPDATE vulndb_imports SET source = :source, added = :a, changed = :c, "
+        "unchanged = :u, failed = :f WHERE id = :id",
+        params,
+    )
+
+
+def next_generation(tx: Tx) -> None:
+    """Count one more change to what pull verdicts depend on."""
+    tx.execute(
+        "INSERT INTO scan_generation (id, generation) VALUES (1, 1) ON CONFLICT (id) "
+        "DO UPDATE SET generation = scan_generation.generation + 1"
+    )
+
+
+def newest_import(tx: Tx) -> int:
+    """The newest import that changed the advisory data (0: none)."""
+    value = tx.scalar("SELECT MAX(id) FROM vulndb_imports WHERE added > 0 OR changed > 0", {})
+    return int(value or 0)
+
+
+def advisories_by_source(tx: Tx) -> list[Row]:
+    return tx.execute(
+        "SELECT source, COUNT(*) FROM vulndb_advisories GROUP BY source ORDER BY source"
+    )
+
+
+def advisories_by_ecosystem(tx: Tx) -> list[Row]:
+    return tx.execute(
+        "SELECT ecosystem, COUNT(DISTINCT source || ' ' || advisory_id) FROM vulndb_affected "
+        "GROUP BY ecosystem ORDER BY ecosystem"
+    )
+
+
+def recent_imports(tx: Tx, limit: int) -> list[Row]:
+    return tx.execute(
+        "SELECT id, source, path, imported_at, added, changed, unchanged, failed "
+        "FROM vulndb_imports ORDER BY id DESC LIMIT :n",
+        {"n": limit},
+    )
+
+
+def affected_rows(tx: Tx, packages: set[tuple[str, str]] | None = None) -> list[Any]:
+    """Every affected entry with its advisory's severity and summary, or only those of
+    `packages` ((ecosystem, name))."""
+    sql = (
+        "SELECT a.source, a.advisory_id, a.ecosystem, a.distro, a.package, a.ranges, "
+        "a.versions, COALESCE(a.severity, v.severity), v.summary FROM vulndb_affected a "
+        "JOIN vulndb_advisories v ON v.source = a.source AND v.id = a.advisory_id"
+    )
+    if packages is None:
+        return list(tx.iterate(sql))
+    rows: list[Any] = []
+    for ecosystem, name in sorted(packages):
+        rows.extend(
+            tx.execute(
+                sql + " WHERE a.ecosystem = :e AND a.package = :p", {"e": ecosystem, "p": name}
+            )
+        )
+    return rows

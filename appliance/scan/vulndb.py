@@ -24,6 +24,7 @@ from typing import Any
 from appliance.errors import BerthError
 from appliance.metadata import audit
 from appliance.metadata.db import Tx
+from appliance.scan import records
 from appliance.scan.matching import RANK, SEVERITIES, Affected, normalize_name
 
 log = logging.getLogger("berth.scan")
@@ -327,20 +328,11 @@ def read_advisories(path: Path) -> Iterator[Advisory | AdvisoryError]:
 def _store_batch(tx: Tx, batch: list[Advisory], result: ImportResult) -> None:
     for adv in batch:
         digest = adv.content_hash()
-        old = tx.scalar(
-            "SELECT content_hash FROM vulndb_advisories WHERE source = :s AND id = :id",
-            {"s": adv.source, "id": adv.id},
-        )
+        old = records.advisory_hash(tx, adv.source, adv.id)
         if adv.withdrawn:
             if old is not None:
-                tx.execute(
-                    "DELETE FROM vulndb_affected WHERE source = :s AND advisory_id = :id",
-                    {"s": adv.source, "id": adv.id},
-                )
-                tx.execute(
-                    "DELETE FROM vulndb_advisories WHERE source = :s AND id = :id",
-                    {"s": adv.source, "id": adv.id},
-                )
+                records.clear_affected(tx, adv.source, adv.id)
+                records.delete_advisory(tx, adv.source, adv.id)
                 result.removed += 1
             continue
         if old == digest:
@@ -356,27 +348,14 @@ def _store_batch(tx: Tx, batch: list[Advisory], result: ImportResult) -> None:
             "imp": result.import_id,
         }
         if old is None:
-            tx.execute(
-                "INSERT INTO vulndb_advisories (source, id, severity, summary, modified, "
-                "content_hash, import_id) VALUES (:s, :id, :sev, :sum, :mod, :h, :imp)",
-                params,
-            )
+            records.insert_advisory(tx, params)
             result.added += 1
         else:
-            tx.execute(
-                "UPDATE vulndb_advisories SET severity = :sev, summary = :sum, modified = :mod, "
-                "content_hash = :h, import_id = :imp WHERE source = :s AND id = :id",
-                params,
-            )
-            tx.execute(
-                "DELETE FROM vulndb_affected WHERE source = :s AND advisory_id = :id",
-                {"s": adv.source, "id": adv.id},
-            )
+            records.update_advisory(tx, params)
+            records.clear_affected(tx, adv.source, adv.id)
             result.changed += 1
-        tx.executemany(
-            "INSERT INTO vulndb_affected (source, advisory_id, ecosystem, distro, package, "
-            "ranges, versions, severity) VALUES (:s, :id, :eco, :distro, :pkg, :ranges, "
-            ":versions, :sev)",
+        records.add_affected(
+            tx,
             [
                 {
                     "s": adv.source,
@@ -403,12 +382,7 @@ def import_path(
     items = read_advisories(path)
 
     def start(tx: Tx) -> int:
-        rows = tx.execute(
-            "INSERT INTO vulndb_imports (source, path, imported_at, added, changed, unchanged, "
-            "failed) VALUES ('', :path, :now, 0, 0, 0, 0) RETURNING id",
-            {"path": str(path), "now": now},
-        )
-        return int(rows[0][0])
+        return records.start_import(tx, str(path), now)
 
     result = ImportResult(int(run_write(start)), "")
     sources: set[str] = set()
@@ -428,9 +402,8 @@ def import_path(
     result.source = ",".join(sorted(sources)) or "none"
 
     def finish(tx: Tx) -> None:
-        tx.execute(
-            "UPDATE vulndb_imports SET source = :source, added = :a, changed = :c, "
-            "unchanged = :u, failed = :f WHERE id = :id",
+        records.finish_import(
+            tx,
             {
                 "source": result.source,
                 "a": result.added,
@@ -464,34 +437,19 @@ SCAN_TOPIC = "scan"  # the change stamp of pull verdicts (policies, advisories, 
 def bump_generation(tx: Tx) -> None:
     """Tell every serving process that cached pull verdicts may be stale: the counter for the
     gates, the change stamp so that they look at once (metadata/changes.py)."""
-    tx.execute(
-        "INSERT INTO scan_generation (id, generation) VALUES (1, 1) ON CONFLICT (id) "
-        "DO UPDATE SET generation = scan_generation.generation + 1"
-    )
+    records.next_generation(tx)
     tx.touch(SCAN_TOPIC)
 
 
 def current_version(tx: Tx) -> int:
     """The newest import that changed the advisory data (0: none)."""
-    value = tx.scalar("SELECT MAX(id) FROM vulndb_imports WHERE added > 0 OR changed > 0", {})
-    return int(value or 0)
+    return records.newest_import(tx)
 
 
 def status(tx: Tx) -> dict[str, Any]:
     """What `berth vulndb status` and the API show."""
-    by_source = {
-        str(r[0]): int(r[1])
-        for r in tx.execute(
-            "SELECT source, COUNT(*) FROM vulndb_advisories GROUP BY source ORDER BY source"
-        )
-    }
-    by_ecosystem = {
-        str(r[0]): int(r[1])
-        for r in tx.execute(
-            "SELECT ecosystem, COUNT(DISTINCT source || ' ' || advisory_id) FROM vulndb_affected "
-            "GROUP BY ecosystem ORDER BY ecosystem"
-        )
-    }
+    by_source = {str(r[0]): int(r[1]) for r in records.advisories_by_source(tx)}
+    by_ecosystem = {str(r[0]): int(r[1]) for r in records.advisories_by_ecosystem(tx)}
     imports = [
         {
             "import": int(r[0]),
@@ -503,10 +461,7 @@ def status(tx: Tx) -> dict[str, Any]:
             "unchanged": int(r[6]),
             "failed": int(r[7]),
         }
-        for r in tx.execute(
-            "SELECT id, source, path, imported_at, added, changed, unchanged, failed "
-            "FROM vulndb_imports ORDER BY id DESC LIMIT 10"
-        )
+        for r in records.recent_imports(tx, 10)
     ]
     return {
         "version": current_version(tx),
@@ -532,21 +487,7 @@ class AdvisoryIndex:
 
 def load_index(tx: Tx, packages: set[tuple[str, str]] | None = None) -> AdvisoryIndex:
     """The whole advisory index, or only the entries for `packages` ((ecosystem, name))."""
-    sql = (
-        "SELECT a.source, a.advisory_id, a.ecosystem, a.distro, a.package, a.ranges, "
-        "a.versions, COALESCE(a.severity, v.severity), v.summary FROM vulndb_affected a "
-        "JOIN vulndb_advisories v ON v.source = a.source AND v.id = a.advisory_id"
-    )
-    rows: list[Any] = []
-    if packages is None:
-        rows = list(tx.iterate(sql))
-    else:
-        for ecosystem, name in sorted(packages):
-            rows.extend(
-                tx.execute(
-                    sql + " WHERE a.ecosystem = :e AND a.package = :p", {"e": ecosystem, "p": name}
-                )
-            )
+    rows = records.affected_rows(tx, packages)
     entries = [
         Affected(
             str(r[0]),
