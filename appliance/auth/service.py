@@ -162,11 +162,7 @@ class AccessControl:
     async def authenticate(self, username: str, password: str, address: str | None) -> Principal:
         """Check a name and a password (or a PAT or robot token). Raises SignInFailed,
         SignInLocked, or DirectoryUnavailable (LDAP could not be asked)."""
-        keys = self.throttle.keys(username, address)
-        if looks_like_ci_login(username, password):
-            # Every CI job signs in as `oidc`: counting failures per account would let anyone
-            # lock all of them out. Their address is counted.
-            keys = self.throttle.keys("", address)
+        keys = self._throttle_keys(username, password, address)
         wait = self.throttle.locked_for(keys)
         if wait > 0:
             raise SignInLocked(wait)
@@ -191,6 +187,14 @@ class AccessControl:
             raise
         self.throttle.success(keys)
         return principal
+
+    def _throttle_keys(self, username: str, password: str, address: str | None) -> list[str]:
+        """The lockout buckets a sign-in counts against: its account and its address."""
+        if looks_like_ci_login(username, password):
+            # Every CI job signs in as `oidc`: counting failures per account would let anyone
+            # lock all of them out. Their address is counted.
+            return self.throttle.keys("", address)
+        return self.throttle.keys(username, address)
 
     async def _check(self, username: str, password: str, address: str | None) -> Principal:
         if not password or (not username and not looks_like_token(password)):
@@ -274,9 +278,17 @@ class AccessControl:
     async def basic(
         self, header: str, username: str, password: str, address: str | None
     ) -> Principal:
-        """`authenticate`, remembering a success (Basic on /v2 and /api/v1) until a change to
-        identity facts, the credential's expiry, or `DIRECTORY_TTL` for LDAP."""
+        """`authenticate`, remembering a success until a change to identity facts, the
+        credential's expiry, or `DIRECTORY_TTL` for LDAP: Basic on /v2 and /api/v1, and the
+        token endpoint's password sign-ins (every `docker pull` asks for a token, and argon2
+        costs about 0.1 s of CPU). `header` is what the credentials are remembered by."""
         key = self.secret.digest(header)
+        # A locked account or address is refused before the remembered answer is looked at:
+        # otherwise, once its owner had signed in, a guesser held back by the lockout would
+        # still be told when a guess was right.
+        wait = self.throttle.locked_for(self._throttle_keys(username, password, address))
+        if wait > 0:
+            raise SignInLocked(wait)
         hit = self._basic.get(key, self.db.changes.stamp(AUTH))
         if hit is not None and hit[0] > self.clock():
             return hit[1]

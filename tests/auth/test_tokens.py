@@ -10,10 +10,12 @@ from typing import Any
 
 import httpx
 import jwt
+import pytest
 import trio
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from appliance.auth import accounts, passwords
 from appliance.auth.tokens import PUBLISH_DELAY, KeyRing, _kid, stored_keys
 from appliance.server import Services
 from tests.api.conftest import FakeClock, api_client
@@ -133,6 +135,58 @@ async def test_failed_sign_ins_slow_down_then_lock(
     assert int(locked.headers["retry-after"]) > 0
     clock.advance(901)
     assert (await anon.get("/token", auth=("reader", PASSWORD))).status_code == 200
+
+
+async def test_a_token_sign_in_is_remembered_until_the_password_changes(
+    services: Services, anon: httpx.AsyncClient, cast: Cast, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Clients ask for a token before every pull and push: the password is hashed once per
+    credentials (GET with Basic, the OAuth2 password form), and a new password ends it."""
+    checks: list[str] = []
+    real = passwords.verify_password
+
+    def counting(stored: str, password: str) -> bool:
+        checks.append(password)
+        return real(stored, password)
+
+    monkeypatch.setattr(passwords, "verify_password", counting)
+    form = {"grant_type": "password", "username": "reader", "password": PASSWORD}
+    for _ in range(3):
+        await token_for(anon, cast.creds["reader"], SCOPE)
+        assert (await anon.post("/token", data=form)).status_code == 200
+    assert checks == [PASSWORD, PASSWORD], "one check for the header, one for the form"
+
+    new_hash = passwords.hash_password("a-new-password-1")
+    await services.access.change(
+        lambda tx: accounts.set_password(tx, "test", "reader", new_hash, 0.0)
+    )
+    assert (await anon.get("/token", auth=("reader", PASSWORD))).status_code == 401
+    assert (await anon.post("/token", data=form)).status_code == 401
+    await token_for(anon, ("reader", "a-new-password-1"), SCOPE)
+
+
+async def test_a_remembered_password_does_not_answer_a_locked_out_guesser(
+    services: Services, anon: httpx.AsyncClient, cast: Cast
+) -> None:
+    """Once the lockout holds, the right password is refused like any other guess, even where
+    its owner's earlier sign-in is remembered: the guesser must not learn that it is right."""
+
+    async def no_wait(seconds: float) -> None:
+        pass
+
+    services.access.sleep = no_wait
+    await token_for(anon, cast.creds["reader"], SCOPE)  # remembered (token endpoint)
+    assert (await anon.get("/v2/", auth=cast.creds["reader"])).status_code == 200  # and /v2
+    form = {"grant_type": "password", "username": "reader", "password": PASSWORD}
+    assert (await anon.post("/token", data=form)).status_code == 200
+    for _ in range(10):
+        assert (await anon.get("/token", auth=("reader", "wrong-password"))).status_code == 401
+    for r in (
+        await anon.get("/token", auth=cast.creds["reader"]),
+        await anon.post("/token", data=form),
+        await anon.get("/v2/", auth=cast.creds["reader"]),
+    ):
+        assert r.status_code == 429, r.text
 
 
 async def test_expired_token_gets_a_fresh_challenge(
