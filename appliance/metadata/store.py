@@ -284,7 +284,7 @@ class MetadataStore:
             )
             return None if row is None else BlobRecord(*row)
 
-        return await self.db.read(fn)
+        return await self.db.lookup(fn)
 
     async def commit_blob(
         self, repository: str, upload_id: str, digest: str, size: int, storage_key: str
@@ -510,7 +510,7 @@ class MetadataStore:
                 upload_id_, name, int(size), started, updated, int(reserved), limited
             )
 
-        return await self.db.read(fn)
+        return await self.db.lookup(fn)
 
     async def quota_free(self, repository: str, digest: str) -> int:
         """Bytes an upload declared to be blob `digest` may hold without reserving quota:
@@ -518,7 +518,7 @@ class MetadataStore:
         if self.checks is None:
             return 0
         checks = self.checks
-        return await self.db.read(lambda tx: checks.held_size(tx, repository, digest))
+        return await self.db.lookup(lambda tx: checks.held_size(tx, repository, digest))
 
     async def reserve_upload(
         self, repository: str, upload_id: str, needed: int, ahead: int = 0
@@ -810,7 +810,7 @@ class MetadataStore:
                 )
             return ManifestRecord(row[0], row[1], bytes(row[2]), row[3])
 
-        record = await self.db.read(fn)
+        record = await self.db.lookup(fn)
         self._manifests.put((repository, reference), record, stamp)
         return record
 

@@ -22,6 +22,7 @@ session releases them.
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -70,6 +71,32 @@ class _HashState:
     hasher: Hasher
 
 
+class _HashStates:
+    """The running digests of this process's uploads, by upload id: the newest `size`. A
+    client's requests spread over the serving processes, so an upload's digest is often
+    carried on by another process and its state here is never asked for again; the oldest go.
+    An upload whose state is gone is hashed from its stored bytes when it completes."""
+
+    def __init__(self, size: int = 4096) -> None:
+        self.size = size
+        self._states: OrderedDict[str, _HashState] = OrderedDict()
+
+    def get(self, upload_id: str) -> _HashState | None:
+        return self._states.get(upload_id)
+
+    def pop(self, upload_id: str) -> _HashState | None:
+        return self._states.pop(upload_id, None)
+
+    def put(self, upload_id: str, state: _HashState) -> None:
+        self._states[upload_id] = state
+        self._states.move_to_end(upload_id)
+        while len(self._states) > self.size:
+            self._states.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._states)
+
+
 @dataclass(frozen=True)
 class ManifestPut:
     digest: str
@@ -96,7 +123,7 @@ class Registry:
         self.max_manifest_size = max_manifest_size
         self.upload_expiry = upload_expiry
         self.max_open_uploads = max_open_uploads
-        self._hashes: dict[str, _HashState] = {}
+        self._hashes = _HashStates()
         self._locks: dict[str, trio.Lock] = {}
         self._lock_users: dict[str, int] = {}
         # Told of every tag resolved (pulls by tag): lifecycle/pulls.py keeps last-pull times.
@@ -126,15 +153,44 @@ class Registry:
         TooMany when `owner` holds `max_open_uploads` sessions already."""
         validate_name(repository)
         upload_id = layout.new_upload_id()
-        record = await self.meta.create_upload(repository, upload_id, owner, self.max_open_uploads)
+        # The record and the store's file are made at once (each is a thread hop, or a round
+        # trip to the object store); whichever was made is removed when the other failed.
+        records: list[UploadRecord] = []
+        failed: list[Exception] = []
+        stored = False
+
+        async def make_record() -> None:
+            try:
+                records.append(
+                    await self.meta.create_upload(
+                        repository, upload_id, owner, self.max_open_uploads
+                    )
+                )
+            except Exception as e:
+                failed.insert(0, e)  # the record's refusal (TooMany) is the one to report
+
+        async def make_file() -> None:
+            nonlocal stored
+            try:
+                await self.store.create_upload(upload_id)
+                stored = True
+            except Exception as e:
+                failed.append(e)
+
         try:
-            await self.store.create_upload(upload_id)
-        except BaseException:
-            with trio.CancelScope(shield=True):
-                await self.meta.delete_upload(upload_id)
-            raise
-        self._hashes[upload_id] = _HashState(0, new_hasher("sha256"))
-        return record
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(make_record)
+                nursery.start_soon(make_file)
+        finally:
+            if failed or not (records and stored):
+                with trio.CancelScope(shield=True):
+                    if records:
+                        await self.meta.delete_upload(upload_id)
+                    if stored:
+                        await self.store.delete_upload(upload_id)
+        if failed:
+            raise failed[0]
+        return records[0]
 
     async def upload_status(self, repository: str, upload_id: str) -> UploadRecord:
         validate_name(repository)
@@ -169,7 +225,9 @@ class Registry:
                     record.repository, record.id, offset + length
                 )
             chunks = self._within_quota(record, chunks, offset, reserved)
-        state = self._hashes.pop(record.id, None)
+        state = self._hashes.pop(record.id)
+        if state is None and offset == 0:
+            state = _HashState(0, new_hasher("sha256"))  # a first chunk, wherever it lands
         hasher = state.hasher if state is not None and state.offset == offset else None
         progress = Progress()
         appended = False
@@ -192,12 +250,9 @@ class Registry:
                 with trio.CancelScope(shield=True):
                     await self.meta.set_upload_size(record.id, offset + progress.written, offset)
                 if hasher is not None and progress.hashed:
-                    self._hashes[record.id] = _HashState(offset + progress.written, hasher)
+                    self._hashes.put(record.id, _HashState(offset + progress.written, hasher))
             elif appended and hasher is not None and state is not None:
-                self._hashes[record.id] = state  # an empty chunk: the digest is untouched
-            elif offset == 0:
-                # Nothing was kept (a failed write is cut back): start the digest afresh.
-                self._hashes[record.id] = _HashState(0, new_hasher("sha256"))
+                self._hashes.put(record.id, state)  # an empty chunk: the digest is untouched
         return size
 
     async def _within_quota(
@@ -266,7 +321,7 @@ class Registry:
                     {"expected": str(digest), "actual": str(actual)},
                 )
             key = await self.store.commit(upload_id, size, digest)
-            self._hashes.pop(upload_id, None)
+            self._hashes.pop(upload_id)
             try:
                 blob = await self.meta.commit_blob(repository, upload_id, str(digest), size, key)
             except BaseException:
@@ -282,7 +337,7 @@ class Registry:
 
     async def _discard(self, upload_id: str) -> None:
         with trio.CancelScope(shield=True):
-            self._hashes.pop(upload_id, None)
+            self._hashes.pop(upload_id)
             await self.meta.delete_upload(upload_id)
             await self.store.delete_upload(upload_id)
 
@@ -320,7 +375,7 @@ class Registry:
         for upload_id in await self.meta.expired_uploads(idle_before):
             async with self._upload_lock(upload_id):
                 if await self.meta.expire_upload(upload_id, idle_before, fence):
-                    self._hashes.pop(upload_id, None)
+                    self._hashes.pop(upload_id)
                     await self.store.delete_upload(upload_id)
                     removed += 1
         if removed:
@@ -385,7 +440,7 @@ class Registry:
         store = self.store
         wanted = [(Digest.parse(d), path) for d, path in dict(files).items()]
         upload = await self.start_upload(repository)
-        self._hashes.pop(upload.id, None)  # nothing is appended to this one
+        self._hashes.pop(upload.id)  # nothing is appended to this one
         placed: list[PlacedFile] = []
         keys: list[str] = []
 

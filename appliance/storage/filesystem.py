@@ -28,6 +28,7 @@ from appliance.storage.pending import Pending
 
 CHUNK = 1 << 20
 READ_PIECE = 1 << 20  # a download reads this much at a time, one piece ahead of the send
+SHARED_HOP = 256 << 10  # up to this, a piece is hashed and written in one thread hop
 COPY_CHUNK = 4 << 20  # an import's copy: fewer, larger reads
 SYNC_THREADS = 16
 _FULL = {errno.ENOSPC, errno.EDQUOT}
@@ -40,10 +41,11 @@ def _translate(e: OSError, what: str) -> Exception:
     return Unavailable(f"storage error on {what}: {e.strerror}")
 
 
-async def _run(fn: Callable[[], T], what: str) -> T:
-    """Run blocking file work in a thread, translating OS errors at this boundary."""
+async def _run(fn: Callable[[], T], what: str, *, here: bool = False) -> T:
+    """Run blocking file work in a thread, translating OS errors at this boundary. `here`:
+    on the calling thread instead, for work on a small file that costs less than the hop."""
     try:
-        return await trio.to_thread.run_sync(fn)
+        return fn() if here else await trio.to_thread.run_sync(fn)
     except (FileNotFoundError, UploadNotFound, BlobNotFound):
         raise
     except OSError as e:
@@ -92,10 +94,11 @@ class FilesystemStore:
         digest: Digest | None = None,
     ) -> int:
         path = self._upload(upload_id)  # `digest`: a rename needs no hint of the final key
+        opened: list[BinaryIO] = []  # the upload's file (unbuffered), from the first write on
 
         def open_at() -> BinaryIO:
             try:
-                f = path.open("r+b")
+                f = path.open("r+b", buffering=0)
             except FileNotFoundError:
                 raise UploadNotFound("upload unknown") from None
             size = f.seek(0, os.SEEK_END)
@@ -107,42 +110,54 @@ class FilesystemStore:
             f.seek(offset)
             return f
 
-        async def put(f: BinaryIO, data: bytes) -> None:
-            if hasher is None:
-                await _run(lambda: f.write(data), "an upload")
+        def write(data: bytes, *, hashing: bool) -> None:
+            if not opened:
+                opened.append(open_at())
+            if hashing and hasher is not None:
+                hasher.update(data)
+            _write_all(opened[0], data)
+
+        async def put(data: bytes) -> None:
+            if hasher is None or len(data) <= SHARED_HOP:
+                # One thread hop for the open, the digest and the write of a small piece (the
+                # body comes in pieces of about 1 MiB: a small blob is one): the hop costs a
+                # request more than hashing and writing 256 KiB does.
+                await _run(lambda: write(data, hashing=True), "an upload")
                 return
-            # Hashing and writing each take a thread, so the two overlap. A write error is
+            # A large piece is hashed and written in two threads at once. A write error is
             # raised after the nursery, not inside it: the nursery would wrap it in an
             # ExceptionGroup, and StorageFull must reach `except StorageFull` below as itself.
             failed: Exception | None = None
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(trio.to_thread.run_sync, hasher.update, data)
                 try:
-                    await _run(lambda: f.write(data), "an upload")
+                    await _run(lambda: write(data, hashing=False), "an upload")
                 except Exception as e:
                     failed = e
             if failed is not None:
                 raise failed
 
-        f = await _run(open_at, "an upload")
         try:
             # A failure of the body source (a disconnect) leaves the hasher in step with what
             # was written; a failure while writing or hashing does not.
             async for data in chunks:
                 try:
-                    await put(f, data)
+                    await put(data)
                 except BaseException:
                     progress.hashed = False
                     raise
                 progress.written += len(data)
-            await _run(f.flush, "an upload")
+            if not opened:  # an empty body: the upload must still be there
+                await _run(lambda: write(b"", hashing=False), "an upload")
         except StorageFull:
             progress.written = 0
-            with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(_cut, f, offset)
+            if opened:
+                with trio.CancelScope(shield=True):
+                    await trio.to_thread.run_sync(_cut, opened[0], offset)
             raise
         finally:
-            f.close()
+            if opened:
+                opened[0].close()
         return offset + progress.written
 
     async def upload_size(self, upload_id: str) -> int:
@@ -168,7 +183,9 @@ class FilesystemStore:
             return Digest(algorithm, h.hexdigest())
 
         try:
-            return await _run(digest, "an upload")
+            # A small upload is read from the page cache and hashed in less than a thread
+            # hop costs (the process that carried its running digest was another).
+            return await _run(digest, "an upload", here=length <= SHARED_HOP)
         except FileNotFoundError:
             raise UploadNotFound("upload unknown") from None
 
@@ -315,7 +332,9 @@ class FilesystemStore:
             raise Unavailable(f"blob at {key} is shorter than recorded")
 
         try:
-            return await _run(opened, "a blob")
+            # A small layer or config is sent from the event loop (server.INLINE_SEND): its
+            # open and length check cost a fraction of a thread hop too.
+            return await _run(opened, "a blob", here=length <= SHARED_HOP)
         except FileNotFoundError:
             raise BlobNotFound(f"blob bytes missing at {key}") from None
 
@@ -479,6 +498,13 @@ def _pump(src: io.RawIOBase, hasher: Hasher, dst: Path | None) -> int:
         if out is not None:
             out.close()
     return size
+
+
+def _write_all(f: BinaryIO, data: bytes) -> None:
+    """Write all of `data` to an unbuffered file (a raw write may take only part of it)."""
+    view = memoryview(data)
+    while view:
+        view = view[f.write(view) :]
 
 
 def _cut(f: BinaryIO, length: int) -> None:

@@ -594,6 +594,65 @@ async def test_wrong_digest_is_caught_in_a_fresh_registry(data_dir: Path, clock:
         assert blob_files(data_dir / "storage") == []
 
 
+async def test_an_upload_spread_over_two_processes_is_verified_and_hashed_once(
+    data_dir: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client's requests land on whichever serving process took their connection: the
+    process that starts an upload, the ones that append and the one that completes it may all
+    differ. The digest is carried where the chunks go, the bytes are hashed again only when
+    the completing process did not append the last chunk, and a process keeps no digest state
+    for uploads others finish beyond its bound."""
+    async with (
+        running_registry(data_dir, clock) as a,
+        running_registry(data_dir, clock) as b,
+        api_client(create_app(a.registry, access=a.access)) as on_a,
+        api_client(create_app(b.registry, access=b.access)) as on_b,
+    ):
+        rehashed: list[str] = []
+        for side in (a, b):
+            real = side.registry.store.hash_upload
+
+            async def counting(upload_id: str, *args: Any, real: Any = real) -> Any:
+                rehashed.append(upload_id)
+                return await real(upload_id, *args)
+
+            monkeypatch.setattr(side.registry.store, "hash_upload", counting)
+
+        # started on A, all of it appended and completed on B: B's running digest serves
+        location = await start(on_a)
+        assert (await patch(on_b, location, DATA, 0)).status_code == 202
+        d = digest(DATA)
+        assert (await on_b.put(location, params={"digest": d})).status_code == 201
+        assert rehashed == []
+        assert (await on_a.get(f"/v2/{NAME}/blobs/{d}")).content == DATA
+
+        # chunks on both, completed on A, which did not append the last one: hashed again
+        other = blob_data("upload-2", 3000)
+        location = await start(on_b)
+        assert (await patch(on_a, location, other[:1000], 0)).status_code == 202
+        assert (await patch(on_b, location, other[1000:], 1000)).status_code == 202
+        resp = await on_a.put(location, params={"digest": digest(other[:-1])})
+        assert_error(resp, 400, "DIGEST_INVALID")
+        assert len(rehashed) == 1
+
+        location = await start(on_b)
+        assert (await patch(on_a, location, other[:1000], 0)).status_code == 202
+        assert (await patch(on_b, location, other[1000:], 1000)).status_code == 202
+        assert (await on_a.put(location, params={"digest": digest(other)})).status_code == 201
+        assert len(rehashed) == 2
+        assert (await on_b.get(f"/v2/{NAME}/blobs/{digest(other)}")).content == other
+
+        # A appends the chunks of uploads B completes: A's states are bounded
+        a.registry._hashes.size = 3
+        for i in range(6):
+            data = blob_data(f"bounded-{i}", 500)
+            location = await start(on_b)
+            assert (await patch(on_a, location, data, 0)).status_code == 202
+            assert (await on_b.put(location, params={"digest": digest(data)})).status_code == 201
+        assert len(a.registry._hashes) == 3
+        assert len(b.registry._hashes) == 0
+
+
 async def test_idle_upload_expires_with_its_bytes(
     client: httpx.AsyncClient, services: Services, clock: FakeClock, storage_root: Path
 ) -> None:

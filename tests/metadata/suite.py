@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -646,6 +647,50 @@ class MetadataSuite:
                 nursery.start_soon(trio.to_thread.run_sync, from_thread, worker)
                 nursery.start_soon(from_trio, worker)
         assert await database.read(count) == 150
+
+    async def test_a_lookup_sees_every_committed_write_and_raises_what_its_work_raises(
+        self, database: Database
+    ) -> None:
+        """`lookup`, the request path's point read, is a read like any other: it sees what
+        was committed before it (from trio or from a plain thread), never what is still
+        being written, and what its unit of work raises reaches the caller as itself."""
+
+        def names(tx: Tx) -> list[str]:
+            return [r[0] for r in tx.execute("SELECT name FROM repositories ORDER BY name")]
+
+        assert await database.lookup(names) == []
+        await database.write(
+            lambda tx: tx.execute("INSERT INTO repositories (name, created_at) VALUES ('a', 0)")
+        )
+        assert await database.lookup(names) == ["a"]
+        await trio.to_thread.run_sync(
+            database.run_sync_write,
+            lambda tx: tx.execute("INSERT INTO repositories (name, created_at) VALUES ('b', 0)"),
+        )
+        assert await database.lookup(names) == ["a", "b"]
+
+        seen: list[list[str]] = []
+        inside, finish = trio.Event(), threading.Event()
+
+        def slow_insert(tx: Tx) -> None:
+            tx.execute("INSERT INTO repositories (name, created_at) VALUES ('c', 0)")
+            trio.from_thread.run_sync(inside.set)
+            finish.wait(10)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(database.write, slow_insert)
+            await inside.wait()
+            seen.append(await database.lookup(names))  # the write has not committed yet
+            finish.set()
+        assert seen == [["a", "b"]]
+        assert await database.lookup(names) == ["a", "b", "c"]
+
+        def missing(tx: Tx) -> None:
+            raise UploadNotFound("upload unknown")
+
+        with pytest.raises(UploadNotFound):
+            await database.lookup(missing)
+        assert await database.lookup(names) == ["a", "b", "c"], "usable after a failure"
 
     # -- uploads -------------------------------------------------------------------------
 
