@@ -492,7 +492,9 @@ SETTINGS: tuple[Setting, ...] = (
         "ratelimit.signin_rate",
         float,
         10.0,
-        "Sign-ins (token endpoint, console) a second per user and per address (0: unlimited).",
+        "Sign-ins (token endpoint, console) a second per user and per address that need a "
+        "password check (0: unlimited); a token request with credentials the process has "
+        "checked already is not counted.",
     ),
     Setting("ratelimit.signin_burst", float, 100.0, "Sign-ins allowed in a burst."),
     Setting("ratelimit.exempt_admins", bool, True, "Instance admins are not rate limited."),

@@ -117,6 +117,7 @@ class Operations:
             limiter=self.limiter,
             trusted_proxies=proxy_networks(self.config["server.trusted_proxies"]),
             host=self.host.name,
+            remembered=self.access.remembered if self.access is not None else None,
         )
 
     async def admit(self, scope: Scope, handler: str, method: str) -> None:

@@ -283,8 +283,11 @@ class OperationsMiddleware:
         trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = (),
         clock: Callable[[], float] = time.perf_counter,
         host: str = "",
+        remembered: Callable[[str], bool] | None = None,
     ) -> None:
         self.app = app
+        # Basic credentials this process has checked already (AccessControl.remembered)
+        self.remembered = remembered
         self.host = host  # named in /-/ready: which host of several answered
         self.trusted_proxies = trusted_proxies
         self.readiness = readiness
@@ -460,6 +463,12 @@ class OperationsMiddleware:
         user = basic_user(authorization) if authorization else None
         if user is None and scope["method"] != "POST":
             return False  # an anonymous token: not a sign-in
+        # Basic credentials checked before cost no password hash: a client asking for a token
+        # before each pull is not held to the rate that bounds password checks. A wrong guess
+        # is never remembered, and the lockout still holds for remembered credentials.
+        credentials = authorization.decode("latin-1").partition(" ")[2]
+        if user is not None and self.remembered is not None and self.remembered(credentials):
+            return False
         try:
             self.limiter.check("signin", user, source)
         except RateLimited as e:

@@ -275,6 +275,12 @@ class AccessControl:
             raise SignInFailed
         return principal
 
+    def remembered(self, header: str) -> bool:
+        """Whether `basic` would answer these credentials from what it remembers: a sign-in
+        that costs no password check (the sign-in rate limit lets it pass)."""
+        hit = self._basic.get(self.secret.digest(header), self.db.changes.stamp(AUTH))
+        return hit is not None and hit[0] > self.clock()
+
     async def basic(
         self, header: str, username: str, password: str, address: str | None
     ) -> Principal:

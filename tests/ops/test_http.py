@@ -206,19 +206,27 @@ async def test_a_burst_over_the_limit_gets_429_and_recovers(
 
 
 async def test_sign_ins_are_limited_per_address(data_dir: Path, clock: FakeClock) -> None:
+    """The limit bounds password checks per user and per address; credentials this process
+    has checked already (a client asks for a token before every pull) pass uncounted."""
     limits = {"ratelimit.signin_rate": 1.0, "ratelimit.signin_burst": 3.0}
-    async with operations(data_dir, clock, **limits) as (_, app), api_client(app) as admin:
-        codes = [
-            (await admin.get("/token", params={"service": "berth"})).status_code for _ in range(4)
-        ]
-        assert codes == [200, 200, 200, 429]
-        resp = await admin.get("/token", params={"service": "berth"})
+    token = {"service": "berth"}
+    async with (
+        operations(data_dir, clock, **limits) as (_, app),
+        api_client(app) as admin,
+        api_client(app, auth=("nobody", "a-guess")) as guesser,
+    ):
+        codes = [(await guesser.get("/token", params=token)).status_code for _ in range(4)]
+        assert codes == [401, 401, 401, 429]
+        resp = await admin.get("/token", params=token)  # the same address: its bucket is empty
         assert json.loads(resp.content)["errors"][0]["code"] == "TOOMANYREQUESTS"
         assert resp.headers["retry-after"] == "1"
         async with api_client(app, auth=None) as anonymous:  # anonymous tokens are no sign-in
-            assert (await anonymous.get("/token", params={"service": "berth"})).status_code == 200
+            assert (await anonymous.get("/token", params=token)).status_code == 200
         clock.advance(1.0)
-        assert (await admin.get("/token", params={"service": "berth"})).status_code == 200
+        # one token back: the admin's password is checked once, then remembered
+        codes = [(await admin.get("/token", params=token)).status_code for _ in range(6)]
+        assert codes == [200] * 6
+        assert (await guesser.get("/token", params=token)).status_code == 429, "still counted"
 
 
 def test_the_grafana_dashboard_uses_metrics_that_exist() -> None:
