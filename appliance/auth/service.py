@@ -278,8 +278,12 @@ class AccessControl:
     def remembered(self, header: str) -> bool:
         """Whether `basic` would answer these credentials from what it remembers: a sign-in
         that costs no password check (the sign-in rate limit lets it pass)."""
-        hit = self._basic.get(self.secret.digest(header), self.db.changes.stamp(AUTH))
-        return hit is not None and hit[0] > self.clock()
+        return self._remembered(self.secret.digest(header), self.db.changes.stamp(AUTH)) is not None
+
+    def _remembered(self, key: str, stamp: int) -> Principal | None:
+        """The remembered principal of credentials digested to `key`, while it holds."""
+        hit = self._basic.get(key, stamp)
+        return hit[1] if hit is not None and hit[0] > self.clock() else None
 
     async def basic(
         self, header: str, username: str, password: str, address: str | None
@@ -295,9 +299,9 @@ class AccessControl:
         wait = self.throttle.locked_for(self._throttle_keys(username, password, address))
         if wait > 0:
             raise SignInLocked(wait)
-        hit = self._basic.get(key, self.db.changes.stamp(AUTH))
-        if hit is not None and hit[0] > self.clock():
-            return hit[1]
+        known = self._remembered(key, self.db.changes.stamp(AUTH))
+        if known is not None:
+            return known
         # One check per credentials at a time: a client opening many connections at once
         # (docker, skopeo, a load test) would otherwise run argon2 once per connection on a
         # cold process. The others wait for that check and take its cached answer.
@@ -305,9 +309,9 @@ class AccessControl:
         try:
             async with lock:
                 stamp = self.db.changes.stamp(AUTH)
-                hit = self._basic.get(key, stamp)
-                if hit is not None and hit[0] > self.clock():
-                    return hit[1]
+                known = self._remembered(key, stamp)
+                if known is not None:
+                    return known
                 principal = await self.authenticate(username, password, address)
                 until = principal.expires_at if principal.expires_at is not None else NEVER
                 if principal.via == "ldap":

@@ -147,6 +147,7 @@ class SqliteDatabase(Database):
         # `lookup`'s connections, one per thread that asks (the event loop's, in a server).
         self._local = threading.local()
         self._lookup_conns: list[sqlite3.Connection] = []
+        self._lookup_conns_lock = threading.Lock()  # not the writer's: never wait for a write
 
     @classmethod
     def from_url(cls, url: str, options: Options | None = None) -> SqliteDatabase:
@@ -258,7 +259,7 @@ class SqliteDatabase(Database):
                 # thread, which may wait.
                 conn.execute("PRAGMA busy_timeout = 0")
             self._local.conn = conn
-            with self._writer_lock:
+            with self._lookup_conns_lock:
                 self._lookup_conns.append(conn)
         try:
             conn.execute("BEGIN")

@@ -101,3 +101,17 @@ async def cast(services: Services, clock: FakeClock) -> Cast:  # noqa: F811 (fix
         "pat-api": ("developer", tokens["api"]),
     }
     return Cast(creds)
+
+
+@pytest.fixture
+def password_checks(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The passwords argon2 is asked to verify, in order (each check still runs)."""
+    checks: list[str] = []
+    real = passwords.verify_password
+
+    def counting(stored: str, password: str) -> bool:
+        checks.append(password)
+        return real(stored, password)
+
+    monkeypatch.setattr(passwords, "verify_password", counting)
+    return checks

@@ -6,10 +6,8 @@ from __future__ import annotations
 import base64
 from typing import Any
 
-import pytest
 import trio
 
-from appliance.auth import passwords
 from appliance.auth.service import SignInFailed
 from appliance.server import Services
 from tests.api.conftest import FakeClock
@@ -21,17 +19,10 @@ def _header(name: str, password: str) -> str:
 
 
 async def test_concurrent_first_sign_ins_share_one_password_check(
-    services: Services, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+    services: Services, clock: FakeClock, password_checks: list[str]
 ) -> None:
     await add_user(services, "carol", clock)
-    checks: list[str] = []
-    real = passwords.verify_password
-
-    def counting(stored: str, password: str) -> bool:
-        checks.append(password)
-        return real(stored, password)
-
-    monkeypatch.setattr(passwords, "verify_password", counting)
+    checks = password_checks
     access = services.access
     got: list[Any] = []
 

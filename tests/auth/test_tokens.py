@@ -10,7 +10,6 @@ from typing import Any
 
 import httpx
 import jwt
-import pytest
 import trio
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -138,18 +137,11 @@ async def test_failed_sign_ins_slow_down_then_lock(
 
 
 async def test_a_token_sign_in_is_remembered_until_the_password_changes(
-    services: Services, anon: httpx.AsyncClient, cast: Cast, monkeypatch: pytest.MonkeyPatch
+    services: Services, anon: httpx.AsyncClient, cast: Cast, password_checks: list[str]
 ) -> None:
     """Clients ask for a token before every pull and push: the password is hashed once per
     credentials (GET with Basic, the OAuth2 password form), and a new password ends it."""
-    checks: list[str] = []
-    real = passwords.verify_password
-
-    def counting(stored: str, password: str) -> bool:
-        checks.append(password)
-        return real(stored, password)
-
-    monkeypatch.setattr(passwords, "verify_password", counting)
+    checks = password_checks
     form = {"grant_type": "password", "username": "reader", "password": PASSWORD}
     for _ in range(3):
         await token_for(anon, cast.creds["reader"], SCOPE)

@@ -13,13 +13,9 @@ The suite is found through `BERTH_OCI_CONFORMANCE` (its directory, holding `run.
 
 from __future__ import annotations
 
-import hashlib
-import io
-import json
 import os
 import re
 import subprocess
-import tarfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +24,8 @@ import httpx
 import pytest
 
 from tests.support.backends import e2e_profiles, profile_env
+from tests.support.clients import Skopeo
+from tests.support.images import ImageCache
 from tests.support.servers import REPO_ROOT, Server, start_berth, unavailable
 
 # The reference registry predates the referrers API the suite exercises.
@@ -75,57 +73,20 @@ def scans_done(server: Server) -> float:
     return sum(float(n) for n in found)
 
 
-def push_scannable_image(server: Server, repository: str) -> None:
-    """A one-layer image (a gzipped tar holding one file), pushed with Basic credentials."""
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-        data = b"scanned while the suite runs\n"
-        info = tarfile.TarInfo("etc/berth-e2e")
-        info.size = len(data)
-        tar.addfile(info, io.BytesIO(data))
-    layer = buffer.getvalue()
-    config = json.dumps(
-        {"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": []}}
-    ).encode()
-    with httpx.Client(base_url=server.url, auth=server.credentials, timeout=30) as client:
-        for blob in (layer, config):
-            digest = "sha256:" + hashlib.sha256(blob).hexdigest()
-            r = client.post(
-                f"/v2/{repository}/blobs/uploads/", params={"digest": digest}, content=blob
-            )
-            assert r.status_code == 201, r.text
-        manifest = {
-            "schemaVersion": 2,
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "config": {
-                "mediaType": "application/vnd.oci.image.config.v1+json",
-                "digest": "sha256:" + hashlib.sha256(config).hexdigest(),
-                "size": len(config),
-            },
-            "layers": [
-                {
-                    "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-                    "digest": "sha256:" + hashlib.sha256(layer).hexdigest(),
-                    "size": len(layer),
-                }
-            ],
-        }
-        r = client.put(
-            f"/v2/{repository}/manifests/1",
-            content=json.dumps(manifest).encode(),
-            headers={"content-type": manifest["mediaType"]},
-        )
-        assert r.status_code == 201, r.text
-
-
-def test_oci_conformance_suite_passes(fresh_berth: Server, tmp_path: Path) -> None:
+def test_oci_conformance_suite_passes(
+    fresh_berth: Server, images: ImageCache, tmp_path: Path
+) -> None:
     suite = conformance_suite()
     assert fresh_berth.credentials is not None
     user, password = fresh_berth.credentials
     # The scanner has work from the start (the suite's own images may be deleted before their
     # scan comes up: the suite takes a few seconds now that its token requests are answered
     # from remembered sign-ins).
-    push_scannable_image(fresh_berth, "scanned/while-the-suite-runs")
+    Skopeo(tmp_path / "skopeo").push(
+        images.busybox(),
+        f"docker://{fresh_berth.host}/scanned/while-the-suite-runs:1",
+        creds=f"{user}:{password}",
+    )
     run = subprocess.run(  # noqa: PLW1510 - the exit code is asserted below, with the output
         ["bash", str(suite / "run.sh"), fresh_berth.url, "conformance/suite", user, password],
         capture_output=True,
