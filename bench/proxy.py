@@ -24,6 +24,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -44,11 +45,41 @@ from tests.support.servers import (  # noqa: E402
 CREDS = f"{ADMIN}:{ADMIN_PASSWORD}"
 
 
-def timed_pull(skopeo: Skopeo, src: str, dest: Path, creds: str | None) -> float:
+@dataclass
+class Pull:
+    """One timed pull: its wall time and the CPU seconds each party used during it."""
+
+    seconds: float
+    client: float  # skopeo
+    upstream: float
+    berth: float = 0.0
+
+
+def timed_pull(
+    skopeo: Skopeo, src: str, dest: Path, creds: str | None, upstream: int, berth: int | None
+) -> Pull:
     shutil.rmtree(dest, ignore_errors=True)
+    cpu = (system.children_cpu_seconds(), system.tree_cpu_seconds(upstream))
+    berth_cpu = system.tree_cpu_seconds(berth) if berth is not None else 0.0
     started = time.perf_counter()
     skopeo.copy(src, f"oci:{dest}:t", creds=creds, preserve_digests=True)
-    return time.perf_counter() - started
+    seconds = time.perf_counter() - started
+    return Pull(
+        seconds,
+        system.children_cpu_seconds() - cpu[0],
+        system.tree_cpu_seconds(upstream) - cpu[1],
+        system.tree_cpu_seconds(berth) - berth_cpu if berth is not None else 0.0,
+    )
+
+
+def median_pull(pulls: list[Pull]) -> Pull:
+    return Pull(
+        *(statistics.median(getattr(p, f) for p in pulls) for f in Pull.__dataclass_fields__)
+    )
+
+
+def cpu(pull: Pull) -> str:
+    return f"{pull.client:.2f}, {pull.upstream:.2f}, {pull.berth:.2f}"
 
 
 def main() -> None:
@@ -71,13 +102,14 @@ def main() -> None:
             skopeo = Skopeo(tmp / "skopeo")
             skopeo.copy(f"oci:{layout}:1", f"docker://{upstream.host}/bench/image:1")
             total = sum(len(b) for b in image.blobs.values())
-            direct: list[float] = []
-            cold: list[float] = []
-            warm: list[float] = []
+            direct: list[Pull] = []
+            cold: list[Pull] = []
+            warm: list[Pull] = []
+            up_pid = upstream.proc.pid
             for i in range(args.repeats):
                 out = tmp / "out"
                 src = f"docker://{upstream.host}/bench/image:1"
-                direct.append(timed_pull(skopeo, src, out, None))
+                direct.append(timed_pull(skopeo, src, out, None, up_pid, None))
                 berth = start_berth(
                     tmp / f"berth-{i}",
                     args=["--workers", str(args.workers)],
@@ -86,20 +118,22 @@ def main() -> None:
                 try:
                     through = f"docker://{berth.host}/up/bench/image:1"
                     skopeo.login(berth.host, ADMIN, ADMIN_PASSWORD)
-                    cold.append(timed_pull(skopeo, through, out, CREDS))
-                    warm.append(timed_pull(skopeo, through, out, CREDS))
+                    pid = berth.proc.pid
+                    cold.append(timed_pull(skopeo, through, out, CREDS, up_pid, pid))
+                    warm.append(timed_pull(skopeo, through, out, CREDS, up_pid, pid))
                 finally:
                     berth.stop()
                     shutil.rmtree(tmp / f"berth-{i}", ignore_errors=True)
                 print(
-                    f"repeat {i + 1}: direct {direct[-1]:.2f}s cold {cold[-1]:.2f}s "
-                    f"warm {warm[-1]:.2f}s",
+                    f"repeat {i + 1}: direct {direct[-1].seconds:.2f}s "
+                    f"cold {cold[-1].seconds:.2f}s warm {warm[-1].seconds:.2f}s",
                     file=sys.stderr,
                 )
         finally:
             upstream.stop()
 
-    d, c, w = (statistics.median(x) for x in (direct, cold, warm))
+    dp, cp, wp = (median_pull(x) for x in (direct, cold, warm))
+    d, c, w = dp.seconds, cp.seconds, wp.seconds
     info = system.machine_info()
     mib = total / (1 << 20)
     lines = [
@@ -112,13 +146,18 @@ def main() -> None:
         f"skopeo copy to an OCI layout, fresh blob info cache; median of {args.repeats}; "
         f"Berth with server.workers = {args.workers}",
         "",
-        "| pull | s | MB/s | ratio (direct / this) | target |  |",
-        "|---|---|---|---|---|---|",
-        f"| direct from upstream | {d:.2f} | {total / d / 1e6:.0f} |  |  |  |",
+        "| pull | s | MB/s | ratio (direct / this) | target |  | CPU s: skopeo, upstream, Berth |",
+        "|---|---|---|---|---|---|---|",
+        f"| direct from upstream | {d:.2f} | {total / d / 1e6:.0f} |  |  |  | {cpu(dp)} |",
         f"| cold, through Berth's cache | {c:.2f} | {total / c / 1e6:.0f} | {d / c:.2f}x "
-        f"| >= 0.9x | {'ok' if d / c >= 0.9 else 'MISSED'} |",
+        f"| >= 0.9x | {'ok' if d / c >= 0.9 else 'MISSED'} | {cpu(cp)} |",
         f"| warm, from Berth's cache | {w:.2f} | {total / w / 1e6:.0f} | {d / w:.2f}x "
-        f"| >= 1x | {'ok' if d / w >= 1 else 'MISSED'} |",
+        f"| >= 1x | {'ok' if d / w >= 1 else 'MISSED'} | {cpu(wp)} |",
+        "",
+        f"CPU seconds are medians over the pulls, of every process of each party. All three "
+        f"share {info['nproc']} CPUs: a pull cannot take less than the sum of its parties' CPU "
+        f"time divided by the CPUs (cold: {(cp.client + cp.upstream + cp.berth):.2f} CPU s, "
+        f"at least {(cp.client + cp.upstream + cp.berth) / int(str(info['nproc'])):.2f} s).",
         "",
     ]
     text = "\n".join(lines)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import threading
@@ -69,6 +70,25 @@ def process_rss_bytes(pid: int) -> int:
 def tree_rss_bytes(pid: int) -> int:
     """VmRSS of `pid` and its living descendants, summed."""
     return sum(process_rss_bytes(p) for p in proc_tree(pid))
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) used so far by `pid` and its living descendants, summed."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for p in proc_tree(pid):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            # Fields after the command name (which may hold spaces): utime and stime are the
+            # 12th and 13th.
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+    return total / tick
+
+
+def children_cpu_seconds() -> float:
+    """CPU time used by this process's finished children (the clients a bench ran)."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
 
 
 def idle_rss_per_process(pid: int, seconds: float = 0.5, interval: float = 0.05) -> dict[int, int]:

@@ -274,7 +274,7 @@ class Upstream:
 
             async def chunks() -> AsyncIterator[bytes]:
                 try:
-                    async for data in r.aiter_raw(CHUNK):
+                    async for data in batched(r.aiter_raw(), CHUNK):
                         yield data
                 except httpx.HTTPError as e:
                     raise UpstreamUnavailable(
@@ -352,6 +352,26 @@ class Upstream:
                 raise UpstreamInvalid(f"{self.ns.name}: {what}: the next page is elsewhere")
             page = str(target)
         return out
+
+
+async def batched(pieces: AsyncIterator[bytes], size: int) -> AsyncIterator[bytes]:
+    """`pieces` joined into chunks of at least `size` bytes (the last may be shorter).
+
+    A blob arrives from the socket in pieces of what each receive found (up to 1 MiB); the
+    store and the client are better served by fewer, larger chunks. One join per chunk: httpx's
+    own re-chunking (`aiter_raw(size)`) copied each byte several times, a fifth of Berth's CPU
+    in a cold pull-through."""
+    held: list[bytes] = []
+    count = 0
+    async for data in pieces:
+        held.append(data)
+        count += len(data)
+        if count >= size:
+            yield held[0] if len(held) == 1 else b"".join(held)
+            held.clear()
+            count = 0
+    if held:
+        yield b"".join(held)
 
 
 async def _read_bounded(chunks: AsyncIterator[bytes], limit: int, too_large: str) -> bytes:

@@ -4,19 +4,28 @@ upstream is down (also with its bytes in Azure Blob Storage), pushes refused."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.proxy.conftest import Upstream, push
 from tests.support.azurite import Azurite
 from tests.support.clients import Podman, Skopeo, ToolError
 from tests.support.images import ImageCache, read_layout
-from tests.support.servers import ADMIN, ADMIN_PASSWORD, Server, start_berth
+from tests.support.servers import (
+    ADMIN,
+    ADMIN_PASSWORD,
+    Server,
+    start_berth,
+    start_reference_registry,
+)
 
 CREDS = f"{ADMIN}:{ADMIN_PASSWORD}"
 
@@ -187,3 +196,40 @@ def test_the_cache_keeps_its_bytes_in_azure(
         assert upstream.blob_gets() == fetched
     finally:
         assert berth.stop() == 0, berth.log()[-3000:]
+
+
+async def test_a_blob_from_upstream_reaches_the_store_in_chunks_of_the_batch_size(
+    tmp_path: Path,
+) -> None:
+    """The socket hands a blob over in pieces of whatever each receive found; the store and the
+    client get them joined into chunks of about CHUNK bytes (only the last may be shorter),
+    every byte once and in order."""
+    from appliance.proxy.settings import ProxyNamespace  # noqa: PLC0415
+    from appliance.proxy.upstream import CHUNK  # noqa: PLC0415
+    from appliance.proxy.upstream import Upstream as UpstreamClient  # noqa: PLC0415
+
+    registry = start_reference_registry(tmp_path / "upstream")
+    try:
+        data = os.urandom(2 * CHUNK + CHUNK // 3)
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        async with httpx.AsyncClient(base_url=registry.url) as direct:
+            r = await direct.post("/v2/lib/app/blobs/uploads/")
+            assert r.status_code == 202, r.text
+            location = r.headers["location"]
+            sep = "&" if "?" in location else "?"
+            r = await direct.put(f"{location}{sep}digest={digest}", content=data)
+            assert r.status_code == 201, r.text
+        upstream = UpstreamClient(ProxyNamespace("up", registry.url))
+        try:
+            async with upstream.blob("lib/app", digest) as stream:
+                assert stream.size == len(data)
+                chunks = [chunk async for chunk in stream.chunks]
+        finally:
+            await upstream.aclose()
+        assert b"".join(chunks) == data
+        # At least CHUNK each but the last, and at most one receive (<= CHUNK) over it.
+        assert len(chunks) >= 2
+        assert all(CHUNK <= len(c) < 2 * CHUNK for c in chunks[:-1])
+        assert 0 < len(chunks[-1]) < 2 * CHUNK
+    finally:
+        registry.stop()
