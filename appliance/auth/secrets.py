@@ -53,14 +53,28 @@ class SealBroken(BerthError):
 
 
 def write_private(path: Path, data: bytes) -> None:
-    """Create `path` readable only by this user; refuses to overwrite."""
+    """Create `path` readable only by this user, whole or not at all: another process never
+    reads it empty or half written (the serving processes of a first start all make the
+    server secret at once, and a loser read the winner's file before its bytes were in).
+    Refuses to overwrite (FileExistsError)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    draft = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        os.write(fd, data)
-        os.fsync(fd)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.link(draft, path)  # fails if `path` exists; no rename: it would replace it
     finally:
-        os.close(fd)
+        draft.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):  # the new name is durable too
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
 
 
 def key_material(raw: bytes) -> bytes:

@@ -5,6 +5,9 @@ kept on disk moving into the database, and a host with another secret refusing t
 from __future__ import annotations
 
 import os
+import stat
+import threading
+import time
 from pathlib import Path
 
 import jwt
@@ -44,6 +47,46 @@ def test_a_secret_file_must_be_long_enough_and_private(tmp_path: Path) -> None:
     assert not (tmp_path / "missing").exists()
     # The service's group may read it (0640).
     ServerSecret.load(_file(tmp_path / "group", os.urandom(32), 0o640))
+
+
+def test_processes_making_the_secret_at_once_all_read_a_whole_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The serving processes of a first start all make the default secret at once. One is
+    held just before writing its secret's bytes while another loads: the other must not read
+    an empty file (it did: "holds 0 bytes of secret", and the start failed), and both must
+    end with the same secret."""
+    path = tmp_path / "data" / "secret"
+    release = threading.Event()
+    real_write = os.write
+    first: list[threading.Thread] = []
+
+    def held_write(fd: int, data: bytes) -> int:
+        if threading.current_thread() in first:
+            release.wait(10)
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", held_write)
+    loaded: dict[str, ServerSecret | Exception] = {}
+
+    def load(name: str) -> None:
+        try:
+            loaded[name] = ServerSecret.load_or_create(path)
+        except Exception as e:  # reported by the assertions below
+            loaded[name] = e
+
+    slow = threading.Thread(target=load, args=("slow",))
+    first.append(slow)
+    slow.start()
+    time.sleep(0.2)  # the slow one is inside its write
+    load("quick")
+    release.set()
+    slow.join(10)
+    assert not isinstance(loaded["quick"], Exception), loaded["quick"]
+    assert not isinstance(loaded["slow"], Exception), loaded["slow"]
+    assert loaded["quick"].fingerprint == loaded["slow"].fingerprint
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert [p.name for p in path.parent.iterdir()] == ["secret"]  # no draft left behind
 
 
 def test_hex_text_and_raw_bytes_are_the_same_secret(tmp_path: Path) -> None:
