@@ -10,6 +10,8 @@ values follow the work into the database threads.
 from __future__ import annotations
 
 import contextvars
+import itertools
+import os
 import secrets
 from dataclasses import dataclass
 
@@ -59,9 +61,29 @@ def set_actor(name: str) -> None:
         request.actor = name
 
 
+class _RequestIds:
+    """Request ids of this process: 8 random bytes drawn once (again in a forked child) and a
+    counter, 32 hex digits. Unique across processes and restarts without a system call per
+    request; they only name requests in logs and headers, so they need not be unpredictable."""
+
+    def __init__(self) -> None:
+        self.reseed()
+
+    def reseed(self) -> None:
+        self.prefix = secrets.token_hex(8)
+        self.counter = itertools.count()
+
+    def next(self) -> str:
+        return f"{self.prefix}{next(self.counter) & 0xFFFF_FFFF_FFFF_FFFF:016x}"
+
+
+_IDS = _RequestIds()
+os.register_at_fork(after_in_child=_IDS.reseed)
+
+
 def new_request_id() -> str:
-    """A fresh request id: 16 random bytes, hex."""
-    return secrets.token_hex(16)
+    """A fresh request id (32 hex digits, unique in this process and across processes)."""
+    return _IDS.next()
 
 
 _ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:")

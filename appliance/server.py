@@ -19,14 +19,18 @@ import ctypes
 import ctypes.util
 import errno
 import logging
+import math
 import os
 import select
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
+from typing import Any
 
 import h11
+import hypercorn.protocol
+import hypercorn.protocol.h11
 import hypercorn.trio.run
 import hypercorn.trio.tcp_server
 import trio
@@ -52,6 +56,7 @@ hypercorn.trio.tcp_server.MAX_RECV = 1 << 20
 # thread, as a read from storage may wait on the disk); the socket takes what its buffer holds.
 SENDFILE_PIECE = 8 << 20
 SEND_TURN = 256 << 20  # at most this much per thread hop: a shutdown waits for one turn
+COALESCE = 64 << 10  # a body up to this size leaves with the response's head, in one send
 INLINE_SEND = 256 << 10  # up to this much is sent from the event loop's thread (page cache)
 SEND_PATIENCE_MS = 20  # a full socket is waited on in the thread this long, then in trio
 ZERO_COPY = "http.response.zerocopysend"  # ASGI's extension (appliance/api/v2.py uses it)
@@ -86,26 +91,51 @@ class LimitedTCPServer(hypercorn.trio.tcp_server.TCPServer):
 
     _peer_gone = False  # a send failed: the client reset or closed the connection
     _read_closed = False  # the client closed its side (or reset): no next request can come
+    _idle_deadline = math.inf  # when the keep-alive timer closes the connection (idle only)
+    _idle_scope: trio.CancelScope | None = None  # the timer's wait (see `_idle_timeout`)
 
     async def protocol_send(self, event: Event) -> None:
         if isinstance(event, RawData) and _h11_connection(self.protocol) is not None:
             if self._peer_gone:
                 raise PeerGone("the client has gone")
-            async with self.send_lock:
-                try:
-                    with trio.CancelScope(shield=True):
-                        await self.stream.send_all(event.data)
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    self._peer_gone = True
+            if not event.data:  # the end of a Content-Length body: nothing to send
+                return
+            # The lock without its two checkpoints when it is free, as it nearly always is
+            # (one answer at a time on HTTP/1.1): each is a pass through trio's scheduler.
+            try:
+                self.send_lock.acquire_nowait()
+            except trio.WouldBlock:
+                await self.send_lock.acquire()
+            try:
+                with trio.CancelScope(shield=True):
+                    await self.stream.send_all(event.data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                self._peer_gone = True
+            finally:
+                self.send_lock.release()
             if self._peer_gone:
                 await self.protocol.handle(Closed())
                 # The application's send raises: a streamed answer stops here (api/v2.py
                 # takes it as the client disconnecting).
                 raise PeerGone("the client has gone")
             return
-        if isinstance(event, Updated) and event.idle and self._read_closed:
-            return  # an answer ended after the client closed: close now, not after a timeout
+        if isinstance(event, Updated):
+            if event.idle and self._read_closed:
+                return  # an answer ended after the client closed: close now, not after a timeout
+            self._set_idle(event.idle)
+            return
         await super().protocol_send(event)
+
+    def _set_idle(self, idle: bool) -> None:
+        """Start the keep-alive timer (the connection waits for a request) or stop it (one
+        arrived). hypercorn cancels its timer task and starts another at every request (a
+        lock, a task started and one cancelled: a seventh of a manifest GET's CPU); here one
+        task per connection waits in a cancel scope whose deadline is moved."""
+        self._idle_deadline = (
+            trio.current_time() + self.config.keep_alive_timeout if idle else math.inf
+        )
+        if self._idle_scope is not None:
+            self._idle_scope.deadline = self._idle_deadline
 
     async def run(self) -> None:
         if isinstance(self.stream, trio.SocketStream):  # plain TCP: the kernel may send files
@@ -133,6 +163,9 @@ class LimitedTCPServer(hypercorn.trio.tcp_server.TCPServer):
         connection = _h11_connection(self.protocol)
         if connection is None:
             raise TypeError("a zero-copy send needs an HTTP/1.1 connection")
+        head_first = getattr(self.protocol, "protocol", None)
+        if isinstance(head_first, HeadFirstH11Protocol):
+            await head_first.flush_head()
         connection.send_with_data_passthrough(h11.Data(data=_Span(count)))  # type: ignore[arg-type]
         if self._peer_gone:
             raise PeerGone("the client has gone")
@@ -166,7 +199,18 @@ class LimitedTCPServer(hypercorn.trio.tcp_server.TCPServer):
             raise PeerGone("the client has gone")
 
     async def _read_data(self) -> None:
-        await super()._read_data()
+        # hypercorn's loop, without its `fail_after(read_timeout)` around every receive:
+        # Berth sets no read_timeout (the keep-alive timer bounds an idle connection, the
+        # body's Pace a slow request), and each scope costs a request a little.
+        while True:
+            try:
+                data = await self.stream.receive_some(hypercorn.trio.tcp_server.MAX_RECV)
+            except (trio.ClosedResourceError, trio.BrokenResourceError):
+                break
+            await self.protocol.handle(RawData(bytes(data)))  # no copy when it is bytes
+            if not data:
+                break
+        await self.protocol.handle(Closed())
         # The client closed (or timed out): hypercorn would keep this connection's task, and
         # so its place, until the keep-alive timer runs out; stop the timer instead, and keep
         # an answer still being sent from starting it again when it ends (protocol_send).
@@ -174,19 +218,28 @@ class LimitedTCPServer(hypercorn.trio.tcp_server.TCPServer):
         await self.idle_task.stop()
 
     async def _idle_timeout(self) -> None:
-        # hypercorn closes a connection that is idle when the worker starts draining. But its
-        # timer may wake (drain began) just as a request arrives on the kept-alive connection:
-        # the request's start cancels the timer too late, and hypercorn closed the connection
-        # under the answer being sent (a client saw a response cut mid-body while a worker was
-        # replaced). So the state is checked where nothing can interleave: between here and
-        # the close there is no checkpoint. A request in flight is left to finish; hypercorn
-        # closes the connection after its answer (the worker is draining).
-        with trio.move_on_after(self.config.keep_alive_timeout):
-            await self.context.terminated.wait()
-        if not _between_requests(self.protocol):
-            return
-        with trio.CancelScope(shield=True):
-            await self._initiate_server_close()
+        # hypercorn starts this task once, when the connection opens (idle: no request yet),
+        # and cancels it when the client closes (`_read_data`). It wakes when the keep-alive
+        # deadline passes (moved by `_set_idle` as requests come and go) or the worker starts
+        # draining. hypercorn closes a connection that is idle when the worker drains; but
+        # the timer may run out (or the drain begin) just as a request arrives on the
+        # kept-alive connection, and a close then would cut the answer being sent (a client
+        # saw a response cut mid-body while a worker was replaced). So the state is checked
+        # where nothing can interleave: between here and the close there is no checkpoint. A
+        # request in flight is left to finish; hypercorn closes the connection after its
+        # answer when the worker is draining, and the timer watches the next idle time.
+        self._set_idle(True)
+        while True:
+            with trio.CancelScope(deadline=self._idle_deadline) as scope:
+                self._idle_scope = scope
+                await self.context.terminated.wait()
+            self._idle_scope = None
+            if _between_requests(self.protocol):
+                with trio.CancelScope(shield=True):
+                    await self._initiate_server_close()
+                return
+            if self.context.terminated.is_set():
+                return
 
     async def _refuse(self) -> None:
         with trio.move_on_after(1):
@@ -200,6 +253,55 @@ class LimitedTCPServer(hypercorn.trio.tcp_server.TCPServer):
 
 
 hypercorn.trio.run.TCPServer = LimitedTCPServer  # type: ignore[attr-defined]
+
+
+class HeadFirstH11Protocol(hypercorn.protocol.h11.H11Protocol):
+    """hypercorn's HTTP/1.1 protocol, sending the status line and headers of a small answer
+    (a Content-Length of at most COALESCE: a manifest, a token, an error) with its body: one
+    send (a lock, a system call, passes through trio's scheduler) instead of two. A larger or
+    streamed answer's head still leaves at once, so a client waiting on a slow body (a blob
+    fetched upstream) has its headers meanwhile."""
+
+    _head: bytes | None = None
+
+    async def _send_h11_event(self, event: Any) -> None:
+        if isinstance(event, h11.Response) and _small(event.headers):
+            try:
+                self._head = self.connection.send(event)
+            except h11.LocalProtocolError:
+                if self.connection.their_state != h11.ERROR:
+                    raise
+            return
+        if self._head is None:
+            await super()._send_h11_event(event)
+            return
+        head, self._head = self._head, None
+        try:
+            data = self.connection.send(event)
+        except h11.LocalProtocolError:
+            await self.send(RawData(data=head))
+            if self.connection.their_state != h11.ERROR:
+                raise
+            return
+        await self.send(RawData(data=head + data))
+
+    async def flush_head(self) -> None:
+        """Send a held head now (before bytes that bypass the protocol: sendfile)."""
+        if self._head is not None:
+            head, self._head = self._head, None
+            await self.send(RawData(data=head))
+
+
+hypercorn.protocol.H11Protocol = HeadFirstH11Protocol  # type: ignore[attr-defined]
+
+
+def _small(headers: Sequence[tuple[bytes, bytes]]) -> bool:
+    """Whether a response's headers (h11's: names in lower case) declare a body of at most
+    COALESCE bytes."""
+    for name, value in headers:
+        if name == b"content-length":
+            return value.isdigit() and int(value) <= COALESCE
+    return False
 
 
 def _send_file_part(sock: int, fd: int, offset: int, count: int) -> int:
@@ -427,6 +529,7 @@ def hypercorn_config(config: Config, listen_fd: int | None = None) -> HypercornC
     hc.accesslog = None
     hc.errorlog = logging.getLogger("berth.http")
     hc.keep_alive_timeout = config["server.idle_timeout"]
+    hc.read_timeout = None  # LimitedTCPServer._read_data relies on it (it sets no timer)
     # hypercorn closes a connection after 1,000 requests by default; under load, clients that
     # keep connections open met those closes as dropped connections. No limit, like the
     # reference registry.

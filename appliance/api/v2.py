@@ -9,12 +9,12 @@ from __future__ import annotations
 import json
 import logging
 import re
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from urllib.parse import urlencode
 
+from appliance import context
 from appliance.api.asgi import (
     ClientDisconnected,
     Message,
@@ -216,7 +216,9 @@ class RegistryAPI:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         request = Request(scope, receive, self.pace)
-        request_id = scope.setdefault("berth.request_id", uuid.uuid4().hex[:16])
+        request_id = scope.get("berth.request_id")  # set by the operations middleware
+        if request_id is None:  # the API alone (tests)
+            request_id = scope["berth.request_id"] = context.new_request_id()
         started = False
 
         async def tracked_send(message: Message) -> None:

@@ -87,3 +87,36 @@ async def test_wrong_method_leaves_content_alone(client: httpx.AsyncClient) -> N
     resp = await client.post(f"/v2/repo/manifests/{manifest_digest}", content=b"{}")
     assert_error(resp, 405, "UNSUPPORTED")
     assert (await client.get("/v2/repo/manifests/v1")).status_code == 200
+
+
+def test_request_ids_are_unique_in_a_forked_child_and_another_process() -> None:
+    """Ids are a per-process random prefix and a counter: a forked child draws its own prefix
+    (else parent and child would hand out the same ids), and so does another process."""
+    import os  # noqa: PLC0415
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    from appliance import context  # noqa: PLC0415
+
+    mine = [context.new_request_id() for _ in range(3)]
+    assert len(set(mine)) == 3
+    assert all(len(i) == 32 and int(i, 16) >= 0 for i in mine)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report its next id and leave at once
+        os.write(write, context.new_request_id().encode())
+        os._exit(0)
+    os.close(write)
+    child = os.read(read, 64).decode()
+    os.waitpid(pid, 0)
+    os.close(read)
+    other = subprocess.run(
+        [sys.executable, "-c", "from appliance import context; print(context.new_request_id())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    ids = {*mine, child, other, context.new_request_id()}
+    assert len(ids) == 6
+    assert child[:16] != mine[0][:16]
+    assert other[:16] != mine[0][:16]
