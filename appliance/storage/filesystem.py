@@ -8,6 +8,8 @@ file, so its other name keeps exactly what it had.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import errno
 import io
 import os
@@ -29,6 +31,7 @@ from appliance.storage.pending import Pending
 CHUNK = 1 << 20
 READ_PIECE = 1 << 20  # a download reads this much at a time, one piece ahead of the send
 SHARED_HOP = 256 << 10  # up to this, a piece is hashed and written in one thread hop
+WRITEBACK_EVERY = 8 << 20  # an upload's written bytes are sent on to disk at this pace
 COPY_CHUNK = 4 << 20  # an import's copy: fewer, larger reads
 SYNC_THREADS = 16
 _FULL = {errno.ENOSPC, errno.EDQUOT}
@@ -95,6 +98,7 @@ class FilesystemStore:
     ) -> int:
         path = self._upload(upload_id)  # `digest`: a rename needs no hint of the final key
         opened: list[BinaryIO] = []  # the upload's file (unbuffered), from the first write on
+        pending = [offset, 0]  # where the bytes not yet sent on to disk start, and how many
 
         def open_at() -> BinaryIO:
             try:
@@ -116,6 +120,11 @@ class FilesystemStore:
             if hashing and hasher is not None:
                 hasher.update(data)
             _write_all(opened[0], data)
+            pending[1] += len(data)
+            if pending[1] >= WRITEBACK_EVERY:
+                start_writeback(opened[0].fileno(), pending[0], pending[1])
+                pending[0] += pending[1]
+                pending[1] = 0
 
         async def put(data: bytes) -> None:
             if hasher is None or len(data) <= SHARED_HOP:
@@ -498,6 +507,31 @@ def _pump(src: io.RawIOBase, hasher: Hasher, dst: Path | None) -> int:
         if out is not None:
             out.close()
     return size
+
+
+def _sync_file_range() -> Callable[[int, int, int, int], int] | None:
+    """libc's sync_file_range(2) (Linux), or None where there is none."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        fn = libc.sync_file_range
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_SYNC_FILE_RANGE = _sync_file_range()
+SYNC_FILE_RANGE_WRITE = 2  # start writing the range's dirty pages; do not wait for them
+
+
+def start_writeback(fd: int, offset: int, length: int) -> None:
+    """Have the kernel start writing `length` bytes of `fd` from `offset` to disk, without
+    waiting: a large upload's bytes then go to disk while the rest arrives, and the fsync
+    before its 201 finds little left to write (a 1 GiB blob's fsync took 0.45-0.55 s at the
+    end of a 2 s upload). Durability is still the fsync's; this only starts it early."""
+    if _SYNC_FILE_RANGE is not None:
+        _SYNC_FILE_RANGE(fd, offset, length, SYNC_FILE_RANGE_WRITE)
 
 
 def _write_all(f: BinaryIO, data: bytes) -> None:

@@ -11,7 +11,7 @@ from appliance.errors import Unavailable, UploadNotFound
 from appliance.oci.digest import Digest
 from appliance.storage import layout
 from appliance.storage.filesystem import FilesystemStore
-from tests.storage.suite import SideDoor, StoreSuite, read_all
+from tests.storage.suite import SideDoor, StoreSuite, data_of, feed, read_all, sha, split
 from tests.support.servers import unavailable
 
 # Directories the store may keep while empty: the roots of the key tree (layout.py).
@@ -173,3 +173,34 @@ async def test_a_file_the_store_owner_does_not_own_is_copied(tmp_path: Path) -> 
     third = await _upload(store)
     placed = await store.place_file(third, private, Digest.of(b"secret layer"), link=True)
     assert placed.linked
+
+
+async def test_a_large_upload_is_sent_on_to_disk_as_it_arrives(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every WRITEBACK_EVERY bytes an append asks the kernel to start writing them (so the
+    fsync before a 201 has little left to do): contiguous ranges covering what was written,
+    wherever the append started, and the bytes are the ones sent."""
+    from appliance.storage import filesystem  # noqa: PLC0415
+    from appliance.storage.base import Progress  # noqa: PLC0415
+
+    assert filesystem._SYNC_FILE_RANGE is not None  # Linux: the real call is made
+    asked: list[tuple[int, int]] = []
+    real = filesystem.start_writeback
+
+    def recorded(fd: int, offset: int, length: int) -> None:
+        asked.append((offset, length))
+        real(fd, offset, length)
+
+    monkeypatch.setattr(filesystem, "start_writeback", recorded)
+    store = FilesystemStore(tmp_path / "blobs")
+    upload_id = layout.new_upload_id()
+    await store.create_upload(upload_id)
+    every = filesystem.WRITEBACK_EVERY
+    first, second = data_of(every + every // 2, 1), data_of(2 * every, 2)
+    size = await store.append(upload_id, 0, feed(split(first)), None, Progress())
+    assert asked == [(0, every)]
+    size = await store.append(upload_id, size, feed(split(second)), None, Progress())
+    assert asked == [(0, every), (len(first), every), (len(first) + every, every)]
+    key = await store.commit(upload_id, size, sha(first + second))
+    assert await read_all(store, key, 0, size) == first + second
