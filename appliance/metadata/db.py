@@ -249,15 +249,23 @@ class Database(ABC):
         return await self.read(fn)
 
     @abstractmethod
-    async def write(self, fn: Callable[[Tx], T]) -> T:
-        """Run `fn` in a serializable write transaction; it commits when `fn` returns."""
+    async def write(self, fn: Callable[[Tx], T], *, durable: bool = True) -> T:
+        """Run `fn` in a serializable write transaction; it commits when `fn` returns, and the
+        commit is on disk when this returns.
+
+        `durable=False` is for records a client redoes when they are missing (an upload
+        session, how far it got): the commit skips waiting for the disk (SQLite's WAL fsync;
+        PostgreSQL's `synchronous_commit`). A process crash loses nothing; a power cut or an
+        OS crash may lose it (and the client starts its upload again), never an acknowledged
+        blob or manifest: the write-ahead log is written in order, so the next durable commit
+        makes every earlier one durable too."""
 
     @abstractmethod
     def run_sync_read(self, fn: Callable[[Tx], T]) -> T:
         """The same as `read`, for callers outside trio (CLI, threads)."""
 
     @abstractmethod
-    def run_sync_write(self, fn: Callable[[Tx], T]) -> T:
+    def run_sync_write(self, fn: Callable[[Tx], T], *, durable: bool = True) -> T:
         """The same as `write`, for callers outside trio (CLI, threads)."""
 
     @abstractmethod

@@ -279,9 +279,11 @@ class PostgresDatabase(Database):
 
     # -- units of work -------------------------------------------------------------------
 
-    def _attempt(self, begin: str, fn: Callable[[Tx], T]) -> T:
+    def _attempt(self, begin: str, fn: Callable[[Tx], T], durable: bool = True) -> T:
         with self._pool.connection() as conn:
             conn.execute(begin)
+            if not durable:  # this transaction's commit does not wait for the WAL flush
+                conn.execute("SET LOCAL synchronous_commit = off")
             tx = PostgresTx(conn)
             try:
                 result = fn(tx)
@@ -302,11 +304,11 @@ class PostgresDatabase(Database):
             self.changes.bump(tx.touched)
         return result
 
-    def _run(self, begin: str, fn: Callable[[Tx], T]) -> T:
+    def _run(self, begin: str, fn: Callable[[Tx], T], durable: bool = True) -> T:
         with self.translated():
             for attempt in range(1, MAX_ATTEMPTS + 1):
                 try:
-                    return self._attempt(begin, fn)
+                    return self._attempt(begin, fn, durable)
                 except _RETRYABLE:
                     if attempt == MAX_ATTEMPTS:
                         raise
@@ -319,15 +321,15 @@ class PostgresDatabase(Database):
         async with self._limit:
             return await trio.to_thread.run_sync(self._run, BEGIN_READ, fn)
 
-    async def write(self, fn: Callable[[Tx], T]) -> T:
+    async def write(self, fn: Callable[[Tx], T], *, durable: bool = True) -> T:
         async with self._limit:
-            return await trio.to_thread.run_sync(self._run, BEGIN_WRITE, fn)
+            return await trio.to_thread.run_sync(self._run, BEGIN_WRITE, fn, durable)
 
     def run_sync_read(self, fn: Callable[[Tx], T]) -> T:
         return self._run(BEGIN_READ, fn)
 
-    def run_sync_write(self, fn: Callable[[Tx], T]) -> T:
-        return self._run(BEGIN_WRITE, fn)
+    def run_sync_write(self, fn: Callable[[Tx], T], *, durable: bool = True) -> T:
+        return self._run(BEGIN_WRITE, fn, durable)
 
     # -- schema --------------------------------------------------------------------------
 

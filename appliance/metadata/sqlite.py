@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import ClassVar, TypeVar
 
@@ -274,20 +275,30 @@ class SqliteDatabase(Database):
             raise MetadataError(f"metadata database {self.where}: {e}") from e
         return await self.read(fn)
 
-    async def write(self, fn: Callable[[Tx], T]) -> T:
+    async def write(self, fn: Callable[[Tx], T], *, durable: bool = True) -> T:
         # The trio lock queues this process's writers without tying up worker threads.
         async with self._write_lock:
-            return await trio.to_thread.run_sync(self.run_sync_write, fn)
+            return await trio.to_thread.run_sync(partial(self.run_sync_write, fn, durable=durable))
 
     def run_sync_read(self, fn: Callable[[Tx], T]) -> T:
         with self._sync_reader_lock:
             return self._run(self._sync_reader, "BEGIN", fn)
 
-    def run_sync_write(self, fn: Callable[[Tx], T]) -> T:
+    def run_sync_write(self, fn: Callable[[Tx], T], *, durable: bool = True) -> T:
         with self._writer_lock:
             fcntl.flock(self._turns, fcntl.LOCK_EX)
             try:
-                return self._run(self._writer, "BEGIN IMMEDIATE", fn)
+                if durable:
+                    return self._run(self._writer, "BEGIN IMMEDIATE", fn)
+                # The WAL is not fsynced at this commit (it stays in the page cache until the
+                # next FULL commit or checkpoint fsyncs the log, this commit with it).
+                with _translated(self.where):
+                    self._writer.execute("PRAGMA synchronous = NORMAL")
+                try:
+                    return self._run(self._writer, "BEGIN IMMEDIATE", fn)
+                finally:
+                    with _translated(self.where):
+                        self._writer.execute("PRAGMA synchronous = FULL")
             finally:
                 fcntl.flock(self._turns, fcntl.LOCK_UN)
 

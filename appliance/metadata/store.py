@@ -490,7 +490,9 @@ class MetadataStore:
             limited = self.checks is not None and self.checks.quota_limited(tx, repository)
             return UploadRecord(upload_id, repository, 0, now, now, 0, limited)
 
-        return await self.db.write(fn)
+        # Not durable: a session lost to a power cut is one the client starts again (the
+        # commit that acknowledges its blob is durable, and makes this one durable with it).
+        return await self.db.write(fn, durable=False)
 
     async def upload(self, repository: str, upload_id: str) -> UploadRecord:
         """The upload session, which must belong to `repository`. Raises UploadNotFound."""
@@ -575,7 +577,8 @@ class MetadataStore:
                 int(current),
             )
 
-        await self.db.write(fn)
+        # Not durable: after a power cut the client asks how far it got and resends the rest.
+        await self.db.write(fn, durable=False)
 
     async def delete_upload(self, upload_id: str) -> bool:
         def fn(tx: Tx) -> bool:

@@ -32,7 +32,7 @@ from appliance.errors import (
 )
 from appliance.metadata.db import Database, Tx, open_database
 from appliance.metadata.leader import Fence, LeaderLock, LeadershipLost, check_fence, leader_lock
-from appliance.metadata.store import MetadataStore, Pushed, WriteEffects
+from appliance.metadata.store import MetadataStore, Pushed, WriteEffects, ensure_repository
 from appliance.oci import manifest as manifests
 from appliance.oci import mediatypes as mt
 from appliance.oci.digest import Digest
@@ -711,6 +711,44 @@ class MetadataSuite:
         assert await meta.delete_upload("u1") is False
         with pytest.raises(UploadNotFound):
             await meta.upload(REPO, "u1")
+
+    async def test_a_write_that_need_not_wait_for_the_disk_commits_and_the_next_one_waits(
+        self, database: Database
+    ) -> None:
+        """`durable=False` (an upload session, its progress) commits without waiting for the
+        disk; the writes after it, failed or not, wait again as configured (an acknowledged
+        push is on disk when it is answered: SQLite's `synchronous` is FULL)."""
+
+        def setting(tx: Tx) -> str:  # what this transaction's commit waits for
+            if database.dialect == "sqlite":
+                return str(tx.scalar("PRAGMA synchronous"))  # 2: FULL, 1: NORMAL
+            return str(tx.scalar("SHOW synchronous_commit"))
+
+        def soft(tx: Tx) -> str:
+            ensure_repository(tx, "soft/one", 1.0)
+            return setting(tx)
+
+        configured = await database.write(setting)
+        skipped = "1" if database.dialect == "sqlite" else "off"
+        if database.dialect == "sqlite":
+            assert configured == "2"
+        assert await database.write(soft, durable=False) == skipped
+        assert await database.write(setting) == configured
+        assert database.run_sync_write(soft, durable=False) == skipped
+        assert database.run_sync_write(setting) == configured
+
+        def fails(tx: Tx) -> None:
+            ensure_repository(tx, "soft/two", 1.0)
+            raise Conflict("no")
+
+        with pytest.raises(Conflict):
+            await database.write(fails, durable=False)
+        assert await database.write(setting) == configured
+        names = await database.read(
+            lambda tx: [r[0] for r in tx.execute("SELECT name FROM repositories ORDER BY name")]
+        )
+        assert "soft/one" in names
+        assert "soft/two" not in names
 
     async def test_upload_size_is_a_compare_and_set(self, meta: MetadataStore) -> None:
         await meta.create_upload(REPO, "u1")
