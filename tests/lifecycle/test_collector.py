@@ -7,6 +7,8 @@ and gc.untagged_age 1000 s unless a test says otherwise.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import trio
 
@@ -15,7 +17,16 @@ from appliance.lifecycle.gc import RECLAIMED_BYTES, RECLAIMED_ITEMS, GcSettings
 from appliance.metadata.leader import LeadershipLost, leader_lock
 from appliance.oci import mediatypes as mt
 from appliance.runtime.metrics import REGISTRY
-from tests.lifecycle.world import World, descriptor, image_manifest, index_manifest, sha
+from appliance.storage.filesystem import FilesystemStore
+from tests.lifecycle.world import (
+    World,
+    build_world,
+    descriptor,
+    image_manifest,
+    index_manifest,
+    sha,
+)
+from tests.support.dialects import fresh_url, open_migrated
 
 REPO = "team/app"
 
@@ -286,3 +297,37 @@ async def test_a_pull_served_from_memory_never_outlives_what_the_collector_remov
     assert (await world.collect()).manifests == 1
     with pytest.raises(ManifestNotFound):
         await world.registry.manifest(REPO, digest)
+
+
+async def test_a_local_disk_gets_two_deletions_at_once_and_keeps_no_empty_blob_directory(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """On a filesystem the collector deletes at most `parallel_deletes` (2) chunks at once:
+    the deletions are kernel work, and more threads of it took the CPUs of a small machine
+    from the requests served meanwhile. Each blob's own directory goes with it."""
+    running = 0
+    most = 0
+
+    class Counting(FilesystemStore):
+        async def delete_many(self, keys: list[str]) -> None:
+            nonlocal running, most
+            running += 1
+            most = max(most, running)
+            try:
+                await trio.sleep(0.01)  # let the others start, if the collector allows
+                await super().delete_many(keys)
+            finally:
+                running -= 1
+
+    db = open_migrated(fresh_url(request, tmp_path, "sqlite"))
+    try:
+        world = build_world(db, Counting(tmp_path / "storage"), GcSettings(delay=100.0, batch=400))
+        for i in range(300):
+            await world.blob(REPO, f"blob {i}".encode())
+        world.clock.advance(101)
+        assert (await world.collect()).blobs == 300
+    finally:
+        db.close()
+    assert most == FilesystemStore.parallel_deletes == 2
+    blobs = tmp_path / "storage" / "blobs" / "sha256"
+    assert [p for p in blobs.rglob("*") if p.parent != blobs] == []  # the 2-hex prefixes only

@@ -14,7 +14,8 @@ from appliance.storage.filesystem import FilesystemStore
 from tests.storage.suite import SideDoor, StoreSuite, data_of, feed, read_all, sha, split
 from tests.support.servers import unavailable
 
-# Directories the store may keep while empty: the roots of the key tree (layout.py).
+# Directories the store may keep while empty: the roots of the key tree (layout.py) and the
+# 256 two-digit prefix directories under each algorithm.
 _SKELETON = {"blobs", "uploads"}
 
 
@@ -34,9 +35,11 @@ class TestFilesystemStore(StoreSuite):
             for path in sorted(root.rglob("*")):
                 rel = path.relative_to(root)
                 if path.is_dir() and (
-                    str(rel) in _SKELETON or (len(rel.parts) == 2 and rel.parts[0] == "blobs")
+                    str(rel) in _SKELETON
+                    or (rel.parts[0] == "blobs" and len(rel.parts) == 2)
+                    or (rel.parts[0] == "blobs" and len(rel.parts) == 3 and len(rel.name) == 2)
                 ):
-                    continue  # blobs/, blobs/<algorithm>/, uploads/
+                    continue  # blobs/, blobs/<algorithm>/, its 256 prefixes <ab>/, uploads/
                 left.append(str(rel) + ("/" if path.is_dir() else ""))
             return left
 
