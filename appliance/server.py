@@ -15,8 +15,6 @@ flood cannot hold memory and clients retry with back-off.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import errno
 import logging
 import math
@@ -38,6 +36,7 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.events import Closed, Event, RawData, Updated
 from hypercorn.trio import serve as hypercorn_serve
 
+from appliance import libc
 from appliance.api.asgi import ASGIApp, ClientDisconnected, Message, Receive, Scope, Send
 from appliance.api.codes import error_body
 from appliance.app import create_app
@@ -453,17 +452,8 @@ class Draining:
 TRIM_INTERVAL = 10.0  # seconds between returns of the C allocator's free memory
 
 
-def _load_malloc_trim() -> Callable[[int], int] | None:
-    """glibc's malloc_trim, or None where the C library has none (musl, macOS)."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        trim: Callable[[int], int] = libc.malloc_trim
-    except (OSError, AttributeError):
-        return None
-    return trim
-
-
-_MALLOC_TRIM = _load_malloc_trim()
+# glibc's malloc_trim, or None where the C library has none (musl, macOS).
+_MALLOC_TRIM: Callable[[int], int] | None = libc.function("malloc_trim")
 
 
 def trim_memory() -> bool:

@@ -50,6 +50,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "appliance.version",
             "appliance.backoff",
             "appliance.filemodes",
+            "appliance.libc",
             "appliance.context",
         ),
     ),

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import errno
 import io
 import os
@@ -22,6 +21,7 @@ from typing import BinaryIO, TypeVar
 
 import trio
 
+from appliance import libc
 from appliance.errors import BlobNotFound, Conflict, StorageFull, Unavailable, UploadNotFound
 from appliance.oci.digest import Digest, Hasher, new_hasher
 from appliance.storage import layout
@@ -512,19 +512,10 @@ def _pump(src: io.RawIOBase, hasher: Hasher, dst: Path | None) -> int:
     return size
 
 
-def _sync_file_range() -> Callable[[int, int, int, int], int] | None:
-    """libc's sync_file_range(2) (Linux), or None where there is none."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        fn = libc.sync_file_range
-    except (OSError, AttributeError):
-        return None
-    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-    fn.restype = ctypes.c_int
-    return fn
-
-
-_SYNC_FILE_RANGE = _sync_file_range()
+# sync_file_range(2) (Linux), or None where the C library has none.
+_SYNC_FILE_RANGE = libc.function(
+    "sync_file_range", [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+)
 SYNC_FILE_RANGE_WRITE = 2  # start writing the range's dirty pages; do not wait for them
 
 
