@@ -199,12 +199,14 @@ def queue_depth(db_path: Path) -> int:
         conn.close()
 
 
-def latency(n: int, seconds: float) -> dict[str, Any]:
+def latency(n: int, seconds: float, berth_args: list[str] | None = None) -> dict[str, Any]:
+    """Manifest GET latency idle, then while the collector works through `n` due blobs, of a
+    new `berth serve` (at its defaults, or with `berth_args`)."""
     from appliance.metadata.db import open_database  # noqa: PLC0415
 
     tmp = Path(tempfile.mkdtemp(prefix="berth-bench-gc-lat-"))
     env = {"BERTH_GC_INTERVAL": "0.2", "BERTH_GC_DELAY": "3600", **EXTRA_ENV}
-    server = start_berth(tmp / "data", env=env)
+    server = start_berth(tmp / "data", args=berth_args or [], env=env)
     try:
         url = push_one(server.url)
         blobs = fake_blobs(n, "latency")

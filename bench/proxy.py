@@ -82,6 +82,68 @@ def cpu(pull: Pull) -> str:
     return f"{pull.client:.2f}, {pull.upstream:.2f}, {pull.berth:.2f}"
 
 
+@dataclass
+class Pulls:
+    """Every timed pull of one measurement: direct from the upstream, then per Berth setting
+    (its `server.workers`) cold through an empty cache and warm from it."""
+
+    total: int  # bytes of the image's blobs
+    direct: list[Pull]
+    cold: dict[str, list[Pull]]
+    warm: dict[str, list[Pull]]
+
+
+def measure(
+    tmp: Path,
+    layers: int,
+    layer_mib: int,
+    repeats: int,
+    workers: list[str],
+    berth_args: list[str] | None = None,
+) -> Pulls:
+    """A reference registry as the upstream, holding one image of `layers` random layers; each
+    repeat pulls it directly, then through a new Berth (one per `workers` setting, with
+    `berth_args`) twice: cold, then warm."""
+    upstream = start_reference_registry(tmp / "upstream")
+    try:
+        image = oci.build_image(layers, layer_mib << 20)
+        layout = oci.write_layout(image, tmp / "layout", "1")
+        skopeo = Skopeo(tmp / "skopeo")
+        skopeo.copy(f"oci:{layout}:1", f"docker://{upstream.host}/bench/image:1")
+        pulls = Pulls(sum(len(b) for b in image.blobs.values()), [], {}, {})
+        up_pid = upstream.proc.pid
+        out = tmp / "out"
+        for i in range(repeats):
+            src = f"docker://{upstream.host}/bench/image:1"
+            pulls.direct.append(timed_pull(skopeo, src, out, None, up_pid, None))
+            times = [f"direct {pulls.direct[-1].seconds:.2f}s"]
+            for setting in workers:
+                data = tmp / f"berth-{i}-{setting}"
+                berth = start_berth(
+                    data,
+                    args=["--workers", setting, *(berth_args or [])],
+                    env={"BERTH_PROXY_UPSTREAMS": f"up={upstream.url}"},
+                )
+                try:
+                    through = f"docker://{berth.host}/up/bench/image:1"
+                    skopeo.login(berth.host, ADMIN, ADMIN_PASSWORD)
+                    pid = berth.proc.pid
+                    cold = timed_pull(skopeo, through, out, CREDS, up_pid, pid)
+                    warm = timed_pull(skopeo, through, out, CREDS, up_pid, pid)
+                finally:
+                    berth.stop()
+                    shutil.rmtree(data, ignore_errors=True)
+                pulls.cold.setdefault(setting, []).append(cold)
+                pulls.warm.setdefault(setting, []).append(warm)
+                times.append(
+                    f"workers {setting}: cold {cold.seconds:.2f}s warm {warm.seconds:.2f}s"
+                )
+            print(f"pull-through {i + 1}: {', '.join(times)}", file=sys.stderr, flush=True)
+        return pulls
+    finally:
+        upstream.stop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--layers", type=int, default=8)
@@ -94,44 +156,9 @@ def main() -> None:
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="berth-bench-proxy-") as tmp_name:
-        tmp = Path(tmp_name)
-        upstream = start_reference_registry(tmp / "upstream")
-        try:
-            image = oci.build_image(args.layers, args.layer_mib << 20)
-            layout = oci.write_layout(image, tmp / "layout", "1")
-            skopeo = Skopeo(tmp / "skopeo")
-            skopeo.copy(f"oci:{layout}:1", f"docker://{upstream.host}/bench/image:1")
-            total = sum(len(b) for b in image.blobs.values())
-            direct: list[Pull] = []
-            cold: list[Pull] = []
-            warm: list[Pull] = []
-            up_pid = upstream.proc.pid
-            for i in range(args.repeats):
-                out = tmp / "out"
-                src = f"docker://{upstream.host}/bench/image:1"
-                direct.append(timed_pull(skopeo, src, out, None, up_pid, None))
-                berth = start_berth(
-                    tmp / f"berth-{i}",
-                    args=["--workers", str(args.workers)],
-                    env={"BERTH_PROXY_UPSTREAMS": f"up={upstream.url}"},
-                )
-                try:
-                    through = f"docker://{berth.host}/up/bench/image:1"
-                    skopeo.login(berth.host, ADMIN, ADMIN_PASSWORD)
-                    pid = berth.proc.pid
-                    cold.append(timed_pull(skopeo, through, out, CREDS, up_pid, pid))
-                    warm.append(timed_pull(skopeo, through, out, CREDS, up_pid, pid))
-                finally:
-                    berth.stop()
-                    shutil.rmtree(tmp / f"berth-{i}", ignore_errors=True)
-                print(
-                    f"repeat {i + 1}: direct {direct[-1].seconds:.2f}s "
-                    f"cold {cold[-1].seconds:.2f}s warm {warm[-1].seconds:.2f}s",
-                    file=sys.stderr,
-                )
-        finally:
-            upstream.stop()
-
+        pulls = measure(Path(tmp_name), args.layers, args.layer_mib, args.repeats, [args.workers])
+    total = pulls.total
+    direct, cold, warm = pulls.direct, pulls.cold[args.workers], pulls.warm[args.workers]
     dp, cp, wp = (median_pull(x) for x in (direct, cold, warm))
     d, c, w = dp.seconds, cp.seconds, wp.seconds
     info = system.machine_info()

@@ -97,7 +97,7 @@ def _fmt(value: float | None, unit: str) -> str:
         return "-"
     if unit in ("operations", "errors"):
         return f"{value:.0f}"
-    return f"{value:.2f}" if unit == "s" else f"{value:.1f}"
+    return f"{value:.2f}" if unit in ("s", "x idle") else f"{value:.1f}"
 
 
 def _ratio(value: float | None) -> str:

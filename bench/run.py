@@ -42,20 +42,23 @@ REPO_ROOT = BENCH_DIR.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+from bench import gc, load, proxy, report, system  # noqa: E402
 from bench import image as oci  # noqa: E402
-from bench import load, report, system  # noqa: E402
 from bench.report import BERTH_SIDES, SIDES, Row  # noqa: E402
 from tests.support.servers import Server, start_berth, start_reference_registry  # noqa: E402
 
 T = TypeVar("T")
 MiB = 1024 * 1024
-MEASUREMENTS = ("upload", "download", "manifest", "skopeo", "docker", "mixed", "memory")
+MEASUREMENTS = (
+    "upload", "download", "manifest", "skopeo", "docker", "mixed", "memory", "proxy", "gc",
+)  # fmt: skip
 ROW_ORDER = (
     "upload", "download",
     "manifest-get-basic", "manifest-get-bearer", "manifest-head-basic", "manifest-head-bearer",
     "skopeo-push", "skopeo-pull", "docker-pull",
     "mixed-ops", "mixed-skopeo", "mixed-p50", "mixed-p99", "mixed-errors",
     "memory-idle-worker", "memory-idle-supervisor", "memory-upload", "memory-idle-after",
+    "proxy-cold", "proxy-warm", "gc-p99",
 )  # fmt: skip
 SKOPEO_CACHE_DIR = Path("/var/lib/containers/cache")
 SKOPEO_CACHE_FILE = SKOPEO_CACHE_DIR / "blob-info-cache-v1.boltdb"
@@ -94,6 +97,12 @@ class Settings:
     mixed_push_layers: int = 4
     mixed_pull_layers: int = 8
     mixed_layer_bytes: int = 256 * 1024
+    # (h) pull-through: an image of this many random layers, pulled with skopeo
+    proxy_layers: int = 8
+    proxy_layer_mib: int = 32
+    # (i) manifest GETs (4 connections) idle, then while the collector reclaims this many blobs
+    gc_blobs: int = 100_000
+    gc_seconds: float = 10.0
 
     @classmethod
     def make(
@@ -103,11 +112,11 @@ class Settings:
         busy_retries: int | None,
         mixed_seconds: float | None = None,
     ) -> Settings:
-        s = (
-            cls(blob_bytes=256 * MiB, wrk_seconds=3.0, warmup_seconds=1.0, mixed_seconds=15.0)
-            if quick
-            else cls()
-        )
+        quick_settings = {
+            "blob_bytes": 256 * MiB, "wrk_seconds": 3.0, "warmup_seconds": 1.0,
+            "mixed_seconds": 15.0, "proxy_layer_mib": 8, "gc_blobs": 20_000, "gc_seconds": 4.0,
+        }  # fmt: skip
+        s = cls(**quick_settings) if quick else cls()  # type: ignore[arg-type]
         if repeats is not None:
             s.repeats = repeats
         if busy_retries is not None:
@@ -229,6 +238,7 @@ class Bench:
     sides: dict[str, Side]
     settings: Settings
     tmp: Path
+    berth_args: list[str] = field(default_factory=list)  # --berth-arg, for every Berth started
     background: system.BackgroundLoad = field(default_factory=system.BackgroundLoad)
     retried: int = 0
 
@@ -945,6 +955,78 @@ def measure_mixed(bench: Bench) -> list[Row]:
     return rows
 
 
+# --------------------------------------------------------------------------- (h) pull-through
+
+# The `server.workers` setting of the Berth each slot starts for (h) and (i).
+WORKERS = {"berth": "auto", "berth-1w": "1"}
+
+
+def measure_proxy(bench: Bench) -> list[Row]:
+    """skopeo pulls of one image through a new Berth's proxy namespace, whose upstream is a
+    reference registry: cold (every blob fetched upstream while it is streamed and stored),
+    then warm (from the cache). The reference column is a direct pull from the upstream."""
+    s = bench.settings
+    image = f"{s.proxy_layers} x {s.proxy_layer_mib} MiB"
+    cold = Row("proxy-cold", f"(h) pull-through {image}, cold (reference: direct)", "s", False, 0.9)
+    warm = Row("proxy-warm", f"(h) pull-through {image}, warm (reference: direct)", "s", False, 1.0)
+    bench.wait_for_scans()
+    system.settle()
+    with bench.background.watch() as usage:
+        pulls = proxy.measure(
+            bench.tmp / "proxy", s.proxy_layers, s.proxy_layer_mib, s.repeats,
+            list(WORKERS.values()), bench.berth_args,
+        )  # fmt: skip
+    log(f"  pull-through: {usage.describe()}")
+    shutil.rmtree(bench.tmp / "proxy", ignore_errors=True)
+    cold.runs["reference"] = warm.runs["reference"] = [p.seconds for p in pulls.direct]
+    cpu: dict[str, dict[str, float]] = {"direct": asdict(proxy.median_pull(pulls.direct))}
+    for side, setting in WORKERS.items():
+        cold.runs[side] = [p.seconds for p in pulls.cold[setting]]
+        warm.runs[side] = [p.seconds for p in pulls.warm[setting]]
+        cpu[f"cold {side}"] = asdict(proxy.median_pull(pulls.cold[setting]))
+        cpu[f"warm {side}"] = asdict(proxy.median_pull(pulls.warm[setting]))
+    cold.details["cpu_seconds"] = cpu  # each party's: client (skopeo), upstream, berth
+    return [cold, warm]
+
+
+# --------------------------------------------------------------------------- (i) GC running
+
+
+def measure_gc(bench: Bench) -> list[Row]:
+    """Manifest GET p99 while Berth's collector reclaims due blobs, over the idle p99 of the
+    same server (a new Berth per run). The reference registry collects offline only: no
+    figure of its own; the target is Berth's own ratio."""
+    s = bench.settings
+    row = Row(
+        "gc-p99", f"(i) manifest GET p99 while collecting {s.gc_blobs:,} blobs / idle",
+        "x idle", False, 2.0, absolute_target=True,
+    )  # fmt: skip
+    runs: dict[str, list[dict[str, object]]] = {}
+    for rep in range(s.repeats):
+        for side in order(rep):
+            if side not in WORKERS:
+                continue
+            args = ["--workers", WORKERS[side], *bench.berth_args]
+            result = bench.quiet_run(
+                row, side, f"GC latency {side}",
+                functools.partial(gc.latency, s.gc_blobs, s.gc_seconds, args),
+            )  # fmt: skip
+            if result["p99_ratio"] is None:
+                row.errors.append(f"{side}: no idle latency measured")
+                continue
+            row.runs[side].append(float(result["p99_ratio"]))
+            runs.setdefault(side, []).append(
+                {k: result[k] for k in ("idle", "collecting", "queue_before", "queue_after")}
+            )
+            log(
+                f"  GC latency {side}: p99 {result['collecting']['p99_ms']:.1f} ms collecting, "
+                f"{result['idle']['p99_ms']:.1f} ms idle ({result['p99_ratio']:.2f}x); "
+                f"queue {result['queue_before']} -> {result['queue_after']}"
+            )
+    row.details["runs"] = runs
+    return [row]
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -1033,7 +1115,9 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     started = time.monotonic()
     tmp = Path(tempfile.mkdtemp(prefix="berth-bench-", dir=args.tmpdir))
-    bench = Bench({}, settings, tmp)
+    # (h) and (i) start Berths of their own: nothing to measure in the harness's check mode
+    berth_runs = args.berth_target == "berth"
+    bench = Bench({}, settings, tmp, args.berth_arg)
     rows: list[Row] = []
     exit_codes: dict[str, int] = {}
     berth_workers = 0
@@ -1070,6 +1154,12 @@ def main(argv: list[str] | None = None) -> int:
             log(f"== (g) mixed load, {settings.mixed_seconds:g} s per registry")
             with bench.background.phase("mixed"):
                 rows += measure_mixed(bench)
+        if "proxy" in args.wanted and berth_runs:
+            log("== (h) pull-through cache")
+            rows += measure_proxy(bench)
+        if "gc" in args.wanted and berth_runs:
+            log("== (i) manifest GETs while the collector runs")
+            rows += measure_gc(bench)
         if "memory" in args.wanted:
             after = Row(
                 "memory-idle-after", "(e) idle RSS, largest serving process, after the run",
