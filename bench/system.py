@@ -254,6 +254,23 @@ def tool_version(cmd: list[str]) -> str:
     return text[0].strip() if text else "?"
 
 
+def checkout() -> str:
+    """The commit of the tree being measured ("" outside a git checkout): an editable install
+    keeps the version of the day it was installed, so the commit is what places a run."""
+    git = ["git", "-C", str(Path(__file__).resolve().parent)]
+    try:
+        head, status = (
+            subprocess.run([*git, *args], capture_output=True, text=True, timeout=10, check=False)
+            for args in (["rev-parse", "--short", "HEAD"], ["status", "--porcelain", "-uno"])
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    if head.returncode != 0:
+        return ""
+    dirty = status.returncode != 0 or bool(status.stdout.strip())
+    return f"commit {head.stdout.strip()}" + (" with uncommitted changes" if dirty else "")
+
+
 def machine_info() -> dict[str, object]:
     cpu = "?"
     with contextlib.suppress(OSError):
@@ -269,6 +286,8 @@ def machine_info() -> dict[str, object]:
         berth_version = metadata.version("berth")
     except metadata.PackageNotFoundError:
         berth_version = "?"
+    if commit := checkout():
+        berth_version += f" at {commit}"
     return {
         "nproc": len(os.sched_getaffinity(0)),
         "cpu": cpu,
