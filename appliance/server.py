@@ -30,6 +30,7 @@ import h11
 import hypercorn.protocol
 import hypercorn.protocol.h11
 import hypercorn.trio.run
+import hypercorn.trio.task_group
 import hypercorn.trio.tcp_server
 import trio
 from hypercorn.config import Config as HypercornConfig
@@ -284,6 +285,19 @@ class HeadFirstH11Protocol(hypercorn.protocol.h11.H11Protocol):
             return
         await self.send(RawData(data=head + data))
 
+    async def _close_stream(self) -> None:
+        # The answer is complete and the request's body is not (the application answered
+        # without reading it): its queue must not hold up the disconnect (see AppQueue).
+        if (
+            self.stream is not None
+            and self.connection.our_state in (h11.DONE, h11.MUST_CLOSE)
+            and self.connection.their_state is h11.SEND_BODY
+        ):
+            queue = getattr(getattr(self.stream, "app_put", None), "__self__", None)
+            if isinstance(queue, AppQueue):
+                queue.abandon()
+        await super()._close_stream()
+
     async def flush_head(self) -> None:
         """Send a held head now (before bytes that bypass the protocol: sendfile)."""
         if self._head is not None:
@@ -292,6 +306,62 @@ class HeadFirstH11Protocol(hypercorn.protocol.h11.H11Protocol):
 
 
 hypercorn.protocol.H11Protocol = HeadFirstH11Protocol  # type: ignore[attr-defined]
+
+
+class AppQueue:
+    """What a connection hands one request's application: body chunks, then a disconnect;
+    bounded like hypercorn's (`max_app_queue_size`), so a client sending faster than the
+    application reads waits on its socket.
+
+    hypercorn's queue has a hole: an application that answers before it has read the body (a
+    404 for an unknown upload, a 401, a 503 when storage is down) never reads it, so the
+    queue stays full; the connection's reader waits on it forever, hypercorn's "disconnect"
+    for the finished request waits behind it inside the application's last send, and the
+    client, still sending its body into a connection nobody reads, hangs until its own
+    timeout. `abandon` (called once the answer is complete with the body unread) drops what
+    is queued and every later chunk, so the disconnect gets through and the connection
+    closes after the answer, as hypercorn means it to."""
+
+    def __init__(self, size: int) -> None:
+        self._send, self.receive = trio.open_memory_channel[Message](size)
+        self.abandoned = False
+
+    async def put(self, message: Message) -> None:
+        if self.abandoned and message["type"] == "http.request":
+            return
+        await self._send.send(message)
+
+    def abandon(self) -> None:
+        self.abandoned = True
+        with contextlib.suppress(trio.WouldBlock):
+            while True:  # a reader waiting to put a chunk moves it in as one leaves: drop it too
+                self.receive.receive_nowait()
+
+
+class AppTaskGroup(hypercorn.trio.task_group.TaskGroup):
+    """hypercorn's per-connection task group, starting each request's application with an
+    AppQueue (hypercorn builds this class by name in its connection handler, hence the swap)."""
+
+    async def spawn_app(  # type: ignore[override]
+        self, app: Any, config: HypercornConfig, scope: Any, send: Any
+    ) -> Callable[[Message], Awaitable[None]]:
+        queue = AppQueue(config.max_app_queue_size)
+        assert self._nursery is not None
+        handle: Any = hypercorn.trio.task_group._handle
+        self._nursery.start_soon(
+            handle,
+            app,
+            config,
+            scope,
+            queue.receive.receive,
+            send,
+            trio.to_thread.run_sync,
+            trio.from_thread.run,
+        )
+        return queue.put
+
+
+hypercorn.trio.tcp_server.TaskGroup = AppTaskGroup  # type: ignore[attr-defined]
 
 
 def _small(headers: Sequence[tuple[bytes, bytes]]) -> bool:
