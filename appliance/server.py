@@ -286,13 +286,10 @@ class HeadFirstH11Protocol(hypercorn.protocol.h11.H11Protocol):
         await self.send(RawData(data=head + data))
 
     async def _close_stream(self) -> None:
-        # The answer is complete and the request's body is not (the application answered
-        # without reading it): its queue must not hold up the disconnect (see AppQueue).
-        if (
-            self.stream is not None
-            and self.connection.our_state in (h11.DONE, h11.MUST_CLOSE)
-            and self.connection.their_state is h11.SEND_BODY
-        ):
+        # The answer is complete: what the application has not read of the request's body
+        # (it answered without reading it, a part or all of it queued) must not hold up the
+        # disconnect (see AppQueue).
+        if self.stream is not None and self.connection.our_state in (h11.DONE, h11.MUST_CLOSE):
             queue = getattr(getattr(self.stream, "app_put", None), "__self__", None)
             if isinstance(queue, AppQueue):
                 queue.abandon()
@@ -318,9 +315,10 @@ class AppQueue:
     queue stays full; the connection's reader waits on it forever, hypercorn's "disconnect"
     for the finished request waits behind it inside the application's last send, and the
     client, still sending its body into a connection nobody reads, hangs until its own
-    timeout. `abandon` (called once the answer is complete with the body unread) drops what
-    is queued and every later chunk, so the disconnect gets through and the connection
-    closes after the answer, as hypercorn means it to."""
+    timeout. The same when the whole body arrived but fills the queue unread: the disconnect
+    waits, and the request never ends. `abandon` (called once the answer is complete) drops
+    what is queued and every later chunk, so the disconnect gets through and the connection
+    closes (or serves its next request) after the answer, as hypercorn means it to."""
 
     def __init__(self, size: int) -> None:
         self._send, self.receive = trio.open_memory_channel[Message](size)

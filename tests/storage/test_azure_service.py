@@ -83,9 +83,6 @@ def test_azurite_stopped_mid_upload_is_503_and_the_upload_resumes(
     env = azurite.env(azurite.new_container("faults"), prefix="faults/") | {
         "BERTH_STORAGE_AZURE_MAX_ATTEMPTS": "2",
         "BERTH_STORAGE_AZURE_BLOCK_SIZE": str(MIB),
-        # A request answered before its body was read (the 503 below) keeps hypercorn's
-        # graceful shutdown waiting for its whole timeout; this test is not about that.
-        "BERTH_SERVER_SHUTDOWN_TIMEOUT": "3",
     }
     server = start_berth(tmp_path / "data", env=env)
     try:
@@ -266,7 +263,6 @@ def test_azurite_stopped_in_the_middle_of_a_patch(tmp_path: Path, own_azurite: A
     env = azurite.env(container) | {
         "BERTH_STORAGE_AZURE_MAX_ATTEMPTS": "2",
         "BERTH_STORAGE_AZURE_BLOCK_SIZE": str(MIB),
-        "BERTH_SERVER_SHUTDOWN_TIMEOUT": "3",
     }
     data = os.urandom(6 * MIB + 321)
     server = start_berth(tmp_path / "data", env=env)
