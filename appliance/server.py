@@ -290,9 +290,9 @@ class HeadFirstH11Protocol(hypercorn.protocol.h11.H11Protocol):
         # (it answered without reading it, a part or all of it queued) must not hold up the
         # disconnect (see AppQueue).
         if self.stream is not None and self.connection.our_state in (h11.DONE, h11.MUST_CLOSE):
-            queue = getattr(getattr(self.stream, "app_put", None), "__self__", None)
-            if isinstance(queue, AppQueue):
-                queue.abandon()
+            put = getattr(self.stream, "app_put", None)
+            if isinstance(put, AppQueue):
+                put.abandon()
         await super()._close_stream()
 
     async def flush_head(self) -> None:
@@ -324,7 +324,8 @@ class AppQueue:
         self._send, self.receive = trio.open_memory_channel[Message](size)
         self.abandoned = False
 
-    async def put(self, message: Message) -> None:
+    async def __call__(self, message: Message) -> None:
+        """Hand the application `message` (hypercorn's `app_put`)."""
         if self.abandoned and message["type"] == "http.request":
             return
         await self._send.send(message)
@@ -342,7 +343,7 @@ class AppTaskGroup(hypercorn.trio.task_group.TaskGroup):
 
     async def spawn_app(  # type: ignore[override]
         self, app: Any, config: HypercornConfig, scope: Any, send: Any
-    ) -> Callable[[Message], Awaitable[None]]:
+    ) -> AppQueue:
         queue = AppQueue(config.max_app_queue_size)
         assert self._nursery is not None
         handle: Any = hypercorn.trio.task_group._handle
@@ -356,7 +357,7 @@ class AppTaskGroup(hypercorn.trio.task_group.TaskGroup):
             trio.to_thread.run_sync,
             trio.from_thread.run,
         )
-        return queue.put
+        return queue
 
 
 hypercorn.trio.tcp_server.TaskGroup = AppTaskGroup  # type: ignore[attr-defined]

@@ -113,8 +113,8 @@ def measure(
         pulls = Pulls(sum(len(b) for b in image.blobs.values()), [], {}, {})
         up_pid = upstream.proc.pid
         out = tmp / "out"
+        src = f"docker://{upstream.host}/bench/image:1"
         for i in range(repeats):
-            src = f"docker://{upstream.host}/bench/image:1"
             pulls.direct.append(timed_pull(skopeo, src, out, None, up_pid, None))
             times = [f"direct {pulls.direct[-1].seconds:.2f}s"]
             for setting in workers:

@@ -112,11 +112,19 @@ class Settings:
         busy_retries: int | None,
         mixed_seconds: float | None = None,
     ) -> Settings:
-        quick_settings = {
-            "blob_bytes": 256 * MiB, "wrk_seconds": 3.0, "warmup_seconds": 1.0,
-            "mixed_seconds": 15.0, "proxy_layer_mib": 8, "gc_blobs": 20_000, "gc_seconds": 4.0,
-        }  # fmt: skip
-        s = cls(**quick_settings) if quick else cls()  # type: ignore[arg-type]
+        s = (
+            cls(
+                blob_bytes=256 * MiB,
+                wrk_seconds=3.0,
+                warmup_seconds=1.0,
+                mixed_seconds=15.0,
+                proxy_layer_mib=8,
+                gc_blobs=20_000,
+                gc_seconds=4.0,
+            )
+            if quick
+            else cls()
+        )
         if repeats is not None:
             s.repeats = repeats
         if busy_retries is not None:
@@ -969,14 +977,16 @@ def measure_proxy(bench: Bench) -> list[Row]:
     image = f"{s.proxy_layers} x {s.proxy_layer_mib} MiB"
     cold = Row("proxy-cold", f"(h) pull-through {image}, cold (reference: direct)", "s", False, 0.9)
     warm = Row("proxy-warm", f"(h) pull-through {image}, warm (reference: direct)", "s", False, 1.0)
-    bench.wait_for_scans()
-    system.settle()
-    with bench.background.watch() as usage:
-        pulls = proxy.measure(
-            bench.tmp / "proxy", s.proxy_layers, s.proxy_layer_mib, s.repeats,
+    # Every repeat and slot in one run (one upstream, one image): not run again when the
+    # machine was busy, only marked (on the cold row's Berth column).
+    pulls = bench.quiet_run(
+        cold, "berth", "pull-through",
+        functools.partial(
+            proxy.measure, bench.tmp / "proxy", s.proxy_layers, s.proxy_layer_mib, s.repeats,
             list(WORKERS.values()), bench.berth_args,
-        )  # fmt: skip
-    log(f"  pull-through: {usage.describe()}")
+        ),
+        0,
+    )  # fmt: skip
     shutil.rmtree(bench.tmp / "proxy", ignore_errors=True)
     cold.runs["reference"] = warm.runs["reference"] = [p.seconds for p in pulls.direct]
     cpu: dict[str, dict[str, float]] = {"direct": asdict(proxy.median_pull(pulls.direct))}

@@ -136,10 +136,7 @@ class Collector:
         self.clock = clock
         self.settings = settings or GcSettings()
         self.actor = actor
-        # Deletions overlap where each waits on the network (S3, Azure: 8 at once); on a
-        # local disk they are kernel work that waits on nothing, and 8 threads of it took
-        # both CPUs of a small machine from the requests being served meanwhile.
-        self._deletes = trio.CapacityLimiter(getattr(store, "parallel_deletes", 8))
+        self._deletes = trio.CapacityLimiter(store.parallel_deletes)  # see BlobStore
         self._busy_since: float | None = None
 
     async def _rest(self) -> None:

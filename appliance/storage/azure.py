@@ -294,6 +294,8 @@ class AzureStore:
     module docstring). Also a `BulkDelete` (blob batches) and a `BlobRedirect`: with `redirect`
     on, blob downloads may go straight to Azure through a short-lived SAS URL."""
 
+    parallel_deletes = 8  # see BlobStore
+
     def __init__(
         self,
         settings: AzureSettings,

@@ -38,6 +38,11 @@ class StoredObject:
 
 
 class BlobStore(Protocol):
+    # How many deletions the garbage collector runs at once. Where each waits on the network
+    # (S3, Azure) several overlap; on a local disk they are kernel work that waits on nothing,
+    # and many threads of it take a small machine's CPUs from the requests served meanwhile.
+    parallel_deletes: int
+
     async def create_upload(self, upload_id: str) -> None:
         """Make an empty upload. Idempotent."""
 

@@ -66,7 +66,7 @@ def _fsync_dir(path: Path) -> None:
 class FilesystemStore:
     """A BlobStore rooted at one directory (see `layout` for the key tree)."""
 
-    parallel_deletes = 2  # the collector's deletions at once (see lifecycle/gc.py)
+    parallel_deletes = 2  # see BlobStore
 
     def __init__(self, root: Path) -> None:
         self.root = root

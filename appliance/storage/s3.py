@@ -409,6 +409,8 @@ class S3Store:
     presigned URL.
     """
 
+    parallel_deletes = 8  # see BlobStore
+
     def __init__(
         self,
         settings: S3Settings,
